@@ -1,0 +1,361 @@
+//! `/api/v1/operations`: list, get (with long-poll and ETag), cancel, per-operation SSE,
+//! results and metrics (api.md §3–§4).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiPath as Path, ApiQuery as Query, OptionalJson};
+use crate::ops::{ListFilter, Lookup, Snapshot, Status};
+use crate::time;
+
+/// Ids longer than this are not ours; answer 404 without asking the store.
+const MAX_ID_LEN: usize = 128;
+const MAX_REASON_LEN: usize = 1_000;
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/operations", get(list))
+        .route("/operations/{id}", get(get_one).delete(cancel))
+        .route("/operations/{id}/events", get(events))
+        .route("/operations/{id}/results", get(results))
+        .route("/operations/{id}/metrics", get(metrics))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<Lookup, ApiError> {
+    if id.len() > MAX_ID_LEN {
+        return Err(ApiError::operation_not_found(id));
+    }
+    state
+        .orchestrator
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::operation_not_found(id))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    operation_type: Option<String>,
+    active_only: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+fn parse_bool(field: &str, text: &str) -> Result<bool, ApiError> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(ApiError::invalid(
+            field,
+            format!("{field} must be true or false, not `{text}`"),
+        )),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(Status::parse(text).ok_or_else(|| {
+            crate::invalid::Invalid::new(
+                "status",
+                format!("status `{text}` is not one of the operation statuses"),
+            )
+            .allowed(json!(Status::ALL.map(Status::as_str)))
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => 100,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be a whole number from 1 to 1000, not `{text}`"),
+                )
+            })?,
+    };
+    let offset = match query.offset.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|o| *o <= i64::MAX as u64)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "offset",
+                    format!("offset must be a whole number of at least 0, not `{text}`"),
+                )
+            })?,
+    };
+    let active_only = query
+        .active_only
+        .as_deref()
+        .map(|t| parse_bool("active_only", t))
+        .transpose()?
+        .unwrap_or(false);
+    let filter = ListFilter {
+        status,
+        operation_type: query.operation_type.filter(|t| !t.is_empty()),
+        active_only,
+        limit,
+        offset,
+    };
+    let (operations, total_count, active_count) = state.orchestrator.list(&filter).await?;
+    let data: Vec<Value> = operations.iter().map(|s| summary(s)).collect();
+    Ok(Json(json!({ "success": true, "data": data, "total_count": total_count, "active_count": active_count })).into_response())
+}
+
+/// A list row (api.md §3).
+fn summary(snapshot: &Snapshot) -> Value {
+    let r = &snapshot.record;
+    let symbol = r.metadata.get("symbol").cloned().or_else(|| {
+        r.metadata
+            .get("symbols")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.first())
+            .cloned()
+    });
+    json!({
+        "operation_id": r.operation_id,
+        "operation_type": r.operation_type,
+        "status": r.status,
+        "created_at": time::format(&r.created_at),
+        "progress_percentage": r.progress.percentage,
+        "current_step": r.progress.current_step,
+        "symbol": symbol,
+        "duration_seconds": r.duration_seconds(),
+    })
+}
+
+fn etag(snapshot: &Snapshot) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", snapshot.version()))
+        .expect("digits are a valid header")
+}
+
+/// `GET /operations/{id}[?wait=30s&since=N]`: the record, from memory while it runs.
+async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let lookup = find(&state, &id).await?;
+    let snapshot = match query.get("wait") {
+        None => lookup.snapshot(),
+        Some(wait) => {
+            let wait = time::parse_duration(wait)
+                .map_err(|e| ApiError::invalid("wait", format!("wait: {e}")))?
+                .min(state.config.operations.long_poll_max.0);
+            let since = match query.get("since") {
+                Some(text) => text.parse::<u64>().map_err(|_| {
+                    ApiError::invalid(
+                        "since",
+                        format!("since must be a version number, not `{text}`"),
+                    )
+                })?,
+                None => lookup.snapshot().version(),
+            };
+            let shutdown = state.orchestrator.shutdown_token();
+            tokio::select! {
+                snapshot = lookup.wait_newer(since, wait) => snapshot,
+                _ = shutdown.cancelled() => lookup.snapshot(),
+            }
+        }
+    };
+    let tag = etag(&snapshot);
+    if headers.get(IF_NONE_MATCH).is_some_and(|v| v == tag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, tag)]).into_response());
+    }
+    Ok((
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (ETAG, tag),
+            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        snapshot.envelope_json(),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+/// `DELETE /operations/{id}`: answers once the work has stopped and `cancelled` is stored.
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> Result<Response, ApiError> {
+    let reason = body.and_then(|b| b.reason);
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
+    {
+        return Err(ApiError::invalid(
+            "reason",
+            format!("reason must be at most {MAX_REASON_LEN} characters"),
+        ));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(ApiError::operation_not_found(&id));
+    }
+    let cancelled = state.orchestrator.cancel(&id, reason).await?;
+    let record = &cancelled.snapshot.record;
+    let cancellation = record.cancellation.as_ref();
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "success": true,
+            "operation_id": record.operation_id,
+            "status": record.status,
+            "cancelled_at": record.completed_at.as_ref().map(time::format),
+            "cancellation_reason": cancellation.map(|c| c.reason.as_str()),
+            "task_cancelled": true,
+            "remote_cancelled": cancelled.remote_cancelled,
+        }
+    }))
+    .into_response())
+}
+
+/// `GET /operations/{id}/events`: the record on connect and on every change, `id:` = version;
+/// resumes after `Last-Event-ID`; ends after the terminal event.
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let lookup = find(&state, &id).await?;
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let stream = operation_events(lookup, last_seen, state.orchestrator.shutdown_token());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
+}
+
+fn operation_event(snapshot: &Snapshot) -> Event {
+    let json = snapshot.record_json();
+    Event::default()
+        .event("operation")
+        .id(snapshot.version().to_string())
+        .data(std::str::from_utf8(&json).expect("serde_json writes UTF-8"))
+}
+
+fn operation_events(
+    lookup: Lookup,
+    last_seen: Option<u64>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct Follow {
+        lookup: Lookup,
+        changes: Option<tokio::sync::watch::Receiver<u64>>,
+        last_sent: Option<u64>,
+        done: bool,
+        shutdown: tokio_util::sync::CancellationToken,
+    }
+    let changes = match &lookup {
+        Lookup::Live(view) => Some(view.changes()),
+        Lookup::Stored(_) => None,
+    };
+    let start = Follow {
+        lookup,
+        changes,
+        last_sent: last_seen,
+        done: false,
+        shutdown,
+    };
+    futures_util::stream::unfold(start, |mut f| async move {
+        if f.done {
+            return None;
+        }
+        loop {
+            let snapshot: Arc<Snapshot> = f.lookup.snapshot();
+            if f.last_sent.is_none_or(|last| snapshot.version() > last) {
+                f.last_sent = Some(snapshot.version());
+                f.done = snapshot.is_terminal();
+                return Some((Ok(operation_event(&snapshot)), f));
+            }
+            if snapshot.is_terminal() {
+                return None;
+            }
+            let changes = f.changes.as_mut()?;
+            tokio::select! {
+                changed = changes.changed() => changed.ok()?,
+                _ = f.shutdown.cancelled() => return None,
+            }
+        }
+    })
+}
+
+/// `GET /operations/{id}/results`: completed or failed operations only.
+async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let snapshot = find(&state, &id).await?.snapshot();
+    let r = &snapshot.record;
+    if !matches!(r.status, Status::Completed | Status::Failed) {
+        let message = match r.status {
+            Status::Cancelled => format!(
+                "Operation {id} was cancelled; results exist only for completed or failed operations"
+            ),
+            status => format!(
+                "Operation {id} is still {status}; results are available once it has finished"
+            ),
+        };
+        return Err(
+            ApiError::new(StatusCode::BAD_REQUEST, "OPERATION_NOT_FINISHED", message)
+                .details(json!({ "operation_id": id, "status": r.status })),
+        );
+    }
+    Ok(Json(json!({
+        "success": true,
+        "operation_id": r.operation_id,
+        "operation_type": r.operation_type,
+        "status": r.status,
+        "results": r.result_summary.clone().unwrap_or_else(|| json!({})),
+    }))
+    .into_response())
+}
+
+/// `GET /operations/{id}/metrics`: the domain metrics (e.g. training epochs).
+async fn metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let snapshot = find(&state, &id).await?.snapshot();
+    let r = &snapshot.record;
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "operation_id": r.operation_id,
+            "operation_type": r.operation_type,
+            "metrics": r.metrics.clone().unwrap_or_else(|| json!({})),
+        }
+    }))
+    .into_response())
+}

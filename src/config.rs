@@ -1,0 +1,477 @@
+//! Typed settings: `config/default.toml` < `config/{env}.toml` < `--config FILE` < environment
+//! variables < command-line flags, validated once at start-up. Every key is documented in
+//! `config/default.toml`; an invalid value is reported as one line naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use crate::time::HumanDuration;
+
+/// The compiled-in defaults; the same text as `config/default.toml`.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Prefix of the namespaced environment variables: `KTRDR_OPS__SECTION__KEY`.
+const ENV_PREFIX: &str = "KTRDR_OPS__";
+
+/// Names existing ktrdr deployments use, and the key each one sets. A namespaced
+/// `KTRDR_OPS__...` variable for the same key wins over these.
+const LEGACY_ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("KTRDR_DATA_DIR", "data.dir"),
+    ("IB_HOST_SERVICE_URL", "hosts.ib.url"),
+    ("TRAINING_HOST_SERVICE_URL", "hosts.training.url"),
+    ("KTRDR_OPS_API_TOKEN", "auth.api_token"),
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub data: DataConfig,
+    pub operations: OperationsConfig,
+    pub node: NodeConfig,
+    pub hosts: HostsConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub shutdown_deadline: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationsConfig {
+    pub cancel_grace: HumanDuration,
+    pub progress_persist_interval: HumanDuration,
+    pub long_poll_max: HumanDuration,
+    pub idempotency_ttl: HumanDuration,
+    /// Per operation type; 0 means no limit.
+    pub max_concurrent: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsConfig {
+    pub ib: HostConfig,
+    pub training: HostConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub api_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// A configuration problem, reported as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where settings come from, besides the compiled-in defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// Folder holding `default.toml` and `{env}.toml` (default `./config`).
+    pub config_dir: Option<PathBuf>,
+    /// `--config FILE`: must exist when given.
+    pub config_file: Option<PathBuf>,
+    /// The process environment (tests pass their own).
+    pub env: BTreeMap<String, String>,
+    /// Command-line flags as `(dotted.key, value)`, applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The real process environment and the conventional `./config` folder.
+    pub fn from_process() -> Self {
+        Self {
+            env: std::env::vars().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a command-line override when the flag was given.
+    pub fn set(&mut self, key: &str, value: Option<impl ToString>) {
+        if let Some(value) = value {
+            self.overrides.push((key.to_owned(), value.to_string()));
+        }
+    }
+}
+
+impl Config {
+    /// The compiled-in defaults alone: no files, no environment (tests start from here).
+    pub fn defaults() -> Self {
+        Self::layered(&Sources::default(), false).expect("compiled-in defaults are valid")
+    }
+
+    /// Loads and validates every layer.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::layered(sources, true)
+    }
+
+    fn layered(sources: &Sources, read_files: bool) -> Result<Self, ConfigError> {
+        let defaults: Table = DEFAULTS
+            .parse()
+            .map_err(|e| ConfigError::new("config/default.toml", format!("{e}")))?;
+        let mut merged = defaults.clone();
+
+        let dir = sources
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env_name = sources
+            .env
+            .get("KTRDR_OPS_ENV")
+            .cloned()
+            .unwrap_or_else(|| "local".to_owned());
+        if !env_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::new(
+                "KTRDR_OPS_ENV",
+                format!("`{env_name}` is not a plain name"),
+            ));
+        }
+        for file in [
+            dir.join("default.toml"),
+            dir.join(format!("{env_name}.toml")),
+        ] {
+            if read_files && file.is_file() {
+                merge(&mut merged, read_table(&file)?);
+            }
+        }
+        if let Some(file) = &sources.config_file {
+            if !file.is_file() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("{} does not exist", file.display()),
+                ));
+            }
+            merge(&mut merged, read_table(file)?);
+        }
+
+        // Legacy names first, so that the namespaced variables win over them.
+        for (name, key) in LEGACY_ENV {
+            if let Some(value) = sources.env.get(*name) {
+                set_key(&mut merged, &defaults, key, value, name)?;
+            }
+        }
+        for (name, value) in &sources.env {
+            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                set_key(&mut merged, &defaults, &key, value, name)?;
+            }
+        }
+        for (key, value) in &sources.overrides {
+            set_key(&mut merged, &defaults, key, value, key)?;
+        }
+
+        let config: Config =
+            serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::new(key, e.into_inner().message().to_owned())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                format!("`{url}` is neither sqlite://PATH nor postgres://..."),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for (key, host) in [
+            ("hosts.ib.url", &self.hosts.ib),
+            ("hosts.training.url", &self.hosts.training),
+        ] {
+            let valid = host
+                .url
+                .strip_prefix("http://")
+                .or_else(|| host.url.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty());
+            if !valid {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{}` is not an http:// or https:// URL", host.url),
+                ));
+            }
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(ConfigError::new(
+                "server.body_limit_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let positive = [
+            (
+                "operations.progress_persist_interval",
+                self.operations.progress_persist_interval,
+            ),
+            ("operations.cancel_grace", self.operations.cancel_grace),
+        ];
+        for (key, value) in positive {
+            if value.0.is_zero() {
+                return Err(ConfigError::new(key, "must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// This replica's name: `node.id`, else the host name.
+    pub fn node_id(&self) -> String {
+        if !self.node.id.is_empty() {
+            return self.node.id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "local".to_owned())
+    }
+
+    pub fn shutdown_deadline(&self) -> Duration {
+        self.server.shutdown_deadline.0
+    }
+}
+
+fn read_table(path: &Path) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+    text.parse::<Table>().map_err(|e| {
+        let message = e.to_string().lines().next().unwrap_or_default().to_owned();
+        ConfigError::new(path.display().to_string(), message)
+    })
+}
+
+/// Deep-merges `over` into `base` (tables merge, everything else replaces).
+fn merge(base: &mut Table, over: Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(base_table)), Value::Table(over_table)) => {
+                merge(base_table, over_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets `dotted.key` from text, typed like the key's default (the defaults file is the schema,
+/// so an unknown key or a value of the wrong type is caught here with the key's name).
+fn set_key(
+    merged: &mut Table,
+    defaults: &Table,
+    key: &str,
+    text: &str,
+    source: &str,
+) -> Result<(), ConfigError> {
+    let path: Vec<&str> = key.split('.').collect();
+    let mut schema = defaults;
+    for part in &path[..path.len() - 1] {
+        schema = match schema.get(*part) {
+            Some(Value::Table(t)) => t,
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("unknown setting (from {source})"),
+                ));
+            }
+        };
+    }
+    let leaf = path[path.len() - 1];
+    let typed = match schema.get(leaf) {
+        Some(Value::String(_)) => Value::String(text.to_owned()),
+        Some(Value::Integer(_)) => Value::Integer(text.trim().parse().map_err(|_| {
+            ConfigError::new(
+                key,
+                format!("`{text}` is not a whole number (from {source})"),
+            )
+        })?),
+        Some(Value::Float(_)) => Value::Float(text.trim().parse().map_err(|_| {
+            ConfigError::new(key, format!("`{text}` is not a number (from {source})"))
+        })?),
+        Some(Value::Boolean(_)) => {
+            Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("`{text}` is not true or false (from {source})"),
+                    ));
+                }
+            })
+        }
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                format!("unknown setting (from {source})"),
+            ));
+        }
+    };
+    let mut table = merged;
+    for part in &path[..path.len() - 1] {
+        table = table
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .expect("schema checked above");
+    }
+    table.insert(leaf.to_owned(), typed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            ..Sources::default()
+        }
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_8000_with_embedded_sqlite() {
+        let config = Config::load(&env(&[])).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.database.url, "sqlite://./var/ktrdr-ops.db");
+        assert_eq!(config.operations.cancel_grace.0, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn namespaced_env_beats_legacy_env_and_flags_beat_both() {
+        let mut sources = env(&[
+            ("DATABASE_URL", "postgres://legacy/db"),
+            ("KTRDR_OPS__DATABASE__URL", "postgres://namespaced/db"),
+            ("IB_HOST_SERVICE_URL", "http://ib:5001"),
+            ("KTRDR_OPS__SERVER__BODY_LIMIT_BYTES", "2048"),
+        ]);
+        assert_eq!(
+            Config::load(&sources).unwrap().database.url,
+            "postgres://namespaced/db"
+        );
+        sources.set("database.url", Some("sqlite://x.db"));
+        let config = Config::load(&sources).unwrap();
+        assert_eq!(config.database.url, "sqlite://x.db");
+        assert_eq!(config.hosts.ib.url, "http://ib:5001");
+        assert_eq!(config.server.body_limit_bytes, 2048);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err =
+            Config::load(&env(&[("KTRDR_OPS__SERVER__LISTEN", "not-an-address")])).unwrap_err();
+        assert_eq!(err.key, "server.listen");
+        let err =
+            Config::load(&env(&[("KTRDR_OPS__SERVER__BODY_LIMIT_BYTES", "lots")])).unwrap_err();
+        assert_eq!(err.key, "server.body_limit_bytes");
+        let err = Config::load(&env(&[("KTRDR_OPS__SERVER__NOPE", "1")])).unwrap_err();
+        assert_eq!(err.key, "server.nope");
+        let err =
+            Config::load(&env(&[("KTRDR_OPS__OPERATIONS__CANCEL_GRACE", "soon")])).unwrap_err();
+        assert_eq!(err.key, "operations.cancel_grace");
+        let err = Config::load(&env(&[("TRAINING_HOST_SERVICE_URL", "ftp://x")])).unwrap_err();
+        assert_eq!(err.key, "hosts.training.url");
+    }
+
+    #[test]
+    fn config_files_layer_and_unknown_keys_in_them_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[server]\nlisten = \"0.0.0.0:9000\"\n",
+        )
+        .unwrap();
+        let mut sources = env(&[("KTRDR_OPS_ENV", "staging")]);
+        sources.config_dir = Some(dir.path().to_owned());
+        assert_eq!(Config::load(&sources).unwrap().server.listen.port(), 9000);
+
+        let extra = dir.path().join("extra.toml");
+        std::fs::write(&extra, "[server]\nlisen = \"0.0.0.0:9000\"\n").unwrap();
+        sources.config_file = Some(extra);
+        let err = Config::load(&sources).unwrap_err();
+        assert_eq!(err.key, "server");
+        assert!(err.message.contains("lisen"), "{err}");
+    }
+}

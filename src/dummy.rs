@@ -1,0 +1,115 @@
+//! The reference operation: `iterations` steps of `interval_ms` each, reporting progress every
+//! step and stopping at once when cancelled. Used by tests, demos and benchmarks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::invalid::Invalid;
+use crate::ops::{DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType};
+
+pub const OPERATION_TYPE: &str = "dummy";
+const MAX_ITERATIONS: u32 = 1_000_000;
+const MAX_INTERVAL_MS: u64 = 3_600_000;
+
+pub fn operation_type() -> OperationType {
+    OperationType {
+        name: OPERATION_TYPE,
+        steps_total: 1,
+        renderer: Arc::new(DefaultRenderer),
+        reattach: None,
+    }
+}
+
+/// The body of `POST /api/v1/dummy/start`; every field optional.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DummyParams {
+    #[serde(default = "default_iterations")]
+    pub iterations: u32,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_iterations() -> u32 {
+    100
+}
+
+fn default_interval_ms() -> u64 {
+    2_000
+}
+
+impl Default for DummyParams {
+    fn default() -> Self {
+        Self {
+            iterations: default_iterations(),
+            interval_ms: default_interval_ms(),
+        }
+    }
+}
+
+impl DummyParams {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !(1..=MAX_ITERATIONS).contains(&self.iterations) {
+            return Err(Invalid::new(
+                "iterations",
+                format!(
+                    "iterations must be between 1 and {MAX_ITERATIONS}, not {}",
+                    self.iterations
+                ),
+            ));
+        }
+        if self.interval_ms > MAX_INTERVAL_MS {
+            return Err(Invalid::new(
+                "interval_ms",
+                format!(
+                    "interval_ms must be at most {MAX_INTERVAL_MS} (one hour), not {}",
+                    self.interval_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn metadata(&self) -> Map<String, Value> {
+        let mut metadata = Map::new();
+        metadata.insert("parameters".into(), json!(self));
+        metadata
+    }
+}
+
+pub struct DummyJob {
+    pub params: DummyParams,
+}
+
+impl Job for DummyJob {
+    fn run(self, ctx: JobContext) -> impl Future<Output = JobResult> + Send + 'static {
+        async move {
+            let DummyParams {
+                iterations,
+                interval_ms,
+            } = self.params;
+            let progress = ctx.progress();
+            progress.start_step("Running dummy task", 1, 0.0..100.0);
+            progress.items(0, Some(u64::from(iterations)));
+            let interval = Duration::from_millis(interval_ms);
+            for i in 1..=iterations {
+                tokio::select! {
+                    biased;
+                    _ = ctx.cancelled() => return Err(JobError::Cancelled),
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let i = u64::from(i);
+                progress.step_progress(
+                    i,
+                    u64::from(iterations),
+                    Some(i),
+                    Some(format!("iteration {i}/{iterations}")),
+                );
+            }
+            Ok(json!({ "iterations_completed": iterations }))
+        }
+    }
+}

@@ -1,0 +1,663 @@
+//! The orchestrator: starts operations as tokio tasks with a child cancellation token, keeps the
+//! running ones in a registry (dropped once terminal and stored), answers "where is X?" and
+//! "stop X", persists progress on a throttle, reconciles what a previous run left unfinished, and
+//! shuts down cleanly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::ops::job::{BoxedJob, JobContext, JobError, OperationType, RemoteStopReport};
+use crate::ops::live::{CancelRequest, LiveOperation};
+use crate::ops::progress::DefaultRenderer;
+use crate::ops::record::{Outcome, Status};
+use crate::ops::snapshot::Snapshot;
+use crate::ops::store::{IdempotencyKey, Inserted, ListFilter, Store, StoreError};
+use crate::time;
+
+/// `error_message` of an operation found unfinished at start-up that nobody could re-attach.
+pub const INTERRUPTED: &str = "interrupted: service restarted before the operation finished";
+/// `error_message` of an operation stopped by a service shutdown.
+pub const SHUTDOWN_REASON: &str = "Operation cancelled: service shutting down";
+/// `error_message` of an operation cancelled without a reason.
+pub const DEFAULT_CANCEL_REASON: &str = "Operation cancelled by user";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a cancel waits for the work to stop before aborting it.
+    pub cancel_grace: Duration,
+    /// Progress is written to the store at most this often per operation.
+    pub persist_interval: Duration,
+    /// How long an Idempotency-Key keeps pointing at its operation.
+    pub idempotency_ttl: Duration,
+    /// This replica's name, stored as the owner of what it runs.
+    pub node_id: String,
+    /// At start-up, reconcile every unfinished operation (one node, e.g. SQLite) rather than
+    /// only those this node owned.
+    pub reconcile_all: bool,
+    /// Most operations of a type running at once (types not named are unlimited). The rest
+    /// wait `pending`, first come first served.
+    pub max_concurrent: HashMap<String, usize>,
+}
+
+/// What to start.
+pub struct OperationSpec {
+    pub operation_type: &'static str,
+    pub metadata: Map<String, Value>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+pub enum Submitted {
+    Started(Arc<Snapshot>),
+    /// The Idempotency-Key had already started this operation.
+    Existing(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the service is shutting down and accepts no new operations")]
+    ShuttingDown,
+    #[error("operation type `{0}` is not registered")]
+    UnknownType(String),
+    #[error("Idempotency-Key `{0}` was already used with a different request")]
+    IdempotencyKeyReused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("Operation not found: {0}")]
+    NotFound(String),
+    #[error("operation {id} is already {status} and cannot be cancelled")]
+    NotCancellable { id: String, status: Status },
+    #[error("operation {0} is not running on this replica")]
+    NotLocal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The answer of a successful cancel.
+pub struct Cancelled {
+    pub snapshot: Arc<Snapshot>,
+    /// A remote stop was started for work on a host.
+    pub remote_cancelled: bool,
+}
+
+/// An operation found by id: running here (watchable) or read from the store.
+pub enum Lookup {
+    Live(LiveView),
+    Stored(Arc<Snapshot>),
+}
+
+/// A running operation, for readers that want to follow its changes.
+pub struct LiveView {
+    op: Arc<LiveOperation>,
+}
+
+impl LiveView {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.op.snapshot()
+    }
+
+    /// Ticks whenever the operation's version changes; closes when it is dropped from the registry.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.op.subscribe()
+    }
+}
+
+impl Lookup {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self {
+            Lookup::Live(view) => view.snapshot(),
+            Lookup::Stored(snapshot) => snapshot.clone(),
+        }
+    }
+
+    /// Waits until the version is above `since`, the operation is terminal, or `wait` passed;
+    /// then returns the latest snapshot.
+    pub async fn wait_newer(&self, since: u64, wait: Duration) -> Arc<Snapshot> {
+        let Lookup::Live(view) = self else {
+            return self.snapshot();
+        };
+        let mut changes = view.changes();
+        let deadline = Instant::now() + wait;
+        loop {
+            let snapshot = view.snapshot();
+            if snapshot.version() > since || snapshot.is_terminal() {
+                return snapshot;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return view.snapshot(),
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    settings: Settings,
+    types: HashMap<&'static str, OperationType>,
+    /// Run slots per type with a concurrency limit (tokio's semaphore is fair: FIFO).
+    slots: HashMap<&'static str, Arc<Semaphore>>,
+    registry: RwLock<HashMap<String, Arc<LiveOperation>>>,
+    /// Parent of every operation's token: cancelling it stops everything (shutdown).
+    root: CancellationToken,
+    tasks: TaskTracker,
+    accepting: AtomicBool,
+    stop_flusher: CancellationToken,
+}
+
+impl Orchestrator {
+    /// Builds the orchestrator for these operation types and starts its progress flusher.
+    pub fn new(store: Store, settings: Settings, types: Vec<OperationType>) -> Self {
+        let slots = types
+            .iter()
+            .filter_map(|t| {
+                settings
+                    .max_concurrent
+                    .get(t.name)
+                    .map(|n| (t.name, Arc::new(Semaphore::new(*n))))
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            store,
+            types: types.into_iter().map(|t| (t.name, t)).collect(),
+            slots,
+            settings,
+            registry: RwLock::new(HashMap::new()),
+            root: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            accepting: AtomicBool::new(true),
+            stop_flusher: CancellationToken::new(),
+        });
+        tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
+        Orchestrator { inner }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Fires when the service begins shutting down (streams and long-polls end on it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.root.clone()
+    }
+
+    /// Operations running (or waiting to run) in this process.
+    pub fn active_count(&self) -> usize {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(operation_id)
+            .cloned()
+    }
+
+    /// Stores a new `pending` operation, then starts its job in the background.
+    pub async fn submit(
+        &self,
+        spec: OperationSpec,
+        job: BoxedJob,
+    ) -> Result<Submitted, SubmitError> {
+        let inner = &self.inner;
+        if !inner.accepting.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let ty = inner
+            .types
+            .get(spec.operation_type)
+            .ok_or_else(|| SubmitError::UnknownType(spec.operation_type.to_owned()))?;
+        let not_before = time::now() - inner.settings.idempotency_ttl;
+        if let Some(key) = &spec.idempotency
+            && let Some((operation_id, fingerprint)) = inner
+                .store
+                .find_idempotency(&key.scope, &key.key, not_before)
+                .await?
+        {
+            return existing(key, operation_id, fingerprint);
+        }
+
+        let id = format!("op_{}_{}", ty.name, Uuid::now_v7().simple());
+        let record = crate::ops::record::OperationRecord::new(
+            id.clone(),
+            ty.name.to_owned(),
+            spec.metadata,
+            ty.steps_total,
+        );
+        let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token());
+        let idempotency = spec.idempotency.clone().map(|key| (key, not_before));
+        match inner
+            .store
+            .insert(op.snapshot(), &inner.settings.node_id, idempotency)
+            .await?
+        {
+            Inserted::New => {}
+            Inserted::Existing {
+                operation_id,
+                fingerprint,
+            } => {
+                let key = spec
+                    .idempotency
+                    .as_ref()
+                    .expect("only keyed inserts find an existing operation");
+                return existing(key, operation_id, fingerprint);
+            }
+        }
+        inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, op.clone());
+        spawn(inner.clone(), op.clone(), job, false);
+        Ok(Submitted::Started(op.snapshot()))
+    }
+
+    /// Finds an operation: from memory while it runs here, else from the store.
+    pub async fn get(&self, operation_id: &str) -> Result<Option<Lookup>, StoreError> {
+        if let Some(op) = self.live(operation_id) {
+            return Ok(Some(Lookup::Live(LiveView { op })));
+        }
+        Ok(self
+            .inner
+            .store
+            .get(operation_id)
+            .await?
+            .map(|s| Lookup::Stored(Arc::new(s))))
+    }
+
+    /// A page of stored operations, newest first; running ones show their live progress.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<(Vec<Arc<Snapshot>>, u64, u64), StoreError> {
+        let page = self.inner.store.list(filter).await?;
+        let operations = page
+            .operations
+            .into_iter()
+            .map(|stored| match self.live(&stored.record.operation_id) {
+                Some(op) => op.snapshot(),
+                None => Arc::new(stored),
+            })
+            .collect();
+        Ok((operations, page.total_count, page.active_count))
+    }
+
+    /// Cancels an operation and answers once its work has stopped and `cancelled` is stored
+    /// (api.md §4). Work that ignores its token past the grace period is aborted.
+    pub async fn cancel(
+        &self,
+        operation_id: &str,
+        reason: Option<String>,
+    ) -> Result<Cancelled, CancelError> {
+        let inner = &self.inner;
+        let Some(op) = self.live(operation_id) else {
+            return match inner.store.get(operation_id).await? {
+                None => Err(CancelError::NotFound(operation_id.to_owned())),
+                Some(s) if s.is_terminal() => Err(CancelError::NotCancellable {
+                    id: operation_id.to_owned(),
+                    status: s.record.status,
+                }),
+                Some(_) => match self.live(operation_id) {
+                    // Stored a moment before it entered the registry: try again with it.
+                    Some(_) => Box::pin(self.cancel(operation_id, reason)).await,
+                    None => Err(CancelError::NotLocal(operation_id.to_owned())),
+                },
+            };
+        };
+        let reason = reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned());
+        match op.request_cancel(&reason) {
+            CancelRequest::Terminal(status) => {
+                return Err(CancelError::NotCancellable {
+                    id: op.id.clone(),
+                    status,
+                });
+            }
+            CancelRequest::First(intent) => {
+                // The intent is stored before the work is told to stop, so that a crash in
+                // between still leaves a record of it.
+                if let Err(e) = inner
+                    .store
+                    .save(vec![intent], &inner.settings.node_id)
+                    .await
+                {
+                    tracing::warn!(operation_id, error = %e, "could not store the cancel intent; cancelling anyway");
+                }
+                op.token.cancel();
+            }
+            CancelRequest::AlreadyRequested => op.token.cancel(),
+        }
+        if timeout(inner.settings.cancel_grace, op.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                operation_id,
+                "work ignored cancellation for the grace period; aborting it"
+            );
+            if let Some(handle) = op.abort.get() {
+                handle.abort();
+            }
+            op.settled().await;
+        }
+        let snapshot = op.snapshot();
+        match snapshot.record.status {
+            Status::Cancelled => Ok(Cancelled {
+                remote_cancelled: snapshot
+                    .record
+                    .cancellation
+                    .as_ref()
+                    .is_some_and(|c| c.remote.is_some()),
+                snapshot,
+            }),
+            status => Err(CancelError::NotCancellable {
+                id: op.id.clone(),
+                status,
+            }),
+        }
+    }
+
+    /// At start-up: every operation a previous run left `pending`/`running` is re-attached by
+    /// its type, or failed as interrupted. Returns how many of each.
+    pub async fn reconcile(&self) -> Result<(usize, usize), StoreError> {
+        let inner = &self.inner;
+        let owner = (!inner.settings.reconcile_all).then_some(inner.settings.node_id.as_str());
+        let (mut reattached, mut failed) = (0, 0);
+        for stored in inner.store.unfinished(owner).await? {
+            let record = &stored.record;
+            let ty = inner.types.get(record.operation_type.as_str());
+            let job = ty
+                .and_then(|t| t.reattach.as_ref())
+                .and_then(|r| r.reattach(record, stored.job_state.as_ref()));
+            match (ty, job) {
+                (Some(ty), Some(job)) => {
+                    let op = LiveOperation::new(
+                        record.clone(),
+                        stored.job_state.clone(),
+                        ty.renderer.clone(),
+                        inner.root.child_token(),
+                    );
+                    inner
+                        .registry
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(op.id.clone(), op.clone());
+                    tracing::info!(operation_id = %op.id, "re-attached an operation left running by the previous run");
+                    spawn(inner.clone(), op, job, record.status == Status::Running);
+                    reattached += 1;
+                }
+                _ => {
+                    let renderer = ty
+                        .map(|t| t.renderer.clone())
+                        .unwrap_or_else(|| Arc::new(DefaultRenderer));
+                    let op = LiveOperation::new(
+                        record.clone(),
+                        stored.job_state.clone(),
+                        renderer,
+                        CancellationToken::new(),
+                    );
+                    if let Some(snapshot) =
+                        op.finish(Outcome::Failed(INTERRUPTED.to_owned()), false, None)
+                    {
+                        inner
+                            .store
+                            .save(vec![snapshot], &inner.settings.node_id)
+                            .await?;
+                    }
+                    failed += 1;
+                }
+            }
+        }
+        if reattached + failed > 0 {
+            tracing::info!(
+                reattached,
+                failed,
+                "reconciled operations left unfinished by the previous run"
+            );
+        }
+        Ok((reattached, failed))
+    }
+
+    /// Stops accepting, cancels everything running, waits for the work to stop and its outcome
+    /// to be stored (aborting what ignores the cancel), and flushes the store — within `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let inner = &self.inner;
+        let end = Instant::now() + deadline;
+        inner.accepting.store(false, Ordering::Release);
+        inner.root.cancel();
+        inner.tasks.close();
+        let grace = inner.settings.cancel_grace.min(deadline / 2);
+        if timeout(grace, inner.tasks.wait()).await.is_err() {
+            let stuck: Vec<_> = inner
+                .registry
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            tracing::warn!(
+                operations = stuck.len(),
+                "aborting work that ignored the shutdown"
+            );
+            for op in stuck {
+                if let Some(handle) = op.abort.get() {
+                    handle.abort();
+                }
+            }
+            if tokio::time::timeout_at(end, inner.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!("shutdown deadline passed with operations still finishing");
+            }
+        }
+        inner.stop_flusher.cancel();
+        flush_progress(inner).await;
+        if let Err(e) = inner.store.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+    }
+}
+
+fn existing(
+    key: &IdempotencyKey,
+    operation_id: String,
+    fingerprint: String,
+) -> Result<Submitted, SubmitError> {
+    if fingerprint == key.fingerprint {
+        Ok(Submitted::Existing(operation_id))
+    } else {
+        Err(SubmitError::IdempotencyKeyReused(key.key.clone()))
+    }
+}
+
+/// Runs one operation: a supervisor task (tracked, never aborted) that moves it to `running`,
+/// runs the job in a task of its own (the one a forced cancel aborts), and stores the outcome
+/// whatever happened to the job — returned, failed, cancelled, aborted or panicked.
+fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_running: bool) {
+    // A root span: an operation outlives the request that started it.
+    let span = tracing::info_span!(parent: None, "operation", operation_id = %op.id);
+    let tasks = inner.tasks.clone();
+    let supervisor = async move {
+        if op.token.is_cancelled() {
+            finish(
+                &inner,
+                &op,
+                Outcome::Cancelled {
+                    reason: SHUTDOWN_REASON.to_owned(),
+                },
+                false,
+            )
+            .await;
+            return;
+        }
+        // Holding the slot for as long as the work runs.
+        let _slot = match inner
+            .slots
+            .get(op.snapshot().record.operation_type.as_str())
+        {
+            Some(slots) if !already_running => {
+                let slots = slots.clone();
+                if slots.available_permits() == 0 {
+                    op.edit_progress(|tracker, progress| {
+                        tracker.detail(progress, "waiting for a free slot (the concurrency limit of this type is reached)".to_owned())
+                    });
+                }
+                tokio::select! {
+                    permit = slots.acquire_owned() => permit.ok(),
+                    _ = op.token.cancelled() => {
+                        finish(&inner, &op, Outcome::Cancelled { reason: SHUTDOWN_REASON.to_owned() }, false).await;
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if !already_running {
+            match op.start() {
+                Ok(snapshot) => {
+                    let _ = inner
+                        .store
+                        .save_later(vec![snapshot], &inner.settings.node_id)
+                        .await;
+                }
+                Err(_) => return,
+            }
+        }
+        let ctx = JobContext {
+            op: op.clone(),
+            store: inner.store.clone(),
+            owner: inner.settings.node_id.clone(),
+        };
+        let work = tokio::spawn(job.start(ctx).in_current_span());
+        let _ = op.abort.set(work.abort_handle());
+        let (outcome, forced) = match work.await {
+            Ok(Ok(result)) => (Outcome::Completed(result), false),
+            Ok(Err(JobError::Failed(message))) => (Outcome::Failed(message), false),
+            Ok(Err(JobError::Cancelled)) => (
+                Outcome::Cancelled {
+                    reason: DEFAULT_CANCEL_REASON.to_owned(),
+                },
+                false,
+            ),
+            Err(e) if e.is_cancelled() => (
+                Outcome::Cancelled {
+                    reason: DEFAULT_CANCEL_REASON.to_owned(),
+                },
+                true,
+            ),
+            Err(_) => {
+                tracing::error!("the operation's work panicked");
+                (
+                    Outcome::Failed("internal error: the operation's work crashed".to_owned()),
+                    false,
+                )
+            }
+        };
+        finish(&inner, &op, outcome, forced).await;
+    };
+    tasks.spawn(supervisor.instrument(span));
+}
+
+/// The one way an operation ends: terminal state in memory (first outcome wins), stored, dropped
+/// from the registry, waiters woken; then the remote stop, if cancelled work was on a host.
+async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, forced: bool) {
+    let hook = op.take_remote_stop();
+    let remote_host = hook.as_ref().map(|h| h.host.clone());
+    let Some(snapshot) = op.finish(outcome, forced, remote_host) else {
+        return;
+    };
+    if let Err(e) = inner
+        .store
+        .save(vec![snapshot.clone()], &inner.settings.node_id)
+        .await
+    {
+        tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
+    }
+    inner
+        .registry
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&op.id);
+    op.mark_settled();
+    tracing::info!(status = %snapshot.record.status, "operation finished");
+    if let (Status::Cancelled, Some(hook)) = (snapshot.record.status, hook) {
+        let report = RemoteStopReport {
+            op: op.clone(),
+            store: inner.store.clone(),
+            owner: inner.settings.node_id.clone(),
+            reason: snapshot.record.error_message.clone().unwrap_or_default(),
+        };
+        inner.tasks.spawn((hook.run)(report).in_current_span());
+    }
+}
+
+/// Writes the progress of every operation that changed since the last write, in one batch.
+async fn flush_progress(inner: &Inner) {
+    let changed: Vec<Arc<Snapshot>> = inner
+        .registry
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|op| op.take_dirty())
+        .map(|op| op.snapshot())
+        .collect();
+    if !changed.is_empty()
+        && let Err(e) = inner
+            .store
+            .save_later(changed, &inner.settings.node_id)
+            .await
+    {
+        tracing::warn!(error = %e, "could not queue progress writes");
+    }
+}
+
+async fn flush_progress_periodically(inner: Weak<Inner>) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(strong.settings.persist_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = strong.stop_flusher.clone();
+    drop(strong);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match inner.upgrade() {
+            Some(inner) => flush_progress(&inner).await,
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! Durable operations: sqlx over SQLite (embedded default) or PostgreSQL (several replicas).
+//! Every query is written once; the [`on_db!`] macro compiles it for whichever backend is open.
+//! All writes go through one batching writer task (group commit: many small writes share one
+//! transaction), reads go straight to a pool.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::migrate::Migrator;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ops::record::{OperationRecord, Status};
+use crate::ops::snapshot::Snapshot;
+use crate::time::{self, Timestamp};
+
+pub(crate) static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+pub(crate) static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The most writes one transaction carries.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database: {0}")]
+    Open(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored operation {0} is unreadable: {1}")]
+    Corrupt(String, String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the open backend's pool. The body is compiled once per
+/// backend, so a query is written once and works on both (SQL here sticks to what both speak:
+/// `$n` parameters, BIGINT microseconds, JSON as TEXT, `ON CONFLICT`).
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Filters of `GET /operations`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub operation_type: Option<String>,
+    pub active_only: bool,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+pub struct ListPage {
+    pub operations: Vec<Snapshot>,
+    pub total_count: u64,
+    pub active_count: u64,
+}
+
+/// An Idempotency-Key as stored: the endpoint it belongs to, the key, and a fingerprint of the
+/// request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// What inserting a new operation found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    New,
+    /// The Idempotency-Key was already used (within its time to live).
+    Existing {
+        operation_id: String,
+        fingerprint: String,
+    },
+}
+
+enum WriteCmd {
+    Insert {
+        row: Arc<Snapshot>,
+        owner: String,
+        idempotency: Option<(IdempotencyKey, i64)>,
+        reply: oneshot::Sender<Result<Inserted, StoreError>>,
+    },
+    Save {
+        rows: Vec<Arc<Snapshot>>,
+        owner: String,
+        reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    readers: Db,
+    writes: mpsc::Sender<WriteCmd>,
+    kind: &'static str,
+}
+
+impl Store {
+    /// Opens the database named by `url` and applies pending migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let (readers, writer, kind) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let pool = postgres::open(url, max_connections).await?;
+                (Db::Postgres(pool.clone()), Db::Postgres(pool), "postgres")
+            } else {
+                let (readers, writer) = sqlite::open(url, max_connections).await?;
+                (Db::Sqlite(readers), Db::Sqlite(writer), "sqlite")
+            };
+        let (writes, rx) = mpsc::channel(16 * MAX_BATCH);
+        tokio::spawn(writer_loop(writer, rx));
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                readers,
+                writes,
+                kind,
+            }),
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        self.inner.kind
+    }
+
+    async fn send(&self, cmd: WriteCmd) -> Result<(), StoreError> {
+        self.inner
+            .writes
+            .send(cmd)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Stores a new operation (and its Idempotency-Key, in the same transaction). When the key
+    /// was already used, nothing is written and the earlier operation is named instead.
+    pub async fn insert(
+        &self,
+        row: Arc<Snapshot>,
+        owner: &str,
+        idempotency: Option<(IdempotencyKey, Timestamp)>,
+    ) -> Result<Inserted, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let idempotency =
+            idempotency.map(|(key, expired_before)| (key, time::to_micros(&expired_before)));
+        self.send(WriteCmd::Insert {
+            row,
+            owner: owner.to_owned(),
+            idempotency,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes these versions and waits until they are committed. A row only replaces an older
+    /// version, and never changes a terminal status.
+    pub async fn save(&self, rows: Vec<Arc<Snapshot>>, owner: &str) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteCmd::Save {
+            rows,
+            owner: owner.to_owned(),
+            reply: Some(reply),
+        })
+        .await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues these versions for the next batch without waiting for the commit.
+    pub async fn save_later(
+        &self,
+        rows: Vec<Arc<Snapshot>>,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        self.send(WriteCmd::Save {
+            rows,
+            owner: owner.to_owned(),
+            reply: None,
+        })
+        .await
+    }
+
+    /// Waits until every write queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.save(Vec::new(), "").await
+    }
+
+    pub async fn get(&self, operation_id: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row = on_db!(&self.inner.readers, pool => {
+            sqlx::query("SELECT operation_id, record, job_state FROM operations WHERE operation_id = $1")
+                .bind(operation_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| decode(&row))
+        });
+        row.transpose()
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
+        let status = filter.status.map(|s| s.as_str());
+        let active_only = i64::from(filter.active_only);
+        let (operations, total_count, active_count) = on_db!(&self.inner.readers, pool => {
+            let rows = sqlx::query(
+                "SELECT operation_id, record, job_state FROM operations \
+                 WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR operation_type = $2) \
+                   AND ($3 = 0 OR status IN ('pending', 'running')) \
+                 ORDER BY created_at DESC, operation_id DESC LIMIT $4 OFFSET $5",
+            )
+            .bind(status)
+            .bind(filter.operation_type.as_deref())
+            .bind(active_only)
+            .bind(i64::from(filter.limit))
+            .bind(filter.offset as i64)
+            .fetch_all(pool)
+            .await?;
+            let total: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM operations \
+                 WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR operation_type = $2) \
+                   AND ($3 = 0 OR status IN ('pending', 'running'))",
+            )
+            .bind(status)
+            .bind(filter.operation_type.as_deref())
+            .bind(active_only)
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+            let active: i64 = sqlx::query("SELECT COUNT(*) FROM operations WHERE status IN ('pending', 'running')")
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
+            (rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?, total, active)
+        });
+        Ok(ListPage {
+            operations,
+            total_count: total_count as u64,
+            active_count: active_count as u64,
+        })
+    }
+
+    /// Operations still `pending`/`running` in the store: what a restart must reconcile. With
+    /// `owner`, only those that replica owned.
+    pub async fn unfinished(&self, owner: Option<&str>) -> Result<Vec<Snapshot>, StoreError> {
+        let rows = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "SELECT operation_id, record, job_state FROM operations \
+                 WHERE status IN ('pending', 'running') AND ($1 IS NULL OR owner_node = $1) \
+                 ORDER BY created_at",
+            )
+            .bind(owner)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()
+        });
+        rows
+    }
+
+    /// The operation an Idempotency-Key started, if the key was used after `not_before`.
+    pub async fn find_idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+        not_before: Timestamp,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let found = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "SELECT operation_id, fingerprint FROM idempotency_keys \
+                 WHERE scope = $1 AND idempotency_key = $2 AND created_at >= $3",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(time::to_micros(&not_before))
+            .fetch_optional(pool)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get("operation_id")?, row.try_get("fingerprint")?)))
+            .transpose()?
+        });
+        Ok(found)
+    }
+
+    /// A trivial query, for health checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_db!(&self.inner.readers, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+}
+
+fn decode<R: Row>(row: &R) -> Result<Snapshot, StoreError>
+where
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let id: String = row.try_get("operation_id")?;
+    let record: String = row.try_get("record")?;
+    let job_state: Option<String> = row.try_get("job_state")?;
+    let record: OperationRecord = serde_json::from_str(&record)
+        .map_err(|e| StoreError::Corrupt(id.clone(), e.to_string()))?;
+    let job_state = job_state
+        .map(|s| serde_json::from_str::<Value>(&s))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(id, e.to_string()))?;
+    Ok(Snapshot::new(record, job_state))
+}
+
+/// The columns of one stored version.
+struct Columns {
+    id: String,
+    operation_type: String,
+    status: &'static str,
+    created_at: i64,
+    updated_at: i64,
+    version: i64,
+    record: String,
+    job_state: Option<String>,
+    cancel_requested_at: Option<i64>,
+    cancel_reason: Option<String>,
+}
+
+impl Columns {
+    fn of(snapshot: &Snapshot) -> Columns {
+        let r = &snapshot.record;
+        Columns {
+            id: r.operation_id.clone(),
+            operation_type: r.operation_type.clone(),
+            status: r.status.as_str(),
+            created_at: time::to_micros(&r.created_at),
+            updated_at: time::to_micros(&time::now()),
+            version: r.version as i64,
+            record: String::from_utf8_lossy(&snapshot.record_json()).into_owned(),
+            job_state: snapshot.job_state.as_ref().map(Value::to_string),
+            cancel_requested_at: r
+                .cancellation
+                .as_ref()
+                .map(|c| time::to_micros(&c.requested_at)),
+            cancel_reason: r.cancellation.as_ref().map(|c| c.reason.clone()),
+        }
+    }
+}
+
+/// Applies queued writes in batches: one transaction per batch, replies after the commit. If a
+/// batch fails as a whole, its commands are retried one by one so one bad write cannot sink
+/// the others.
+async fn writer_loop(db: Db, mut rx: mpsc::Receiver<WriteCmd>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match apply(&db, &batch).await {
+            Ok(results) => {
+                for (cmd, result) in batch.drain(..).zip(results) {
+                    reply(cmd, Ok(result));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for cmd in batch.drain(..) {
+                    let result = apply(&db, std::slice::from_ref(&cmd))
+                        .await
+                        .map(|mut r| r.remove(0));
+                    reply(cmd, result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed");
+                for cmd in batch.drain(..) {
+                    reply(cmd, Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn reply(cmd: WriteCmd, result: Result<Inserted, StoreError>) {
+    match cmd {
+        WriteCmd::Insert { reply, .. } => {
+            let _ = reply.send(result);
+        }
+        WriteCmd::Save {
+            reply: Some(reply), ..
+        } => {
+            let _ = reply.send(result.map(|_| ()));
+        }
+        WriteCmd::Save { reply: None, .. } => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "background store write failed");
+            }
+        }
+    }
+}
+
+const INSERT_OPERATION: &str = "INSERT INTO operations (operation_id, operation_type, status, created_at, updated_at, \
+     version, record, job_state, owner_node, heartbeat_at, cancel_requested_at, cancel_reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $5, $10, $11)";
+
+/// Newer versions only; a terminal status is never replaced by another status.
+const SAVE_OPERATION: &str = "UPDATE operations SET status = $2, updated_at = $3, version = $4, record = $5, \
+     job_state = $6, owner_node = $7, heartbeat_at = $3, cancel_requested_at = $8, cancel_reason = $9 \
+     WHERE operation_id = $1 AND version < $4 \
+       AND (status NOT IN ('completed', 'failed', 'cancelled') OR status = $2)";
+
+const CLAIM_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (scope, idempotency_key, fingerprint, operation_id, created_at) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (scope, idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+       operation_id = excluded.operation_id, created_at = excluded.created_at \
+     WHERE idempotency_keys.created_at < $6";
+
+async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Inserted>, StoreError> {
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for cmd in batch {
+            match cmd {
+                WriteCmd::Insert { row, owner, idempotency, .. } => {
+                    let c = Columns::of(row);
+                    if let Some((key, expired_before)) = idempotency {
+                        let claimed = sqlx::query(CLAIM_IDEMPOTENCY_KEY)
+                            .bind(&key.scope)
+                            .bind(&key.key)
+                            .bind(&key.fingerprint)
+                            .bind(&c.id)
+                            .bind(c.created_at)
+                            .bind(*expired_before)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        if claimed == 0 {
+                            let row = sqlx::query(
+                                "SELECT operation_id, fingerprint FROM idempotency_keys \
+                                 WHERE scope = $1 AND idempotency_key = $2",
+                            )
+                            .bind(&key.scope)
+                            .bind(&key.key)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            results.push(Inserted::Existing {
+                                operation_id: row.try_get("operation_id")?,
+                                fingerprint: row.try_get("fingerprint")?,
+                            });
+                            continue;
+                        }
+                    }
+                    sqlx::query(INSERT_OPERATION)
+                        .bind(&c.id)
+                        .bind(&c.operation_type)
+                        .bind(c.status)
+                        .bind(c.created_at)
+                        .bind(c.updated_at)
+                        .bind(c.version)
+                        .bind(&c.record)
+                        .bind(&c.job_state)
+                        .bind(owner.as_str())
+                        .bind(c.cancel_requested_at)
+                        .bind(&c.cancel_reason)
+                        .execute(&mut *tx)
+                        .await?;
+                    results.push(Inserted::New);
+                }
+                WriteCmd::Save { rows, owner, .. } => {
+                    for row in rows {
+                        let c = Columns::of(row);
+                        sqlx::query(SAVE_OPERATION)
+                            .bind(&c.id)
+                            .bind(c.status)
+                            .bind(c.updated_at)
+                            .bind(c.version)
+                            .bind(&c.record)
+                            .bind(&c.job_state)
+                            .bind(owner.as_str())
+                            .bind(c.cancel_requested_at)
+                            .bind(&c.cancel_reason)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    results.push(Inserted::New);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    })
+}

@@ -1,0 +1,324 @@
+//! Test harness: the real service on port 0 (in-process, or as a child process when a test needs
+//! to kill it), each with a fresh database — SQLite in a temp dir, or a new PostgreSQL database
+//! when `KTRDR_OPS_TEST_DATABASE_URL` is set — and small HTTP/SSE helpers.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ktrdr_ops::app::{self, Server};
+use ktrdr_ops::config::Config;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A fresh, empty database for one test.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+        TestDb {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new database on the PostgreSQL named by `KTRDR_OPS_TEST_DATABASE_URL`.
+    pub async fn postgres() -> Self {
+        let admin = std::env::var("KTRDR_OPS_TEST_DATABASE_URL")
+            .expect("KTRDR_OPS_TEST_DATABASE_URL names a PostgreSQL server for these tests");
+        let name = format!("ktrdr_ops_test_{}", uuid::Uuid::now_v7().simple());
+        let pool = sqlx::PgPool::connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        TestDb {
+            url: format!("{base}/{name}"),
+            _dir: None,
+        }
+    }
+}
+
+/// Config for a test service: loopback port 0, the given database, a temp data dir.
+pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
+    let mut config = Config::defaults();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.database.url = db.url.clone();
+    config.data.dir = data_dir.to_owned();
+    config.node.id = "test-node".into();
+    config
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub server: Option<Server>,
+    pub db: TestDb,
+    pub data_dir: TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(TestDb::sqlite(), |_| {}).await
+    }
+
+    pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&db, data_dir.path());
+        tweak(&mut config);
+        let server = app::start(config).await.expect("the service starts");
+        TestApp {
+            base: format!("http://{}", server.addr()),
+            http: reqwest::Client::new(),
+            server: Some(server),
+            db,
+            data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        json_of(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        json_of(
+            self.http
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        json_of(self.http.delete(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Starts a dummy operation and returns its id.
+    pub async fn start_dummy(&self, iterations: u32, interval_ms: u64) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/dummy/start",
+                json!({ "iterations": iterations, "interval_ms": interval_ms }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["operation_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn record(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/operations/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].clone()
+    }
+
+    /// Polls until the operation has `status`, or panics after `within`.
+    pub async fn wait_for_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let record = self.record(id).await;
+            if record["status"] == status {
+                return record;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never became {status}: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) -> TestDb {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.db
+    }
+}
+
+pub async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Asserts the error envelope of api.md §1 and returns its code.
+pub fn assert_envelope(body: &Value) -> String {
+    assert_eq!(body["success"], false, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.message: {body}"));
+    assert!(!message.is_empty());
+    assert_eq!(body["detail"], body["error"]["message"], "{body}");
+    assert!(body["error"]["details"].is_object(), "{body}");
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Value,
+}
+
+/// Reads an SSE stream until it closes, `max` events arrived, or `within` passed.
+pub async fn read_sse(
+    http: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<&str>,
+    max: usize,
+    within: Duration,
+) -> (Vec<SseEvent>, bool) {
+    let mut request = http.get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(chunk)) => chunk.unwrap(),
+            Ok(None) => return (events, true),
+            Err(_) => return (events, false),
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let mut event = SseEvent {
+                id: None,
+                event: None,
+                data: Value::Null,
+            };
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    event.id = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.event = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            event.data = serde_json::from_str(&data).unwrap();
+            events.push(event);
+            if events.len() >= max {
+                return (events, false);
+            }
+        }
+    }
+}
+
+/// The service binary as a child process (for tests that kill it).
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServiceProcess {
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"));
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("the binary starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for reader in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(at) = line.find("listening on http://") {
+                        let addr = line[at + "listening on ".len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .to_owned();
+                        let _ = tx.send(addr.trim_end_matches('"').to_owned());
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let base = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the service did not start: {:?}", output.lock().unwrap()))
+            .unwrap_or_else(|| panic!("the service exited: {:?}", output.lock().unwrap()));
+        ServiceProcess {
+            child,
+            base,
+            output,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the service did not exit: {:?}",
+                    self.output.lock().unwrap()
+                )
+            })
+            .unwrap()
+    }
+}

@@ -1,0 +1,157 @@
+//! The binary as users run it: a child process killed with -9, stopped with SIGTERM, given bad
+//! config, asked for its version, migrating a database.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ServiceProcess, TestDb, json_of};
+use serde_json::json;
+
+fn serve_args(db: &TestDb) -> Vec<String> {
+    vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--database-url".into(),
+        db.url.clone(),
+    ]
+}
+
+async fn start_dummies(http: &reqwest::Client, service: &ServiceProcess, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let response = http
+            .post(service.url("/api/v1/dummy/start"))
+            .json(&json!({ "iterations": 1000, "interval_ms": 50 }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["data"]["operation_id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+async fn record(http: &reqwest::Client, service: &ServiceProcess, id: &str) -> serde_json::Value {
+    let (status, body) = json_of(
+        http.get(service.url(&format!("/api/v1/operations/{id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+#[tokio::test]
+async fn operations_killed_with_the_process_read_failed_interrupted_after_a_restart() {
+    let db = TestDb::sqlite();
+    let args = serve_args(&db);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let http = reqwest::Client::new();
+    let mut service = ServiceProcess::start(&args, &[]).await;
+    let ids = start_dummies(&http, &service, 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(record(&http, &service, &ids[0]).await["status"], "running");
+    service.kill9().await;
+
+    let service = ServiceProcess::start(&args, &[]).await;
+    for id in &ids {
+        let r = record(&http, &service, id).await;
+        assert_eq!(r["status"], "failed", "{r}");
+        assert_eq!(
+            r["error_message"],
+            "interrupted: service restarted before the operation finished"
+        );
+        assert!(r["completed_at"].is_string());
+    }
+    let (_, list) = json_of(
+        http.get(service.url("/api/v1/operations?active_only=true"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["total_count"], 0, "nothing is left running: {list}");
+}
+
+#[tokio::test]
+async fn sigterm_cancels_running_operations_stores_them_and_exits_zero() {
+    let db = TestDb::sqlite();
+    let args = serve_args(&db);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let http = reqwest::Client::new();
+    let mut service = ServiceProcess::start(&args, &[]).await;
+    let ids = start_dummies(&http, &service, 5).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    service.signal("TERM");
+    let status = service.wait(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{:?}",
+        service.output.lock().unwrap()
+    );
+
+    let service = ServiceProcess::start(&args, &[]).await;
+    for id in &ids {
+        let r = record(&http, &service, id).await;
+        assert_eq!(r["status"], "cancelled", "{r}");
+        assert_eq!(
+            r["error_message"],
+            "Operation cancelled: service shutting down"
+        );
+    }
+    let lines = service.output.lock().unwrap().join("\n");
+    assert!(
+        !lines.contains("reconciled"),
+        "nothing was left to reconcile:\n{lines}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_2_with_one_line_naming_the_key() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["serve", "--listen", "nowhere"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("server.listen"), "{stderr}");
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .env("KTRDR_OPS__OPERATIONS__CANCEL_GRACE", "whenever")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("operations.cancel_grace"));
+}
+
+#[tokio::test]
+async fn version_and_migrate_work_from_the_command_line() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("ktrdr-ops {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let db = TestDb::sqlite();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("up to date"));
+}
