@@ -9,6 +9,8 @@ pub mod app;
 pub mod config;
 /// The reference operation used by tests, demos and benchmarks.
 pub mod dummy;
+/// Allocator tuning for a small memory footprint.
+pub mod memory;
 /// The one error domains return for bad input.
 pub mod invalid;
 /// The generic operations core: records, progress, cancellation, orchestrator, store.

@@ -82,6 +82,7 @@ fn load(sources: &Sources) -> Result<Config, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    ktrdr_ops::memory::limit_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -16,7 +16,7 @@ use crate::ops::{BoxedJob, OperationSpec, Submitted};
 const PATH: &str = "/api/v1/dummy/start";
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/dummy/start", post(start))
+    Router::new().route("/api/v1/dummy/start", post(start))
 }
 
 async fn start(

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::api::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new().route("/api/v1/health", get(health))
 }
 
 async fn health(State(state): State<AppState>) -> Json<Value> {

@@ -31,13 +31,12 @@ pub struct AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    let api = Router::new()
+    // Full paths rather than `nest`: one routing step less on every request.
+    Router::new()
         .merge(operations::router())
         .merge(dummy::router())
         .merge(health::router())
-        .method_not_allowed_fallback(method_not_allowed);
-    Router::new()
-        .nest("/api/v1", api)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {

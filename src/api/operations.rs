@@ -1,7 +1,6 @@
 //! `/api/v1/operations`: list, get (with long-poll and ETag), cancel, per-operation SSE,
 //! results and metrics (api.md §3–§4).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +29,11 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/operations", get(list))
-        .route("/operations/{id}", get(get_one).delete(cancel))
-        .route("/operations/{id}/events", get(events))
-        .route("/operations/{id}/results", get(results))
-        .route("/operations/{id}/metrics", get(metrics))
+        .route("/api/v1/operations", get(list))
+        .route("/api/v1/operations/{id}", get(get_one).delete(cancel))
+        .route("/api/v1/operations/{id}/events", get(events))
+        .route("/api/v1/operations/{id}/results", get(results))
+        .route("/api/v1/operations/{id}/metrics", get(metrics))
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Lookup, ApiError> {
@@ -154,20 +153,28 @@ fn etag(snapshot: &Snapshot) -> HeaderValue {
 }
 
 /// `GET /operations/{id}[?wait=30s&since=N]`: the record, from memory while it runs.
+#[derive(Deserialize)]
+struct GetQuery {
+    wait: Option<String>,
+    since: Option<String>,
+}
+
+/// The hot path of every client that follows an operation: no header map copy, no allocation
+/// beyond the id, the body serialised once per version.
 async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    Query(query): Query<GetQuery>,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let lookup = find(&state, &id).await?;
-    let snapshot = match query.get("wait") {
+    let snapshot = match &query.wait {
         None => lookup.snapshot(),
         Some(wait) => {
             let wait = time::parse_duration(wait)
                 .map_err(|e| ApiError::invalid("wait", format!("wait: {e}")))?
                 .min(state.config.operations.long_poll_max.0);
-            let since = match query.get("since") {
+            let since = match &query.since {
                 Some(text) => text.parse::<u64>().map_err(|_| {
                     ApiError::invalid(
                         "since",
@@ -184,7 +191,7 @@ async fn get_one(
         }
     };
     let tag = etag(&snapshot);
-    if headers.get(IF_NONE_MATCH).is_some_and(|v| v == tag) {
+    if if_none_match.is_some_and(|v| v == tag) {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, tag)]).into_response());
     }
     Ok((
@@ -196,6 +203,17 @@ async fn get_one(
         snapshot.envelope_json(),
     )
         .into_response())
+}
+
+/// Just the `If-None-Match` header (copying the whole header map costs on the hot path).
+struct IfNoneMatch(Option<HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(IfNoneMatch(parts.headers.get(IF_NONE_MATCH).cloned()))
+    }
 }
 
 #[derive(Deserialize)]

@@ -4,10 +4,13 @@
 //! shuts down cleanly.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::{AbortHandle, Abortable, Aborted};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout};
@@ -344,13 +347,10 @@ impl Orchestrator {
                 });
             }
             CancelRequest::First(intent) => {
-                // The intent is stored before the work is told to stop, so that a crash in
-                // between still leaves a record of it.
-                if let Err(e) = inner
-                    .store
-                    .save(vec![intent], &inner.settings.node_id)
-                    .await
-                {
+                // The intent is queued before the work is told to stop. The writer commits in
+                // order, so it is durable no later than the final `cancelled` this call waits
+                // for — without a second round trip to the database on the way.
+                if let Err(e) = inner.store.save_later(vec![intent], &inner.settings.node_id).await {
                     tracing::warn!(operation_id, error = %e, "could not store the cancel intent; cancelling anyway");
                 }
                 op.token.cancel();
@@ -501,9 +501,9 @@ fn existing(
     }
 }
 
-/// Runs one operation: a supervisor task (tracked, never aborted) that moves it to `running`,
-/// runs the job in a task of its own (the one a forced cancel aborts), and stores the outcome
-/// whatever happened to the job — returned, failed, cancelled, aborted or panicked.
+/// Runs one operation in one tracked task: waits for a slot if its type has a limit, moves it
+/// to `running`, runs the job, and stores the outcome whatever happened to the job — returned,
+/// failed, cancelled, aborted or panicked.
 fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_running: bool) {
     // A root span: an operation outlives the request that started it.
     let span = tracing::info_span!(parent: None, "operation", operation_id = %op.id);
@@ -559,29 +559,19 @@ fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_runni
             store: inner.store.clone(),
             owner: inner.settings.node_id.clone(),
         };
-        let work = tokio::spawn(job.start(ctx).in_current_span());
-        let _ = op.abort.set(work.abort_handle());
+        // The work runs inside this task (one task per operation), abortable from a cancel
+        // that outlives its grace period, and with panics caught so an outcome is always stored.
+        let (abort, registration) = AbortHandle::new_pair();
+        let _ = op.abort.set(abort);
+        let work = Abortable::new(AssertUnwindSafe(job.start(ctx)).catch_unwind(), registration);
         let (outcome, forced) = match work.await {
-            Ok(Ok(result)) => (Outcome::Completed(result), false),
-            Ok(Err(JobError::Failed(message))) => (Outcome::Failed(message), false),
-            Ok(Err(JobError::Cancelled)) => (
-                Outcome::Cancelled {
-                    reason: DEFAULT_CANCEL_REASON.to_owned(),
-                },
-                false,
-            ),
-            Err(e) if e.is_cancelled() => (
-                Outcome::Cancelled {
-                    reason: DEFAULT_CANCEL_REASON.to_owned(),
-                },
-                true,
-            ),
-            Err(_) => {
+            Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
+            Ok(Ok(Err(JobError::Failed(message)))) => (Outcome::Failed(message), false),
+            Ok(Ok(Err(JobError::Cancelled))) => (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, false),
+            Err(Aborted) => (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, true),
+            Ok(Err(_panic)) => {
                 tracing::error!("the operation's work panicked");
-                (
-                    Outcome::Failed("internal error: the operation's work crashed".to_owned()),
-                    false,
-                )
+                (Outcome::Failed("internal error: the operation's work crashed".to_owned()), false)
             }
         };
         finish(&inner, &op, outcome, forced).await;
@@ -622,8 +612,10 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     }
 }
 
-/// Writes the progress of every operation that changed since the last write, in one batch.
+/// Writes the progress of every operation that changed since the last write, in chunks so that
+/// a state change queued meanwhile waits for one chunk at most.
 async fn flush_progress(inner: &Inner) {
+    const CHUNK: usize = 256;
     let changed: Vec<Arc<Snapshot>> = inner
         .registry
         .read()
@@ -632,20 +624,16 @@ async fn flush_progress(inner: &Inner) {
         .filter(|op| op.take_dirty())
         .map(|op| op.snapshot())
         .collect();
-    if !changed.is_empty()
-        && let Err(e) = inner
-            .store
-            .save_later(changed, &inner.settings.node_id)
-            .await
-    {
-        tracing::warn!(error = %e, "could not queue progress writes");
+    for chunk in changed.chunks(CHUNK) {
+        if let Err(e) = inner.store.save_later(chunk.to_vec(), &inner.settings.node_id).await {
+            tracing::warn!(error = %e, "could not queue progress writes");
+            return;
+        }
     }
 }
 
 async fn flush_progress_periodically(inner: Weak<Inner>) {
-    let Some(strong) = inner.upgrade() else {
-        return;
-    };
+    let Some(strong) = inner.upgrade() else { return };
     let mut tick = tokio::time::interval(strong.settings.persist_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = strong.stop_flusher.clone();

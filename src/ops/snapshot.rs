@@ -13,16 +13,17 @@ pub struct Snapshot {
     pub record: OperationRecord,
     /// The job's private resume state (never shown by the API; used to re-attach after a restart).
     pub job_state: Option<Value>,
-    record_json: OnceLock<Bytes>,
+    /// The envelope; the record's own JSON is a slice of it.
     envelope_json: OnceLock<Bytes>,
 }
+
+const ENVELOPE_HEAD: &[u8] = br#"{"success":true,"data":"#;
 
 impl Snapshot {
     pub fn new(record: OperationRecord, job_state: Option<Value>) -> Self {
         Self {
             record,
             job_state,
-            record_json: OnceLock::new(),
             envelope_json: OnceLock::new(),
         }
     }
@@ -35,26 +36,19 @@ impl Snapshot {
         self.record.status.is_terminal()
     }
 
-    /// The record as JSON.
+    /// The record as JSON (shares the envelope's bytes).
     pub fn record_json(&self) -> Bytes {
-        self.record_json
-            .get_or_init(|| {
-                Bytes::from(
-                    serde_json::to_vec(&self.record)
-                        .expect("an operation record always serialises"),
-                )
-            })
-            .clone()
+        let envelope = self.envelope_json();
+        envelope.slice(ENVELOPE_HEAD.len()..envelope.len() - 1)
     }
 
     /// `{"success":true,"data":<record>}`, the body of `GET /operations/{id}`.
     pub fn envelope_json(&self) -> Bytes {
         self.envelope_json
             .get_or_init(|| {
-                let record = self.record_json();
-                let mut body = Vec::with_capacity(record.len() + 32);
-                body.extend_from_slice(br#"{"success":true,"data":"#);
-                body.extend_from_slice(&record);
+                let mut body = Vec::with_capacity(1024);
+                body.extend_from_slice(ENVELOPE_HEAD);
+                serde_json::to_writer(&mut body, &self.record).expect("an operation record always serialises");
                 body.push(b'}');
                 Bytes::from(body)
             })

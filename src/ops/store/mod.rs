@@ -20,8 +20,10 @@ use crate::time::{self, Timestamp};
 pub(crate) static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 pub(crate) static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// The most writes one transaction carries.
+/// The most commands one transaction carries.
 const MAX_BATCH: usize = 512;
+/// The most rows one transaction writes (bounds how long a queued state change can wait).
+const MAX_BATCH_ROWS: usize = 512;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -369,7 +371,26 @@ impl Columns {
 /// the others.
 async fn writer_loop(db: Db, mut rx: mpsc::Receiver<WriteCmd>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut carried: Option<WriteCmd> = None;
+    loop {
+        let first = match carried.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv().await {
+                Some(cmd) => cmd,
+                None => return,
+            },
+        };
+        let mut rows = first.rows();
+        batch.push(first);
+        while batch.len() < MAX_BATCH && rows < MAX_BATCH_ROWS {
+            let Ok(cmd) = rx.try_recv() else { break };
+            if rows + cmd.rows() > MAX_BATCH_ROWS {
+                carried = Some(cmd);
+                break;
+            }
+            rows += cmd.rows();
+            batch.push(cmd);
+        }
         match apply(&db, &batch).await {
             Ok(results) => {
                 for (cmd, result) in batch.drain(..).zip(results) {
@@ -378,9 +399,7 @@ async fn writer_loop(db: Db, mut rx: mpsc::Receiver<WriteCmd>) {
             }
             Err(_) if batch.len() > 1 => {
                 for cmd in batch.drain(..) {
-                    let result = apply(&db, std::slice::from_ref(&cmd))
-                        .await
-                        .map(|mut r| r.remove(0));
+                    let result = apply(&db, std::slice::from_ref(&cmd)).await.map(|mut r| r.remove(0));
                     reply(cmd, result);
                 }
             }
@@ -390,6 +409,15 @@ async fn writer_loop(db: Db, mut rx: mpsc::Receiver<WriteCmd>) {
                     reply(cmd, Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+impl WriteCmd {
+    fn rows(&self) -> usize {
+        match self {
+            WriteCmd::Insert { .. } => 1,
+            WriteCmd::Save { rows, .. } => rows.len().max(1),
         }
     }
 }

@@ -1,0 +1,164 @@
+//! End-to-end figures of the operations core (issue: operations core, "Numbers"). Runs the
+//! release binary as a separate process against a fresh SQLite database and measures, on this
+//! machine, with the load generator on the same machine:
+//!
+//! 1. `GET /api/v1/operations/{id}` of a running op, 64 connections (wrk), next to a bare axum
+//!    handler reading a map (same wrk, same run) for scale;
+//! 2. starting 10,000 long-running dummy ops (each stored before the answer), 32 in flight;
+//! 3. RSS with those 10,000 running;
+//! 4. `DELETE` of each, one at a time, until it answers `cancelled` (p50/p99);
+//! 5. the registry empty afterwards, and RSS again.
+//!
+//! Run: `cargo bench --bench ops_api` (needs `wrk`: `apt-get install wrk`).
+//! Options via env: BENCH_OPS (default 10000), BENCH_WRK_SECONDS (default 10).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn wrk(url: &str, seconds: u64) -> f64 {
+    let output = std::process::Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), url])
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {text}"))
+}
+
+/// The scale reference: a bare axum handler answering a fixed JSON document out of a map.
+async fn bare_axum() -> String {
+    let mut map = std::collections::HashMap::new();
+    let body = serde_json::to_string(&json!({ "success": true, "data": { "operation_id": "x", "progress": { "percentage": 50.0 }}})).unwrap();
+    map.insert("x".to_owned(), body);
+    let state = std::sync::Arc::new(map);
+    let app = Router::new()
+        .route("/ops/{id}", get(|State(m): State<std::sync::Arc<std::collections::HashMap<String, String>>>, Path(id): Path<String>| async move {
+            m.get(&id).cloned().unwrap_or_default()
+        }))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/ops/x")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let ops = env_number("BENCH_OPS", 10_000) as usize;
+    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next_line().await.unwrap().expect("the service started");
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on ".len()..].trim().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_mb(pid);
+    println!("service pid {pid} at {base}, idle RSS {idle_rss:.1} MB");
+
+    // 1. GET throughput.
+    let start = |iterations: u32, interval_ms: u64| {
+        let http = http.clone();
+        let url = format!("{base}/api/v1/dummy/start");
+        async move {
+            let r: Value = http
+                .post(url)
+                .json(&json!({ "iterations": iterations, "interval_ms": interval_ms }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["data"]["operation_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let watched = start(1_000_000, 100).await;
+    let bare = bare_axum().await;
+    let bare_rps = wrk(&bare, wrk_seconds);
+    let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds);
+    println!("GET /api/v1/operations/{{id}} (running op, 64 connections): {get_rps:.0} req/s");
+    println!("  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)", get_rps / bare_rps * 100.0);
+
+    // 2. Starts per second, each stored before the answer.
+    let began = Instant::now();
+    let ids: Vec<String> = futures_util::stream::iter(0..ops)
+        .map(|_| start(100_000, 2_000))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let elapsed = began.elapsed();
+    println!("started {ops} dummy ops in {:.2} s: {:.0} starts/s (SQLite, 32 in flight)", elapsed.as_secs_f64(), ops as f64 / elapsed.as_secs_f64());
+
+    // 3. Memory with them all running (let a few progress ticks and store flushes happen).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let health: Value = http.get(format!("{base}/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    println!("{} operations active, RSS {:.1} MB", health["operations"]["active"], rss_mb(pid));
+
+    // 4. DELETE latency until `cancelled` (the answer comes after the work stopped).
+    let mut latencies = Vec::with_capacity(ops + 1);
+    for id in ids.iter().chain(std::iter::once(&watched)) {
+        let began = Instant::now();
+        let r: Value = http.delete(format!("{base}/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
+        latencies.push(began.elapsed());
+        assert_eq!(r["data"]["status"], "cancelled", "{r}");
+    }
+    latencies.sort();
+    println!(
+        "DELETE until cancelled ({} ops, one at a time): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+    );
+
+    // 5. Everything released (after a few seconds idle, as an allocator returns memory lazily).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let health: Value = http.get(format!("{base}/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    println!("after cancelling all: {} active (registry), RSS {:.1} MB (idle was {idle_rss:.1} MB)", health["operations"]["active"], rss_mb(pid));
+    child.kill().await.unwrap();
+}

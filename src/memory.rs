@@ -1,0 +1,13 @@
+//! Keeping the allocator's footprint small. glibc gives threads arenas of their own (up to 8
+//! per core) and keeps freed pages in each, so after a burst (10,000 operations ending at once)
+//! the RSS stays far above what is in use; two arenas cost no measurable throughput here and
+//! keep that overhang smaller. A no-op on other platforms.
+
+/// Caps glibc's malloc arenas. Call first thing in `main`, before any thread starts.
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
