@@ -23,7 +23,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -57,9 +60,15 @@ async fn bare_axum() -> String {
     map.insert("x".to_owned(), body);
     let state = std::sync::Arc::new(map);
     let app = Router::new()
-        .route("/ops/{id}", get(|State(m): State<std::sync::Arc<std::collections::HashMap<String, String>>>, Path(id): Path<String>| async move {
-            m.get(&id).cloned().unwrap_or_default()
-        }))
+        .route(
+            "/ops/{id}",
+            get(
+                |State(m): State<std::sync::Arc<std::collections::HashMap<String, String>>>,
+                 Path(id): Path<String>| async move {
+                    m.get(&id).cloned().unwrap_or_default()
+                },
+            ),
+        )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -89,7 +98,11 @@ async fn main() {
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = loop {
-        let line = lines.next_line().await.unwrap().expect("the service started");
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the service started");
         if let Some(at) = line.find("listening on http://") {
             break line[at + "listening on ".len()..].trim().to_owned();
         }
@@ -122,7 +135,10 @@ async fn main() {
     let bare_rps = wrk(&bare, wrk_seconds);
     let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds);
     println!("GET /api/v1/operations/{{id}} (running op, 64 connections): {get_rps:.0} req/s");
-    println!("  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)", get_rps / bare_rps * 100.0);
+    println!(
+        "  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)",
+        get_rps / bare_rps * 100.0
+    );
 
     // 2. Starts per second, each stored before the answer.
     let began = Instant::now();
@@ -132,22 +148,51 @@ async fn main() {
         .collect()
         .await;
     let elapsed = began.elapsed();
-    println!("started {ops} dummy ops in {:.2} s: {:.0} starts/s (SQLite, 32 in flight)", elapsed.as_secs_f64(), ops as f64 / elapsed.as_secs_f64());
+    println!(
+        "started {ops} dummy ops in {:.2} s: {:.0} starts/s (SQLite, 32 in flight)",
+        elapsed.as_secs_f64(),
+        ops as f64 / elapsed.as_secs_f64()
+    );
 
     // 3. Memory with them all running (let a few progress ticks and store flushes happen).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let health: Value = http.get(format!("{base}/api/v1/health")).send().await.unwrap().json().await.unwrap();
-    println!("{} operations active, RSS {:.1} MB", health["operations"]["active"], rss_mb(pid));
+    let health: Value = http
+        .get(format!("{base}/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!(
+        "{} operations active, RSS {:.1} MB",
+        health["operations"]["active"],
+        rss_mb(pid)
+    );
 
     // 4. DELETE latency until `cancelled` (the answer comes after the work stopped).
     let mut latencies = Vec::with_capacity(ops + 1);
     for id in ids.iter().chain(std::iter::once(&watched)) {
         let began = Instant::now();
-        let r: Value = http.delete(format!("{base}/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
+        let r: Value = http
+            .delete(format!("{base}/api/v1/operations/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         latencies.push(began.elapsed());
         assert_eq!(r["data"]["status"], "cancelled", "{r}");
     }
+    let slowest = latencies
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, d)| **d)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
     latencies.sort();
+    println!("  (slowest was DELETE #{slowest})");
     println!(
         "DELETE until cancelled ({} ops, one at a time): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         latencies.len(),
@@ -158,7 +203,18 @@ async fn main() {
 
     // 5. Everything released (after a few seconds idle, as an allocator returns memory lazily).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let health: Value = http.get(format!("{base}/api/v1/health")).send().await.unwrap().json().await.unwrap();
-    println!("after cancelling all: {} active (registry), RSS {:.1} MB (idle was {idle_rss:.1} MB)", health["operations"]["active"], rss_mb(pid));
+    let health: Value = http
+        .get(format!("{base}/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!(
+        "after cancelling all: {} active (registry), RSS {:.1} MB (idle was {idle_rss:.1} MB)",
+        health["operations"]["active"],
+        rss_mb(pid)
+    );
     child.kill().await.unwrap();
 }

@@ -471,7 +471,7 @@ mod tests {
         std::fs::write(&extra, "[server]\nlisen = \"0.0.0.0:9000\"\n").unwrap();
         sources.config_file = Some(extra);
         let err = Config::load(&sources).unwrap_err();
-        assert_eq!(err.key, "server");
+        assert_eq!(err.key, "server.lisen");
         assert!(err.message.contains("lisen"), "{err}");
     }
 }

@@ -85,8 +85,8 @@ pub struct DummyJob {
 }
 
 impl Job for DummyJob {
-    fn run(self, ctx: JobContext) -> impl Future<Output = JobResult> + Send + 'static {
-        async move {
+    async fn run(self, ctx: JobContext) -> JobResult {
+        {
             let DummyParams {
                 iterations,
                 interval_ms,

@@ -9,7 +9,7 @@ pub struct Invalid {
     pub field: String,
     pub message: String,
     /// What the field accepts, when it can be listed (e.g. the timeframes).
-    pub allowed: Option<Value>,
+    pub allowed: Option<Box<Value>>,
     /// A stable error code, `VALIDATION_ERROR` unless the domain names a sharper one.
     pub code: &'static str,
 }
@@ -25,7 +25,7 @@ impl Invalid {
     }
 
     pub fn allowed(mut self, allowed: impl Into<Value>) -> Self {
-        self.allowed = Some(allowed.into());
+        self.allowed = Some(Box::new(allowed.into()));
         self
     }
 

@@ -9,10 +9,10 @@ pub mod app;
 pub mod config;
 /// The reference operation used by tests, demos and benchmarks.
 pub mod dummy;
-/// Allocator tuning for a small memory footprint.
-pub mod memory;
 /// The one error domains return for bad input.
 pub mod invalid;
+/// Allocator tuning for a small memory footprint.
+pub mod memory;
 /// The generic operations core: records, progress, cancellation, orchestrator, store.
 pub mod ops;
 /// Logging setup.

@@ -73,7 +73,7 @@ impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         let mut details = json!({ "field": e.field });
         if let Some(allowed) = e.allowed {
-            details["allowed"] = allowed;
+            details["allowed"] = *allowed;
         }
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).details(details)
     }

@@ -9,24 +9,6 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 
-/// A JSON object body.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = is_json(req.headers());
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| body_error(e.status(), e.body_text()))?;
-        if !json {
-            return Err(unsupported_media_type());
-        }
-        parse(&bytes).map(ApiJson)
-    }
-}
-
 /// A JSON object body that may be absent: an empty body (with or without a content type) is `None`.
 pub struct OptionalJson<T>(pub Option<T>);
 

@@ -211,7 +211,10 @@ struct IfNoneMatch(Option<HeaderValue>);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         Ok(IfNoneMatch(parts.headers.get(IF_NONE_MATCH).cloned()))
     }
 }

@@ -350,7 +350,11 @@ impl Orchestrator {
                 // The intent is queued before the work is told to stop. The writer commits in
                 // order, so it is durable no later than the final `cancelled` this call waits
                 // for — without a second round trip to the database on the way.
-                if let Err(e) = inner.store.save_later(vec![intent], &inner.settings.node_id).await {
+                if let Err(e) = inner
+                    .store
+                    .save_later(vec![intent], &inner.settings.node_id)
+                    .await
+                {
                     tracing::warn!(operation_id, error = %e, "could not store the cancel intent; cancelling anyway");
                 }
                 op.token.cancel();
@@ -563,15 +567,31 @@ fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_runni
         // that outlives its grace period, and with panics caught so an outcome is always stored.
         let (abort, registration) = AbortHandle::new_pair();
         let _ = op.abort.set(abort);
-        let work = Abortable::new(AssertUnwindSafe(job.start(ctx)).catch_unwind(), registration);
+        let work = Abortable::new(
+            AssertUnwindSafe(job.start(ctx)).catch_unwind(),
+            registration,
+        );
         let (outcome, forced) = match work.await {
             Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
             Ok(Ok(Err(JobError::Failed(message)))) => (Outcome::Failed(message), false),
-            Ok(Ok(Err(JobError::Cancelled))) => (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, false),
-            Err(Aborted) => (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, true),
+            Ok(Ok(Err(JobError::Cancelled))) => (
+                Outcome::Cancelled {
+                    reason: DEFAULT_CANCEL_REASON.to_owned(),
+                },
+                false,
+            ),
+            Err(Aborted) => (
+                Outcome::Cancelled {
+                    reason: DEFAULT_CANCEL_REASON.to_owned(),
+                },
+                true,
+            ),
             Ok(Err(_panic)) => {
                 tracing::error!("the operation's work panicked");
-                (Outcome::Failed("internal error: the operation's work crashed".to_owned()), false)
+                (
+                    Outcome::Failed("internal error: the operation's work crashed".to_owned()),
+                    false,
+                )
             }
         };
         finish(&inner, &op, outcome, forced).await;
@@ -625,7 +645,11 @@ async fn flush_progress(inner: &Inner) {
         .map(|op| op.snapshot())
         .collect();
     for chunk in changed.chunks(CHUNK) {
-        if let Err(e) = inner.store.save_later(chunk.to_vec(), &inner.settings.node_id).await {
+        if let Err(e) = inner
+            .store
+            .save_progress(chunk.to_vec(), &inner.settings.node_id)
+            .await
+        {
             tracing::warn!(error = %e, "could not queue progress writes");
             return;
         }
@@ -633,19 +657,32 @@ async fn flush_progress(inner: &Inner) {
 }
 
 async fn flush_progress_periodically(inner: Weak<Inner>) {
-    let Some(strong) = inner.upgrade() else { return };
+    /// Once this many operations have left the registry, freed memory is handed back to the OS.
+    const TRIM_AFTER_RELEASED: usize = 1_000;
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
     let mut tick = tokio::time::interval(strong.settings.persist_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = strong.stop_flusher.clone();
     drop(strong);
+    let mut peak = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        match inner.upgrade() {
-            Some(inner) => flush_progress(&inner).await,
-            None => return,
+        let Some(inner) = inner.upgrade() else { return };
+        flush_progress(&inner).await;
+        let active = inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        peak = peak.max(active);
+        if peak - active >= TRIM_AFTER_RELEASED {
+            peak = active;
+            tokio::task::spawn_blocking(crate::memory::release_free_memory);
         }
     }
 }

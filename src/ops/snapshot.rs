@@ -48,7 +48,8 @@ impl Snapshot {
             .get_or_init(|| {
                 let mut body = Vec::with_capacity(1024);
                 body.extend_from_slice(ENVELOPE_HEAD);
-                serde_json::to_writer(&mut body, &self.record).expect("an operation record always serialises");
+                serde_json::to_writer(&mut body, &self.record)
+                    .expect("an operation record always serialises");
                 body.push(b'}');
                 Bytes::from(body)
             })

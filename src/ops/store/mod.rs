@@ -118,8 +118,19 @@ pub struct Store {
 
 struct StoreInner {
     readers: Db,
+    /// State changes: written before anything in `progress`.
     writes: mpsc::Sender<WriteCmd>,
+    /// Throttled progress: written when no state change waits.
+    progress: mpsc::Sender<WriteCmd>,
     kind: &'static str,
+    /// Stops the store's background tasks when the last handle goes.
+    closed: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
 }
 
 impl Store {
@@ -133,13 +144,23 @@ impl Store {
                 let (readers, writer) = sqlite::open(url, max_connections).await?;
                 (Db::Sqlite(readers), Db::Sqlite(writer), "sqlite")
             };
-        let (writes, rx) = mpsc::channel(16 * MAX_BATCH);
-        tokio::spawn(writer_loop(writer, rx));
+        let (writes, urgent) = mpsc::channel(16 * MAX_BATCH);
+        let (progress, background) = mpsc::channel(64);
+        tokio::spawn(writer_loop(writer, urgent, background));
+        let closed = tokio_util::sync::CancellationToken::new();
+        if let Db::Sqlite(pool) = &readers {
+            tokio::spawn(sqlite::checkpoint_periodically(
+                pool.clone(),
+                closed.clone(),
+            ));
+        }
         Ok(Store {
             inner: Arc::new(StoreInner {
                 readers,
                 writes,
+                progress,
                 kind,
+                closed,
             }),
         })
     }
@@ -205,8 +226,39 @@ impl Store {
         .await
     }
 
-    /// Waits until every write queued before this call is committed.
+    /// Queues progress versions; state changes queued later are still written first (the
+    /// version guard keeps the newest).
+    pub async fn save_progress(
+        &self,
+        rows: Vec<Arc<Snapshot>>,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let cmd = WriteCmd::Save {
+            rows,
+            owner: owner.to_owned(),
+            reply: None,
+        };
+        self.inner
+            .progress
+            .send(cmd)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until every write queued before this call (state or progress) is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let barrier = WriteCmd::Save {
+            rows: Vec::new(),
+            owner: String::new(),
+            reply: Some(reply),
+        };
+        self.inner
+            .progress
+            .send(barrier)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)??;
         self.save(Vec::new(), "").await
     }
 
@@ -265,7 +317,7 @@ impl Store {
     /// Operations still `pending`/`running` in the store: what a restart must reconcile. With
     /// `owner`, only those that replica owned.
     pub async fn unfinished(&self, owner: Option<&str>) -> Result<Vec<Snapshot>, StoreError> {
-        let rows = on_db!(&self.inner.readers, pool => {
+        on_db!(&self.inner.readers, pool => {
             sqlx::query(
                 "SELECT operation_id, record, job_state FROM operations \
                  WHERE status IN ('pending', 'running') AND ($1 IS NULL OR owner_node = $1) \
@@ -277,8 +329,7 @@ impl Store {
             .iter()
             .map(decode)
             .collect::<Result<Vec<_>, _>>()
-        });
-        rows
+        })
     }
 
     /// The operation an Idempotency-Key started, if the key was used after `not_before`.
@@ -366,24 +417,42 @@ impl Columns {
     }
 }
 
-/// Applies queued writes in batches: one transaction per batch, replies after the commit. If a
-/// batch fails as a whole, its commands are retried one by one so one bad write cannot sink
-/// the others.
-async fn writer_loop(db: Db, mut rx: mpsc::Receiver<WriteCmd>) {
+/// Applies queued writes in batches: one transaction per batch, replies after the commit. State
+/// changes go first; progress fills the rest of a batch, at most [`MAX_BATCH_ROWS`] rows, so a
+/// state change never waits behind more than one batch. If a batch fails as a whole, its
+/// commands are retried one by one so one bad write cannot sink the others.
+async fn writer_loop(
+    db: Db,
+    mut urgent: mpsc::Receiver<WriteCmd>,
+    mut background: mpsc::Receiver<WriteCmd>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // A progress command that did not fit into the previous batch.
     let mut carried: Option<WriteCmd> = None;
     loop {
-        let first = match carried.take() {
-            Some(cmd) => cmd,
-            None => match rx.recv().await {
+        let first = match urgent.try_recv() {
+            Ok(cmd) => cmd,
+            Err(_) => match carried.take() {
                 Some(cmd) => cmd,
-                None => return,
+                None => tokio::select! {
+                    biased;
+                    Some(cmd) = urgent.recv() => cmd,
+                    Some(cmd) = background.recv() => cmd,
+                    else => return,
+                },
             },
         };
         let mut rows = first.rows();
         batch.push(first);
+        while batch.len() < MAX_BATCH {
+            let Ok(cmd) = urgent.try_recv() else { break };
+            rows += cmd.rows();
+            batch.push(cmd);
+        }
         while batch.len() < MAX_BATCH && rows < MAX_BATCH_ROWS {
-            let Ok(cmd) = rx.try_recv() else { break };
+            let Some(cmd) = carried.take().or_else(|| background.try_recv().ok()) else {
+                break;
+            };
             if rows + cmd.rows() > MAX_BATCH_ROWS {
                 carried = Some(cmd);
                 break;
@@ -399,7 +468,9 @@ async fn writer_loop(db: Db, mut rx: mpsc::Receiver<WriteCmd>) {
             }
             Err(_) if batch.len() > 1 => {
                 for cmd in batch.drain(..) {
-                    let result = apply(&db, std::slice::from_ref(&cmd)).await.map(|mut r| r.remove(0));
+                    let result = apply(&db, std::slice::from_ref(&cmd))
+                        .await
+                        .map(|mut r| r.remove(0));
                     reply(cmd, result);
                 }
             }

@@ -31,12 +31,14 @@ pub(super) async fn open(
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", parent.display())))?;
     }
+    // The writer never checkpoints (a checkpoint fsyncs the database and would stall every
+    // queued write behind it); `checkpoint_periodically` does it from a reader instead.
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_with(options.clone())
+        .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
         .await
         .map_err(|e| StoreError::Open(format!("{url}: {e}")))?;
     super::SQLITE_MIGRATIONS
@@ -49,4 +51,26 @@ pub(super) async fn open(
         .await
         .map_err(|e| StoreError::Open(format!("{url}: {e}")))?;
     Ok((readers, writer))
+}
+
+/// Copies the WAL back into the database every second, beside the writer (a PASSIVE checkpoint
+/// never blocks it), until `closed` fires.
+pub(super) async fn checkpoint_periodically(
+    readers: SqlitePool,
+    closed: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = closed.cancelled() => return,
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&readers)
+            .await
+        {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    }
 }
