@@ -76,6 +76,15 @@ async fn bare_axum() -> String {
     format!("http://{addr}/ops/x")
 }
 
+async fn health(http: &reqwest::Client, base: &str) -> Value {
+    let response = http
+        .get(format!("{base}/api/v1/health"))
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -156,14 +165,7 @@ async fn main() {
 
     // 3. Memory with them all running (let a few progress ticks and store flushes happen).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let health: Value = http
-        .get(format!("{base}/api/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health(&http, &base).await;
     println!(
         "{} operations active, RSS {:.1} MB",
         health["operations"]["active"],
@@ -203,14 +205,7 @@ async fn main() {
 
     // 5. Everything released (after a few seconds idle, as an allocator returns memory lazily).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let health: Value = http
-        .get(format!("{base}/api/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health(&http, &base).await;
     println!(
         "after cancelling all: {} active (registry), RSS {:.1} MB (idle was {idle_rss:.1} MB)",
         health["operations"]["active"],
