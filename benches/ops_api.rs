@@ -76,7 +76,7 @@ async fn bare_axum() -> String {
     format!("http://{addr}/ops/x")
 }
 
-async fn health(http: &reqwest::Client, base: &str) -> Value {
+async fn fetch_health(http: &reqwest::Client, base: &str) -> Value {
     let response = http
         .get(format!("{base}/api/v1/health"))
         .send()
@@ -165,7 +165,7 @@ async fn main() {
 
     // 3. Memory with them all running (let a few progress ticks and store flushes happen).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let health = health(&http, &base).await;
+    let health = fetch_health(&http, &base).await;
     println!(
         "{} operations active, RSS {:.1} MB",
         health["operations"]["active"],
@@ -205,7 +205,7 @@ async fn main() {
 
     // 5. Everything released (after a few seconds idle, as an allocator returns memory lazily).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let health = health(&http, &base).await;
+    let health = fetch_health(&http, &base).await;
     println!(
         "after cancelling all: {} active (registry), RSS {:.1} MB (idle was {idle_rss:.1} MB)",
         health["operations"]["active"],
