@@ -1,5 +1,6 @@
-//! The composition root: config → store → orchestrator (with every domain's operation types) →
-//! router; bind; serve until shutdown, then stop the operations and drain the HTTP side.
+//! The composition root: config → store → host clients → orchestrator (with every domain's
+//! operation types) → router; bind; serve until shutdown, then stop the operations and drain
+//! the HTTP side. With `--sim`, the host simulators start first, in-process, on free ports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,14 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
 use crate::dummy;
+use crate::hosts::ib::IbClient;
+use crate::hosts::pacing::{PacingLimiter, PacingRules};
+use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
+use crate::hosts::{HostClient, HostSettings, Hosts, RetryPolicy};
 use crate::ops::{Orchestrator, Settings, Store, StoreError};
+use crate::sim::{SimSettings, Simulators};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -23,6 +29,17 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the host simulators: {0}")]
+    Simulators(std::io::Error),
+    #[error("{0}")]
+    Hosts(String),
+}
+
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Start the IB and training simulators in-process and use them as the hosts.
+    pub with_simulators: bool,
 }
 
 /// A running service.
@@ -31,6 +48,8 @@ pub struct Server {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     orchestrator: Orchestrator,
+    hosts: Hosts,
+    simulators: Option<Simulators>,
 }
 
 impl Server {
@@ -43,6 +62,15 @@ impl Server {
         &self.orchestrator
     }
 
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// The in-process simulators, under `--sim`.
+    pub fn simulators(&self) -> Option<&Simulators> {
+        self.simulators.as_ref()
+    }
+
     /// Firing this token starts a graceful shutdown.
     pub fn shutdown_handle(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -51,6 +79,9 @@ impl Server {
     /// Waits until the service has shut down.
     pub async fn wait(self) {
         let _ = self.task.await;
+        if let Some(simulators) = self.simulators {
+            simulators.shutdown().await;
+        }
     }
 
     /// Shuts down gracefully and waits for it.
@@ -67,6 +98,8 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
         persist_interval: config.operations.progress_persist_interval.0,
         idempotency_ttl: config.operations.idempotency_ttl.0,
         node_id: config.node_id(),
+        // An embedded SQLite database has exactly one node.
+        reconcile_all: store.kind() == "sqlite",
         max_concurrent: config
             .operations
             .max_concurrent
@@ -74,16 +107,79 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
             .filter(|(_, limit)| **limit > 0)
             .map(|(name, limit)| (name.clone(), *limit))
             .collect(),
-        // An embedded SQLite database has exactly one node.
-        reconcile_all: store.kind() == "sqlite",
     }
+}
+
+fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSettings {
+    HostSettings {
+        name,
+        base_url: url.trim_end_matches('/').to_owned(),
+        connect_timeout: hosts.connect_timeout.0,
+        request_timeout: hosts.request_timeout.0,
+        retry: RetryPolicy {
+            attempts: hosts.retry_attempts,
+            base_delay: hosts.retry_base_delay.0,
+            max_delay: hosts.retry_max_delay.0,
+        },
+        health_timeout: hosts.health_timeout.0,
+        health_ttl: hosts.health_ttl.0,
+    }
+}
+
+/// One pooled client per host, built once.
+pub fn build_hosts(config: &Config) -> Result<Hosts, String> {
+    let hosts = &config.hosts;
+    let rules = &hosts.ib.pacing_rules;
+    let pacing = match hosts.ib.pacing {
+        PacingMode::Off => None,
+        PacingMode::Ib => Some(PacingRules {
+            min_gap: rules.min_gap.0,
+            window: rules.window.0,
+            window_max: rules.window_max,
+            identical_gap: rules.identical_gap.0,
+            contract_window: rules.contract_window.0,
+            contract_max: rules.contract_max,
+            violation_backoff: rules.violation_backoff.0,
+        }),
+    };
+    let ib = IbClient::new(
+        HostClient::new(host_settings("ib", &hosts.ib.url, hosts))?,
+        Arc::new(PacingLimiter::new(pacing)),
+    );
+    let choice = match hosts.training.protocol {
+        ProtocolSetting::Auto => ProtocolChoice::Auto,
+        ProtocolSetting::Operations => ProtocolChoice::Fixed(Protocol::Operations),
+        ProtocolSetting::Sessions => ProtocolChoice::Fixed(Protocol::Sessions),
+    };
+    let training = TrainingClient::new(
+        HostClient::new(host_settings("training", &hosts.training.url, hosts))?,
+        choice,
+    );
+    Ok(Hosts {
+        ib,
+        training: Arc::new(training),
+    })
 }
 
 /// Opens the store, reconciles what a previous run left unfinished, binds and starts serving.
 /// Logs `listening on http://ADDR:PORT` once ready.
-pub async fn start(config: Config) -> Result<Server, StartError> {
+pub async fn start(mut config: Config, options: Options) -> Result<Server, StartError> {
+    let simulators = if options.with_simulators {
+        let _ = std::fs::create_dir_all(&config.data.dir);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let settings = SimSettings::from_config(&config.sim, config.data.dir.clone());
+        let simulators = Simulators::start(settings, loopback, loopback)
+            .await
+            .map_err(StartError::Simulators)?;
+        config.hosts.ib.url = simulators.ib_url();
+        config.hosts.training.url = simulators.training_url();
+        Some(simulators)
+    } else {
+        None
+    };
     let config = Arc::new(config);
     let store = Store::open(&config.database.url, config.database.max_connections).await?;
+    let hosts = build_hosts(&config).map_err(StartError::Hosts)?;
     let orchestrator = Orchestrator::new(
         store.clone(),
         orchestrator_settings(&config, &store),
@@ -104,6 +200,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     })?;
     let router = api::router(AppState {
         orchestrator: orchestrator.clone(),
+        hosts: hosts.clone(),
         config: config.clone(),
     });
 
@@ -130,11 +227,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             tracing::info!("shutdown complete");
         }
     });
+    if let Some(s) = &simulators {
+        tracing::info!(ib = %s.ib_url(), training = %s.training_url(), "using the built-in host simulators");
+    }
     tracing::info!("listening on http://{addr}");
     Ok(Server {
         addr,
         shutdown,
         task,
         orchestrator,
+        hosts,
+        simulators,
     })
 }

@@ -39,6 +39,7 @@ pub struct Config {
     pub hosts: HostsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub sim: SimConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,14 +83,82 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostsConfig {
-    pub ib: HostConfig,
-    pub training: HostConfig,
+    pub connect_timeout: HumanDuration,
+    pub request_timeout: HumanDuration,
+    pub retry_attempts: u32,
+    pub retry_base_delay: HumanDuration,
+    pub retry_max_delay: HumanDuration,
+    pub health_timeout: HumanDuration,
+    pub health_ttl: HumanDuration,
+    pub ib: IbHostConfig,
+    pub training: TrainingHostConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PacingMode {
+    Ib,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HostConfig {
+pub struct IbHostConfig {
     pub url: String,
+    pub pacing: PacingMode,
+    pub pacing_rules: PacingRulesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacingRulesConfig {
+    pub min_gap: HumanDuration,
+    pub window: HumanDuration,
+    pub window_max: usize,
+    pub identical_gap: HumanDuration,
+    pub contract_window: HumanDuration,
+    pub contract_max: usize,
+    pub violation_backoff: HumanDuration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolSetting {
+    Auto,
+    Operations,
+    Sessions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingHostConfig {
+    pub url: String,
+    pub protocol: ProtocolSetting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimTrainingProtocol {
+    Operations,
+    Sessions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    pub ib_listen: SocketAddr,
+    pub training_listen: SocketAddr,
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    pub fail_rate: f64,
+    pub fail_symbol: String,
+    pub pacing: PacingMode,
+    pub training_protocol: SimTrainingProtocol,
+    pub training_pace_ms: u64,
+    pub training_epochs: u32,
+    pub training_batches: u32,
+    pub training_fail_at_epoch: u32,
+    pub training_ignore_cancel: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,21 +323,32 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        for (key, host) in [
-            ("hosts.ib.url", &self.hosts.ib),
-            ("hosts.training.url", &self.hosts.training),
+        for (key, url) in [
+            ("hosts.ib.url", &self.hosts.ib.url),
+            ("hosts.training.url", &self.hosts.training.url),
         ] {
-            let valid = host
-                .url
+            let valid = url
                 .strip_prefix("http://")
-                .or_else(|| host.url.strip_prefix("https://"))
+                .or_else(|| url.strip_prefix("https://"))
                 .is_some_and(|rest| !rest.is_empty());
             if !valid {
                 return Err(ConfigError::new(
                     key,
-                    format!("`{}` is not an http:// or https:// URL", host.url),
+                    format!("`{url}` is not an http:// or https:// URL"),
                 ));
             }
+        }
+        if self.hosts.retry_attempts == 0 {
+            return Err(ConfigError::new(
+                "hosts.retry_attempts",
+                "must be at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sim.fail_rate) {
+            return Err(ConfigError::new(
+                "sim.fail_rate",
+                format!("{} is not between 0 and 1", self.sim.fail_rate),
+            ));
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError::new(

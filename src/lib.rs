@@ -7,14 +7,20 @@ pub mod api;
 pub mod app;
 /// Typed, layered, validated settings.
 pub mod config;
+/// Market data: timeframes, calendars (and, later, the data-load operation).
+pub mod data;
 /// The reference operation used by tests, demos and benchmarks.
 pub mod dummy;
+/// Host-service clients: pooled, cancellable, retrying; IB and training protocols.
+pub mod hosts;
 /// The one error domains return for bad input.
 pub mod invalid;
 /// Allocator tuning for a small memory footprint.
 pub mod memory;
 /// The generic operations core: records, progress, cancellation, orchestrator, store.
 pub mod ops;
+/// Host simulators (IB and training) speaking the real protocols.
+pub mod sim;
 /// Logging setup.
 pub mod telemetry;
 /// Time helpers: RFC 3339 timestamps and human durations.

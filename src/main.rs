@@ -1,4 +1,4 @@
-//! The `ktrdr-ops` command line: `serve` (the default) and `migrate`. Nothing else lives here.
+//! The `ktrdr-ops` command line: `serve` (the default), `sim` and `migrate`. Nothing else lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ktrdr_ops::config::{Config, Sources};
 use ktrdr_ops::ops::Store;
+use ktrdr_ops::sim::{SimSettings, Simulators};
 use ktrdr_ops::{app, telemetry};
 
 #[derive(Parser)]
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP service (the default).
     Serve(ServeArgs),
+    /// Run the IB and training host simulators (default ports 5001 and 5002).
+    Sim(SimArgs),
     /// Apply database migrations and exit.
     Migrate(MigrateArgs),
 }
@@ -40,6 +43,73 @@ struct ServeArgs {
     /// Folder of the market-data cache (data.dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Start the IB and training simulators in-process on free ports and use them as the hosts.
+    #[arg(long)]
+    sim: bool,
+    /// Base URL of the IB host service (hosts.ib.url).
+    #[arg(long, value_name = "URL")]
+    ib_url: Option<String>,
+    /// Base URL of the training host service (hosts.training.url).
+    #[arg(long, value_name = "URL")]
+    training_url: Option<String>,
+    /// IB pacing on our side (hosts.ib.pacing): `ib` by default, `off` by default under --sim.
+    #[arg(long, value_name = "ib|off")]
+    ib_pacing: Option<String>,
+    #[command(flatten)]
+    knobs: SimKnobArgs,
+}
+
+#[derive(Args, Default)]
+struct SimArgs {
+    /// Where the IB simulator listens (sim.ib_listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    ib_listen: Option<String>,
+    /// Where the training simulator listens (sim.training_listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    training_listen: Option<String>,
+    /// The data folder the training simulator checks (data.dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    knobs: SimKnobArgs,
+    /// An extra config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format (log.format).
+    #[arg(long, value_name = "pretty|json")]
+    log_format: Option<String>,
+}
+
+/// The simulators' knobs (the same names on `sim` and `serve --sim`).
+#[derive(Args, Default)]
+struct SimKnobArgs {
+    /// Latency added to every IB answer, in milliseconds (sim.latency_ms).
+    #[arg(long, value_name = "N")]
+    sim_latency_ms: Option<u64>,
+    /// Share of IB historical requests failing with a transient error, 0–1 (sim.fail_rate).
+    #[arg(long, value_name = "F")]
+    sim_fail_rate: Option<f64>,
+    /// Time per training batch in milliseconds (sim.training_pace_ms).
+    #[arg(long, value_name = "N")]
+    sim_training_pace_ms: Option<u64>,
+    /// Training host generation to simulate (sim.training_protocol).
+    #[arg(long, value_name = "sessions|operations")]
+    sim_training_protocol: Option<String>,
+    /// Acknowledge training stops but keep training (sim.training_ignore_cancel).
+    #[arg(long)]
+    sim_ignore_cancel: bool,
+}
+
+impl SimKnobArgs {
+    fn apply(&self, sources: &mut Sources) {
+        sources.set("sim.latency_ms", self.sim_latency_ms);
+        sources.set("sim.fail_rate", self.sim_fail_rate);
+        sources.set("sim.training_pace_ms", self.sim_training_pace_ms);
+        sources.set("sim.training_protocol", self.sim_training_protocol.as_ref());
+        if self.sim_ignore_cancel {
+            sources.set("sim.training_ignore_cancel", Some("true"));
+        }
+    }
 }
 
 #[derive(Args, Default)]
@@ -104,6 +174,7 @@ fn main() -> ExitCode {
             runtime.block_on(migrate(config))
         }
         Some(Command::Serve(args)) => run_serve(&runtime, args),
+        Some(Command::Sim(args)) => run_sim(&runtime, args),
         None => run_serve(&runtime, cli.serve),
     }
 }
@@ -112,16 +183,64 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     let mut sources = args.common.sources();
     sources.set("server.listen", args.listen.as_ref());
     sources.set("data.dir", args.data_dir.as_ref().map(|d| d.display()));
+    sources.set("hosts.ib.url", args.ib_url.as_ref());
+    sources.set("hosts.training.url", args.training_url.as_ref());
+    // The simulators do not pace, so neither need we — unless asked to.
+    let pacing = args
+        .ib_pacing
+        .clone()
+        .or_else(|| args.sim.then(|| "off".to_owned()));
+    sources.set("hosts.ib.pacing", pacing.as_ref());
+    args.knobs.apply(&mut sources);
     let config = match load(&sources) {
         Ok(c) => c,
         Err(code) => return code,
     };
     telemetry::init(config.log.format, &config.log.filter);
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(
+        config,
+        app::Options {
+            with_simulators: args.sim,
+        },
+    ))
 }
 
-async fn serve(config: Config) -> ExitCode {
-    let server = match app::start(config).await {
+fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
+    let mut sources = Sources::from_process();
+    sources.config_file = args.config.clone();
+    sources.set("log.format", args.log_format.as_ref());
+    sources.set("sim.ib_listen", args.ib_listen.as_ref());
+    sources.set("sim.training_listen", args.training_listen.as_ref());
+    sources.set("data.dir", args.data_dir.as_ref().map(|d| d.display()));
+    args.knobs.apply(&mut sources);
+    let config = match load(&sources) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(config.log.format, &config.log.filter);
+    runtime.block_on(async move {
+        let settings = SimSettings::from_config(&config.sim, config.data.dir.clone());
+        match Simulators::start(settings, config.sim.ib_listen, config.sim.training_listen).await {
+            Ok(simulators) => {
+                println!(
+                    "IB simulator on {}, training simulator on {}",
+                    simulators.ib_url(),
+                    simulators.training_url()
+                );
+                wait_for_signal().await;
+                simulators.shutdown().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ktrdr-ops: cannot start the simulators: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn serve(config: Config, options: app::Options) -> ExitCode {
+    let server = match app::start(config, options).await {
         Ok(server) => server,
         Err(e) => {
             tracing::error!("{e}");

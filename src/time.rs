@@ -29,6 +29,34 @@ pub fn from_micros(micros: i64) -> Timestamp {
     Utc.timestamp_micros(micros).single().unwrap_or_default()
 }
 
+/// Reads a timestamp in any spelling the hosts and clients use: RFC 3339 with `Z` or an offset,
+/// with or without fractional seconds, a space instead of `T`, naive (meaning UTC), or a bare
+/// date (midnight UTC).
+pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc).trunc_subsecs(6));
+    }
+    let spaced = text.replacen(' ', "T", 1);
+    if let Ok(t) = DateTime::parse_from_rfc3339(&spaced) {
+        return Some(t.with_timezone(&Utc).trunc_subsecs(6));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(&spaced, format) {
+            return Some(Utc.from_utc_datetime(&t).trunc_subsecs(6));
+        }
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Utc.from_utc_datetime(&t))
+}
+
+/// `2024-01-02T00:00:00+00:00`: how we send times to the hosts (aware UTC).
+pub fn format_for_host(ts: &Timestamp) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
 /// Serde adapter for `Timestamp` fields in the API's spelling.
 pub mod rfc3339 {
     use super::*;
@@ -133,6 +161,29 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn every_host_timestamp_spelling_is_accepted() {
+        let expected = from_micros(1_704_205_800_000_000); // 2024-01-02T14:30:00Z
+        for text in [
+            "2024-01-02T14:30:00Z",
+            "2024-01-02T14:30:00.000Z",
+            "2024-01-02T14:30:00+00:00",
+            "2024-01-02T14:30:00.000000+00:00",
+            "2024-01-02T09:30:00-05:00",
+            "2024-01-02T14:30:00",
+            "2024-01-02 14:30:00",
+            "2024-01-02T14:30:00.000",
+        ] {
+            assert_eq!(parse_timestamp(text), Some(expected), "{text}");
+        }
+        assert_eq!(
+            parse_timestamp("2024-01-02"),
+            Some(from_micros(1_704_153_600_000_000))
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(format_for_host(&expected), "2024-01-02T14:30:00+00:00");
     }
 
     #[test]

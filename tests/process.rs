@@ -155,3 +155,46 @@ async fn version_and_migrate_work_from_the_command_line() {
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("up to date"));
 }
+
+#[tokio::test]
+async fn serve_with_sim_uses_the_built_in_hosts() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let mut args = serve_args(&db);
+    args.extend(["--sim".to_owned(), "--data-dir".to_owned(), data_dir]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let service = ServiceProcess::start(&args, &[]).await;
+    let http = reqwest::Client::new();
+    let (status, health) = json_of(http.get(service.url("/api/v1/health")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(health["hosts"]["ib"]["reachable"], true, "{health}");
+    assert_eq!(health["hosts"]["training"]["reachable"], true, "{health}");
+    assert_eq!(health["hosts"]["training"]["protocol"], "operations");
+}
+
+#[tokio::test]
+async fn the_sim_command_serves_both_simulators() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--sim-training-protocol", "sessions"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+        if line.contains("IB simulator on") {
+            break line;
+        }
+    };
+    let urls: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with("http://")).map(|w| w.trim_end_matches(',')).collect();
+    let http = reqwest::Client::new();
+    let ib: serde_json::Value = http.get(format!("{}/health", urls[0])).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ib["service"], "ib-connector");
+    let training: serde_json::Value = http.get(format!("{}/health", urls[1])).send().await.unwrap().json().await.unwrap();
+    assert_eq!(training["service"], "training-worker");
+    // The sessions generation has no operations API: that is how clients tell them apart.
+    let probe = http.get(format!("{}/api/v1/operations", urls[1])).send().await.unwrap();
+    assert_eq!(probe.status(), 404);
+}

@@ -18,6 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::hosts::Hosts;
 use crate::ops::{IdempotencyKey, Orchestrator};
 use error::ApiError;
 
@@ -25,6 +26,7 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub orchestrator: Orchestrator,
+    pub hosts: Hosts,
     pub config: Arc<Config>,
 }
 

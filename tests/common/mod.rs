@@ -81,7 +81,9 @@ impl TestApp {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&db, data_dir.path());
         tweak(&mut config);
-        let server = app::start(config).await.expect("the service starts");
+        let server = app::start(config, app::Options::default())
+            .await
+            .expect("the service starts");
         TestApp {
             base: format!("http://{}", server.addr()),
             http: reqwest::Client::new(),

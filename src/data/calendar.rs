@@ -1,0 +1,447 @@
+//! Market calendars: which instruments are forex, New York time (US daylight-saving rules since
+//! 1967, no tz database needed), the NYSE holiday calendar with its observed-day rules, the NYSE
+//! session (09:30–16:00 New York, Mon–Fri) and forex's 24/5 week (Sunday 17:00 to Friday 17:00
+//! New York). Used by gap analysis and by the IB simulator, and the timestamps at which bars exist.
+
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc, Weekday};
+
+use crate::data::timeframe::Timeframe;
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstrumentKind {
+    Stock,
+    Forex,
+}
+
+/// ISO codes that make a six-letter symbol a currency pair (`EURUSD`).
+const CURRENCIES: &[&str] = &[
+    "USD", "EUR", "GBP", "JPY", "CHF", "AUD", "NZD", "CAD", "SEK", "NOK", "DKK", "HKD", "SGD",
+    "CNH", "MXN", "ZAR", "TRY", "PLN", "CZK", "HUF", "ILS", "KRW", "INR", "RUB",
+];
+
+/// A `.` (`EUR.USD`) or a six-letter pair of currency codes → forex; anything else is a stock.
+pub fn instrument_kind(symbol: &str) -> InstrumentKind {
+    let symbol = symbol.to_ascii_uppercase();
+    if symbol.contains('.') {
+        return InstrumentKind::Forex;
+    }
+    if symbol.len() == 6 && CURRENCIES.contains(&&symbol[..3]) && CURRENCIES.contains(&&symbol[3..])
+    {
+        return InstrumentKind::Forex;
+    }
+    InstrumentKind::Stock
+}
+
+fn nth_weekday(year: i32, month: u32, weekday: Weekday, n: u8) -> NaiveDate {
+    NaiveDate::from_weekday_of_month_opt(year, month, weekday, n)
+        .expect("the nth weekday exists for n ≤ 4")
+}
+
+fn last_weekday(year: i32, month: u32, weekday: Weekday) -> NaiveDate {
+    NaiveDate::from_weekday_of_month_opt(year, month, weekday, 5)
+        .unwrap_or_else(|| nth_weekday(year, month, weekday, 4))
+}
+
+/// True when US Eastern daylight time is in effect at 12:00 on `date`.
+fn eastern_dst(date: NaiveDate) -> bool {
+    let year = date.year();
+    let (start, end) = if year >= 2007 {
+        (
+            nth_weekday(year, 3, Weekday::Sun, 2),
+            nth_weekday(year, 11, Weekday::Sun, 1),
+        )
+    } else if year >= 1987 {
+        (
+            nth_weekday(year, 4, Weekday::Sun, 1),
+            last_weekday(year, 10, Weekday::Sun),
+        )
+    } else {
+        (
+            last_weekday(year, 4, Weekday::Sun),
+            last_weekday(year, 10, Weekday::Sun),
+        )
+    };
+    date >= start && date < end
+}
+
+/// New York's offset from UTC, in hours, on `date` (at midday; changes happen at 02:00).
+fn new_york_offset_hours(date: NaiveDate) -> i64 {
+    if eastern_dst(date) { -4 } else { -5 }
+}
+
+/// A New York wall-clock time on `date` as UTC (for session times, far from the 02:00 switch).
+pub fn new_york_to_utc(date: NaiveDate, hour: u32, minute: u32) -> Timestamp {
+    let local = date
+        .and_hms_opt(hour, minute, 0)
+        .expect("valid wall-clock time");
+    Utc.from_utc_datetime(&(local - Duration::hours(new_york_offset_hours(date))))
+}
+
+/// `ts` as New York wall-clock time.
+pub fn utc_to_new_york(ts: Timestamp) -> NaiveDateTime {
+    let standard = ts.naive_utc() - Duration::hours(5);
+    let date = standard.date();
+    let year = date.year();
+    // The switches happen at 02:00 local standard time (start) and 02:00 daylight time (end).
+    let (start, end) = if year >= 2007 {
+        (
+            nth_weekday(year, 3, Weekday::Sun, 2),
+            nth_weekday(year, 11, Weekday::Sun, 1),
+        )
+    } else if year >= 1987 {
+        (
+            nth_weekday(year, 4, Weekday::Sun, 1),
+            last_weekday(year, 10, Weekday::Sun),
+        )
+    } else {
+        (
+            last_weekday(year, 4, Weekday::Sun),
+            last_weekday(year, 10, Weekday::Sun),
+        )
+    };
+    let dst_start = start.and_hms_opt(2, 0, 0).expect("02:00");
+    let dst_end = end
+        .and_hms_opt(1, 0, 0)
+        .expect("01:00 standard = 02:00 daylight");
+    if standard >= dst_start && standard < dst_end {
+        standard + Duration::hours(1)
+    } else {
+        standard
+    }
+}
+
+/// Western Easter Sunday (anonymous Gregorian algorithm).
+fn easter(year: i32) -> NaiveDate {
+    let a = year % 19;
+    let b = year / 100;
+    let c = year % 100;
+    let d = b / 4;
+    let e = b % 4;
+    let f = (b + 8) / 25;
+    let g = (b - f + 1) / 3;
+    let h = (19 * a + b - d - g + 15) % 30;
+    let i = c / 4;
+    let k = c % 4;
+    let l = (32 + 2 * e + 2 * i - h - k) % 7;
+    let m = (a + 11 * h + 22 * l) / 451;
+    let month = (h + l - 7 * m + 114) / 31;
+    let day = (h + l - 7 * m + 114) % 31 + 1;
+    NaiveDate::from_ymd_opt(year, month as u32, day as u32).expect("Easter is a real date")
+}
+
+/// A fixed-date holiday moved to Friday when it falls on Saturday, Monday when on Sunday.
+fn observed(date: NaiveDate) -> NaiveDate {
+    match date.weekday() {
+        Weekday::Sat => date - Duration::days(1),
+        Weekday::Sun => date + Duration::days(1),
+        _ => date,
+    }
+}
+
+/// The NYSE full-day holiday on `date`, if any (rules of NYSE Rule 7.2 since 1998 for MLK,
+/// 2022 for Juneteenth). New Year's Day on a Saturday is not observed on the Friday before.
+pub fn nyse_holiday(date: NaiveDate) -> Option<&'static str> {
+    let year = date.year();
+    let ymd = |m, d| NaiveDate::from_ymd_opt(year, m, d).expect("valid date");
+    let new_year = ymd(1, 1);
+    if new_year.weekday() != Weekday::Sat && date == observed(new_year) {
+        return Some("New Year's Day");
+    }
+    let mut fixed: Vec<(NaiveDate, &'static str)> = vec![
+        (observed(ymd(7, 4)), "Independence Day"),
+        (observed(ymd(12, 25)), "Christmas Day"),
+    ];
+    if year >= 2022 {
+        fixed.push((observed(ymd(6, 19)), "Juneteenth"));
+    }
+    let mut floating = vec![
+        (nth_weekday(year, 2, Weekday::Mon, 3), "Presidents' Day"),
+        (easter(year) - Duration::days(2), "Good Friday"),
+        (last_weekday(year, 5, Weekday::Mon), "Memorial Day"),
+        (nth_weekday(year, 9, Weekday::Mon, 1), "Labor Day"),
+        (nth_weekday(year, 11, Weekday::Thu, 4), "Thanksgiving Day"),
+    ];
+    if year >= 1998 {
+        floating.push((
+            nth_weekday(year, 1, Weekday::Mon, 3),
+            "Martin Luther King Jr. Day",
+        ));
+    }
+    fixed
+        .into_iter()
+        .chain(floating)
+        .find(|(d, _)| *d == date)
+        .map(|(_, name)| name)
+}
+
+pub fn is_weekend(date: NaiveDate) -> bool {
+    matches!(date.weekday(), Weekday::Sat | Weekday::Sun)
+}
+
+pub fn is_nyse_trading_day(date: NaiveDate) -> bool {
+    !is_weekend(date) && nyse_holiday(date).is_none()
+}
+
+/// The regular NYSE session of `date` in UTC, `None` on weekends and holidays.
+pub fn nyse_session(date: NaiveDate) -> Option<(Timestamp, Timestamp)> {
+    is_nyse_trading_day(date).then(|| (new_york_to_utc(date, 9, 30), new_york_to_utc(date, 16, 0)))
+}
+
+/// Forex trades from Sunday 17:00 to Friday 17:00 New York time.
+pub fn forex_open(ts: Timestamp) -> bool {
+    let local = utc_to_new_york(ts);
+    match local.weekday() {
+        Weekday::Sat => false,
+        Weekday::Sun => local.hour() >= 17,
+        Weekday::Fri => local.hour() < 17,
+        _ => true,
+    }
+}
+
+fn midnight(date: NaiveDate) -> Timestamp {
+    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight"))
+}
+
+/// Whether instruments of `kind` trade at some point on `date`.
+fn trades_on(kind: InstrumentKind, date: NaiveDate) -> bool {
+    match kind {
+        InstrumentKind::Stock => is_nyse_trading_day(date),
+        InstrumentKind::Forex => !is_weekend(date),
+    }
+}
+
+/// Whether instruments of `kind` trade on some day of the month starting on `first`.
+fn month_trades(kind: InstrumentKind, first: NaiveDate) -> bool {
+    let next = Timeframe::Mo1.next_bar(midnight(first)).date_naive();
+    first
+        .iter_days()
+        .take_while(|d| *d < next)
+        .any(|d| trades_on(kind, d))
+}
+
+/// Every timestamp in `[start, end]` at which a bar of `timeframe` exists for an instrument of
+/// `kind`, as IB keys them: intraday stock bars from the 09:30 open on the session's grid,
+/// intraday forex bars on the UTC grid while the market is open, daily bars at midnight UTC of
+/// trading days, weekly bars on Mondays and monthly bars on the 1st of periods with trading.
+pub fn bar_times(
+    kind: InstrumentKind,
+    timeframe: Timeframe,
+    start: Timestamp,
+    end: Timestamp,
+) -> Vec<Timestamp> {
+    let mut out = Vec::new();
+    if start > end {
+        return out;
+    }
+    let first_day = start.date_naive() - Duration::days(1);
+    let last_day = end.date_naive();
+    match (kind, timeframe.is_intraday()) {
+        (InstrumentKind::Stock, true) => {
+            let step = timeframe.interval();
+            let mut day = first_day;
+            while day <= last_day {
+                if let Some((open, close)) = nyse_session(day) {
+                    let mut t = open;
+                    while t < close {
+                        if t >= start && t <= end {
+                            out.push(t);
+                        }
+                        t += step;
+                    }
+                }
+                day += Duration::days(1);
+            }
+        }
+        (InstrumentKind::Forex, true) => {
+            let step = timeframe.interval().num_seconds();
+            let mut t = start.timestamp().div_euclid(step) * step;
+            if t < start.timestamp() {
+                t += step;
+            }
+            while t <= end.timestamp() {
+                let ts = Utc.timestamp_opt(t, 0).single().expect("in range");
+                if forex_open(ts) {
+                    out.push(ts);
+                } else {
+                    // Jump over the weekend rather than stepping through it.
+                    let local = utc_to_new_york(ts);
+                    if local.weekday() == Weekday::Sat {
+                        t += (24 * 3600 - (local.num_seconds_from_midnight() as i64))
+                            .div_euclid(step)
+                            * step;
+                    }
+                }
+                t += step;
+            }
+        }
+        (_, false) => {
+            let mut day = first_day;
+            while day <= last_day {
+                let key = match timeframe {
+                    Timeframe::D1 => trades_on(kind, day).then_some(day),
+                    Timeframe::W1 => (day.weekday() == Weekday::Mon
+                        && (0..5).any(|i| trades_on(kind, day + Duration::days(i))))
+                    .then_some(day),
+                    _ => (day.day() == 1 && month_trades(kind, day)).then_some(day),
+                };
+                if let Some(day) = key {
+                    let ts = midnight(day);
+                    if ts >= start && ts <= end {
+                        out.push(ts);
+                    }
+                }
+                day += Duration::days(1);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    fn t(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn nyse_holidays_follow_the_observed_day_rules() {
+        assert_eq!(nyse_holiday(d(2024, 7, 4)), Some("Independence Day"));
+        assert_eq!(nyse_holiday(d(2024, 11, 28)), Some("Thanksgiving Day"));
+        assert_eq!(nyse_holiday(d(2024, 3, 29)), Some("Good Friday"));
+        assert_eq!(
+            nyse_holiday(d(2024, 1, 15)),
+            Some("Martin Luther King Jr. Day")
+        );
+        assert_eq!(nyse_holiday(d(2024, 6, 19)), Some("Juneteenth"));
+        assert_eq!(
+            nyse_holiday(d(2021, 6, 18)),
+            None,
+            "Juneteenth began in 2022"
+        );
+        // July 4th 2026 is a Saturday: observed Friday the 3rd.
+        assert_eq!(nyse_holiday(d(2026, 7, 3)), Some("Independence Day"));
+        // Christmas 2022 was a Sunday: observed Monday the 26th.
+        assert_eq!(nyse_holiday(d(2022, 12, 26)), Some("Christmas Day"));
+        // New Year's Day 2022 was a Saturday: NYSE did not close on Friday 31 December 2021.
+        assert_eq!(nyse_holiday(d(2021, 12, 31)), None);
+        assert_eq!(nyse_holiday(d(2023, 1, 2)), Some("New Year's Day"));
+        assert_eq!(nyse_holiday(d(2024, 7, 5)), None);
+        assert_eq!(easter(2024), d(2024, 3, 31));
+        assert_eq!(easter(2025), d(2025, 4, 20));
+    }
+
+    #[test]
+    fn the_session_is_0930_to_1600_new_york_in_summer_and_winter() {
+        assert_eq!(
+            nyse_session(d(2024, 1, 2)).unwrap(),
+            (t("2024-01-02T14:30:00Z"), t("2024-01-02T21:00:00Z"))
+        );
+        assert_eq!(
+            nyse_session(d(2024, 7, 2)).unwrap(),
+            (t("2024-07-02T13:30:00Z"), t("2024-07-02T20:00:00Z"))
+        );
+        assert!(nyse_session(d(2024, 7, 6)).is_none());
+        assert_eq!(utc_to_new_york(t("2024-03-10T06:59:00Z")).hour(), 1);
+        assert_eq!(utc_to_new_york(t("2024-03-10T07:00:00Z")).hour(), 3);
+        assert_eq!(utc_to_new_york(t("2024-11-03T05:59:00Z")).hour(), 1);
+        assert_eq!(utc_to_new_york(t("2024-11-03T06:00:00Z")).hour(), 1);
+    }
+
+    #[test]
+    fn forex_trades_sunday_evening_to_friday_evening() {
+        assert!(forex_open(t("2024-01-08T03:00:00Z")), "Monday 03:00 UTC");
+        assert!(!forex_open(t("2024-01-06T12:00:00Z")), "Saturday");
+        assert!(
+            !forex_open(t("2024-01-07T21:00:00Z")),
+            "Sunday 16:00 New York"
+        );
+        assert!(
+            forex_open(t("2024-01-07T22:00:00Z")),
+            "Sunday 17:00 New York"
+        );
+        assert!(
+            forex_open(t("2024-01-05T21:59:00Z")),
+            "Friday 16:59 New York"
+        );
+        assert!(
+            !forex_open(t("2024-01-05T22:00:00Z")),
+            "Friday 17:00 New York"
+        );
+    }
+
+    #[test]
+    fn instruments_are_classified_by_symbol() {
+        assert_eq!(instrument_kind("EURUSD"), InstrumentKind::Forex);
+        assert_eq!(instrument_kind("EUR.USD"), InstrumentKind::Forex);
+        assert_eq!(instrument_kind("AAPL"), InstrumentKind::Stock);
+        assert_eq!(instrument_kind("GOOGLE"), InstrumentKind::Stock);
+    }
+
+    #[test]
+    fn bars_exist_only_when_the_market_trades() {
+        let week = bar_times(
+            InstrumentKind::Stock,
+            Timeframe::H1,
+            t("2024-07-01T00:00:00Z"),
+            t("2024-07-07T23:59:00Z"),
+        );
+        assert_eq!(
+            week.len(),
+            4 * 7,
+            "four trading days of seven hourly bars (no 4 July)"
+        );
+        assert!(week.iter().all(|b| b.date_naive() != d(2024, 7, 4)));
+        assert_eq!(week[0], t("2024-07-01T13:30:00Z"));
+        let daily = bar_times(
+            InstrumentKind::Stock,
+            Timeframe::D1,
+            t("2024-07-01T00:00:00Z"),
+            t("2024-07-07T00:00:00Z"),
+        );
+        assert_eq!(daily.len(), 4);
+        let fx = bar_times(
+            InstrumentKind::Forex,
+            Timeframe::H1,
+            t("2024-01-05T00:00:00Z"),
+            t("2024-01-08T23:00:00Z"),
+        );
+        assert!(fx.contains(&t("2024-01-08T03:00:00Z")));
+        assert!(!fx.iter().any(|b| b.date_naive() == d(2024, 1, 6)));
+        assert_eq!(
+            fx.iter()
+                .filter(|b| b.date_naive() == d(2024, 1, 7))
+                .count(),
+            2,
+            "22:00 and 23:00 UTC on Sunday"
+        );
+        let minutes = bar_times(
+            InstrumentKind::Stock,
+            Timeframe::M1,
+            t("2024-01-02T00:00:00Z"),
+            t("2024-01-02T23:59:00Z"),
+        );
+        assert_eq!(minutes.len(), 390);
+        let weeks = bar_times(
+            InstrumentKind::Stock,
+            Timeframe::W1,
+            t("2024-01-01T00:00:00Z"),
+            t("2024-01-31T00:00:00Z"),
+        );
+        assert_eq!(weeks.len(), 5);
+        let months = bar_times(
+            InstrumentKind::Forex,
+            Timeframe::Mo1,
+            t("2024-01-01T00:00:00Z"),
+            t("2024-12-31T00:00:00Z"),
+        );
+        assert_eq!(months.len(), 12);
+    }
+}

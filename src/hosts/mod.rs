@@ -1,0 +1,556 @@
+//! Clients for the host services. [`HostClient`] is the generic part — one pooled
+//! `reqwest::Client` per host, timeouts, cancellation (every call races the caller's token and
+//! drops the request the moment it fires), retries with exponential backoff and jitter only where
+//! repeating is safe, errors that carry the host's own message, a cached health probe and
+//! per-endpoint counters and latency histograms. `ib` and `training` speak the two protocols.
+//! Depends on nothing domain-side.
+
+pub mod ib;
+pub mod pacing;
+pub mod training;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::time::{self, Timestamp};
+
+/// The two host services, as the rest of the service sees them.
+#[derive(Clone)]
+pub struct Hosts {
+    pub ib: ib::IbClient,
+    pub training: Arc<training::TrainingClient>,
+}
+
+/// How a host is reached.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// `ib`, `training`: appears in errors, logs and metrics.
+    pub name: &'static str,
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// A health probe's own timeout, and how long its answer is reused.
+    pub health_timeout: Duration,
+    pub health_ttl: Duration,
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Total tries, the first included.
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The pause before try `attempt + 1` (attempt ≥ 1): random in `[0, min(max, base·2^(attempt-1))]`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max_delay);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// Whether a call may be repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Repeating is harmless (reads, idempotent stops): retried after connection failures,
+    /// timeouts and 502/503/504.
+    Safe,
+    /// Only retried when the request provably never reached the host (connection refused).
+    ConnectOnly,
+    /// Never repeated here (the caller has its own policy, e.g. the pacing limiter).
+    Never,
+}
+
+/// One request.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: Method,
+    /// A low-cardinality label for metrics (`/training/status/{id}`), not the actual path.
+    pub endpoint: &'static str,
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+    pub retry: Retry,
+    pub timeout: Option<Duration>,
+}
+
+impl Call {
+    pub fn get(endpoint: &'static str, path: impl Into<String>) -> Self {
+        Self {
+            method: Method::GET,
+            endpoint,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            retry: Retry::Safe,
+            timeout: None,
+        }
+    }
+
+    pub fn post(endpoint: &'static str, path: impl Into<String>, body: &impl Serialize) -> Self {
+        Self {
+            method: Method::POST,
+            body: Some(serde_json::to_value(body).expect("request bodies serialise")),
+            retry: Retry::ConnectOnly,
+            ..Self::get(endpoint, path)
+        }
+    }
+
+    pub fn delete(endpoint: &'static str, path: impl Into<String>) -> Self {
+        Self {
+            method: Method::DELETE,
+            ..Self::get(endpoint, path)
+        }
+    }
+
+    pub fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((key, value.into()));
+        self
+    }
+
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostErrorKind {
+    /// No connection could be made.
+    Connect,
+    Timeout,
+    /// The host answered with a non-2xx status.
+    Status(u16),
+    /// The answer could not be read or decoded.
+    Body,
+    /// The caller's token fired; the request was dropped.
+    Cancelled,
+}
+
+/// A failed host call: which host, which request, what status, and the host's own words.
+#[derive(Debug, Clone)]
+pub struct HostError {
+    pub host: &'static str,
+    pub method: Method,
+    pub path: String,
+    pub kind: HostErrorKind,
+    /// The host's `detail`/`error` text, or what went wrong on the way.
+    pub message: String,
+}
+
+impl HostError {
+    pub fn status(&self) -> Option<u16> {
+        match self.kind {
+            HostErrorKind::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Worth trying again later (the host or the network, not the request, was the problem).
+    pub fn is_transient(&self) -> bool {
+        match self.kind {
+            HostErrorKind::Connect | HostErrorKind::Timeout => true,
+            HostErrorKind::Status(status) => matches!(status, 502..=504),
+            HostErrorKind::Body | HostErrorKind::Cancelled => false,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == HostErrorKind::Cancelled
+    }
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            HostErrorKind::Connect => "cannot connect".to_owned(),
+            HostErrorKind::Timeout => "timed out".to_owned(),
+            HostErrorKind::Status(status) => format!("HTTP {status}"),
+            HostErrorKind::Body => "unreadable answer".to_owned(),
+            HostErrorKind::Cancelled => "cancelled".to_owned(),
+        };
+        write!(
+            f,
+            "{} host, {} {}: {what}",
+            self.host, self.method, self.path
+        )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// A 2xx answer.
+#[derive(Debug, Clone)]
+pub struct HostResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// The host's own message in an error body: FastAPI's `detail` (text or validation list), the
+/// IB host's `error`, else the text itself.
+pub fn host_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return text.chars().take(500).collect();
+    };
+    let from = |v: &Value| -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|i| {
+                        i.get("msg")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    value
+        .get("detail")
+        .and_then(from)
+        .or_else(|| value.get("error").and_then(from))
+        .unwrap_or_else(|| text.chars().take(500).collect())
+}
+
+/// What a health probe found.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub url: String,
+    pub reachable: bool,
+    pub latency_ms: Option<f64>,
+    #[serde(with = "time::rfc3339")]
+    pub checked_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub body: Option<Value>,
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Counters and a latency histogram for one endpoint of one host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EndpointStats {
+    pub requests: u64,
+    /// Failures by class: `connect`, `timeout`, `4xx`, `5xx`, `body`, `cancelled`.
+    pub errors: HashMap<&'static str, u64>,
+    pub retries: u64,
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`], plus everything above.
+    pub latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    pub latency_sum_seconds: f64,
+}
+
+impl EndpointStats {
+    fn observe(&mut self, elapsed: Duration, error: Option<&HostErrorKind>) {
+        self.requests += 1;
+        let seconds = elapsed.as_secs_f64();
+        self.latency_sum_seconds += seconds;
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket] += 1;
+        if let Some(kind) = error {
+            let class = match kind {
+                HostErrorKind::Connect => "connect",
+                HostErrorKind::Timeout => "timeout",
+                HostErrorKind::Status(s) if *s < 500 => "4xx",
+                HostErrorKind::Status(_) => "5xx",
+                HostErrorKind::Body => "body",
+                HostErrorKind::Cancelled => "cancelled",
+            };
+            *self.errors.entry(class).or_default() += 1;
+        }
+    }
+}
+
+/// A pooled, cancellable client for one host service. Cheap to clone.
+#[derive(Clone)]
+pub struct HostClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: HostSettings,
+    http: reqwest::Client,
+    stats: Mutex<HashMap<(Method, &'static str), EndpointStats>>,
+    health: Mutex<Option<(Instant, HealthReport)>>,
+}
+
+impl HostClient {
+    pub fn new(settings: HostSettings) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            // Host services run beside the service; a proxy from the environment would only get in the way.
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("{} host client: {e}", settings.name))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                stats: Mutex::new(HashMap::new()),
+                health: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.inner.settings.name
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.settings.base_url
+    }
+
+    /// Sends `call`, retrying as its [`Retry`] allows, and returns the 2xx answer. The whole
+    /// exchange (retries and their pauses included) races `token`: when it fires, the request is
+    /// dropped at once and `HostErrorKind::Cancelled` returned.
+    pub async fn send(
+        &self,
+        call: &Call,
+        token: &CancellationToken,
+    ) -> Result<HostResponse, HostError> {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => {
+                let error = self.error(call, HostErrorKind::Cancelled, String::new());
+                self.observe(call, Duration::ZERO, Some(&error.kind), 0);
+                Err(error)
+            }
+            result = self.send_with_retries(call) => result,
+        }
+    }
+
+    /// [`send`](Self::send), then decodes the JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        call: &Call,
+        token: &CancellationToken,
+    ) -> Result<T, HostError> {
+        let response = self.send(call, token).await?;
+        serde_json::from_slice(&response.body)
+            .map_err(|e| self.error(call, HostErrorKind::Body, format!("unexpected answer: {e}")))
+    }
+
+    async fn send_with_retries(&self, call: &Call) -> Result<HostResponse, HostError> {
+        let policy = self.inner.settings.retry;
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let result = self.send_once(call).await;
+            let retry = match &result {
+                Ok(_) => false,
+                Err(e) => {
+                    attempt < policy.attempts
+                        && match call.retry {
+                            Retry::Safe => e.is_transient(),
+                            Retry::ConnectOnly => e.kind == HostErrorKind::Connect,
+                            Retry::Never => false,
+                        }
+                }
+            };
+            self.observe(
+                call,
+                started.elapsed(),
+                result.as_ref().err().map(|e| &e.kind),
+                u64::from(retry),
+            );
+            if !retry {
+                return result;
+            }
+            let pause = policy.delay(attempt);
+            tracing::debug!(host = self.name(), path = %call.path, attempt, ?pause, "retrying host call");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    async fn send_once(&self, call: &Call) -> Result<HostResponse, HostError> {
+        let url = format!(
+            "{}{}",
+            self.inner.settings.base_url.trim_end_matches('/'),
+            call.path
+        );
+        let mut request = self.inner.http.request(call.method.clone(), url);
+        if !call.query.is_empty() {
+            request = request.query(&call.query);
+        }
+        if let Some(body) = &call.body {
+            request = request.json(body);
+        }
+        if let Some(timeout) = call.timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(call, &e))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(call, &e))?;
+        if !(200..300).contains(&status) {
+            return Err(self.error(call, HostErrorKind::Status(status), host_message(&body)));
+        }
+        Ok(HostResponse { status, body })
+    }
+
+    fn transport_error(&self, call: &Call, e: &reqwest::Error) -> HostError {
+        let kind = if e.is_timeout() {
+            HostErrorKind::Timeout
+        } else if e.is_connect() {
+            HostErrorKind::Connect
+        } else {
+            HostErrorKind::Body
+        };
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            message = format!("{message}: {cause}");
+            source = cause.source();
+        }
+        self.error(call, kind, message)
+    }
+
+    fn error(&self, call: &Call, kind: HostErrorKind, message: String) -> HostError {
+        HostError {
+            host: self.name(),
+            method: call.method.clone(),
+            path: call.path.clone(),
+            kind,
+            message,
+        }
+    }
+
+    fn observe(&self, call: &Call, elapsed: Duration, error: Option<&HostErrorKind>, retries: u64) {
+        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = stats
+            .entry((call.method.clone(), call.endpoint))
+            .or_default();
+        entry.observe(elapsed, error);
+        entry.retries += retries;
+    }
+
+    /// Per-endpoint counters and latencies so far: `(method, endpoint, stats)`.
+    pub fn stats(&self) -> Vec<(String, &'static str, EndpointStats)> {
+        let stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = stats
+            .iter()
+            .map(|((m, e), s)| (m.to_string(), *e, s.clone()))
+            .collect();
+        out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        out
+    }
+
+    /// `GET /health` with a short timeout, reused for `health_ttl`.
+    pub async fn health(&self) -> HealthReport {
+        let settings = &self.inner.settings;
+        if let Some((at, report)) = &*self.inner.health.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < settings.health_ttl
+        {
+            return report.clone();
+        }
+        let call = Call::get("/health", "/health")
+            .timeout(settings.health_timeout)
+            .retry(Retry::Never);
+        let started = Instant::now();
+        let result = self.send(&call, &CancellationToken::new()).await;
+        let latency_ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
+        let report = match result {
+            Ok(response) => HealthReport {
+                url: settings.base_url.clone(),
+                reachable: true,
+                latency_ms: Some(latency_ms),
+                checked_at: time::now(),
+                error: None,
+                body: serde_json::from_slice(&response.body).ok(),
+            },
+            Err(e) => HealthReport {
+                url: settings.base_url.clone(),
+                reachable: false,
+                latency_ms: None,
+                checked_at: time::now(),
+                error: Some(e.to_string()),
+                body: None,
+            },
+        };
+        *self.inner.health.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), report.clone()));
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_messages_come_from_detail_error_or_text() {
+        assert_eq!(
+            host_message(br#"{"detail":"Service temporarily unavailable"}"#),
+            "Service temporarily unavailable"
+        );
+        assert_eq!(
+            host_message(br#"{"detail":[{"loc":["body","symbol"],"msg":"field required","type":"value_error.missing"}]}"#),
+            "field required"
+        );
+        assert_eq!(
+            host_message(br#"{"success":false,"error":"No data returned for AAPL 1h"}"#),
+            "No data returned for AAPL 1h"
+        );
+        assert_eq!(host_message(b"Bad Gateway"), "Bad Gateway");
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_its_cap() {
+        let policy = RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+        };
+        for _ in 0..100 {
+            assert!(policy.delay(1) <= Duration::from_millis(100));
+            assert!(policy.delay(2) <= Duration::from_millis(200));
+            assert!(policy.delay(5) <= Duration::from_millis(300));
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! The IB host simulator: every endpoint of hosts.md §1 with the real host's bodies (domain
+//! errors as HTTP 200 with `"success": false`, FastAPI 422s for malformed bodies), deterministic
+//! bars on real calendars, and knobs — latency, transient failures, a failing symbol, IB pacing
+//! emulation — plus `GET /sim/stats` so tests can assert exactly what a client sent.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::data::calendar::InstrumentKind;
+use crate::data::timeframe::Timeframe;
+use crate::hosts::pacing::{PacingKey, PacingLimiter, PacingRules};
+use crate::sim::fastapi::{FastJson, unprocessable};
+use crate::sim::market::Instrument;
+use crate::time;
+
+/// Symbols the simulated IB knows.
+pub const DEFAULT_SYMBOLS: &[&str] = &[
+    "AAPL", "MSFT", "SPY", "QQQ", "TSLA", "NVDA", "GOOGL", "AMZN", "IBM", "EURUSD", "GBPUSD",
+    "USDJPY", "AUDUSD", "USDCHF", "EURGBP", "EUR.USD", "GBP.USD",
+];
+
+/// Behaviour that tests may change at run time (`PUT /sim/knobs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IbKnobs {
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    pub fail_rate: f64,
+    pub fail_symbol: Option<String>,
+    /// Answer with IB's pacing-violation error when a client breaks IB's rules.
+    pub pacing: bool,
+}
+
+impl Default for IbKnobs {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            fail_rate: 0.0,
+            fail_symbol: None,
+            pacing: false,
+        }
+    }
+}
+
+/// One `/data/historical` request as the simulator saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoricalLog {
+    pub symbol: String,
+    pub timeframe: String,
+    pub start: String,
+    pub end: String,
+    pub rows: usize,
+    pub outcome: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stats {
+    requests: BTreeMap<String, u64>,
+    historical: Vec<HistoricalLog>,
+    pacing_violations: u64,
+}
+
+pub struct IbSim {
+    knobs: RwLock<IbKnobs>,
+    symbols: HashSet<String>,
+    stats: Mutex<Stats>,
+    pacing: Mutex<PacingLimiter>,
+    in_flight: AtomicU64,
+    /// Requests whose client went away before the answer (the connection was dropped).
+    dropped: AtomicU64,
+}
+
+/// Counts a request in flight; when it is dropped before completing, the client hung up.
+struct InFlight<'a> {
+    sim: &'a IbSim,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sim.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.done {
+            self.sim.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+const HEAD_STOCK: &str = "2005-01-03T14:30:00+00:00";
+const HEAD_FOREX: &str = "2005-03-01T00:00:00+00:00";
+
+impl IbSim {
+    pub fn new(knobs: IbKnobs) -> Arc<Self> {
+        Arc::new(Self {
+            knobs: RwLock::new(knobs),
+            symbols: DEFAULT_SYMBOLS.iter().map(|s| s.to_string()).collect(),
+            stats: Mutex::new(Stats::default()),
+            pacing: Mutex::new(PacingLimiter::new(Some(PacingRules::ib()))),
+            in_flight: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/health", get(health))
+            .route("/health/detailed", get(health_detailed))
+            .route("/data/historical", post(historical))
+            .route("/data/validate", post(validate))
+            .route("/data/symbol-info/{symbol}", get(symbol_info))
+            .route("/data/head-timestamp", get(head_timestamp))
+            .route("/sim/stats", get(stats))
+            .route("/sim/reset", post(reset))
+            .route("/sim/knobs", put(set_knobs).get(get_knobs))
+            .with_state(self.clone())
+    }
+
+    fn knobs(&self) -> IbKnobs {
+        self.knobs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self, endpoint: &str) {
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .entry(endpoint.to_owned())
+            .or_default() += 1;
+    }
+
+    fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            sim: self,
+            done: false,
+        }
+    }
+
+    async fn latency(&self) {
+        let knobs = self.knobs();
+        let jitter = if knobs.latency_jitter_ms > 0 {
+            fastrand::u64(0..=knobs.latency_jitter_ms)
+        } else {
+            0
+        };
+        let total = knobs.latency_ms + jitter;
+        if total > 0 {
+            tokio::time::sleep(Duration::from_millis(total)).await;
+        }
+    }
+
+    fn known(&self, symbol: &str) -> bool {
+        self.symbols.contains(&symbol.to_ascii_uppercase())
+    }
+
+    fn head(symbol: &str) -> &'static str {
+        match Instrument::new(symbol).kind {
+            InstrumentKind::Stock => HEAD_STOCK,
+            InstrumentKind::Forex => HEAD_FOREX,
+        }
+    }
+
+    fn contract_info(symbol: &str) -> Value {
+        let upper = symbol.to_ascii_uppercase();
+        let hours = json!({
+            "timezone": "US/Eastern",
+            "regular_hours": { "start": "09:30", "end": "16:00", "name": "Regular" },
+            "extended_hours": [], "trading_days": [0, 1, 2, 3, 4], "holidays": [],
+        });
+        match Instrument::new(symbol).kind {
+            InstrumentKind::Stock => json!({
+                "symbol": upper, "asset_type": "STK", "exchange": "SMART", "currency": "USD",
+                "description": format!("{upper} (simulated)"), "trading_hours": hours, "head_timestamp": HEAD_STOCK,
+            }),
+            InstrumentKind::Forex => {
+                let pair = upper.replace('.', "");
+                json!({
+                    "symbol": &pair[..3], "asset_type": "CASH", "exchange": "IDEALPRO", "currency": &pair[3..],
+                    "description": format!("{pair} (simulated)"), "trading_hours": hours, "head_timestamp": HEAD_FOREX,
+                })
+            }
+        }
+    }
+
+    fn validation(&self, symbol: &str, timeframes: &[String]) -> Value {
+        if !self.known(symbol) {
+            return json!({
+                "success": true, "is_valid": false, "error_message": format!("Symbol {symbol} not found"),
+                "contract_info": null, "head_timestamps": {}, "error": null,
+            });
+        }
+        let heads: Map<String, Value> = timeframes
+            .iter()
+            .map(|tf| (tf.clone(), json!(Self::head(symbol))))
+            .collect();
+        json!({
+            "success": true, "is_valid": true, "error_message": null,
+            "contract_info": Self::contract_info(symbol), "head_timestamps": heads, "error": null,
+        })
+    }
+}
+
+type Sim = State<Arc<IbSim>>;
+
+fn failure(error: impl Into<String>) -> Json<Value> {
+    Json(json!({ "success": false, "data": null, "rows": null, "error": error.into() }))
+}
+
+async fn health(State(sim): Sim) -> Json<Value> {
+    sim.count("/health");
+    Json(
+        json!({ "healthy": true, "service": "ib-connector", "timestamp": time::format_for_host(&time::now()), "status": "operational" }),
+    )
+}
+
+async fn health_detailed(State(sim): Sim) -> Json<Value> {
+    sim.count("/health/detailed");
+    let total: u64 = sim
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .requests
+        .values()
+        .sum();
+    Json(json!({
+        "healthy": true, "service": "ib-connector", "timestamp": time::format_for_host(&time::now()),
+        "ib_gateway_connected": true, "active_connections": sim.in_flight.load(Ordering::Relaxed),
+        "total_requests": total, "error_count": 0, "last_error": null, "uptime_seconds": 0,
+        "connection_pool_status": { "simulated": true },
+    }))
+}
+
+#[derive(Deserialize)]
+struct HistoricalBody {
+    symbol: String,
+    timeframe: String,
+    start: String,
+    end: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    instrument_type: Option<String>,
+}
+
+async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -> Response {
+    sim.count("/data/historical");
+    let mut guard = sim.enter();
+    sim.latency().await;
+    let (answer, rows, outcome) = historical_answer(&sim, &body);
+    sim.stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .historical
+        .push(HistoricalLog {
+            symbol: body.symbol.clone(),
+            timeframe: body.timeframe.clone(),
+            start: body.start.clone(),
+            end: body.end.clone(),
+            rows,
+            outcome,
+        });
+    guard.done = true;
+    answer.into_response()
+}
+
+fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize, String) {
+    let knobs = sim.knobs();
+    let symbol = body.symbol.to_ascii_uppercase();
+    let (Some(start), Some(end)) = (
+        time::parse_timestamp(&body.start),
+        time::parse_timestamp(&body.end),
+    ) else {
+        return (
+            failure(format!(
+                "Invalid date range: {} to {}",
+                body.start, body.end
+            )),
+            0,
+            "bad dates".into(),
+        );
+    };
+    let Some(timeframe) = Timeframe::parse(&body.timeframe) else {
+        return (
+            failure(format!("Unsupported timeframe: {}", body.timeframe)),
+            0,
+            "bad timeframe".into(),
+        );
+    };
+    if knobs.pacing {
+        let key = PacingKey {
+            contract: symbol.clone(),
+            request: format!("{symbol}|{}|{}|{}", body.timeframe, body.start, body.end),
+        };
+        if sim
+            .pacing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_acquire(&key)
+            .is_err()
+        {
+            sim.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pacing_violations += 1;
+            return (
+                failure(
+                    "Historical Market Data Service error message:Pacing violation (error 162)",
+                ),
+                0,
+                "pacing violation".into(),
+            );
+        }
+    }
+    if knobs
+        .fail_symbol
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case(&symbol))
+        || (knobs.fail_rate > 0.0 && fastrand::f64() < knobs.fail_rate)
+    {
+        return (
+            failure("Error 1100: Connectivity between IB and TWS has been lost"),
+            0,
+            "transient failure".into(),
+        );
+    }
+    if !sim.known(&symbol) {
+        return (
+            failure(format!(
+                "Symbol validation failed: Symbol {symbol} not found"
+            )),
+            0,
+            "unknown symbol".into(),
+        );
+    }
+    let head = time::parse_timestamp(IbSim::head(&symbol)).expect("a valid constant");
+    if start < head {
+        let message = format!(
+            "Data not available before {}. Requested start: {}. Head timestamp: {}",
+            IbSim::head(&symbol),
+            time::format_for_host(&start),
+            IbSim::head(&symbol)
+        );
+        return (failure(message), 0, "before head".into());
+    }
+    if end - start > timeframe.max_span() + chrono::Duration::hours(1) {
+        return (
+            failure(format!(
+                "Requested duration exceeds the maximum of {} days for {timeframe} bars",
+                timeframe.max_span().num_days()
+            )),
+            0,
+            "span too long".into(),
+        );
+    }
+    let end = end.min(time::now());
+    let bars = Instrument::new(&symbol).bars(timeframe, start, end);
+    if bars.is_empty() {
+        return (
+            failure(format!("No data returned for {symbol} {timeframe}")),
+            0,
+            "no data".into(),
+        );
+    }
+    let data: Map<String, Value> = bars
+        .iter()
+        .map(|b| {
+            let key = b.timestamp.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            (key, json!({ "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": b.volume }))
+        })
+        .collect();
+    let rows = bars.len();
+    let data = Value::Object(data).to_string();
+    (
+        Json(json!({ "success": true, "data": data, "rows": rows, "error": null })),
+        rows,
+        "ok".into(),
+    )
+}
+
+#[derive(Deserialize)]
+struct ValidateBody {
+    symbol: String,
+    #[serde(default)]
+    timeframes: Vec<String>,
+}
+
+async fn validate(State(sim): Sim, FastJson(body): FastJson<ValidateBody>) -> Json<Value> {
+    sim.count("/data/validate");
+    sim.latency().await;
+    let timeframes = if body.timeframes.is_empty() {
+        vec!["1h".to_owned()]
+    } else {
+        body.timeframes
+    };
+    Json(sim.validation(&body.symbol, &timeframes))
+}
+
+async fn symbol_info(State(sim): Sim, Path(symbol): Path<String>) -> Json<Value> {
+    sim.count("/data/symbol-info");
+    sim.latency().await;
+    Json(sim.validation(&symbol, &["1h".to_owned()]))
+}
+
+async fn head_timestamp(
+    State(sim): Sim,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    sim.count("/data/head-timestamp");
+    sim.latency().await;
+    let Some(symbol) = query.get("symbol") else {
+        return unprocessable(&["query", "symbol"], "field required");
+    };
+    let timestamp = sim.known(symbol).then(|| IbSim::head(symbol));
+    Json(json!({ "success": true, "timestamp": timestamp, "error": null })).into_response()
+}
+
+async fn stats(State(sim): Sim) -> Json<Value> {
+    let stats = sim.stats.lock().unwrap_or_else(|e| e.into_inner());
+    Json(json!({
+        "requests": stats.requests,
+        "historical": stats.historical,
+        "pacing_violations": stats.pacing_violations,
+        "in_flight": sim.in_flight.load(Ordering::Relaxed),
+        "dropped_requests": sim.dropped.load(Ordering::Relaxed),
+    }))
+}
+
+async fn reset(State(sim): Sim) -> StatusCode {
+    *sim.stats.lock().unwrap_or_else(|e| e.into_inner()) = Stats::default();
+    *sim.pacing.lock().unwrap_or_else(|e| e.into_inner()) =
+        PacingLimiter::new(Some(PacingRules::ib()));
+    sim.dropped.store(0, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+async fn get_knobs(State(sim): Sim) -> Json<IbKnobs> {
+    Json(sim.knobs())
+}
+
+async fn set_knobs(State(sim): Sim, FastJson(knobs): FastJson<IbKnobs>) -> Json<IbKnobs> {
+    *sim.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs.clone();
+    Json(knobs)
+}

@@ -1,0 +1,123 @@
+//! Host simulators (sim.md): the IB and training host services, speaking exactly the protocols of
+//! hosts.md, so the service's real HTTP clients are exercised end to end. `ktrdr-ops sim` serves
+//! them on their usual ports; `serve --sim` starts them in-process on free ports.
+
+pub mod fastapi;
+pub mod ib;
+pub mod market;
+pub mod training;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{PacingMode, SimConfig, SimTrainingProtocol};
+use crate::hosts::training::Protocol;
+use ib::{IbKnobs, IbSim};
+use training::{TrainingKnobs, TrainingSim};
+
+/// Everything the simulators need to start.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    pub ib: IbKnobs,
+    pub training_protocol: Protocol,
+    pub training: TrainingKnobs,
+    /// Where the training simulator looks for `{SYMBOL}_{TF}.csv` (the service's data dir).
+    pub data_dir: PathBuf,
+}
+
+impl SimSettings {
+    pub fn from_config(config: &SimConfig, data_dir: PathBuf) -> Self {
+        Self {
+            ib: IbKnobs {
+                latency_ms: config.latency_ms,
+                latency_jitter_ms: config.latency_jitter_ms,
+                fail_rate: config.fail_rate,
+                fail_symbol: Some(config.fail_symbol.clone()).filter(|s| !s.is_empty()),
+                pacing: config.pacing == PacingMode::Ib,
+            },
+            training_protocol: match config.training_protocol {
+                SimTrainingProtocol::Operations => Protocol::Operations,
+                SimTrainingProtocol::Sessions => Protocol::Sessions,
+            },
+            training: TrainingKnobs {
+                pace_ms: config.training_pace_ms,
+                epochs: config.training_epochs,
+                batches: config.training_batches,
+                fail_at_epoch: Some(config.training_fail_at_epoch).filter(|e| *e > 0),
+                ignore_cancel: config.training_ignore_cancel,
+                ..TrainingKnobs::default()
+            },
+            data_dir,
+        }
+    }
+}
+
+/// The two simulators, running.
+pub struct Simulators {
+    pub ib_addr: SocketAddr,
+    pub training_addr: SocketAddr,
+    pub ib: Arc<IbSim>,
+    pub training: Arc<TrainingSim>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Simulators {
+    /// Binds both (port 0 picks free ports) and serves them in the background.
+    pub async fn start(
+        settings: SimSettings,
+        ib_listen: SocketAddr,
+        training_listen: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let ib = IbSim::new(settings.ib);
+        let training = TrainingSim::new(
+            settings.training_protocol,
+            settings.data_dir,
+            settings.training,
+        );
+        let ib_listener = TcpListener::bind(ib_listen).await?;
+        let training_listener = TcpListener::bind(training_listen).await?;
+        let (ib_addr, training_addr) = (ib_listener.local_addr()?, training_listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            })
+        };
+        let tasks = vec![
+            serve(ib_listener, ib.router(), shutdown.clone()),
+            serve(training_listener, training.router(), shutdown.clone()),
+        ];
+        tracing::info!(%ib_addr, %training_addr, "host simulators running");
+        Ok(Self {
+            ib_addr,
+            training_addr,
+            ib,
+            training,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn ib_url(&self) -> String {
+        format!("http://{}", self.ib_addr)
+    }
+
+    pub fn training_url(&self) -> String {
+        format!("http://{}", self.training_addr)
+    }
+
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The training host simulator: both protocol generations of hosts.md §2 (one at a time), a
+//! session that runs `epochs × batches` steps at a set pace with falling losses and rising
+//! accuracies, one session at a time (503 when busy), 409 on a reused id, the real host's
+//! not-found answers, and knobs: pace, failure at epoch N, ignoring stop (the real host's
+//! defect), and a crash that forgets every session. It checks its data directory as the real
+//! host does: a missing `{SYMBOL}_{TF}.csv` fails the session.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::task::AbortHandle;
+
+use crate::hosts::training::Protocol;
+use crate::sim::fastapi::FastJson;
+use crate::time;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingKnobs {
+    /// Time per batch.
+    pub pace_ms: u64,
+    /// Used when the request names no epoch count.
+    pub epochs: u32,
+    pub batches: u32,
+    /// Fail every session at this epoch (1-based).
+    pub fail_at_epoch: Option<u32>,
+    /// Acknowledge stops but keep training, then end `completed` (the real host's defect).
+    pub ignore_cancel: bool,
+    pub max_sessions: usize,
+}
+
+impl Default for TrainingKnobs {
+    fn default() -> Self {
+        Self {
+            pace_ms: 20,
+            epochs: 10,
+            batches: 10,
+            fail_at_epoch: None,
+            ignore_cancel: false,
+            max_sessions: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SimSession {
+    id: String,
+    /// The host's own word: initializing/running/completed/stopped/failed (sessions),
+    /// pending/running/completed/cancelled/failed (operations).
+    status: String,
+    epoch: u32,
+    batch: u32,
+    total_epochs: u32,
+    total_batches: u32,
+    epochs: Vec<Value>,
+    error: Option<String>,
+    created_at: String,
+    last_updated: String,
+    stop_requested: bool,
+    /// The run loop has ended (a session can read `cancelled` while still running).
+    finished: bool,
+    result: Option<Value>,
+    symbols: Vec<String>,
+    timeframes: Vec<String>,
+    model_type: String,
+    abort: Option<AbortHandle>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stats {
+    requests: BTreeMap<String, u64>,
+    starts: u64,
+    busy_rejections: u64,
+    stops: u64,
+    crashes: u64,
+}
+
+pub struct TrainingSim {
+    protocol: Protocol,
+    data_dir: PathBuf,
+    knobs: RwLock<TrainingKnobs>,
+    sessions: Mutex<BTreeMap<String, SimSession>>,
+    stats: Mutex<Stats>,
+}
+
+type Sim = State<Arc<TrainingSim>>;
+
+fn detail(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(json!({ "detail": text.into() }))).into_response()
+}
+
+impl TrainingSim {
+    pub fn new(protocol: Protocol, data_dir: PathBuf, knobs: TrainingKnobs) -> Arc<Self> {
+        Arc::new(Self {
+            protocol,
+            data_dir,
+            knobs: RwLock::new(knobs),
+            sessions: Mutex::new(BTreeMap::new()),
+            stats: Mutex::new(Stats::default()),
+        })
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        let mut router = Router::new()
+            .route("/health", get(health))
+            .route("/training/start", post(start))
+            .route("/sim/stats", get(stats))
+            .route("/sim/knobs", put(set_knobs).get(get_knobs))
+            .route("/sim/crash", post(crash));
+        router = match self.protocol {
+            Protocol::Sessions => router
+                .route("/training/status/{id}", get(session_status))
+                .route("/training/stop", post(session_stop))
+                .route("/training/result/{id}", get(session_result)),
+            Protocol::Operations => router
+                .route("/api/v1/operations", get(list_operations))
+                .route("/api/v1/operations/{id}", get(operation))
+                .route("/api/v1/operations/{id}/cancel", delete(cancel_operation)),
+        };
+        router.with_state(self.clone())
+    }
+
+    fn knobs(&self) -> TrainingKnobs {
+        self.knobs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self, endpoint: &str) {
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .entry(endpoint.to_owned())
+            .or_default() += 1;
+    }
+
+    fn with_session<R>(&self, id: &str, f: impl FnOnce(&mut SimSession) -> R) -> Option<R> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+            .map(f)
+    }
+
+    fn word(&self, status: &str) -> String {
+        match (self.protocol, status) {
+            (Protocol::Sessions, "starting") => "initializing",
+            (Protocol::Operations, "starting") => "pending",
+            (Protocol::Sessions, "stopped") => "stopped",
+            (Protocol::Operations, "stopped") => "cancelled",
+            (_, other) => other,
+        }
+        .to_owned()
+    }
+
+    /// Runs a session to its end: a data check, then epochs of batches at the knobs' pace.
+    async fn run(self: Arc<Self>, id: String) {
+        let knobs = self.knobs();
+        let pace = Duration::from_millis(knobs.pace_ms);
+        tokio::time::sleep(pace).await;
+        let Some((symbols, timeframes, total_epochs, total_batches)) =
+            self.with_session(&id, |s| {
+                (
+                    s.symbols.clone(),
+                    s.timeframes.clone(),
+                    s.total_epochs,
+                    s.total_batches,
+                )
+            })
+        else {
+            return;
+        };
+        for symbol in &symbols {
+            for timeframe in &timeframes {
+                let file = self.data_dir.join(format!("{symbol}_{timeframe}.csv"));
+                if !file.is_file() {
+                    let error =
+                        format!("Training failed: No data found in cache for {symbol} {timeframe}");
+                    self.end(&id, "failed", Some(error), None);
+                    return;
+                }
+            }
+        }
+        let running = self.word("running");
+        self.with_session(&id, |s| s.status = running.clone());
+        for epoch in 1..=total_epochs {
+            for batch in 1..=total_batches {
+                tokio::time::sleep(pace).await;
+                let stop = self.with_session(&id, |s| {
+                    s.epoch = epoch;
+                    s.batch = batch;
+                    s.last_updated = time::format(&time::now());
+                    s.stop_requested
+                });
+                match stop {
+                    None => return,
+                    Some(true) if !self.knobs().ignore_cancel => {
+                        let stopped = self.word("stopped");
+                        self.end(&id, &stopped, None, None);
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+            // Plausible curves: losses fall, accuracies rise, with the epoch.
+            let progress = f64::from(epoch) / f64::from(total_epochs);
+            let metrics = json!({
+                "epoch": epoch - 1,
+                "train_loss": ((1.1 - 0.8 * progress) * 1000.0).round() / 1000.0,
+                "train_accuracy": ((0.55 + 0.35 * progress) * 1000.0).round() / 1000.0,
+                "val_loss": ((1.15 - 0.75 * progress) * 1000.0).round() / 1000.0,
+                "val_accuracy": ((0.53 + 0.32 * progress) * 1000.0).round() / 1000.0,
+                "learning_rate": 0.001,
+                "duration": (pace.as_secs_f64() * f64::from(total_batches) * 1000.0).round() / 1000.0,
+                "timestamp": time::format(&time::now()),
+            });
+            self.with_session(&id, |s| s.epochs.push(metrics));
+            if knobs.fail_at_epoch == Some(epoch) {
+                let error = format!(
+                    "Training failed: simulated failure at epoch {epoch} (CUDA out of memory)"
+                );
+                self.end(&id, "failed", Some(error), None);
+                return;
+            }
+        }
+        let result = self.with_session(&id, |s| {
+            json!({
+                "model_path": format!("models/sim/{}_{}.pt", s.model_type, s.id),
+                "training_metrics": { "final_train_loss": s.epochs.last().and_then(|e| e.get("train_loss")).cloned(), "epochs_trained": s.epochs.len() },
+                "test_metrics": { "test_accuracy": 0.81, "test_loss": 0.42, "precision": 0.8, "recall": 0.79, "f1_score": 0.795 },
+                "model_info": { "model_type": s.model_type, "parameters_count": 12_345 },
+                "data_summary": { "symbols": s.symbols, "timeframes": s.timeframes },
+            })
+        });
+        self.end(&id, "completed", None, result);
+    }
+
+    fn end(&self, id: &str, status: &str, error: Option<String>, result: Option<Value>) {
+        self.with_session(id, |s| {
+            s.status = status.to_owned();
+            s.error = error;
+            s.result = result;
+            s.finished = true;
+            s.last_updated = time::format(&time::now());
+        });
+    }
+
+    fn percentage(s: &SimSession) -> f64 {
+        let total = f64::from(s.total_epochs * s.total_batches).max(1.0);
+        let done = f64::from(s.epoch.saturating_sub(1) * s.total_batches + s.batch);
+        if s.status == "completed" {
+            100.0
+        } else {
+            (done / total * 1000.0).round() / 10.0
+        }
+    }
+
+    fn step_text(s: &SimSession) -> String {
+        format!(
+            "Epoch {}/{} · Batch {}/{}",
+            s.epoch, s.total_epochs, s.batch, s.total_batches
+        )
+    }
+}
+
+async fn health(State(sim): Sim) -> Json<Value> {
+    sim.count("/health");
+    let current = sim
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .find(|s| !s.finished)
+        .map(|s| s.id.clone());
+    Json(json!({
+        "healthy": true, "service": "training-worker", "status": "operational",
+        "worker_status": if current.is_some() { "busy" } else { "idle" }, "current_operation": current,
+    }))
+}
+
+/// Epochs named in the strategy text (`training.epochs` or `model.training.epochs`).
+fn epochs_in_yaml(text: &str) -> Option<u32> {
+    let value: Value = serde_yaml_ng::from_str(text).ok()?;
+    let epochs = value
+        .pointer("/training/epochs")
+        .or_else(|| value.pointer("/model/training/epochs"))?;
+    epochs.as_u64().map(|e| e as u32)
+}
+
+async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
+    sim.count("/training/start");
+    let knobs = sim.knobs();
+    let (task_id, symbols, timeframes, epochs, model_type) = match sim.protocol {
+        Protocol::Operations => {
+            let Some(yaml) = body.get("strategy_yaml").and_then(Value::as_str) else {
+                return crate::sim::fastapi::unprocessable(
+                    &["body", "strategy_yaml"],
+                    "field required",
+                );
+            };
+            let model_type = serde_yaml_ng::from_str::<Value>(yaml)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/model/type")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "mlp".into());
+            (
+                body.get("task_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                body.get("symbols"),
+                body.get("timeframes"),
+                epochs_in_yaml(yaml),
+                model_type,
+            )
+        }
+        Protocol::Sessions => {
+            let Some(model) = body.get("model_configuration") else {
+                return crate::sim::fastapi::unprocessable(
+                    &["body", "model_configuration"],
+                    "field required",
+                );
+            };
+            let epochs = body
+                .pointer("/training_configuration/epochs")
+                .and_then(Value::as_u64)
+                .map(|e| e as u32);
+            let model_type = model
+                .get("model_type")
+                .and_then(Value::as_str)
+                .unwrap_or("mlp")
+                .to_owned();
+            (
+                None,
+                model.get("symbols"),
+                model.get("timeframes"),
+                epochs,
+                model_type,
+            )
+        }
+    };
+    let list = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (symbols, timeframes) = (list(symbols), list(timeframes));
+    if symbols.is_empty() || timeframes.is_empty() {
+        return crate::sim::fastapi::unprocessable(
+            &["body", "symbols"],
+            "at least one symbol and one timeframe are required",
+        );
+    }
+    let id = task_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    {
+        let mut sessions = sim.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.contains_key(&id) {
+            return detail(
+                StatusCode::CONFLICT,
+                format!("Operation {id} already exists"),
+            );
+        }
+        let active = sessions.values().filter(|s| !s.finished).count();
+        if active >= knobs.max_sessions {
+            drop(sessions);
+            sim.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .busy_rejections += 1;
+            return detail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "Service temporarily unavailable: Maximum concurrent sessions ({}) reached. Please wait for a session to finish.",
+                    knobs.max_sessions
+                ),
+            );
+        }
+        let now = time::format(&time::now());
+        sessions.insert(
+            id.clone(),
+            SimSession {
+                id: id.clone(),
+                status: sim.word("starting"),
+                epoch: 0,
+                batch: 0,
+                total_epochs: epochs.unwrap_or(knobs.epochs).max(1),
+                total_batches: knobs.batches.max(1),
+                epochs: Vec::new(),
+                error: None,
+                created_at: now.clone(),
+                last_updated: now,
+                stop_requested: false,
+                finished: false,
+                result: None,
+                symbols,
+                timeframes,
+                model_type,
+                abort: None,
+            },
+        );
+    }
+    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).starts += 1;
+    let handle = tokio::spawn(sim.clone().run(id.clone()));
+    sim.with_session(&id, |s| s.abort = Some(handle.abort_handle()));
+    let mut answer = json!({
+        "session_id": id, "status": "started", "message": format!("Training session {id} started successfully"),
+        "gpu_allocated": false, "estimated_duration_minutes": null,
+    });
+    if sim.protocol == Protocol::Operations {
+        answer["operation_id"] = json!(id);
+    }
+    Json(answer).into_response()
+}
+
+fn session_body(s: &SimSession) -> Value {
+    let series = |key: &str| -> Vec<Value> {
+        s.epochs
+            .iter()
+            .filter_map(|e| e.get(key).cloned())
+            .collect()
+    };
+    json!({
+        "session_id": s.id, "status": s.status,
+        "progress": {
+            "epoch": s.epoch, "total_epochs": s.total_epochs, "batch": s.batch, "total_batches": s.total_batches,
+            "progress_percent": TrainingSim::percentage(s),
+            "items_processed": s.epoch.saturating_sub(1) * s.total_batches + s.batch,
+            "items_total": s.total_epochs * s.total_batches,
+            "message": TrainingSim::step_text(s), "current_item": format!("Batch {}/{}", s.batch, s.total_batches),
+        },
+        "metrics": { "train_loss": series("train_loss"), "val_loss": series("val_loss"),
+                     "train_accuracy": series("train_accuracy"), "val_accuracy": series("val_accuracy") },
+        "gpu_usage": { "gpu_allocated": false },
+        "start_time": s.created_at, "last_updated": s.last_updated, "error": s.error,
+    })
+}
+
+fn operation_body(s: &SimSession) -> Value {
+    json!({
+        "operation_id": s.id, "operation_type": "training", "status": s.status,
+        "created_at": s.created_at, "started_at": s.created_at,
+        "completed_at": if s.finished { Some(&s.last_updated) } else { None },
+        "progress": {
+            "percentage": TrainingSim::percentage(s), "current_step": TrainingSim::step_text(s),
+            "steps_completed": s.epochs.len(), "steps_total": s.total_epochs,
+            "items_processed": s.epoch.saturating_sub(1) * s.total_batches + s.batch,
+            "items_total": s.total_epochs * s.total_batches,
+            "current_item": format!("Batch {}/{}", s.batch, s.total_batches),
+            "context": { "epoch": s.epoch, "total_epochs": s.total_epochs, "batch": s.batch, "total_batches": s.total_batches },
+        },
+        "metadata": { "symbols": s.symbols, "timeframes": s.timeframes },
+        "error_message": s.error, "result_summary": s.result,
+        "metrics": { "epochs": s.epochs },
+    })
+}
+
+async fn session_status(State(sim): Sim, Path(id): Path<String>) -> Response {
+    sim.count("/training/status");
+    match sim.with_session(&id, |s| session_body(s)) {
+        Some(body) => Json(body).into_response(),
+        None => detail(StatusCode::NOT_FOUND, format!("Session {id} not found")),
+    }
+}
+
+#[derive(Deserialize)]
+struct StopBody {
+    session_id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    save_checkpoint: bool,
+}
+
+async fn session_stop(State(sim): Sim, FastJson(body): FastJson<StopBody>) -> Response {
+    sim.count("/training/stop");
+    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).stops += 1;
+    match sim.with_session(&body.session_id, |s| s.stop_requested = true) {
+        Some(()) => Json(json!({
+            "session_id": body.session_id, "status": "stopped",
+            "message": "Training session stop requested", "checkpoint_saved": true,
+        }))
+        .into_response(),
+        None => detail(
+            StatusCode::NOT_FOUND,
+            format!("Session {} not found", body.session_id),
+        ),
+    }
+}
+
+async fn session_result(State(sim): Sim, Path(id): Path<String>) -> Response {
+    sim.count("/training/result");
+    match sim.with_session(&id, |s| (s.status.clone(), s.result.clone())) {
+        Some((status, Some(result))) if status == "completed" => Json(result).into_response(),
+        Some((status, _)) => detail(
+            StatusCode::BAD_REQUEST,
+            format!("Session {id} is {status}; no result"),
+        ),
+        None => detail(StatusCode::NOT_FOUND, format!("Session {id} not found")),
+    }
+}
+
+async fn list_operations(State(sim): Sim) -> Json<Value> {
+    sim.count("/api/v1/operations");
+    let data: Vec<Value> = sim
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(operation_body)
+        .collect();
+    Json(json!({ "success": true, "data": data, "total_count": data.len() }))
+}
+
+async fn operation(State(sim): Sim, Path(id): Path<String>) -> Response {
+    sim.count("/api/v1/operations/{id}");
+    match sim.with_session(&id, |s| operation_body(s)) {
+        Some(body) => Json(json!({ "success": true, "data": body })).into_response(),
+        None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
+    }
+}
+
+async fn cancel_operation(
+    State(sim): Sim,
+    Path(id): Path<String>,
+    Query(_query): Query<BTreeMap<String, String>>,
+) -> Response {
+    sim.count("/api/v1/operations/{id}/cancel");
+    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).stops += 1;
+    let cancelled = sim.with_session(&id, |s| {
+        s.stop_requested = true;
+        if !s.finished {
+            // Like the real host: the record says cancelled at once, whatever the loop does.
+            s.status = "cancelled".into();
+        }
+        s.status.clone()
+    });
+    match cancelled {
+        Some(status) => Json(json!({ "success": true, "data": { "operation_id": id, "status": status, "cancelled": true } })).into_response(),
+        None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
+    }
+}
+
+async fn stats(State(sim): Sim) -> Json<Value> {
+    let stats = sim.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let sessions: Vec<Value> = sim
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|s| json!({ "id": s.id, "status": s.status, "finished": s.finished, "stop_requested": s.stop_requested, "epochs": s.epochs.len() }))
+        .collect();
+    Json(json!({
+        "protocol": sim.protocol, "requests": stats.requests, "starts": stats.starts,
+        "busy_rejections": stats.busy_rejections, "stops": stats.stops, "crashes": stats.crashes, "sessions": sessions,
+    }))
+}
+
+async fn get_knobs(State(sim): Sim) -> Json<TrainingKnobs> {
+    Json(sim.knobs())
+}
+
+async fn set_knobs(
+    State(sim): Sim,
+    FastJson(knobs): FastJson<TrainingKnobs>,
+) -> Json<TrainingKnobs> {
+    *sim.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs.clone();
+    Json(knobs)
+}
+
+/// Forgets every session, as a restarted host would.
+async fn crash(State(sim): Sim) -> StatusCode {
+    let sessions = std::mem::take(&mut *sim.sessions.lock().unwrap_or_else(|e| e.into_inner()));
+    for session in sessions.values() {
+        if let Some(abort) = &session.abort {
+            abort.abort();
+        }
+    }
+    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).crashes += 1;
+    StatusCode::NO_CONTENT
+}
