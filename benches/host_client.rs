@@ -36,10 +36,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let calls: usize = std::env::var("BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let calls: usize = std::env::var("BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let data = tempfile::tempdir().unwrap();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let settings = SimSettings {
@@ -48,9 +45,7 @@ async fn main() {
         training: TrainingKnobs::default(),
         data_dir: data.path().to_owned(),
     };
-    let sims = Simulators::start(settings, loopback, loopback)
-        .await
-        .unwrap();
+    let sims = Simulators::start(settings, loopback, loopback).await.unwrap();
     let url = format!("{}/health", sims.ib_url());
 
     let host = HostClient::new(HostSettings {
@@ -58,26 +53,13 @@ async fn main() {
         base_url: sims.ib_url(),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(60),
-        retry: RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(5),
-        },
+        retry: RetryPolicy { attempts: 3, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) },
         health_timeout: Duration::from_secs(1),
         health_ttl: Duration::from_secs(5),
     })
     .unwrap();
-    let bare = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .build()
-        .unwrap();
-    let fresh = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let bare = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build().unwrap();
+    let fresh = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(0).build().unwrap();
     let call = Call::get("/health", "/health");
     let token = CancellationToken::new();
 
@@ -105,10 +87,7 @@ async fn main() {
     let (pooled, unpooled, raw) = (median(pooled), median(unpooled), median(raw));
     println!("{calls} sequential GET /health calls to the IB simulator (median of 3 runs):");
     println!("  HostClient (pooled):              {pooled:>8.0} calls/s");
-    println!(
-        "  new connection per call:          {unpooled:>8.0} calls/s  → pooled is {:.1}x",
-        pooled / unpooled
-    );
+    println!("  new connection per call:          {unpooled:>8.0} calls/s  → pooled is {:.1}x", pooled / unpooled);
     println!(
         "  bare reqwest::Client (pooled):    {raw:>8.0} calls/s  → HostClient overhead {:+.1}%",
         (raw / pooled - 1.0) * 100.0

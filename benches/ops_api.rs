@@ -23,10 +23,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -56,20 +53,22 @@ fn wrk(url: &str, seconds: u64) -> f64 {
 /// The scale reference: a bare axum handler answering a fixed JSON document out of a map.
 async fn bare_axum() -> String {
     let mut map = std::collections::HashMap::new();
-    let body = serde_json::to_string(&json!({ "success": true, "data": { "operation_id": "x", "progress": { "percentage": 50.0 }}})).unwrap();
+    let body = serde_json::to_string(
+        &json!({ "success": true, "data": { "operation_id": "x", "progress": { "percentage": 50.0 }}}),
+    )
+    .unwrap();
     map.insert("x".to_owned(), body);
     let state = std::sync::Arc::new(map);
-    let app = Router::new()
-        .route(
-            "/ops/{id}",
-            get(
-                |State(m): State<std::sync::Arc<std::collections::HashMap<String, String>>>,
-                 Path(id): Path<String>| async move {
-                    m.get(&id).cloned().unwrap_or_default()
-                },
-            ),
-        )
-        .with_state(state);
+    let app =
+        Router::new()
+            .route(
+                "/ops/{id}",
+                get(
+                    |State(m): State<std::sync::Arc<std::collections::HashMap<String, String>>>,
+                     Path(id): Path<String>| async move { m.get(&id).cloned().unwrap_or_default() },
+                ),
+            )
+            .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -77,11 +76,7 @@ async fn bare_axum() -> String {
 }
 
 async fn fetch_health(http: &reqwest::Client, base: &str) -> Value {
-    let response = http
-        .get(format!("{base}/api/v1/health"))
-        .send()
-        .await
-        .unwrap();
+    let response = http.get(format!("{base}/api/v1/health")).send().await.unwrap();
     response.json().await.unwrap()
 }
 
@@ -107,11 +102,7 @@ async fn main() {
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the service started");
+        let line = lines.next_line().await.unwrap().expect("the service started");
         if let Some(at) = line.find("listening on http://") {
             break line[at + "listening on ".len()..].trim().to_owned();
         }
@@ -151,11 +142,8 @@ async fn main() {
 
     // 2. Starts per second, each stored before the answer.
     let began = Instant::now();
-    let ids: Vec<String> = futures_util::stream::iter(0..ops)
-        .map(|_| start(100_000, 2_000))
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let ids: Vec<String> =
+        futures_util::stream::iter(0..ops).map(|_| start(100_000, 2_000)).buffer_unordered(32).collect().await;
     let elapsed = began.elapsed();
     println!(
         "started {ops} dummy ops in {:.2} s: {:.0} starts/s (SQLite, 32 in flight)",
@@ -166,33 +154,18 @@ async fn main() {
     // 3. Memory with them all running (let a few progress ticks and store flushes happen).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let health = fetch_health(&http, &base).await;
-    println!(
-        "{} operations active, RSS {:.1} MB",
-        health["operations"]["active"],
-        rss_mb(pid)
-    );
+    println!("{} operations active, RSS {:.1} MB", health["operations"]["active"], rss_mb(pid));
 
     // 4. DELETE latency until `cancelled` (the answer comes after the work stopped).
     let mut latencies = Vec::with_capacity(ops + 1);
     for id in ids.iter().chain(std::iter::once(&watched)) {
         let began = Instant::now();
-        let r: Value = http
-            .delete(format!("{base}/api/v1/operations/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value =
+            http.delete(format!("{base}/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
         latencies.push(began.elapsed());
         assert_eq!(r["data"]["status"], "cancelled", "{r}");
     }
-    let slowest = latencies
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, d)| **d)
-        .map(|(i, _)| i)
-        .unwrap_or(0);
+    let slowest = latencies.iter().enumerate().max_by_key(|(_, d)| **d).map(|(i, _)| i).unwrap_or(0);
     latencies.sort();
     println!("  (slowest was DELETE #{slowest})");
     println!(

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
+use crate::data::job::LoadSettings;
+use crate::data::repository::Repository;
+use crate::data::{self, DataService};
 use crate::dummy;
 use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
@@ -25,10 +28,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the host simulators: {0}")]
     Simulators(std::io::Error),
     #[error("{0}")]
@@ -151,14 +151,8 @@ pub fn build_hosts(config: &Config) -> Result<Hosts, String> {
         ProtocolSetting::Operations => ProtocolChoice::Fixed(Protocol::Operations),
         ProtocolSetting::Sessions => ProtocolChoice::Fixed(Protocol::Sessions),
     };
-    let training = TrainingClient::new(
-        HostClient::new(host_settings("training", &hosts.training.url, hosts))?,
-        choice,
-    );
-    Ok(Hosts {
-        ib,
-        training: Arc::new(training),
-    })
+    let training = TrainingClient::new(HostClient::new(host_settings("training", &hosts.training.url, hosts))?, choice);
+    Ok(Hosts { ib, training: Arc::new(training) })
 }
 
 /// Opens the store, reconciles what a previous run left unfinished, binds and starts serving.
@@ -168,9 +162,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         let _ = std::fs::create_dir_all(&config.data.dir);
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let settings = SimSettings::from_config(&config.sim, config.data.dir.clone());
-        let simulators = Simulators::start(settings, loopback, loopback)
-            .await
-            .map_err(StartError::Simulators)?;
+        let simulators = Simulators::start(settings, loopback, loopback).await.map_err(StartError::Simulators)?;
         config.hosts.ib.url = simulators.ib_url();
         config.hosts.training.url = simulators.training_url();
         Some(simulators)
@@ -180,27 +172,30 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let config = Arc::new(config);
     let store = Store::open(&config.database.url, config.database.max_connections).await?;
     let hosts = build_hosts(&config).map_err(StartError::Hosts)?;
+    let data = DataService {
+        repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),
+        ib: hosts.ib.clone(),
+        settings: LoadSettings {
+            save_interval: config.data.save_interval.0,
+            segment_attempts: config.data.segment_attempts.max(1),
+            retry_base_delay: config.data.retry_base_delay.0,
+            tail_default_lookback: config.data.tail_default_lookback.0,
+        },
+    };
     let orchestrator = Orchestrator::new(
         store.clone(),
         orchestrator_settings(&config, &store),
-        vec![dummy::operation_type()],
+        vec![dummy::operation_type(), data::operation_type()],
     );
     orchestrator.reconcile().await?;
 
     let listen = config.server.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
     let router = api::router(AppState {
         orchestrator: orchestrator.clone(),
         hosts: hosts.clone(),
+        data,
         config: config.clone(),
     });
 
@@ -211,9 +206,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         let orchestrator = orchestrator.clone();
         async move {
             let http = tokio::spawn(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .into_future(),
+                axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
             );
             shutdown.cancelled().await;
             let end = Instant::now() + deadline;
@@ -231,12 +224,5 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         tracing::info!(ib = %s.ib_url(), training = %s.training_url(), "using the built-in host simulators");
     }
     tracing::info!("listening on http://{addr}");
-    Ok(Server {
-        addr,
-        shutdown,
-        task,
-        orchestrator,
-        hosts,
-        simulators,
-    })
+    Ok(Server { addr, shutdown, task, orchestrator, hosts, simulators })
 }

@@ -61,6 +61,11 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     pub dir: PathBuf,
+    pub save_interval: HumanDuration,
+    pub segment_attempts: u32,
+    pub retry_base_delay: HumanDuration,
+    pub tail_default_lookback: HumanDuration,
+    pub frame_cache_rows: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,10 +196,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -214,10 +216,7 @@ pub struct Sources {
 impl Sources {
     /// The real process environment and the conventional `./config` folder.
     pub fn from_process() -> Self {
-        Self {
-            env: std::env::vars().collect(),
-            ..Self::default()
-        }
+        Self { env: std::env::vars().collect(), ..Self::default() }
     }
 
     /// Adds a command-line override when the flag was given.
@@ -240,43 +239,22 @@ impl Config {
     }
 
     fn layered(sources: &Sources, read_files: bool) -> Result<Self, ConfigError> {
-        let defaults: Table = DEFAULTS
-            .parse()
-            .map_err(|e| ConfigError::new("config/default.toml", format!("{e}")))?;
+        let defaults: Table = DEFAULTS.parse().map_err(|e| ConfigError::new("config/default.toml", format!("{e}")))?;
         let mut merged = defaults.clone();
 
-        let dir = sources
-            .config_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("config"));
-        let env_name = sources
-            .env
-            .get("KTRDR_OPS_ENV")
-            .cloned()
-            .unwrap_or_else(|| "local".to_owned());
-        if !env_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(ConfigError::new(
-                "KTRDR_OPS_ENV",
-                format!("`{env_name}` is not a plain name"),
-            ));
+        let dir = sources.config_dir.clone().unwrap_or_else(|| PathBuf::from("config"));
+        let env_name = sources.env.get("KTRDR_OPS_ENV").cloned().unwrap_or_else(|| "local".to_owned());
+        if !env_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(ConfigError::new("KTRDR_OPS_ENV", format!("`{env_name}` is not a plain name")));
         }
-        for file in [
-            dir.join("default.toml"),
-            dir.join(format!("{env_name}.toml")),
-        ] {
+        for file in [dir.join("default.toml"), dir.join(format!("{env_name}.toml"))] {
             if read_files && file.is_file() {
                 merge(&mut merged, read_table(&file)?);
             }
         }
         if let Some(file) = &sources.config_file {
             if !file.is_file() {
-                return Err(ConfigError::new(
-                    "--config",
-                    format!("{} does not exist", file.display()),
-                ));
+                return Err(ConfigError::new("--config", format!("{} does not exist", file.display())));
             }
             merge(&mut merged, read_table(file)?);
         }
@@ -297,70 +275,45 @@ impl Config {
             set_key(&mut merged, &defaults, key, value, key)?;
         }
 
-        let config: Config =
-            serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
-                let key = e.path().to_string();
-                ConfigError::new(key, e.into_inner().message().to_owned())
-            })?;
+        let config: Config = serde_path_to_error::deserialize(Value::Table(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::new(key, e.into_inner().message().to_owned())
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::new(
                 "database.url",
                 format!("`{url}` is neither sqlite://PATH nor postgres://..."),
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::new(
-                "database.max_connections",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
         }
-        for (key, url) in [
-            ("hosts.ib.url", &self.hosts.ib.url),
-            ("hosts.training.url", &self.hosts.training.url),
-        ] {
+        for (key, url) in [("hosts.ib.url", &self.hosts.ib.url), ("hosts.training.url", &self.hosts.training.url)] {
             let valid = url
                 .strip_prefix("http://")
                 .or_else(|| url.strip_prefix("https://"))
                 .is_some_and(|rest| !rest.is_empty());
             if !valid {
-                return Err(ConfigError::new(
-                    key,
-                    format!("`{url}` is not an http:// or https:// URL"),
-                ));
+                return Err(ConfigError::new(key, format!("`{url}` is not an http:// or https:// URL")));
             }
         }
         if self.hosts.retry_attempts == 0 {
-            return Err(ConfigError::new(
-                "hosts.retry_attempts",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new("hosts.retry_attempts", "must be at least 1"));
         }
         if !(0.0..=1.0).contains(&self.sim.fail_rate) {
-            return Err(ConfigError::new(
-                "sim.fail_rate",
-                format!("{} is not between 0 and 1", self.sim.fail_rate),
-            ));
+            return Err(ConfigError::new("sim.fail_rate", format!("{} is not between 0 and 1", self.sim.fail_rate)));
         }
         if self.server.body_limit_bytes < 1024 {
-            return Err(ConfigError::new(
-                "server.body_limit_bytes",
-                "must be at least 1024",
-            ));
+            return Err(ConfigError::new("server.body_limit_bytes", "must be at least 1024"));
         }
         let positive = [
-            (
-                "operations.progress_persist_interval",
-                self.operations.progress_persist_interval,
-            ),
+            ("operations.progress_persist_interval", self.operations.progress_persist_interval),
             ("operations.cancel_grace", self.operations.cancel_grace),
         ];
         for (key, value) in positive {
@@ -389,8 +342,8 @@ impl Config {
 }
 
 fn read_table(path: &Path) -> Result<Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
     text.parse::<Table>().map_err(|e| {
         let message = e.to_string().lines().next().unwrap_or_default().to_owned();
         ConfigError::new(path.display().to_string(), message)
@@ -401,9 +354,7 @@ fn read_table(path: &Path) -> Result<Table, ConfigError> {
 fn merge(base: &mut Table, over: Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
-            (Some(Value::Table(base_table)), Value::Table(over_table)) => {
-                merge(base_table, over_table)
-            }
+            (Some(Value::Table(base_table)), Value::Table(over_table)) => merge(base_table, over_table),
             (_, value) => {
                 base.insert(key, value);
             }
@@ -413,55 +364,39 @@ fn merge(base: &mut Table, over: Table) {
 
 /// Sets `dotted.key` from text, typed like the key's default (the defaults file is the schema,
 /// so an unknown key or a value of the wrong type is caught here with the key's name).
-fn set_key(
-    merged: &mut Table,
-    defaults: &Table,
-    key: &str,
-    text: &str,
-    source: &str,
-) -> Result<(), ConfigError> {
+fn set_key(merged: &mut Table, defaults: &Table, key: &str, text: &str, source: &str) -> Result<(), ConfigError> {
     let path: Vec<&str> = key.split('.').collect();
     let mut schema = defaults;
     for part in &path[..path.len() - 1] {
         schema = match schema.get(*part) {
             Some(Value::Table(t)) => t,
             _ => {
-                return Err(ConfigError::new(
-                    key,
-                    format!("unknown setting (from {source})"),
-                ));
+                return Err(ConfigError::new(key, format!("unknown setting (from {source})")));
             }
         };
     }
     let leaf = path[path.len() - 1];
     let typed = match schema.get(leaf) {
         Some(Value::String(_)) => Value::String(text.to_owned()),
-        Some(Value::Integer(_)) => Value::Integer(text.trim().parse().map_err(|_| {
-            ConfigError::new(
-                key,
-                format!("`{text}` is not a whole number (from {source})"),
-            )
-        })?),
-        Some(Value::Float(_)) => Value::Float(text.trim().parse().map_err(|_| {
-            ConfigError::new(key, format!("`{text}` is not a number (from {source})"))
-        })?),
-        Some(Value::Boolean(_)) => {
-            Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    return Err(ConfigError::new(
-                        key,
-                        format!("`{text}` is not true or false (from {source})"),
-                    ));
-                }
-            })
-        }
+        Some(Value::Integer(_)) => Value::Integer(
+            text.trim()
+                .parse()
+                .map_err(|_| ConfigError::new(key, format!("`{text}` is not a whole number (from {source})")))?,
+        ),
+        Some(Value::Float(_)) => Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| ConfigError::new(key, format!("`{text}` is not a number (from {source})")))?,
+        ),
+        Some(Value::Boolean(_)) => Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(ConfigError::new(key, format!("`{text}` is not true or false (from {source})")));
+            }
+        }),
         _ => {
-            return Err(ConfigError::new(
-                key,
-                format!("unknown setting (from {source})"),
-            ));
+            return Err(ConfigError::new(key, format!("unknown setting (from {source})")));
         }
     };
     let mut table = merged;
@@ -482,10 +417,7 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
         Sources {
-            env: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             config_dir: Some(PathBuf::from("/nonexistent")),
             ..Sources::default()
         }
@@ -507,10 +439,7 @@ mod tests {
             ("IB_HOST_SERVICE_URL", "http://ib:5001"),
             ("KTRDR_OPS__SERVER__BODY_LIMIT_BYTES", "2048"),
         ]);
-        assert_eq!(
-            Config::load(&sources).unwrap().database.url,
-            "postgres://namespaced/db"
-        );
+        assert_eq!(Config::load(&sources).unwrap().database.url, "postgres://namespaced/db");
         sources.set("database.url", Some("sqlite://x.db"));
         let config = Config::load(&sources).unwrap();
         assert_eq!(config.database.url, "sqlite://x.db");
@@ -520,16 +449,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err =
-            Config::load(&env(&[("KTRDR_OPS__SERVER__LISTEN", "not-an-address")])).unwrap_err();
+        let err = Config::load(&env(&[("KTRDR_OPS__SERVER__LISTEN", "not-an-address")])).unwrap_err();
         assert_eq!(err.key, "server.listen");
-        let err =
-            Config::load(&env(&[("KTRDR_OPS__SERVER__BODY_LIMIT_BYTES", "lots")])).unwrap_err();
+        let err = Config::load(&env(&[("KTRDR_OPS__SERVER__BODY_LIMIT_BYTES", "lots")])).unwrap_err();
         assert_eq!(err.key, "server.body_limit_bytes");
         let err = Config::load(&env(&[("KTRDR_OPS__SERVER__NOPE", "1")])).unwrap_err();
         assert_eq!(err.key, "server.nope");
-        let err =
-            Config::load(&env(&[("KTRDR_OPS__OPERATIONS__CANCEL_GRACE", "soon")])).unwrap_err();
+        let err = Config::load(&env(&[("KTRDR_OPS__OPERATIONS__CANCEL_GRACE", "soon")])).unwrap_err();
         assert_eq!(err.key, "operations.cancel_grace");
         let err = Config::load(&env(&[("TRAINING_HOST_SERVICE_URL", "ftp://x")])).unwrap_err();
         assert_eq!(err.key, "hosts.training.url");
@@ -538,11 +464,7 @@ mod tests {
     #[test]
     fn config_files_layer_and_unknown_keys_in_them_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("staging.toml"),
-            "[server]\nlisten = \"0.0.0.0:9000\"\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("staging.toml"), "[server]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
         let mut sources = env(&[("KTRDR_OPS_ENV", "staging")]);
         sources.config_dir = Some(dir.path().to_owned());
         assert_eq!(Config::load(&sources).unwrap().server.listen.port(), 9000);

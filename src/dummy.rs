@@ -15,12 +15,7 @@ const MAX_ITERATIONS: u32 = 1_000_000;
 const MAX_INTERVAL_MS: u64 = 3_600_000;
 
 pub fn operation_type() -> OperationType {
-    OperationType {
-        name: OPERATION_TYPE,
-        steps_total: 1,
-        renderer: Arc::new(DefaultRenderer),
-        reattach: None,
-    }
+    OperationType { name: OPERATION_TYPE, steps_total: 1, renderer: Arc::new(DefaultRenderer), reattach: None }
 }
 
 /// The body of `POST /api/v1/dummy/start`; every field optional.
@@ -43,10 +38,7 @@ fn default_interval_ms() -> u64 {
 
 impl Default for DummyParams {
     fn default() -> Self {
-        Self {
-            iterations: default_iterations(),
-            interval_ms: default_interval_ms(),
-        }
+        Self { iterations: default_iterations(), interval_ms: default_interval_ms() }
     }
 }
 
@@ -55,19 +47,13 @@ impl DummyParams {
         if !(1..=MAX_ITERATIONS).contains(&self.iterations) {
             return Err(Invalid::new(
                 "iterations",
-                format!(
-                    "iterations must be between 1 and {MAX_ITERATIONS}, not {}",
-                    self.iterations
-                ),
+                format!("iterations must be between 1 and {MAX_ITERATIONS}, not {}", self.iterations),
             ));
         }
         if self.interval_ms > MAX_INTERVAL_MS {
             return Err(Invalid::new(
                 "interval_ms",
-                format!(
-                    "interval_ms must be at most {MAX_INTERVAL_MS} (one hour), not {}",
-                    self.interval_ms
-                ),
+                format!("interval_ms must be at most {MAX_INTERVAL_MS} (one hour), not {}", self.interval_ms),
             ));
         }
         Ok(())
@@ -87,10 +73,7 @@ pub struct DummyJob {
 impl Job for DummyJob {
     async fn run(self, ctx: JobContext) -> JobResult {
         {
-            let DummyParams {
-                iterations,
-                interval_ms,
-            } = self.params;
+            let DummyParams { iterations, interval_ms } = self.params;
             let progress = ctx.progress();
             progress.start_step("Running dummy task", 1, 0.0..100.0);
             progress.items(0, Some(u64::from(iterations)));
@@ -102,12 +85,7 @@ impl Job for DummyJob {
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let i = u64::from(i);
-                progress.step_progress(
-                    i,
-                    u64::from(iterations),
-                    Some(i),
-                    Some(format!("iteration {i}/{iterations}")),
-                );
+                progress.step_progress(i, u64::from(iterations), Some(i), Some(format!("iteration {i}/{iterations}")));
             }
             Ok(json!({ "iterations_completed": iterations }))
         }

@@ -16,12 +16,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-            allowed: None,
-            code: "VALIDATION_ERROR",
-        }
+        Self { field: field.into(), message: message.into(), allowed: None, code: "VALIDATION_ERROR" }
     }
 
     pub fn allowed(mut self, allowed: impl Into<Value>) -> Self {

@@ -154,10 +154,7 @@ fn load(sources: &Sources) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     ktrdr_ops::memory::limit_arenas();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ktrdr-ops: cannot start the async runtime: {e}");
@@ -186,10 +183,7 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     sources.set("hosts.ib.url", args.ib_url.as_ref());
     sources.set("hosts.training.url", args.training_url.as_ref());
     // The simulators do not pace, so neither need we — unless asked to.
-    let pacing = args
-        .ib_pacing
-        .clone()
-        .or_else(|| args.sim.then(|| "off".to_owned()));
+    let pacing = args.ib_pacing.clone().or_else(|| args.sim.then(|| "off".to_owned()));
     sources.set("hosts.ib.pacing", pacing.as_ref());
     args.knobs.apply(&mut sources);
     let config = match load(&sources) {
@@ -197,12 +191,7 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(config.log.format, &config.log.filter);
-    runtime.block_on(serve(
-        config,
-        app::Options {
-            with_simulators: args.sim,
-        },
-    ))
+    runtime.block_on(serve(config, app::Options { with_simulators: args.sim }))
 }
 
 fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {

@@ -67,9 +67,7 @@ pub mod rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let text = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+        DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
     }
 
     /// The same for `Option<Timestamp>` (`null` when absent).
@@ -86,9 +84,7 @@ pub mod rfc3339 {
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
             let text = Option::<String>::deserialize(d)?;
             text.map(|t| {
-                DateTime::parse_from_rfc3339(&t)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(serde::de::Error::custom)
+                DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
             })
             .transpose()
         }
@@ -98,13 +94,10 @@ pub mod rfc3339 {
 /// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`, `30d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 500ms, 2s, 5m, 1h, 30d)"))?;
+    let value: f64 =
+        number.parse().map_err(|_| format!("`{text}` is not a duration (examples: 500ms, 2s, 5m, 1h, 30d)"))?;
     let seconds_per_unit = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -112,9 +105,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3_600.0,
         "d" => 86_400.0,
         other => {
-            return Err(format!(
-                "`{other}` is not a duration unit in `{text}` (use ms, s, m, h or d)"
-            ));
+            return Err(format!("`{other}` is not a duration unit in `{text}` (use ms, s, m, h or d)"));
         }
     };
     let seconds = value * seconds_per_unit;
@@ -131,9 +122,7 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&text).map(HumanDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -154,10 +143,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86_400)
-        );
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
@@ -178,19 +164,14 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(text), Some(expected), "{text}");
         }
-        assert_eq!(
-            parse_timestamp("2024-01-02"),
-            Some(from_micros(1_704_153_600_000_000))
-        );
+        assert_eq!(parse_timestamp("2024-01-02"), Some(from_micros(1_704_153_600_000_000)));
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(format_for_host(&expected), "2024-01-02T14:30:00+00:00");
     }
 
     #[test]
     fn timestamps_round_trip_through_micros_and_text() {
-        let ts = DateTime::parse_from_rfc3339("2026-11-26T19:08:22.512345Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let ts = DateTime::parse_from_rfc3339("2026-11-26T19:08:22.512345Z").unwrap().with_timezone(&Utc);
         assert_eq!(from_micros(to_micros(&ts)), ts);
         assert_eq!(format(&ts), "2026-11-26T19:08:22.512345Z");
     }

@@ -33,16 +33,9 @@ struct Rig {
 
 async fn rig(protocol: Protocol, ib: IbKnobs, training: TrainingKnobs, pacing: bool) -> Rig {
     let data = tempfile::tempdir().unwrap();
-    let settings = SimSettings {
-        ib,
-        training_protocol: protocol,
-        training,
-        data_dir: data.path().to_owned(),
-    };
+    let settings = SimSettings { ib, training_protocol: protocol, training, data_dir: data.path().to_owned() };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let sims = Simulators::start(settings, loopback, loopback)
-        .await
-        .unwrap();
+    let sims = Simulators::start(settings, loopback, loopback).await.unwrap();
     let mut config = Config::defaults();
     config.hosts.ib.url = sims.ib_url();
     config.hosts.training.url = sims.training_url();
@@ -50,12 +43,7 @@ async fn rig(protocol: Protocol, ib: IbKnobs, training: TrainingKnobs, pacing: b
         config.hosts.ib.pacing = ktrdr_ops::config::PacingMode::Off;
     }
     let hosts = ktrdr_ops::app::build_hosts(&config).unwrap();
-    Rig {
-        sims,
-        hosts,
-        http: reqwest::Client::new(),
-        _data: data,
-    }
+    Rig { sims, hosts, http: reqwest::Client::new(), _data: data }
 }
 
 async fn ib_rig(knobs: IbKnobs) -> Rig {
@@ -64,34 +52,16 @@ async fn ib_rig(knobs: IbKnobs) -> Rig {
 
 impl Rig {
     async fn ib_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/sim/stats", self.sims.ib_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.http.get(format!("{}/sim/stats", self.sims.ib_url())).send().await.unwrap().json().await.unwrap()
     }
 
     async fn training_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/sim/stats", self.sims.training_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.http.get(format!("{}/sim/stats", self.sims.training_url())).send().await.unwrap().json().await.unwrap()
     }
 
     fn write_data(&self, symbol: &str, timeframe: &str) {
         let path = self._data.path().join(format!("{symbol}_{timeframe}.csv"));
-        std::fs::write(
-            path,
-            "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
-        )
-        .unwrap();
+        std::fs::write(path, "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n").unwrap();
     }
 }
 
@@ -104,112 +74,52 @@ async fn historical_bars_come_back_typed_and_equal_to_the_simulated_market() {
     let rig = ib_rig(IbKnobs::default()).await;
     let ib = &rig.hosts.ib;
     let (start, end) = (t("2024-07-01T00:00:00Z"), t("2024-07-07T23:00:00Z"));
-    let bars = ib
-        .historical("AAPL", "1h", start, end, &no_token(), |_| {})
-        .await
-        .unwrap();
-    assert_eq!(
-        bars,
-        Instrument::new("AAPL").bars(Timeframe::H1, start, end)
-    );
+    let bars = ib.historical("AAPL", "1h", start, end, &no_token(), |_| {}).await.unwrap();
+    assert_eq!(bars, Instrument::new("AAPL").bars(Timeframe::H1, start, end));
     assert_eq!(bars.len(), 28);
     assert!(
-        bars.iter()
-            .all(|b| b.timestamp.date_naive() != t("2024-07-04T00:00:00Z").date_naive()),
+        bars.iter().all(|b| b.timestamp.date_naive() != t("2024-07-04T00:00:00Z").date_naive()),
         "no bar on 4 July"
     );
     // Overlapping windows agree bar for bar.
     let later = ib
-        .historical(
-            "AAPL",
-            "1h",
-            t("2024-07-03T00:00:00Z"),
-            t("2024-07-10T00:00:00Z"),
-            &no_token(),
-            |_| {},
-        )
+        .historical("AAPL", "1h", t("2024-07-03T00:00:00Z"), t("2024-07-10T00:00:00Z"), &no_token(), |_| {})
         .await
         .unwrap();
-    let overlap: Vec<_> = bars
-        .iter()
-        .filter(|b| b.timestamp >= t("2024-07-03T00:00:00Z"))
-        .cloned()
-        .collect();
+    let overlap: Vec<_> = bars.iter().filter(|b| b.timestamp >= t("2024-07-03T00:00:00Z")).cloned().collect();
     assert_eq!(&later[..overlap.len()], &overlap[..]);
 
-    let saturday = ib
-        .historical(
-            "AAPL",
-            "1h",
-            t("2024-07-06T00:00:00Z"),
-            t("2024-07-06T23:59:00Z"),
-            &no_token(),
-            |_| {},
-        )
-        .await;
+    let saturday =
+        ib.historical("AAPL", "1h", t("2024-07-06T00:00:00Z"), t("2024-07-06T23:59:00Z"), &no_token(), |_| {}).await;
     assert!(matches!(saturday, Err(IbError::NoData(_))), "{saturday:?}");
     let eur = ib
-        .historical(
-            "EURUSD",
-            "1h",
-            t("2024-01-08T00:00:00Z"),
-            t("2024-01-08T06:00:00Z"),
-            &no_token(),
-            |_| {},
-        )
+        .historical("EURUSD", "1h", t("2024-01-08T00:00:00Z"), t("2024-01-08T06:00:00Z"), &no_token(), |_| {})
         .await
         .unwrap();
-    assert!(
-        eur.iter().any(|b| b.timestamp == t("2024-01-08T03:00:00Z")),
-        "forex trades Monday 03:00 UTC"
-    );
+    assert!(eur.iter().any(|b| b.timestamp == t("2024-01-08T03:00:00Z")), "forex trades Monday 03:00 UTC");
     let stats = rig.ib_stats().await;
     let log = stats["historical"].as_array().unwrap();
     assert_eq!(log.len(), 4);
-    assert_eq!(
-        log[0]["start"], "2024-07-01T00:00:00+00:00",
-        "times are sent as aware UTC"
-    );
+    assert_eq!(log[0]["start"], "2024-07-01T00:00:00+00:00", "times are sent as aware UTC");
     assert_eq!(log[0]["rows"], 28);
 }
 
 #[tokio::test]
 async fn ib_errors_are_classified_from_the_hosts_own_answers() {
-    let rig = ib_rig(IbKnobs {
-        fail_symbol: Some("MSFT".into()),
-        ..IbKnobs::default()
-    })
-    .await;
+    let rig = ib_rig(IbKnobs { fail_symbol: Some("MSFT".into()), ..IbKnobs::default() }).await;
     let ib = &rig.hosts.ib;
     let (start, end) = (t("2024-01-02T00:00:00Z"), t("2024-01-03T00:00:00Z"));
-    match ib
-        .historical("XYZ", "1h", start, end, &no_token(), |_| {})
-        .await
-    {
+    match ib.historical("XYZ", "1h", start, end, &no_token(), |_| {}).await {
         Err(IbError::UnknownSymbol(m)) => {
             assert_eq!(m, "Symbol validation failed: Symbol XYZ not found")
         }
         other => panic!("{other:?}"),
     }
-    match ib
-        .historical(
-            "AAPL",
-            "1d",
-            t("2001-01-01T00:00:00Z"),
-            t("2001-06-01T00:00:00Z"),
-            &no_token(),
-            |_| {},
-        )
-        .await
-    {
+    match ib.historical("AAPL", "1d", t("2001-01-01T00:00:00Z"), t("2001-06-01T00:00:00Z"), &no_token(), |_| {}).await {
         Err(IbError::BeforeHead { head, .. }) => assert_eq!(head, t("2005-01-03T14:30:00Z")),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        ib.historical("MSFT", "1h", start, end, &no_token(), |_| {})
-            .await,
-        Err(IbError::Transient(_))
-    ));
+    assert!(matches!(ib.historical("MSFT", "1h", start, end, &no_token(), |_| {}).await, Err(IbError::Transient(_))));
 
     let valid = ib.validate("EURUSD", &["1h"], &no_token()).await.unwrap();
     assert!(valid.is_valid);
@@ -217,27 +127,11 @@ async fn ib_errors_are_classified_from_the_hosts_own_answers() {
     assert_eq!(valid.head("1h"), Some(t("2005-03-01T00:00:00Z")));
     let unknown = ib.validate("XYZ", &["1h"], &no_token()).await.unwrap();
     assert!(!unknown.is_valid);
-    assert_eq!(
-        unknown.error_message.as_deref(),
-        Some("Symbol XYZ not found")
-    );
+    assert_eq!(unknown.error_message.as_deref(), Some("Symbol XYZ not found"));
     assert!(ib.symbol_info("AAPL", &no_token()).await.unwrap().is_valid);
-    assert_eq!(
-        ib.head_timestamp("AAPL", "1h", None, &no_token())
-            .await
-            .unwrap(),
-        Some(t("2005-01-03T14:30:00Z"))
-    );
-    assert_eq!(
-        ib.head_timestamp("XYZ", "1h", Some("STK"), &no_token())
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        ib.health_detailed(&no_token()).await.unwrap()["ib_gateway_connected"],
-        true
-    );
+    assert_eq!(ib.head_timestamp("AAPL", "1h", None, &no_token()).await.unwrap(), Some(t("2005-01-03T14:30:00Z")));
+    assert_eq!(ib.head_timestamp("XYZ", "1h", Some("STK"), &no_token()).await.unwrap(), None);
+    assert_eq!(ib.health_detailed(&no_token()).await.unwrap()["ib_gateway_connected"], true);
     let health = ib.host().health().await;
     assert!(health.reachable && health.latency_ms.is_some());
 }
@@ -245,22 +139,11 @@ async fn ib_errors_are_classified_from_the_hosts_own_answers() {
 #[tokio::test]
 async fn a_pacing_violation_from_the_host_holds_the_client_back() {
     // The sim judges clients by IB's rules; this client does not pace.
-    let rig = ib_rig(IbKnobs {
-        pacing: true,
-        ..IbKnobs::default()
-    })
-    .await;
+    let rig = ib_rig(IbKnobs { pacing: true, ..IbKnobs::default() }).await;
     let ib = &rig.hosts.ib;
-    let window = |d: u32| {
-        (
-            t(&format!("2024-01-{d:02}T00:00:00Z")),
-            t(&format!("2024-01-{d:02}T23:00:00Z")),
-        )
-    };
+    let window = |d: u32| (t(&format!("2024-01-{d:02}T00:00:00Z")), t(&format!("2024-01-{d:02}T23:00:00Z")));
     let (s, e) = window(2);
-    ib.historical("AAPL", "1h", s, e, &no_token(), |_| {})
-        .await
-        .unwrap();
+    ib.historical("AAPL", "1h", s, e, &no_token(), |_| {}).await.unwrap();
     let (s, e) = window(3);
     let second = ib.historical("AAPL", "1h", s, e, &no_token(), |_| {}).await;
     assert!(matches!(second, Err(IbError::Pacing(_))), "{second:?}");
@@ -269,41 +152,21 @@ async fn a_pacing_violation_from_the_host_holds_the_client_back() {
 
 #[tokio::test]
 async fn our_pacing_keeps_the_simulators_ib_rules() {
-    let rig = rig(
-        Protocol::Operations,
-        IbKnobs {
-            pacing: true,
-            ..IbKnobs::default()
-        },
-        TrainingKnobs::default(),
-        true,
-    )
-    .await;
+    let rig =
+        rig(Protocol::Operations, IbKnobs { pacing: true, ..IbKnobs::default() }, TrainingKnobs::default(), true).await;
     let ib = &rig.hosts.ib;
     let mut waits = Vec::new();
     for day in 2..=4 {
-        let (s, e) = (
-            t(&format!("2024-01-{day:02}T00:00:00Z")),
-            t(&format!("2024-01-{day:02}T23:00:00Z")),
-        );
-        ib.historical("AAPL", "1h", s, e, &no_token(), |left| waits.push(left))
-            .await
-            .unwrap();
+        let (s, e) = (t(&format!("2024-01-{day:02}T00:00:00Z")), t(&format!("2024-01-{day:02}T23:00:00Z")));
+        ib.historical("AAPL", "1h", s, e, &no_token(), |left| waits.push(left)).await.unwrap();
     }
-    assert!(
-        !waits.is_empty(),
-        "the 2 s minimum gap made later requests wait"
-    );
+    assert!(!waits.is_empty(), "the 2 s minimum gap made later requests wait");
     assert_eq!(rig.ib_stats().await["pacing_violations"], 0);
 }
 
 #[tokio::test]
 async fn a_cancelled_call_returns_at_once_and_the_host_sees_the_connection_drop() {
-    let rig = ib_rig(IbKnobs {
-        latency_ms: 30_000,
-        ..IbKnobs::default()
-    })
-    .await;
+    let rig = ib_rig(IbKnobs { latency_ms: 30_000, ..IbKnobs::default() }).await;
     let token = CancellationToken::new();
     let canceller = token.clone();
     let fired = Arc::new(std::sync::Mutex::new(None));
@@ -316,22 +179,12 @@ async fn a_cancelled_call_returns_at_once_and_the_host_sees_the_connection_drop(
     let result = rig
         .hosts
         .ib
-        .historical(
-            "AAPL",
-            "1h",
-            t("2024-01-02T00:00:00Z"),
-            t("2024-01-03T00:00:00Z"),
-            &token,
-            |_| {},
-        )
+        .historical("AAPL", "1h", t("2024-01-02T00:00:00Z"), t("2024-01-03T00:00:00Z"), &token, |_| {})
         .await;
     let returned = Instant::now();
     assert!(matches!(result, Err(IbError::Cancelled)), "{result:?}");
     let lag = returned - fired.lock().unwrap().unwrap();
-    assert!(
-        lag < Duration::from_millis(5),
-        "returned {lag:?} after the cancel"
-    );
+    assert!(lag < Duration::from_millis(5), "returned {lag:?} after the cancel");
 
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -339,10 +192,7 @@ async fn a_cancelled_call_returns_at_once_and_the_host_sees_the_connection_drop(
         if stats["dropped_requests"] == 1 && stats["in_flight"] == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the sim never saw the drop: {stats}"
-        );
+        assert!(Instant::now() < deadline, "the sim never saw the drop: {stats}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -356,10 +206,7 @@ async fn always_503() -> (String, Arc<AtomicU64>) {
         let counter = counter.clone();
         async move {
             counter.fetch_add(1, Ordering::SeqCst);
-            (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({ "detail": "overloaded" })),
-            )
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "detail": "overloaded" })))
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -374,11 +221,7 @@ fn client(url: &str, attempts: u32) -> HostClient {
         base_url: url.to_owned(),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
-        retry: RetryPolicy {
-            attempts,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(20),
-        },
+        retry: RetryPolicy { attempts, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) },
         health_timeout: Duration::from_secs(1),
         health_ttl: Duration::from_secs(5),
     })
@@ -389,54 +232,24 @@ fn client(url: &str, attempts: u32) -> HostClient {
 async fn reads_are_retried_but_a_non_idempotent_post_is_not_repeated() {
     let (url, hits) = always_503().await;
     let host = client(&url, 3);
-    let error = host
-        .send(&Call::get("/x", "/x"), &no_token())
-        .await
-        .unwrap_err();
+    let error = host.send(&Call::get("/x", "/x"), &no_token()).await.unwrap_err();
     assert_eq!(hits.load(Ordering::SeqCst), 3, "a GET is tried three times");
     assert_eq!(error.kind, HostErrorKind::Status(503));
-    assert_eq!(
-        (error.host, error.method.as_str(), error.path.as_str()),
-        ("test", "GET", "/x")
-    );
+    assert_eq!((error.host, error.method.as_str(), error.path.as_str()), ("test", "GET", "/x"));
     assert_eq!(error.message, "overloaded");
-    assert!(
-        error
-            .to_string()
-            .contains("test host, GET /x: HTTP 503: overloaded"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("test host, GET /x: HTTP 503: overloaded"), "{error}");
 
     hits.store(0, Ordering::SeqCst);
-    host.send(&Call::post("/start", "/start", &json!({})), &no_token())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "a POST reached the host once and is not silently repeated"
-    );
+    host.send(&Call::post("/start", "/start", &json!({})), &no_token()).await.unwrap_err();
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a POST reached the host once and is not silently repeated");
     let stats = host.stats();
-    let get = stats
-        .iter()
-        .find(|(m, e, _)| m == "GET" && *e == "/x")
-        .unwrap();
-    assert_eq!(
-        (get.2.requests, get.2.retries, get.2.errors["5xx"]),
-        (3, 2, 3)
-    );
+    let get = stats.iter().find(|(m, e, _)| m == "GET" && *e == "/x").unwrap();
+    assert_eq!((get.2.requests, get.2.retries, get.2.errors["5xx"]), (3, 2, 3));
 
     // Nothing listens here: connection refused is retried even for a POST (it never arrived).
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let host = client(&format!("http://{closed}"), 2);
-    let error = host
-        .send(&Call::post("/start", "/start", &json!({})), &no_token())
-        .await
-        .unwrap_err();
+    let error = host.send(&Call::post("/start", "/start", &json!({})), &no_token()).await.unwrap_err();
     assert_eq!(error.kind, HostErrorKind::Connect);
     assert_eq!(host.stats()[0].2.requests, 2);
     assert!(!host.health().await.reachable);
@@ -457,28 +270,14 @@ fn training_request(task_id: &str) -> StartRequest {
 }
 
 async fn train_to_the_end(protocol: Protocol) {
-    let knobs = TrainingKnobs {
-        pace_ms: 5,
-        batches: 4,
-        ..TrainingKnobs::default()
-    };
+    let knobs = TrainingKnobs { pace_ms: 5, batches: 4, ..TrainingKnobs::default() };
     let rig = rig(protocol, IbKnobs::default(), knobs, false).await;
     rig.write_data("EURUSD", "1h");
     let training = &rig.hosts.training;
-    assert_eq!(
-        training.protocol(&no_token()).await.unwrap(),
-        protocol,
-        "auto-probe picked the generation"
-    );
-    let session = training
-        .start(&training_request("op_training_a"), &no_token())
-        .await
-        .unwrap();
+    assert_eq!(training.protocol(&no_token()).await.unwrap(), protocol, "auto-probe picked the generation");
+    let session = training.start(&training_request("op_training_a"), &no_token()).await.unwrap();
     if protocol == Protocol::Operations {
-        assert_eq!(
-            session.id, "op_training_a",
-            "the operations generation uses our id"
-        );
+        assert_eq!(session.id, "op_training_a", "the operations generation uses our id");
     }
     let mut seen_running = false;
     let last = loop {
@@ -493,15 +292,8 @@ async fn train_to_the_end(protocol: Protocol) {
     assert_eq!(last.status, HostStatus::Completed, "{last:?}");
     assert_eq!(last.epochs.len(), 3);
     assert_eq!(last.total_epochs, Some(3));
-    assert!(
-        last.epochs[2].train_loss < last.epochs[0].train_loss,
-        "losses fall"
-    );
-    let result = training
-        .result(&session, &no_token())
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(last.epochs[2].train_loss < last.epochs[0].train_loss, "losses fall");
+    let result = training.result(&session, &no_token()).await.unwrap().unwrap();
     assert!(result["model_path"].as_str().unwrap().ends_with(".pt"));
     assert_eq!(rig.training_stats().await["starts"], 1);
 }
@@ -517,12 +309,7 @@ async fn a_training_runs_to_the_end_on_the_sessions_generation() {
 }
 
 async fn stop_busy_and_lost(protocol: Protocol) {
-    let knobs = TrainingKnobs {
-        pace_ms: 20,
-        batches: 10,
-        epochs: 50,
-        ..TrainingKnobs::default()
-    };
+    let knobs = TrainingKnobs { pace_ms: 20, batches: 10, epochs: 50, ..TrainingKnobs::default() };
     let rig = rig(protocol, IbKnobs::default(), knobs, false).await;
     rig.write_data("EURUSD", "1h");
     let training = &rig.hosts.training;
@@ -531,19 +318,13 @@ async fn stop_busy_and_lost(protocol: Protocol) {
     request.epochs = None;
     let session = training.start(&request, &no_token()).await.unwrap();
     // One session at a time: a second start is refused as busy (and was sent once).
-    match training
-        .start(&training_request("op_training_c"), &no_token())
-        .await
-    {
+    match training.start(&training_request("op_training_c"), &no_token()).await {
         Err(StartError::Busy(m)) => assert!(m.contains("Maximum concurrent sessions (1)"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(rig.training_stats().await["busy_rejections"], 1);
     if protocol == Protocol::Operations {
-        assert!(matches!(
-            training.start(&request, &no_token()).await,
-            Err(StartError::Duplicate(_))
-        ));
+        assert!(matches!(training.start(&request, &no_token()).await, Err(StartError::Duplicate(_))));
     }
     while training.poll(&session, &no_token()).await.unwrap().status != HostStatus::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -553,31 +334,16 @@ async fn stop_busy_and_lost(protocol: Protocol) {
     // Honoured within one batch (20 ms) — give it a few.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopped = training.poll(&session, &no_token()).await.unwrap();
-    let expected = if protocol == Protocol::Sessions {
-        HostStatus::Stopped
-    } else {
-        HostStatus::Cancelled
-    };
+    let expected = if protocol == Protocol::Sessions { HostStatus::Stopped } else { HostStatus::Cancelled };
     assert_eq!(stopped.status, expected);
     let batches = (stopped.epoch, stopped.batch);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let later = training.poll(&session, &no_token()).await.unwrap();
-    assert_eq!(
-        (later.epoch, later.batch),
-        batches,
-        "no batch ran after the stop"
-    );
+    assert_eq!((later.epoch, later.batch), batches, "no batch ran after the stop");
 
     // A crash forgets every session: the client reports it lost.
-    rig.http
-        .post(format!("{}/sim/crash", rig.sims.training_url()))
-        .send()
-        .await
-        .unwrap();
-    assert!(matches!(
-        training.poll(&session, &no_token()).await,
-        Err(PollError::Lost(_))
-    ));
+    rig.http.post(format!("{}/sim/crash", rig.sims.training_url())).send().await.unwrap();
+    assert!(matches!(training.poll(&session, &no_token()).await, Err(PollError::Lost(_))));
 }
 
 #[tokio::test]
@@ -592,16 +358,9 @@ async fn the_sessions_generation_stops_refuses_when_busy_and_loses_sessions_on_a
 
 #[tokio::test]
 async fn missing_data_fails_the_session_like_the_real_host() {
-    let rig = rig(
-        Protocol::Operations,
-        IbKnobs::default(),
-        TrainingKnobs {
-            pace_ms: 5,
-            ..TrainingKnobs::default()
-        },
-        false,
-    )
-    .await;
+    let rig =
+        rig(Protocol::Operations, IbKnobs::default(), TrainingKnobs { pace_ms: 5, ..TrainingKnobs::default() }, false)
+            .await;
     let training = &rig.hosts.training;
     let mut request = training_request("op_training_d");
     request.symbols = vec!["GBPUSD".into()];
@@ -614,8 +373,5 @@ async fn missing_data_fails_the_session_like_the_real_host() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(snapshot.status, HostStatus::Failed);
-    assert_eq!(
-        snapshot.error.as_deref(),
-        Some("Training failed: No data found in cache for GBPUSD 1h")
-    );
+    assert_eq!(snapshot.error.as_deref(), Some("Training failed: No data found in cache for GBPUSD 1h"));
 }

@@ -12,10 +12,7 @@ use serde_json::{Value, json};
 async fn a_dummy_operation_runs_to_completion_with_monotonic_progress() {
     let app = TestApp::spawn().await;
     let id = app.start_dummy(10, 30).await;
-    assert!(
-        id.starts_with("op_dummy_") && id.len() == "op_dummy_".len() + 32,
-        "{id}"
-    );
+    assert!(id.starts_with("op_dummy_") && id.len() == "op_dummy_".len() + 32, "{id}");
 
     let mut last_percentage = -1.0;
     let mut last_version = 0;
@@ -24,10 +21,7 @@ async fn a_dummy_operation_runs_to_completion_with_monotonic_progress() {
         let record = app.record(&id).await;
         let percentage = record["progress"]["percentage"].as_f64().unwrap();
         let version = record["version"].as_u64().unwrap();
-        assert!(
-            percentage >= last_percentage,
-            "percentage went back: {record}"
-        );
+        assert!(percentage >= last_percentage, "percentage went back: {record}");
         assert!(version >= last_version);
         last_percentage = percentage;
         last_version = version;
@@ -44,19 +38,10 @@ async fn a_dummy_operation_runs_to_completion_with_monotonic_progress() {
     assert_eq!(record["progress"]["percentage"], 100.0);
     assert_eq!(record["progress"]["steps_completed"], 1);
     assert_eq!(record["progress"]["items_processed"], 10);
-    assert_eq!(
-        record["progress"]["current_step"],
-        "Running dummy task: iteration 10/10 [1/1]"
-    );
-    assert_eq!(
-        record["result_summary"],
-        json!({ "iterations_completed": 10 })
-    );
+    assert_eq!(record["progress"]["current_step"], "Running dummy task: iteration 10/10 [1/1]");
+    assert_eq!(record["result_summary"], json!({ "iterations_completed": 10 }));
     assert!(record["completed_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(
-        record["metadata"]["parameters"],
-        json!({ "iterations": 10, "interval_ms": 30 })
-    );
+    assert_eq!(record["metadata"]["parameters"], json!({ "iterations": 10, "interval_ms": 30 }));
 
     let (status, results) = app.get(&format!("/api/v1/operations/{id}/results")).await;
     assert_eq!(status, 200);
@@ -74,8 +59,7 @@ async fn the_list_filters_pages_and_counts_every_stored_operation() {
         finished.push(app.start_dummy(1, 0).await);
     }
     for id in &finished {
-        app.wait_for_status(id, "completed", Duration::from_secs(5))
-            .await;
+        app.wait_for_status(id, "completed", Duration::from_secs(5)).await;
     }
     let running = app.start_dummy(1000, 1000).await;
     let cancelled = app.start_dummy(1000, 1000).await;
@@ -85,24 +69,13 @@ async fn the_list_filters_pages_and_counts_every_stored_operation() {
     assert_eq!(status, 200);
     assert_eq!(all["total_count"], 5);
     assert_eq!(all["active_count"], 1);
-    let ids: Vec<&str> = all["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["operation_id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|r| r["operation_id"].as_str().unwrap()).collect();
     assert_eq!(ids[0], cancelled, "newest first");
     assert_eq!(ids[1], running);
     let row = &all["data"][1];
-    for key in [
-        "operation_type",
-        "status",
-        "created_at",
-        "progress_percentage",
-        "current_step",
-        "symbol",
-        "duration_seconds",
-    ] {
+    for key in
+        ["operation_type", "status", "created_at", "progress_percentage", "current_step", "symbol", "duration_seconds"]
+    {
         assert!(row.get(key).is_some(), "summary lacks {key}: {row}");
     }
 
@@ -119,13 +92,7 @@ async fn the_list_filters_pages_and_counts_every_stored_operation() {
     let (_, by_type) = app.get("/api/v1/operations?operation_type=training").await;
     assert_eq!(by_type["total_count"], 0);
 
-    for bad in [
-        "status=done",
-        "limit=0",
-        "limit=1001",
-        "offset=-1",
-        "active_only=maybe",
-    ] {
+    for bad in ["status=done", "limit=0", "limit=1001", "offset=-1", "active_only=maybe"] {
         let (status, body) = app.get(&format!("/api/v1/operations?{bad}")).await;
         assert_eq!(status, 422, "{bad}: {body}");
         assert_eq!(assert_envelope(&body), "VALIDATION_ERROR");
@@ -137,8 +104,7 @@ async fn the_list_filters_pages_and_counts_every_stored_operation() {
 async fn cancelling_a_running_operation_answers_after_the_work_stopped() {
     let app = TestApp::spawn().await;
     let id = app.start_dummy(1000, 50).await;
-    app.wait_for_status(&id, "running", Duration::from_secs(5))
-        .await;
+    app.wait_for_status(&id, "running", Duration::from_secs(5)).await;
 
     let response = app
         .http
@@ -152,42 +118,27 @@ async fn cancelling_a_running_operation_answers_after_the_work_stopped() {
     let data = &body["data"];
     assert_eq!(data["status"], "cancelled");
     assert_eq!(data["operation_id"], id.as_str());
-    assert_eq!(
-        data["cancellation_reason"],
-        "User requested cancellation via CLI"
-    );
+    assert_eq!(data["cancellation_reason"], "User requested cancellation via CLI");
     assert_eq!(data["task_cancelled"], true);
     assert_eq!(data["remote_cancelled"], false);
 
     // The answer came after the work stopped: the record is final, and stays so.
     let record = app.record(&id).await;
     assert_eq!(record["status"], "cancelled");
-    assert_eq!(
-        record["error_message"],
-        "User requested cancellation via CLI"
-    );
+    assert_eq!(record["error_message"], "User requested cancellation via CLI");
     let cancellation = &record["cancellation"];
     assert!(cancellation["requested_at"].is_string() && cancellation["stopped_at"].is_string());
     assert_eq!(cancellation["forced"], false);
     let items = record["progress"]["items_processed"].clone();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let later = app.record(&id).await;
-    assert_eq!(
-        later["progress"]["items_processed"], items,
-        "work went on after the cancel"
-    );
+    assert_eq!(later["progress"]["items_processed"], items, "work went on after the cancel");
     assert_eq!(later["version"], record["version"]);
 
     let (status, body) = app.delete(&format!("/api/v1/operations/{id}")).await;
     assert_eq!(status, 400);
     assert_eq!(assert_envelope(&body), "OPERATION_NOT_CANCELLABLE");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("already cancelled"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().unwrap().contains("already cancelled"), "{body}");
     let (status, body) = app.get(&format!("/api/v1/operations/{id}/results")).await;
     assert_eq!(status, 400);
     assert_eq!(assert_envelope(&body), "OPERATION_NOT_FINISHED");
@@ -202,18 +153,11 @@ async fn cancelling_unknown_and_finished_operations_is_refused_clearly() {
     assert_eq!(body["detail"], "Operation not found: op_dummy_nope");
 
     let id = app.start_dummy(1, 0).await;
-    app.wait_for_status(&id, "completed", Duration::from_secs(5))
-        .await;
+    app.wait_for_status(&id, "completed", Duration::from_secs(5)).await;
     let (status, body) = app.delete(&format!("/api/v1/operations/{id}")).await;
     assert_eq!(status, 400);
     assert_eq!(assert_envelope(&body), "OPERATION_NOT_CANCELLABLE");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("already completed"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().unwrap().contains("already completed"), "{body}");
     assert_eq!(app.record(&id).await["status"], "completed");
 }
 
@@ -226,17 +170,10 @@ async fn a_pending_operation_waiting_for_a_slot_can_be_cancelled() {
     let first = app.start_dummy(1000, 50).await;
     let second = app.start_dummy(1000, 50).await;
     let third = app.start_dummy(2, 10).await;
-    app.wait_for_status(&first, "running", Duration::from_secs(5))
-        .await;
+    app.wait_for_status(&first, "running", Duration::from_secs(5)).await;
     let pending = app.record(&second).await;
     assert_eq!(pending["status"], "pending");
-    assert!(
-        pending["progress"]["current_step"]
-            .as_str()
-            .unwrap()
-            .contains("waiting for a free slot"),
-        "{pending}"
-    );
+    assert!(pending["progress"]["current_step"].as_str().unwrap().contains("waiting for a free slot"), "{pending}");
 
     let (status, body) = app.delete(&format!("/api/v1/operations/{second}")).await;
     assert_eq!(status, 200, "{body}");
@@ -246,28 +183,20 @@ async fn a_pending_operation_waiting_for_a_slot_can_be_cancelled() {
 
     // Releasing the slot lets the next in line run, first come first served.
     app.delete(&format!("/api/v1/operations/{first}")).await;
-    app.wait_for_status(&third, "completed", Duration::from_secs(5))
-        .await;
+    app.wait_for_status(&third, "completed", Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn two_concurrent_deletes_both_see_the_operation_cancelled() {
     let app = TestApp::spawn().await;
     let id = app.start_dummy(1000, 20).await;
-    app.wait_for_status(&id, "running", Duration::from_secs(5))
-        .await;
+    app.wait_for_status(&id, "running", Duration::from_secs(5)).await;
     let path = format!("/api/v1/operations/{id}");
     let (a, b) = tokio::join!(app.delete(&path), app.delete(&path));
     for (status, body) in [&a, &b] {
         match status {
             200 => assert_eq!(body["data"]["status"], "cancelled"),
-            400 => assert!(
-                body["detail"]
-                    .as_str()
-                    .unwrap()
-                    .contains("already cancelled"),
-                "{body}"
-            ),
+            400 => assert!(body["detail"].as_str().unwrap().contains("already cancelled"), "{body}"),
             other => panic!("unexpected {other}: {body}"),
         }
     }
@@ -294,14 +223,7 @@ async fn events_stream_every_change_ends_with_the_terminal_one_and_resumes() {
     assert_eq!(events.last().unwrap().data["status"], "completed");
 
     // Resuming at the last id: nothing new, the stream just closes.
-    let (again, closed) = read_sse(
-        &app.http,
-        &url,
-        Some(&last.to_string()),
-        10,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (again, closed) = read_sse(&app.http, &url, Some(&last.to_string()), 10, Duration::from_secs(5)).await;
     assert!(closed);
     assert!(again.is_empty(), "{again:?}");
     // Resuming from an earlier id sends the current record.
@@ -317,24 +239,10 @@ async fn events_of_a_running_operation_resume_after_the_last_event_id() {
     let url = app.url(&format!("/api/v1/operations/{id}/events"));
     let (first, _) = read_sse(&app.http, &url, None, 2, Duration::from_secs(5)).await;
     let seen: u64 = first[1].id.as_deref().unwrap().parse().unwrap();
-    let (next, _) = read_sse(
-        &app.http,
-        &url,
-        Some(&seen.to_string()),
-        1,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (next, _) = read_sse(&app.http, &url, Some(&seen.to_string()), 1, Duration::from_secs(5)).await;
     assert!(next[0].id.as_deref().unwrap().parse::<u64>().unwrap() > seen);
     app.delete(&format!("/api/v1/operations/{id}")).await;
-    let (tail, closed) = read_sse(
-        &app.http,
-        &url,
-        Some(&seen.to_string()),
-        1000,
-        Duration::from_secs(5),
-    )
-    .await;
+    let (tail, closed) = read_sse(&app.http, &url, Some(&seen.to_string()), 1000, Duration::from_secs(5)).await;
     assert!(closed);
     assert_eq!(tail.last().unwrap().data["status"], "cancelled");
 }
@@ -343,26 +251,16 @@ async fn events_of_a_running_operation_resume_after_the_last_event_id() {
 async fn long_poll_returns_on_change_and_on_timeout_with_an_etag() {
     let app = TestApp::spawn().await;
     let id = app.start_dummy(1000, 300).await;
-    let record = app
-        .wait_for_status(&id, "running", Duration::from_secs(5))
-        .await;
+    let record = app.wait_for_status(&id, "running", Duration::from_secs(5)).await;
     let version = record["version"].as_u64().unwrap();
 
     // A change (the next iteration) ends the wait well before it runs out.
     let started = std::time::Instant::now();
-    let response = app
-        .http
-        .get(app.url(&format!("/api/v1/operations/{id}?wait=10s&since={version}")))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.http.get(app.url(&format!("/api/v1/operations/{id}?wait=10s&since={version}"))).send().await.unwrap();
     let etag = response.headers()["etag"].to_str().unwrap().to_owned();
     let (_, body) = common::json_of(response).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     let newer = body["data"]["version"].as_u64().unwrap();
     assert!(newer > version);
     assert_eq!(etag, format!("\"{newer}\""));
@@ -370,24 +268,14 @@ async fn long_poll_returns_on_change_and_on_timeout_with_an_etag() {
     // No change within the wait: the same version comes back when the wait ends.
     app.delete(&format!("/api/v1/operations/{id}")).await;
     let id = app.start_dummy(1000, 60_000).await;
-    let record = app
-        .wait_for_status(&id, "running", Duration::from_secs(5))
-        .await;
+    let record = app.wait_for_status(&id, "running", Duration::from_secs(5)).await;
     let version = record["version"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let version = version.max(app.record(&id).await["version"].as_u64().unwrap());
     let started = std::time::Instant::now();
-    let (status, body) = app
-        .get(&format!(
-            "/api/v1/operations/{id}?wait=300ms&since={version}"
-        ))
-        .await;
+    let (status, body) = app.get(&format!("/api/v1/operations/{id}?wait=300ms&since={version}")).await;
     assert_eq!(status, 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(290),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(290), "{:?}", started.elapsed());
     assert_eq!(body["data"]["version"].as_u64(), Some(version));
 
     // If-None-Match with the current ETag: 304.
@@ -419,10 +307,7 @@ async fn an_idempotency_key_returns_the_original_operation() {
     let response = start("key-1", 5).await.unwrap();
     assert_eq!(response.headers()["idempotent-replayed"], "true");
     let (_, second) = common::json_of(response).await;
-    assert_eq!(
-        first["data"]["operation_id"],
-        second["data"]["operation_id"]
-    );
+    assert_eq!(first["data"]["operation_id"], second["data"]["operation_id"]);
     let (_, list) = app.get("/api/v1/operations").await;
     assert_eq!(list["total_count"], 1);
 
@@ -446,59 +331,27 @@ async fn an_idempotency_key_returns_the_original_operation() {
 
 #[tokio::test]
 async fn every_malformed_request_gets_the_error_envelope() {
-    let app = TestApp::spawn_with(common::TestDb::sqlite(), |c| {
-        c.server.body_limit_bytes = 4096
-    })
-    .await;
+    let app = TestApp::spawn_with(common::TestDb::sqlite(), |c| c.server.body_limit_bytes = 4096).await;
     let http = &app.http;
     let start = app.url("/api/v1/dummy/start");
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
         (
             "bad json",
-            http.post(&start)
-                .header("content-type", "application/json")
-                .body("{\"iterations\":"),
+            http.post(&start).header("content-type", "application/json").body("{\"iterations\":"),
             400,
             "INVALID_JSON",
         ),
-        (
-            "wrong type",
-            http.post(&start).json(&json!({ "iterations": "many" })),
-            422,
-            "VALIDATION_ERROR",
-        ),
-        (
-            "unknown field",
-            http.post(&start).json(&json!({ "iterationz": 3 })),
-            422,
-            "VALIDATION_ERROR",
-        ),
-        (
-            "out of range",
-            http.post(&start).json(&json!({ "iterations": 0 })),
-            422,
-            "VALIDATION_ERROR",
-        ),
-        (
-            "negative",
-            http.post(&start).json(&json!({ "interval_ms": -5 })),
-            422,
-            "VALIDATION_ERROR",
-        ),
+        ("wrong type", http.post(&start).json(&json!({ "iterations": "many" })), 422, "VALIDATION_ERROR"),
+        ("unknown field", http.post(&start).json(&json!({ "iterationz": 3 })), 422, "VALIDATION_ERROR"),
+        ("out of range", http.post(&start).json(&json!({ "iterations": 0 })), 422, "VALIDATION_ERROR"),
+        ("negative", http.post(&start).json(&json!({ "interval_ms": -5 })), 422, "VALIDATION_ERROR"),
         (
             "wrong content type",
-            http.post(&start)
-                .header("content-type", "text/plain")
-                .body("{}"),
+            http.post(&start).header("content-type", "text/plain").body("{}"),
             415,
             "UNSUPPORTED_MEDIA_TYPE",
         ),
-        (
-            "json array",
-            http.post(&start).json(&json!([1, 2])),
-            422,
-            "VALIDATION_ERROR",
-        ),
+        ("json array", http.post(&start).json(&json!([1, 2])), 422, "VALIDATION_ERROR"),
         (
             "too large",
             http.post(&start)
@@ -507,78 +360,35 @@ async fn every_malformed_request_gets_the_error_envelope() {
             413,
             "PAYLOAD_TOO_LARGE",
         ),
-        (
-            "unknown route",
-            http.get(app.url("/api/v1/nothing/here")),
-            404,
-            "NOT_FOUND",
-        ),
-        (
-            "root path",
-            http.get(app.url("/definitely-not")),
-            404,
-            "NOT_FOUND",
-        ),
-        (
-            "wrong method",
-            http.put(app.url("/api/v1/operations")),
-            405,
-            "METHOD_NOT_ALLOWED",
-        ),
-        (
-            "wrong method on start",
-            http.get(&start),
-            405,
-            "METHOD_NOT_ALLOWED",
-        ),
+        ("unknown route", http.get(app.url("/api/v1/nothing/here")), 404, "NOT_FOUND"),
+        ("root path", http.get(app.url("/definitely-not")), 404, "NOT_FOUND"),
+        ("wrong method", http.put(app.url("/api/v1/operations")), 405, "METHOD_NOT_ALLOWED"),
+        ("wrong method on start", http.get(&start), 405, "METHOD_NOT_ALLOWED"),
         (
             "bad idempotency key",
-            http.post(&start)
-                .header("idempotency-key", "")
-                .json(&json!({})),
+            http.post(&start).header("idempotency-key", "").json(&json!({})),
             422,
             "VALIDATION_ERROR",
         ),
-        (
-            "unknown operation",
-            http.get(app.url("/api/v1/operations/op_x")),
-            404,
-            "OPERATION_NOT_FOUND",
-        ),
-        (
-            "huge id",
-            http.get(app.url(&format!("/api/v1/operations/{}", "x".repeat(5000)))),
-            404,
-            "OPERATION_NOT_FOUND",
-        ),
-        (
-            "odd id",
-            http.get(app.url("/api/v1/operations/%00%ff")),
-            400,
-            "INVALID_PATH",
-        ),
+        ("unknown operation", http.get(app.url("/api/v1/operations/op_x")), 404, "OPERATION_NOT_FOUND"),
+        ("huge id", http.get(app.url(&format!("/api/v1/operations/{}", "x".repeat(5000)))), 404, "OPERATION_NOT_FOUND"),
+        ("odd id", http.get(app.url("/api/v1/operations/%00%ff")), 400, "INVALID_PATH"),
         (
             "bad cancel body",
-            http.delete(app.url("/api/v1/operations/op_x"))
-                .json(&json!({ "reason": 5 })),
+            http.delete(app.url("/api/v1/operations/op_x")).json(&json!({ "reason": 5 })),
             422,
             "VALIDATION_ERROR",
         ),
         (
             "long reason",
-            http.delete(app.url("/api/v1/operations/op_x"))
-                .json(&json!({ "reason": "r".repeat(1001) })),
+            http.delete(app.url("/api/v1/operations/op_x")).json(&json!({ "reason": "r".repeat(1001) })),
             422,
             "VALIDATION_ERROR",
         ),
     ];
     for (name, request, status, code) in cases {
         let response = request.send().await.unwrap();
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/json",
-            "{name}"
-        );
+        assert_eq!(response.headers()["content-type"], "application/json", "{name}");
         let (actual, body) = common::json_of(response).await;
         assert_eq!(actual, status, "{name}: {body}");
         assert_eq!(assert_envelope(&body), code, "{name}");
@@ -601,12 +411,8 @@ async fn the_registry_is_empty_after_ten_thousand_operations() {
             let http = http.clone();
             let url = url.clone();
             async move {
-                let response = http
-                    .post(&url)
-                    .json(&json!({ "iterations": 1, "interval_ms": 0 }))
-                    .send()
-                    .await
-                    .unwrap();
+                let response =
+                    http.post(&url).json(&json!({ "iterations": 1, "interval_ms": 0 })).send().await.unwrap();
                 assert_eq!(response.status(), 200);
             }
         })
@@ -616,11 +422,7 @@ async fn the_registry_is_empty_after_ten_thousand_operations() {
     let orchestrator = app.server.as_ref().unwrap().orchestrator().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while orchestrator.active_count() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} still registered",
-            orchestrator.active_count()
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{} still registered", orchestrator.active_count());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, list) = app.get("/api/v1/operations?status=completed&limit=1").await;

@@ -9,13 +9,7 @@ use common::{ServiceProcess, TestDb, json_of};
 use serde_json::json;
 
 fn serve_args(db: &TestDb) -> Vec<String> {
-    vec![
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--database-url".into(),
-        db.url.clone(),
-    ]
+    vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into(), "--database-url".into(), db.url.clone()]
 }
 
 async fn start_dummies(http: &reqwest::Client, service: &ServiceProcess, n: usize) -> Vec<String> {
@@ -35,13 +29,8 @@ async fn start_dummies(http: &reqwest::Client, service: &ServiceProcess, n: usiz
 }
 
 async fn record(http: &reqwest::Client, service: &ServiceProcess, id: &str) -> serde_json::Value {
-    let (status, body) = json_of(
-        http.get(service.url(&format!("/api/v1/operations/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) =
+        json_of(http.get(service.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     body["data"].clone()
 }
@@ -62,19 +51,10 @@ async fn operations_killed_with_the_process_read_failed_interrupted_after_a_rest
     for id in &ids {
         let r = record(&http, &service, id).await;
         assert_eq!(r["status"], "failed", "{r}");
-        assert_eq!(
-            r["error_message"],
-            "interrupted: service restarted before the operation finished"
-        );
+        assert_eq!(r["error_message"], "interrupted: service restarted before the operation finished");
         assert!(r["completed_at"].is_string());
     }
-    let (_, list) = json_of(
-        http.get(service.url("/api/v1/operations?active_only=true"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = json_of(http.get(service.url("/api/v1/operations?active_only=true")).send().await.unwrap()).await;
     assert_eq!(list["total_count"], 0, "nothing is left running: {list}");
 }
 
@@ -89,27 +69,16 @@ async fn sigterm_cancels_running_operations_stores_them_and_exits_zero() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     service.signal("TERM");
     let status = service.wait(Duration::from_secs(10)).await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{:?}",
-        service.output.lock().unwrap()
-    );
+    assert_eq!(status.code(), Some(0), "{:?}", service.output.lock().unwrap());
 
     let service = ServiceProcess::start(&args, &[]).await;
     for id in &ids {
         let r = record(&http, &service, id).await;
         assert_eq!(r["status"], "cancelled", "{r}");
-        assert_eq!(
-            r["error_message"],
-            "Operation cancelled: service shutting down"
-        );
+        assert_eq!(r["error_message"], "Operation cancelled: service shutting down");
     }
     let lines = service.output.lock().unwrap().join("\n");
-    assert!(
-        !lines.contains("reconciled"),
-        "nothing was left to reconcile:\n{lines}"
-    );
+    assert!(!lines.contains("reconciled"), "nothing was left to reconcile:\n{lines}");
 }
 
 #[tokio::test]
@@ -135,16 +104,9 @@ async fn invalid_configuration_exits_2_with_one_line_naming_the_key() {
 
 #[tokio::test]
 async fn version_and_migrate_work_from_the_command_line() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
-        .arg("--version")
-        .output()
-        .await
-        .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops")).arg("--version").output().await.unwrap();
     assert!(output.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        format!("ktrdr-ops {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("ktrdr-ops {}", env!("CARGO_PKG_VERSION")));
 
     let db = TestDb::sqlite();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
@@ -176,7 +138,15 @@ async fn serve_with_sim_uses_the_built_in_hosts() {
 #[tokio::test]
 async fn the_sim_command_serves_both_simulators() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
-        .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--sim-training-protocol", "sessions"])
+        .args([
+            "sim",
+            "--ib-listen",
+            "127.0.0.1:0",
+            "--training-listen",
+            "127.0.0.1:0",
+            "--sim-training-protocol",
+            "sessions",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -188,13 +158,71 @@ async fn the_sim_command_serves_both_simulators() {
             break line;
         }
     };
-    let urls: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with("http://")).map(|w| w.trim_end_matches(',')).collect();
+    let urls: Vec<&str> =
+        line.split_whitespace().filter(|w| w.starts_with("http://")).map(|w| w.trim_end_matches(',')).collect();
     let http = reqwest::Client::new();
     let ib: serde_json::Value = http.get(format!("{}/health", urls[0])).send().await.unwrap().json().await.unwrap();
     assert_eq!(ib["service"], "ib-connector");
-    let training: serde_json::Value = http.get(format!("{}/health", urls[1])).send().await.unwrap().json().await.unwrap();
+    let training: serde_json::Value =
+        http.get(format!("{}/health", urls[1])).send().await.unwrap().json().await.unwrap();
     assert_eq!(training["service"], "training-worker");
     // The sessions generation has no operations API: that is how clients tell them apart.
     let probe = http.get(format!("{}/api/v1/operations", urls[1])).send().await.unwrap();
     assert_eq!(probe.status(), 404);
+}
+
+#[tokio::test]
+async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_job() {
+    use ktrdr_ops::data::frame::Bars;
+    use ktrdr_ops::data::repository::read_csv;
+    use ktrdr_ops::data::timeframe::Timeframe;
+    use ktrdr_ops::sim::market::Instrument;
+    use ktrdr_ops::time::parse_timestamp;
+
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let mut args = serve_args(&db);
+    args.extend(["--sim", "--sim-latency-ms", "40", "--data-dir", &data_dir].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [("KTRDR_OPS__DATA__SAVE_INTERVAL", "100ms")];
+    let http = reqwest::Client::new();
+    let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" });
+
+    let mut service = ServiceProcess::start(&args, &env).await;
+    let (_, answer) = json_of(http.post(service.url("/api/v1/data/load")).json(&body).send().await.unwrap()).await;
+    let id = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    let file = data.path().join("AAPL_1h.csv");
+    loop {
+        let r = record(&http, &service, &id).await;
+        assert_eq!(r["status"], "running", "{r}");
+        if r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 8 && file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    service.kill9().await;
+    let saved = read_csv(&file).expect("the file on disk is a complete, valid CSV");
+    assert!(!saved.is_empty());
+
+    let service = ServiceProcess::start(&args, &env).await;
+    let r = record(&http, &service, &id).await;
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["error_message"], "interrupted: service restarted before the operation finished");
+    let mut body = body;
+    body["mode"] = json!("full");
+    let (_, answer) = json_of(http.post(service.url("/api/v1/data/load")).json(&body).send().await.unwrap()).await;
+    let id = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    let done = loop {
+        let r = record(&http, &service, &id).await;
+        if r["status"] != "running" && r["status"] != "pending" {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result_summary"]["rows_before"], saved.len(), "picked up from what was saved");
+    let t = |s: &str| parse_timestamp(s).unwrap();
+    let whole = Bars::from_bars(&Instrument::new("AAPL").bars(Timeframe::H1, t("2021-01-01"), t("2024-01-01")));
+    assert_eq!(read_csv(&file).unwrap(), whole, "the new load finished the job");
 }

@@ -22,10 +22,7 @@ fn record(id: &str, kind: &str) -> OperationRecord {
 }
 
 fn snap(r: &OperationRecord) -> Arc<Snapshot> {
-    Arc::new(Snapshot::new(
-        r.clone(),
-        Some(json!({ "resume": r.version })),
-    ))
+    Arc::new(Snapshot::new(r.clone(), Some(json!({ "resume": r.version }))))
 }
 
 async fn inserted_records_read_back_whole(db: TestDb) {
@@ -60,23 +57,12 @@ async fn a_terminal_status_is_never_replaced_in_the_store(db: TestDb) {
     store.insert(snap(&r), "n", None).await.unwrap();
     r.start(ktrdr_ops::time::now()).unwrap();
     let mut cancelled = r.clone();
-    cancelled
-        .finish(
-            Outcome::Cancelled {
-                reason: "stop".into(),
-            },
-            ktrdr_ops::time::now(),
-        )
-        .unwrap();
+    cancelled.finish(Outcome::Cancelled { reason: "stop".into() }, ktrdr_ops::time::now()).unwrap();
     cancelled.version = 3;
     store.save(vec![snap(&cancelled)], "n").await.unwrap();
     // A late "completed" with a higher version (work that finished after the cancel).
     let mut late = r.clone();
-    late.finish(
-        Outcome::Completed(json!({ "late": true })),
-        ktrdr_ops::time::now(),
-    )
-    .unwrap();
+    late.finish(Outcome::Completed(json!({ "late": true })), ktrdr_ops::time::now()).unwrap();
     late.version = 9;
     store.save(vec![snap(&late)], "n").await.unwrap();
     let back = store.get("op_a_1").await.unwrap().unwrap();
@@ -87,10 +73,7 @@ async fn a_terminal_status_is_never_replaced_in_the_store(db: TestDb) {
     report.version = 10;
     report.warnings.push("host acknowledged".into());
     store.save(vec![snap(&report)], "n").await.unwrap();
-    assert_eq!(
-        store.get("op_a_1").await.unwrap().unwrap().record.warnings,
-        vec!["host acknowledged".to_owned()]
-    );
+    assert_eq!(store.get("op_a_1").await.unwrap().unwrap().record.warnings, vec!["host acknowledged".to_owned()]);
 }
 
 async fn lists_filter_page_and_count_newest_first(db: TestDb) {
@@ -102,66 +85,31 @@ async fn lists_filter_page_and_count_newest_first(db: TestDb) {
         r.created_at += chrono::Duration::milliseconds(i);
         if i < 3 {
             r.start(ktrdr_ops::time::now()).unwrap();
-            r.finish(Outcome::Completed(json!({})), ktrdr_ops::time::now())
-                .unwrap();
+            r.finish(Outcome::Completed(json!({})), ktrdr_ops::time::now()).unwrap();
         }
         store.insert(snap(&r), "n", None).await.unwrap();
         ids.push(r.operation_id);
     }
-    let all = store
-        .list(&ListFilter {
-            limit: 100,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let all = store.list(&ListFilter { limit: 100, ..ListFilter::default() }).await.unwrap();
     assert_eq!(all.total_count, 7);
     assert_eq!(all.active_count, 4);
-    let order: Vec<_> = all
-        .operations
-        .iter()
-        .map(|s| s.record.operation_id.clone())
-        .collect();
+    let order: Vec<_> = all.operations.iter().map(|s| s.record.operation_id.clone()).collect();
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(order, newest_first);
 
-    let page = store
-        .list(&ListFilter {
-            limit: 2,
-            offset: 2,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let page = store.list(&ListFilter { limit: 2, offset: 2, ..ListFilter::default() }).await.unwrap();
     assert_eq!(page.operations.len(), 2);
     assert_eq!(page.operations[0].record.operation_id, newest_first[2]);
     let even = store
-        .list(&ListFilter {
-            limit: 100,
-            operation_type: Some("even".into()),
-            ..ListFilter::default()
-        })
+        .list(&ListFilter { limit: 100, operation_type: Some("even".into()), ..ListFilter::default() })
         .await
         .unwrap();
     assert_eq!(even.total_count, 4);
-    let completed = store
-        .list(&ListFilter {
-            limit: 100,
-            status: Some(Status::Completed),
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let completed =
+        store.list(&ListFilter { limit: 100, status: Some(Status::Completed), ..ListFilter::default() }).await.unwrap();
     assert_eq!(completed.total_count, 3);
-    let active = store
-        .list(&ListFilter {
-            limit: 100,
-            active_only: true,
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let active = store.list(&ListFilter { limit: 100, active_only: true, ..ListFilter::default() }).await.unwrap();
     assert_eq!(active.total_count, 4);
     assert_eq!(store.unfinished(None).await.unwrap().len(), 4);
     assert_eq!(store.unfinished(Some("other-node")).await.unwrap().len(), 0);
@@ -169,54 +117,24 @@ async fn lists_filter_page_and_count_newest_first(db: TestDb) {
 
 async fn an_idempotency_key_claims_once_until_it_expires(db: TestDb) {
     let store = open(&db).await;
-    let key = IdempotencyKey {
-        scope: "POST /x".into(),
-        key: "k".into(),
-        fingerprint: "{}".into(),
-    };
+    let key = IdempotencyKey { scope: "POST /x".into(), key: "k".into(), fingerprint: "{}".into() };
     let now = ktrdr_ops::time::now();
     let expired_before = now - chrono::Duration::hours(24);
-    let first = store
-        .insert(
-            snap(&record("op_a_1", "a")),
-            "n",
-            Some((key.clone(), expired_before)),
-        )
-        .await
-        .unwrap();
+    let first = store.insert(snap(&record("op_a_1", "a")), "n", Some((key.clone(), expired_before))).await.unwrap();
     assert_eq!(first, ktrdr_ops::ops::store::Inserted::New);
-    let second = store
-        .insert(
-            snap(&record("op_a_2", "a")),
-            "n",
-            Some((key.clone(), expired_before)),
-        )
-        .await
-        .unwrap();
+    let second = store.insert(snap(&record("op_a_2", "a")), "n", Some((key.clone(), expired_before))).await.unwrap();
     assert_eq!(
         second,
-        ktrdr_ops::ops::store::Inserted::Existing {
-            operation_id: "op_a_1".into(),
-            fingerprint: "{}".into()
-        }
+        ktrdr_ops::ops::store::Inserted::Existing { operation_id: "op_a_1".into(), fingerprint: "{}".into() }
     );
-    assert!(
-        store.get("op_a_2").await.unwrap().is_none(),
-        "nothing written for the duplicate"
-    );
+    assert!(store.get("op_a_2").await.unwrap().is_none(), "nothing written for the duplicate");
     assert_eq!(
-        store
-            .find_idempotency("POST /x", "k", expired_before)
-            .await
-            .unwrap(),
+        store.find_idempotency("POST /x", "k", expired_before).await.unwrap(),
         Some(("op_a_1".into(), "{}".into()))
     );
     // Once the key's time is up, it may start a new operation.
     let later = now + chrono::Duration::hours(1);
-    let third = store
-        .insert(snap(&record("op_a_3", "a")), "n", Some((key, later)))
-        .await
-        .unwrap();
+    let third = store.insert(snap(&record("op_a_3", "a")), "n", Some((key, later))).await.unwrap();
     assert_eq!(third, ktrdr_ops::ops::store::Inserted::New);
 }
 
@@ -234,27 +152,18 @@ async fn many_concurrent_writes_all_land(db: TestDb) {
         }
     });
     futures_util::future::join_all(writes).await;
-    let page = store
-        .list(&ListFilter {
-            limit: 1,
-            status: Some(Status::Running),
-            ..ListFilter::default()
-        })
-        .await
-        .unwrap();
+    let page =
+        store.list(&ListFilter { limit: 1, status: Some(Status::Running), ..ListFilter::default() }).await.unwrap();
     assert_eq!(page.total_count, 500);
 }
 
 async fn the_api_runs_and_cancels_operations_on_this_backend(db: TestDb) {
     let app = TestApp::spawn_with(db, |_| {}).await;
     let done = app.start_dummy(3, 10).await;
-    let record = app
-        .wait_for_status(&done, "completed", Duration::from_secs(10))
-        .await;
+    let record = app.wait_for_status(&done, "completed", Duration::from_secs(10)).await;
     assert_eq!(record["result_summary"]["iterations_completed"], 3);
     let running = app.start_dummy(1000, 20).await;
-    app.wait_for_status(&running, "running", Duration::from_secs(5))
-        .await;
+    app.wait_for_status(&running, "running", Duration::from_secs(5)).await;
     let (status, body) = app.delete(&format!("/api/v1/operations/{running}")).await;
     assert_eq!(status, 200, "{body}");
     let (_, list) = app.get("/api/v1/operations").await;
@@ -263,13 +172,7 @@ async fn the_api_runs_and_cancels_operations_on_this_backend(db: TestDb) {
 }
 
 async fn a_killed_service_leaves_nothing_running_on_this_backend(db: TestDb) {
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db.url,
-    ];
+    let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url];
     let env = [("KTRDR_OPS__NODE__ID", "node-a")];
     let http = reqwest::Client::new();
     let mut service = ServiceProcess::start(&args, &env).await;
@@ -285,18 +188,9 @@ async fn a_killed_service_leaves_nothing_running_on_this_backend(db: TestDb) {
     tokio::time::sleep(Duration::from_millis(150)).await;
     service.kill9().await;
     let service = ServiceProcess::start(&args, &env).await;
-    let (_, body) = json_of(
-        http.get(service.url(&format!("/api/v1/operations/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = json_of(http.get(service.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
     assert_eq!(body["data"]["status"], "failed");
-    assert_eq!(
-        body["data"]["error_message"],
-        "interrupted: service restarted before the operation finished"
-    );
+    assert_eq!(body["data"]["error_message"], "interrupted: service restarted before the operation finished");
 }
 
 macro_rules! store_suite {

@@ -31,10 +31,7 @@ async fn start(
         metadata: params.metadata(),
         idempotency: idempotency_key(&headers, PATH, &params)?,
     };
-    let submitted = state
-        .orchestrator
-        .submit(spec, BoxedJob::new(DummyJob { params }))
-        .await?;
+    let submitted = state.orchestrator.submit(spec, BoxedJob::new(DummyJob { params })).await?;
     let (operation_id, replay) = match submitted {
         Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false),
         Submitted::Existing(id) => (id, true),

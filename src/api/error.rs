@@ -19,12 +19,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: json!({}),
-        }
+        Self { status, code, message: message.into(), details: json!({}) }
     }
 
     pub fn details(mut self, details: Value) -> Self {
@@ -33,12 +28,8 @@ impl ApiError {
     }
 
     pub fn operation_not_found(operation_id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "OPERATION_NOT_FOUND",
-            format!("Operation not found: {operation_id}"),
-        )
-        .details(json!({ "operation_id": operation_id }))
+        Self::new(StatusCode::NOT_FOUND, "OPERATION_NOT_FOUND", format!("Operation not found: {operation_id}"))
+            .details(json!({ "operation_id": operation_id }))
     }
 
     /// A 422 naming the field.
@@ -47,12 +38,7 @@ impl ApiError {
     }
 
     /// A 500/503 whose cause is logged here, never sent to the client.
-    pub fn internal(
-        status: StatusCode,
-        code: &'static str,
-        public: &str,
-        cause: &dyn std::fmt::Display,
-    ) -> Self {
+    pub fn internal(status: StatusCode, code: &'static str, public: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, code, "{public}");
         Self::new(status, code, public)
     }
@@ -127,12 +113,8 @@ impl From<CancelError> for ApiError {
                     Status::Cancelled => format!("Operation {id} was already cancelled"),
                     other => format!("Operation {id} is {other} and cannot be cancelled"),
                 };
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "OPERATION_NOT_CANCELLABLE",
-                    message,
-                )
-                .details(json!({ "operation_id": id, "status": status }))
+                ApiError::new(StatusCode::BAD_REQUEST, "OPERATION_NOT_CANCELLABLE", message)
+                    .details(json!({ "operation_id": id, "status": status }))
             }
             CancelError::NotLocal(id) => ApiError::new(
                 StatusCode::CONFLICT,

@@ -9,6 +9,22 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 
+/// A JSON object body.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        if !json {
+            return Err(unsupported_media_type());
+        }
+        parse(&bytes).map(ApiJson)
+    }
+}
+
 /// A JSON object body that may be absent: an empty body (with or without a content type) is `None`.
 pub struct OptionalJson<T>(pub Option<T>);
 
@@ -17,9 +33,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| body_error(e.status(), e.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
@@ -35,17 +49,8 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|mime| {
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
-        })
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .is_some_and(|mime| mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")))
 }
 
 fn unsupported_media_type() -> ApiError {
@@ -59,16 +64,14 @@ fn unsupported_media_type() -> ApiError {
 /// Bad JSON syntax → 400; valid JSON of the wrong shape → 422 naming the field.
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Err(e) => invalid_json(&e),
-                Ok(_) => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "VALIDATION_ERROR",
-                    "The request body must be a JSON object",
-                ),
-            },
-        );
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(e) => invalid_json(&e),
+            Ok(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "VALIDATION_ERROR",
+                "The request body must be a JSON object",
+            ),
+        });
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -82,37 +85,21 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "VALIDATION_ERROR",
             format!("The request body has a wrong or missing field: {inner}"),
         );
-        if path == "." {
-            error
-        } else {
-            error.details(serde_json::json!({ "field": path }))
-        }
+        if path == "." { error } else { error.details(serde_json::json!({ "field": path })) }
     })?;
     deserializer.end().map_err(|e| invalid_json(&e))?;
     Ok(value)
 }
 
 fn invalid_json(e: &serde_json::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "INVALID_JSON",
-        format!("The request body is not valid JSON: {e}"),
-    )
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_JSON", format!("The request body is not valid JSON: {e}"))
 }
 
 fn body_error(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "PAYLOAD_TOO_LARGE",
-            "The request body is larger than this service accepts",
-        )
+        ApiError::new(status, "PAYLOAD_TOO_LARGE", "The request body is larger than this service accepts")
     } else {
-        ApiError::new(
-            status,
-            "INVALID_BODY",
-            format!("The request body could not be read: {text}"),
-        )
+        ApiError::new(status, "INVALID_BODY", format!("The request body could not be read: {text}"))
     }
 }
 
@@ -127,10 +114,7 @@ pub struct ApiQuery<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| ApiQuery(v))
@@ -138,10 +122,7 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "VALIDATION_ERROR",
-                    format!(
-                        "The query string is malformed: {}",
-                        strip_prefix(&e.body_text())
-                    ),
+                    format!("The query string is malformed: {}", strip_prefix(&e.body_text())),
                 )
             })
     }
@@ -153,10 +134,7 @@ pub struct ApiPath<T>(pub T);
 impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| ApiPath(v))
@@ -164,10 +142,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "INVALID_PATH",
-                    format!(
-                        "The URL path could not be read: {}",
-                        strip_prefix(&e.body_text())
-                    ),
+                    format!("The URL path could not be read: {}", strip_prefix(&e.body_text())),
                 )
             })
     }

@@ -29,12 +29,8 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
         });
         training.protocol(&token).await.ok().map(|p| p.as_str())
     };
-    let (database, ib, training_health, protocol) = tokio::join!(
-        store.ping(),
-        state.hosts.ib.host().health(),
-        training.host().health(),
-        protocol
-    );
+    let (database, ib, training_health, protocol) =
+        tokio::join!(store.ping(), state.hosts.ib.host().health(), training.host().health(), protocol);
     let database = match database {
         Ok(()) => "ok",
         Err(e) => {

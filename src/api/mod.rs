@@ -1,6 +1,7 @@
 //! The HTTP API (api.md): thin axum handlers that decode, call the core or a domain, and encode.
 //! One file per resource, each owning its `router()`; `error.rs` is the one error envelope.
 
+mod data;
 mod dummy;
 pub mod error;
 mod extract;
@@ -18,6 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::data::DataService;
 use crate::hosts::Hosts;
 use crate::ops::{IdempotencyKey, Orchestrator};
 use error::ApiError;
@@ -27,6 +29,7 @@ use error::ApiError;
 pub struct AppState {
     pub orchestrator: Orchestrator,
     pub hosts: Hosts,
+    pub data: DataService,
     pub config: Arc<Config>,
 }
 
@@ -36,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     // Full paths rather than `nest`: one routing step less on every request.
     Router::new()
         .merge(operations::router())
+        .merge(data::router())
         .merge(dummy::router())
         .merge(health::router())
         .method_not_allowed_fallback(method_not_allowed)
@@ -44,18 +48,14 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
         }))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-        }))
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &Request<_>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+        ))
         .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        format!("No such endpoint: {}", uri.path()),
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("No such endpoint: {}", uri.path()))
 }
 
 async fn method_not_allowed(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
@@ -98,9 +98,7 @@ pub(crate) fn idempotency_key(
 /// Marks the answer to a retried start that returned the earlier operation.
 pub(crate) fn replayed(mut response: Response, replay: bool) -> Response {
     if replay {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
 }

@@ -40,11 +40,7 @@ async fn find(state: &AppState, id: &str) -> Result<Lookup, ApiError> {
     if id.len() > MAX_ID_LEN {
         return Err(ApiError::operation_not_found(id));
     }
-    state
-        .orchestrator
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::operation_not_found(id))
+    state.orchestrator.get(id).await?.ok_or_else(|| ApiError::operation_not_found(id))
 }
 
 #[derive(Deserialize)]
@@ -60,59 +56,31 @@ fn parse_bool(field: &str, text: &str) -> Result<bool, ApiError> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" | "" => Ok(false),
-        _ => Err(ApiError::invalid(
-            field,
-            format!("{field} must be true or false, not `{text}`"),
-        )),
+        _ => Err(ApiError::invalid(field, format!("{field} must be true or false, not `{text}`"))),
     }
 }
 
-async fn list(
-    State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Response, ApiError> {
     let status = match query.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {
-            crate::invalid::Invalid::new(
-                "status",
-                format!("status `{text}` is not one of the operation statuses"),
-            )
-            .allowed(json!(Status::ALL.map(Status::as_str)))
+            crate::invalid::Invalid::new("status", format!("status `{text}` is not one of the operation statuses"))
+                .allowed(json!(Status::ALL.map(Status::as_str)))
         })?),
     };
     let limit = match query.limit.as_deref() {
         None | Some("") => 100,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!("limit must be a whole number from 1 to 1000, not `{text}`"),
-                )
-            })?,
+        Some(text) => text.parse::<u32>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| {
+            ApiError::invalid("limit", format!("limit must be a whole number from 1 to 1000, not `{text}`"))
+        })?,
     };
     let offset = match query.offset.as_deref() {
         None | Some("") => 0,
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|o| *o <= i64::MAX as u64)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "offset",
-                    format!("offset must be a whole number of at least 0, not `{text}`"),
-                )
-            })?,
+        Some(text) => text.parse::<u64>().ok().filter(|o| *o <= i64::MAX as u64).ok_or_else(|| {
+            ApiError::invalid("offset", format!("offset must be a whole number of at least 0, not `{text}`"))
+        })?,
     };
-    let active_only = query
-        .active_only
-        .as_deref()
-        .map(|t| parse_bool("active_only", t))
-        .transpose()?
-        .unwrap_or(false);
+    let active_only = query.active_only.as_deref().map(|t| parse_bool("active_only", t)).transpose()?.unwrap_or(false);
     let filter = ListFilter {
         status,
         operation_type: query.operation_type.filter(|t| !t.is_empty()),
@@ -122,19 +90,18 @@ async fn list(
     };
     let (operations, total_count, active_count) = state.orchestrator.list(&filter).await?;
     let data: Vec<Value> = operations.iter().map(|s| summary(s)).collect();
-    Ok(Json(json!({ "success": true, "data": data, "total_count": total_count, "active_count": active_count })).into_response())
+    Ok(Json(json!({ "success": true, "data": data, "total_count": total_count, "active_count": active_count }))
+        .into_response())
 }
 
 /// A list row (api.md §3).
 fn summary(snapshot: &Snapshot) -> Value {
     let r = &snapshot.record;
-    let symbol = r.metadata.get("symbol").cloned().or_else(|| {
-        r.metadata
-            .get("symbols")
-            .and_then(|s| s.as_array())
-            .and_then(|s| s.first())
-            .cloned()
-    });
+    let symbol = r
+        .metadata
+        .get("symbol")
+        .cloned()
+        .or_else(|| r.metadata.get("symbols").and_then(|s| s.as_array()).and_then(|s| s.first()).cloned());
     json!({
         "operation_id": r.operation_id,
         "operation_type": r.operation_type,
@@ -148,8 +115,7 @@ fn summary(snapshot: &Snapshot) -> Value {
 }
 
 fn etag(snapshot: &Snapshot) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{}\"", snapshot.version()))
-        .expect("digits are a valid header")
+    HeaderValue::from_str(&format!("\"{}\"", snapshot.version())).expect("digits are a valid header")
 }
 
 /// `GET /operations/{id}[?wait=30s&since=N]`: the record, from memory while it runs.
@@ -175,12 +141,9 @@ async fn get_one(
                 .map_err(|e| ApiError::invalid("wait", format!("wait: {e}")))?
                 .min(state.config.operations.long_poll_max.0);
             let since = match &query.since {
-                Some(text) => text.parse::<u64>().map_err(|_| {
-                    ApiError::invalid(
-                        "since",
-                        format!("since must be a version number, not `{text}`"),
-                    )
-                })?,
+                Some(text) => text
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::invalid("since", format!("since must be a version number, not `{text}`")))?,
                 None => lookup.snapshot().version(),
             };
             let shutdown = state.orchestrator.shutdown_token();
@@ -211,10 +174,7 @@ struct IfNoneMatch(Option<HeaderValue>);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
     type Rejection = Infallible;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(IfNoneMatch(parts.headers.get(IF_NONE_MATCH).cloned()))
     }
 }
@@ -232,14 +192,8 @@ async fn cancel(
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Response, ApiError> {
     let reason = body.and_then(|b| b.reason);
-    if reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
-    {
-        return Err(ApiError::invalid(
-            "reason",
-            format!("reason must be at most {MAX_REASON_LEN} characters"),
-        ));
+    if reason.as_ref().is_some_and(|r| r.chars().count() > MAX_REASON_LEN) {
+        return Err(ApiError::invalid("reason", format!("reason must be at most {MAX_REASON_LEN} characters")));
     }
     if id.len() > MAX_ID_LEN {
         return Err(ApiError::operation_not_found(&id));
@@ -270,10 +224,8 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let lookup = find(&state, &id).await?;
-    let last_seen = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let last_seen =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let stream = operation_events(lookup, last_seen, state.orchestrator.shutdown_token());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
 }
@@ -302,13 +254,7 @@ fn operation_events(
         Lookup::Live(view) => Some(view.changes()),
         Lookup::Stored(_) => None,
     };
-    let start = Follow {
-        lookup,
-        changes,
-        last_sent: last_seen,
-        done: false,
-        shutdown,
-    };
+    let start = Follow { lookup, changes, last_sent: last_seen, done: false, shutdown };
     futures_util::stream::unfold(start, |mut f| async move {
         if f.done {
             return None;
@@ -333,25 +279,18 @@ fn operation_events(
 }
 
 /// `GET /operations/{id}/results`: completed or failed operations only.
-async fn results(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn results(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let snapshot = find(&state, &id).await?.snapshot();
     let r = &snapshot.record;
     if !matches!(r.status, Status::Completed | Status::Failed) {
         let message = match r.status {
-            Status::Cancelled => format!(
-                "Operation {id} was cancelled; results exist only for completed or failed operations"
-            ),
-            status => format!(
-                "Operation {id} is still {status}; results are available once it has finished"
-            ),
+            Status::Cancelled => {
+                format!("Operation {id} was cancelled; results exist only for completed or failed operations")
+            }
+            status => format!("Operation {id} is still {status}; results are available once it has finished"),
         };
-        return Err(
-            ApiError::new(StatusCode::BAD_REQUEST, "OPERATION_NOT_FINISHED", message)
-                .details(json!({ "operation_id": id, "status": r.status })),
-        );
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "OPERATION_NOT_FINISHED", message)
+            .details(json!({ "operation_id": id, "status": r.status })));
     }
     Ok(Json(json!({
         "success": true,
@@ -364,10 +303,7 @@ async fn results(
 }
 
 /// `GET /operations/{id}/metrics`: the domain metrics (e.g. training epochs).
-async fn metrics(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let snapshot = find(&state, &id).await?.snapshot();
     let r = &snapshot.record;
     Ok(Json(json!({

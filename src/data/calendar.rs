@@ -17,8 +17,8 @@ pub enum InstrumentKind {
 
 /// ISO codes that make a six-letter symbol a currency pair (`EURUSD`).
 const CURRENCIES: &[&str] = &[
-    "USD", "EUR", "GBP", "JPY", "CHF", "AUD", "NZD", "CAD", "SEK", "NOK", "DKK", "HKD", "SGD",
-    "CNH", "MXN", "ZAR", "TRY", "PLN", "CZK", "HUF", "ILS", "KRW", "INR", "RUB",
+    "USD", "EUR", "GBP", "JPY", "CHF", "AUD", "NZD", "CAD", "SEK", "NOK", "DKK", "HKD", "SGD", "CNH", "MXN", "ZAR",
+    "TRY", "PLN", "CZK", "HUF", "ILS", "KRW", "INR", "RUB",
 ];
 
 /// A `.` (`EUR.USD`) or a six-letter pair of currency codes → forex; anything else is a stock.
@@ -27,16 +27,14 @@ pub fn instrument_kind(symbol: &str) -> InstrumentKind {
     if symbol.contains('.') {
         return InstrumentKind::Forex;
     }
-    if symbol.len() == 6 && CURRENCIES.contains(&&symbol[..3]) && CURRENCIES.contains(&&symbol[3..])
-    {
+    if symbol.len() == 6 && CURRENCIES.contains(&&symbol[..3]) && CURRENCIES.contains(&&symbol[3..]) {
         return InstrumentKind::Forex;
     }
     InstrumentKind::Stock
 }
 
 fn nth_weekday(year: i32, month: u32, weekday: Weekday, n: u8) -> NaiveDate {
-    NaiveDate::from_weekday_of_month_opt(year, month, weekday, n)
-        .expect("the nth weekday exists for n ≤ 4")
+    NaiveDate::from_weekday_of_month_opt(year, month, weekday, n).expect("the nth weekday exists for n ≤ 4")
 }
 
 fn last_weekday(year: i32, month: u32, weekday: Weekday) -> NaiveDate {
@@ -48,20 +46,11 @@ fn last_weekday(year: i32, month: u32, weekday: Weekday) -> NaiveDate {
 fn eastern_dst(date: NaiveDate) -> bool {
     let year = date.year();
     let (start, end) = if year >= 2007 {
-        (
-            nth_weekday(year, 3, Weekday::Sun, 2),
-            nth_weekday(year, 11, Weekday::Sun, 1),
-        )
+        (nth_weekday(year, 3, Weekday::Sun, 2), nth_weekday(year, 11, Weekday::Sun, 1))
     } else if year >= 1987 {
-        (
-            nth_weekday(year, 4, Weekday::Sun, 1),
-            last_weekday(year, 10, Weekday::Sun),
-        )
+        (nth_weekday(year, 4, Weekday::Sun, 1), last_weekday(year, 10, Weekday::Sun))
     } else {
-        (
-            last_weekday(year, 4, Weekday::Sun),
-            last_weekday(year, 10, Weekday::Sun),
-        )
+        (last_weekday(year, 4, Weekday::Sun), last_weekday(year, 10, Weekday::Sun))
     };
     date >= start && date < end
 }
@@ -73,9 +62,7 @@ fn new_york_offset_hours(date: NaiveDate) -> i64 {
 
 /// A New York wall-clock time on `date` as UTC (for session times, far from the 02:00 switch).
 pub fn new_york_to_utc(date: NaiveDate, hour: u32, minute: u32) -> Timestamp {
-    let local = date
-        .and_hms_opt(hour, minute, 0)
-        .expect("valid wall-clock time");
+    let local = date.and_hms_opt(hour, minute, 0).expect("valid wall-clock time");
     Utc.from_utc_datetime(&(local - Duration::hours(new_york_offset_hours(date))))
 }
 
@@ -86,30 +73,15 @@ pub fn utc_to_new_york(ts: Timestamp) -> NaiveDateTime {
     let year = date.year();
     // The switches happen at 02:00 local standard time (start) and 02:00 daylight time (end).
     let (start, end) = if year >= 2007 {
-        (
-            nth_weekday(year, 3, Weekday::Sun, 2),
-            nth_weekday(year, 11, Weekday::Sun, 1),
-        )
+        (nth_weekday(year, 3, Weekday::Sun, 2), nth_weekday(year, 11, Weekday::Sun, 1))
     } else if year >= 1987 {
-        (
-            nth_weekday(year, 4, Weekday::Sun, 1),
-            last_weekday(year, 10, Weekday::Sun),
-        )
+        (nth_weekday(year, 4, Weekday::Sun, 1), last_weekday(year, 10, Weekday::Sun))
     } else {
-        (
-            last_weekday(year, 4, Weekday::Sun),
-            last_weekday(year, 10, Weekday::Sun),
-        )
+        (last_weekday(year, 4, Weekday::Sun), last_weekday(year, 10, Weekday::Sun))
     };
     let dst_start = start.and_hms_opt(2, 0, 0).expect("02:00");
-    let dst_end = end
-        .and_hms_opt(1, 0, 0)
-        .expect("01:00 standard = 02:00 daylight");
-    if standard >= dst_start && standard < dst_end {
-        standard + Duration::hours(1)
-    } else {
-        standard
-    }
+    let dst_end = end.and_hms_opt(1, 0, 0).expect("01:00 standard = 02:00 daylight");
+    if standard >= dst_start && standard < dst_end { standard + Duration::hours(1) } else { standard }
 }
 
 /// Western Easter Sunday (anonymous Gregorian algorithm).
@@ -149,10 +121,8 @@ pub fn nyse_holiday(date: NaiveDate) -> Option<&'static str> {
     if new_year.weekday() != Weekday::Sat && date == observed(new_year) {
         return Some("New Year's Day");
     }
-    let mut fixed: Vec<(NaiveDate, &'static str)> = vec![
-        (observed(ymd(7, 4)), "Independence Day"),
-        (observed(ymd(12, 25)), "Christmas Day"),
-    ];
+    let mut fixed: Vec<(NaiveDate, &'static str)> =
+        vec![(observed(ymd(7, 4)), "Independence Day"), (observed(ymd(12, 25)), "Christmas Day")];
     if year >= 2022 {
         fixed.push((observed(ymd(6, 19)), "Juneteenth"));
     }
@@ -164,16 +134,9 @@ pub fn nyse_holiday(date: NaiveDate) -> Option<&'static str> {
         (nth_weekday(year, 11, Weekday::Thu, 4), "Thanksgiving Day"),
     ];
     if year >= 1998 {
-        floating.push((
-            nth_weekday(year, 1, Weekday::Mon, 3),
-            "Martin Luther King Jr. Day",
-        ));
+        floating.push((nth_weekday(year, 1, Weekday::Mon, 3), "Martin Luther King Jr. Day"));
     }
-    fixed
-        .into_iter()
-        .chain(floating)
-        .find(|(d, _)| *d == date)
-        .map(|(_, name)| name)
+    fixed.into_iter().chain(floating).find(|(d, _)| *d == date).map(|(_, name)| name)
 }
 
 pub fn is_weekend(date: NaiveDate) -> bool {
@@ -215,86 +178,102 @@ fn trades_on(kind: InstrumentKind, date: NaiveDate) -> bool {
 /// Whether instruments of `kind` trade on some day of the month starting on `first`.
 fn month_trades(kind: InstrumentKind, first: NaiveDate) -> bool {
     let next = Timeframe::Mo1.next_bar(midnight(first)).date_naive();
-    first
-        .iter_days()
-        .take_while(|d| *d < next)
-        .any(|d| trades_on(kind, d))
+    first.iter_days().take_while(|d| *d < next).any(|d| trades_on(kind, d))
+}
+
+/// Rounds `t` up to a multiple of `step` seconds counted from `origin`.
+fn align_up(t: Timestamp, origin: Timestamp, step: Duration) -> Timestamp {
+    let step = step.num_seconds();
+    let offset = (t - origin).num_seconds();
+    origin + Duration::seconds(offset.div_euclid(step) * step + if offset.rem_euclid(step) > 0 { step } else { 0 })
+}
+
+/// The next moment forex opens at or after `t` (Sunday 17:00 New York).
+fn next_forex_open(t: Timestamp) -> Timestamp {
+    if forex_open(t) {
+        return t;
+    }
+    let local = utc_to_new_york(t);
+    let days_to_sunday = match local.weekday() {
+        Weekday::Fri => 2,
+        Weekday::Sat => 1,
+        _ => 0,
+    };
+    new_york_to_utc(local.date() + Duration::days(days_to_sunday), 17, 0)
+}
+
+/// The first bar time at or after `t`, as IB keys bars (see [`bar_times`]); `None` past 2200.
+pub fn next_bar_time(kind: InstrumentKind, timeframe: Timeframe, t: Timestamp) -> Option<Timestamp> {
+    let horizon = NaiveDate::from_ymd_opt(2200, 1, 1)?;
+    let step = timeframe.interval();
+    match (kind, timeframe.is_intraday()) {
+        (InstrumentKind::Stock, true) => {
+            let mut day = utc_to_new_york(t).date();
+            while day < horizon {
+                if let Some((open, close)) = nyse_session(day) {
+                    let candidate = if t <= open { open } else { align_up(t, open, step) };
+                    if candidate < close {
+                        return Some(candidate);
+                    }
+                }
+                day += Duration::days(1);
+            }
+            None
+        }
+        (InstrumentKind::Forex, true) => {
+            let epoch = Utc.timestamp_opt(0, 0).single()?;
+            let mut candidate = align_up(t, epoch, step);
+            while candidate.date_naive() < horizon {
+                if forex_open(candidate) {
+                    return Some(candidate);
+                }
+                candidate = align_up(next_forex_open(candidate), epoch, step);
+            }
+            None
+        }
+        (_, false) => {
+            let mut day = t.date_naive();
+            if midnight(day) < t {
+                day += Duration::days(1);
+            }
+            while day < horizon {
+                let is_bar = match timeframe {
+                    Timeframe::D1 => trades_on(kind, day),
+                    Timeframe::W1 => {
+                        day.weekday() == Weekday::Mon && (0..5).any(|i| trades_on(kind, day + Duration::days(i)))
+                    }
+                    _ => day.day() == 1 && month_trades(kind, day),
+                };
+                if is_bar {
+                    return Some(midnight(day));
+                }
+                day += Duration::days(1);
+            }
+            None
+        }
+    }
+}
+
+/// The first bar time in `[start, end]`, if any.
+pub fn first_bar_time(
+    kind: InstrumentKind,
+    timeframe: Timeframe,
+    start: Timestamp,
+    end: Timestamp,
+) -> Option<Timestamp> {
+    next_bar_time(kind, timeframe, start).filter(|t| *t <= end)
 }
 
 /// Every timestamp in `[start, end]` at which a bar of `timeframe` exists for an instrument of
 /// `kind`, as IB keys them: intraday stock bars from the 09:30 open on the session's grid,
 /// intraday forex bars on the UTC grid while the market is open, daily bars at midnight UTC of
 /// trading days, weekly bars on Mondays and monthly bars on the 1st of periods with trading.
-pub fn bar_times(
-    kind: InstrumentKind,
-    timeframe: Timeframe,
-    start: Timestamp,
-    end: Timestamp,
-) -> Vec<Timestamp> {
+pub fn bar_times(kind: InstrumentKind, timeframe: Timeframe, start: Timestamp, end: Timestamp) -> Vec<Timestamp> {
     let mut out = Vec::new();
-    if start > end {
-        return out;
-    }
-    let first_day = start.date_naive() - Duration::days(1);
-    let last_day = end.date_naive();
-    match (kind, timeframe.is_intraday()) {
-        (InstrumentKind::Stock, true) => {
-            let step = timeframe.interval();
-            let mut day = first_day;
-            while day <= last_day {
-                if let Some((open, close)) = nyse_session(day) {
-                    let mut t = open;
-                    while t < close {
-                        if t >= start && t <= end {
-                            out.push(t);
-                        }
-                        t += step;
-                    }
-                }
-                day += Duration::days(1);
-            }
-        }
-        (InstrumentKind::Forex, true) => {
-            let step = timeframe.interval().num_seconds();
-            let mut t = start.timestamp().div_euclid(step) * step;
-            if t < start.timestamp() {
-                t += step;
-            }
-            while t <= end.timestamp() {
-                let ts = Utc.timestamp_opt(t, 0).single().expect("in range");
-                if forex_open(ts) {
-                    out.push(ts);
-                } else {
-                    // Jump over the weekend rather than stepping through it.
-                    let local = utc_to_new_york(ts);
-                    if local.weekday() == Weekday::Sat {
-                        t += (24 * 3600 - (local.num_seconds_from_midnight() as i64))
-                            .div_euclid(step)
-                            * step;
-                    }
-                }
-                t += step;
-            }
-        }
-        (_, false) => {
-            let mut day = first_day;
-            while day <= last_day {
-                let key = match timeframe {
-                    Timeframe::D1 => trades_on(kind, day).then_some(day),
-                    Timeframe::W1 => (day.weekday() == Weekday::Mon
-                        && (0..5).any(|i| trades_on(kind, day + Duration::days(i))))
-                    .then_some(day),
-                    _ => (day.day() == 1 && month_trades(kind, day)).then_some(day),
-                };
-                if let Some(day) = key {
-                    let ts = midnight(day);
-                    if ts >= start && ts <= end {
-                        out.push(ts);
-                    }
-                }
-                day += Duration::days(1);
-            }
-        }
+    let mut from = start;
+    while let Some(t) = first_bar_time(kind, timeframe, from, end) {
+        out.push(t);
+        from = t + Duration::seconds(1);
     }
     out
 }
@@ -316,16 +295,9 @@ mod tests {
         assert_eq!(nyse_holiday(d(2024, 7, 4)), Some("Independence Day"));
         assert_eq!(nyse_holiday(d(2024, 11, 28)), Some("Thanksgiving Day"));
         assert_eq!(nyse_holiday(d(2024, 3, 29)), Some("Good Friday"));
-        assert_eq!(
-            nyse_holiday(d(2024, 1, 15)),
-            Some("Martin Luther King Jr. Day")
-        );
+        assert_eq!(nyse_holiday(d(2024, 1, 15)), Some("Martin Luther King Jr. Day"));
         assert_eq!(nyse_holiday(d(2024, 6, 19)), Some("Juneteenth"));
-        assert_eq!(
-            nyse_holiday(d(2021, 6, 18)),
-            None,
-            "Juneteenth began in 2022"
-        );
+        assert_eq!(nyse_holiday(d(2021, 6, 18)), None, "Juneteenth began in 2022");
         // July 4th 2026 is a Saturday: observed Friday the 3rd.
         assert_eq!(nyse_holiday(d(2026, 7, 3)), Some("Independence Day"));
         // Christmas 2022 was a Sunday: observed Monday the 26th.
@@ -340,14 +312,8 @@ mod tests {
 
     #[test]
     fn the_session_is_0930_to_1600_new_york_in_summer_and_winter() {
-        assert_eq!(
-            nyse_session(d(2024, 1, 2)).unwrap(),
-            (t("2024-01-02T14:30:00Z"), t("2024-01-02T21:00:00Z"))
-        );
-        assert_eq!(
-            nyse_session(d(2024, 7, 2)).unwrap(),
-            (t("2024-07-02T13:30:00Z"), t("2024-07-02T20:00:00Z"))
-        );
+        assert_eq!(nyse_session(d(2024, 1, 2)).unwrap(), (t("2024-01-02T14:30:00Z"), t("2024-01-02T21:00:00Z")));
+        assert_eq!(nyse_session(d(2024, 7, 2)).unwrap(), (t("2024-07-02T13:30:00Z"), t("2024-07-02T20:00:00Z")));
         assert!(nyse_session(d(2024, 7, 6)).is_none());
         assert_eq!(utc_to_new_york(t("2024-03-10T06:59:00Z")).hour(), 1);
         assert_eq!(utc_to_new_york(t("2024-03-10T07:00:00Z")).hour(), 3);
@@ -359,22 +325,10 @@ mod tests {
     fn forex_trades_sunday_evening_to_friday_evening() {
         assert!(forex_open(t("2024-01-08T03:00:00Z")), "Monday 03:00 UTC");
         assert!(!forex_open(t("2024-01-06T12:00:00Z")), "Saturday");
-        assert!(
-            !forex_open(t("2024-01-07T21:00:00Z")),
-            "Sunday 16:00 New York"
-        );
-        assert!(
-            forex_open(t("2024-01-07T22:00:00Z")),
-            "Sunday 17:00 New York"
-        );
-        assert!(
-            forex_open(t("2024-01-05T21:59:00Z")),
-            "Friday 16:59 New York"
-        );
-        assert!(
-            !forex_open(t("2024-01-05T22:00:00Z")),
-            "Friday 17:00 New York"
-        );
+        assert!(!forex_open(t("2024-01-07T21:00:00Z")), "Sunday 16:00 New York");
+        assert!(forex_open(t("2024-01-07T22:00:00Z")), "Sunday 17:00 New York");
+        assert!(forex_open(t("2024-01-05T21:59:00Z")), "Friday 16:59 New York");
+        assert!(!forex_open(t("2024-01-05T22:00:00Z")), "Friday 17:00 New York");
     }
 
     #[test]
@@ -387,61 +341,26 @@ mod tests {
 
     #[test]
     fn bars_exist_only_when_the_market_trades() {
-        let week = bar_times(
-            InstrumentKind::Stock,
-            Timeframe::H1,
-            t("2024-07-01T00:00:00Z"),
-            t("2024-07-07T23:59:00Z"),
-        );
-        assert_eq!(
-            week.len(),
-            4 * 7,
-            "four trading days of seven hourly bars (no 4 July)"
-        );
+        let week =
+            bar_times(InstrumentKind::Stock, Timeframe::H1, t("2024-07-01T00:00:00Z"), t("2024-07-07T23:59:00Z"));
+        assert_eq!(week.len(), 4 * 7, "four trading days of seven hourly bars (no 4 July)");
         assert!(week.iter().all(|b| b.date_naive() != d(2024, 7, 4)));
         assert_eq!(week[0], t("2024-07-01T13:30:00Z"));
-        let daily = bar_times(
-            InstrumentKind::Stock,
-            Timeframe::D1,
-            t("2024-07-01T00:00:00Z"),
-            t("2024-07-07T00:00:00Z"),
-        );
+        let daily =
+            bar_times(InstrumentKind::Stock, Timeframe::D1, t("2024-07-01T00:00:00Z"), t("2024-07-07T00:00:00Z"));
         assert_eq!(daily.len(), 4);
-        let fx = bar_times(
-            InstrumentKind::Forex,
-            Timeframe::H1,
-            t("2024-01-05T00:00:00Z"),
-            t("2024-01-08T23:00:00Z"),
-        );
+        let fx = bar_times(InstrumentKind::Forex, Timeframe::H1, t("2024-01-05T00:00:00Z"), t("2024-01-08T23:00:00Z"));
         assert!(fx.contains(&t("2024-01-08T03:00:00Z")));
         assert!(!fx.iter().any(|b| b.date_naive() == d(2024, 1, 6)));
-        assert_eq!(
-            fx.iter()
-                .filter(|b| b.date_naive() == d(2024, 1, 7))
-                .count(),
-            2,
-            "22:00 and 23:00 UTC on Sunday"
-        );
-        let minutes = bar_times(
-            InstrumentKind::Stock,
-            Timeframe::M1,
-            t("2024-01-02T00:00:00Z"),
-            t("2024-01-02T23:59:00Z"),
-        );
+        assert_eq!(fx.iter().filter(|b| b.date_naive() == d(2024, 1, 7)).count(), 2, "22:00 and 23:00 UTC on Sunday");
+        let minutes =
+            bar_times(InstrumentKind::Stock, Timeframe::M1, t("2024-01-02T00:00:00Z"), t("2024-01-02T23:59:00Z"));
         assert_eq!(minutes.len(), 390);
-        let weeks = bar_times(
-            InstrumentKind::Stock,
-            Timeframe::W1,
-            t("2024-01-01T00:00:00Z"),
-            t("2024-01-31T00:00:00Z"),
-        );
+        let weeks =
+            bar_times(InstrumentKind::Stock, Timeframe::W1, t("2024-01-01T00:00:00Z"), t("2024-01-31T00:00:00Z"));
         assert_eq!(weeks.len(), 5);
-        let months = bar_times(
-            InstrumentKind::Forex,
-            Timeframe::Mo1,
-            t("2024-01-01T00:00:00Z"),
-            t("2024-12-31T00:00:00Z"),
-        );
+        let months =
+            bar_times(InstrumentKind::Forex, Timeframe::Mo1, t("2024-01-01T00:00:00Z"), t("2024-12-31T00:00:00Z"));
         assert_eq!(months.len(), 12);
     }
 }

@@ -99,11 +99,7 @@ impl Timeframe {
     pub fn next_bar(self, ts: Timestamp) -> Timestamp {
         match self {
             Timeframe::Mo1 => {
-                let (y, m) = if ts.month() == 12 {
-                    (ts.year() + 1, 1)
-                } else {
-                    (ts.year(), ts.month() + 1)
-                };
+                let (y, m) = if ts.month() == 12 { (ts.year() + 1, 1) } else { (ts.year(), ts.month() + 1) };
                 let date = NaiveDate::from_ymd_opt(y, m, 1).expect("first of a month exists");
                 Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists"))
             }
@@ -128,10 +124,7 @@ impl<'de> Deserialize<'de> for Timeframe {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Timeframe::parse(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a timeframe (one of {})",
-                Timeframe::names().join(", ")
-            ))
+            serde::de::Error::custom(format!("`{text}` is not a timeframe (one of {})", Timeframe::names().join(", ")))
         })
     }
 }
@@ -146,10 +139,7 @@ mod tests {
         assert_eq!(Timeframe::parse("1m"), Some(Timeframe::M1));
         assert_eq!(Timeframe::parse("1H"), None);
         let jan31 = Utc.with_ymd_and_hms(2024, 12, 1, 0, 0, 0).unwrap();
-        assert_eq!(
-            Timeframe::Mo1.next_bar(jan31),
-            Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
-        );
+        assert_eq!(Timeframe::Mo1.next_bar(jan31), Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap());
         assert_eq!(Timeframe::H1.max_span(), Duration::days(30));
     }
 }

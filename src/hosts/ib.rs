@@ -67,26 +67,16 @@ pub fn classify(error: &str) -> IbError {
     if lower.starts_with("no data returned") || lower.contains("returned no data") {
         return IbError::NoData(error.to_owned());
     }
-    if lower.contains("symbol validation failed")
-        || (lower.contains("symbol") && lower.contains("not found"))
-    {
+    if lower.contains("symbol validation failed") || (lower.contains("symbol") && lower.contains("not found")) {
         return IbError::UnknownSymbol(error.to_owned());
     }
-    if lower.contains("pacing violation")
-        || lower.contains("error 162")
-        || lower.contains("error 420")
-    {
+    if lower.contains("pacing violation") || lower.contains("error 162") || lower.contains("error 420") {
         return IbError::Pacing(error.to_owned());
     }
     if let Some(at) = lower.find("head timestamp:") {
-        let rest = error[at + "head timestamp:".len()..]
-            .trim()
-            .trim_end_matches('.');
+        let rest = error[at + "head timestamp:".len()..].trim().trim_end_matches('.');
         if let Some(head) = time::parse_timestamp(rest) {
-            return IbError::BeforeHead {
-                head,
-                message: error.to_owned(),
-            };
+            return IbError::BeforeHead { head, message: error.to_owned() };
         }
     }
     IbError::Transient(error.to_owned())
@@ -111,30 +101,17 @@ struct BarFields {
 /// Decodes the `data` string of a historical answer: a JSON object keyed by timestamp. Bars
 /// without prices are dropped; the result is sorted by time.
 pub fn parse_bars(data: &str) -> Result<Vec<Bar>, String> {
-    let map: Map<String, Value> =
-        serde_json::from_str(data).map_err(|e| format!("bars are not a JSON object: {e}"))?;
+    let map: Map<String, Value> = serde_json::from_str(data).map_err(|e| format!("bars are not a JSON object: {e}"))?;
     let mut bars = Vec::with_capacity(map.len());
     for (key, value) in map {
         let timestamp = time::parse_timestamp(&key)
-            .or_else(|| {
-                key.parse::<i64>()
-                    .ok()
-                    .map(|ms| time::from_micros(ms.saturating_mul(1000)))
-            })
+            .or_else(|| key.parse::<i64>().ok().map(|ms| time::from_micros(ms.saturating_mul(1000))))
             .ok_or_else(|| format!("`{key}` is not a timestamp"))?;
         let f: BarFields = serde_json::from_value(value).map_err(|e| format!("bar {key}: {e}"))?;
-        let (Some(open), Some(high), Some(low), Some(close)) = (f.open, f.high, f.low, f.close)
-        else {
+        let (Some(open), Some(high), Some(low), Some(close)) = (f.open, f.high, f.low, f.close) else {
             continue;
         };
-        bars.push(Bar {
-            timestamp,
-            open,
-            high,
-            low,
-            close,
-            volume: f.volume.unwrap_or(0.0),
-        });
+        bars.push(Bar { timestamp, open, high, low, close, volume: f.volume.unwrap_or(0.0) });
     }
     bars.sort_by_key(|b| b.timestamp);
     Ok(bars)
@@ -153,17 +130,13 @@ pub struct Validation {
 impl Validation {
     /// The head timestamp IB reported for `timeframe`, if any.
     pub fn head(&self, timeframe: &str) -> Option<Timestamp> {
-        self.head_timestamps
-            .get(timeframe)
-            .and_then(|t| t.as_deref())
-            .and_then(time::parse_timestamp)
-            .or_else(|| {
-                self.contract_info
-                    .as_ref()
-                    .and_then(|c| c.get("head_timestamp"))
-                    .and_then(Value::as_str)
-                    .and_then(time::parse_timestamp)
-            })
+        self.head_timestamps.get(timeframe).and_then(|t| t.as_deref()).and_then(time::parse_timestamp).or_else(|| {
+            self.contract_info
+                .as_ref()
+                .and_then(|c| c.get("head_timestamp"))
+                .and_then(Value::as_str)
+                .and_then(time::parse_timestamp)
+        })
     }
 }
 
@@ -215,25 +188,15 @@ impl IbClient {
         on_wait: impl FnMut(Duration),
     ) -> Result<Vec<Bar>, IbError> {
         let (start, end) = (time::format_for_host(&start), time::format_for_host(&end));
-        let key = PacingKey {
-            contract: symbol.to_ascii_uppercase(),
-            request: format!("{symbol}|{timeframe}|{start}|{end}"),
-        };
-        self.pacing
-            .acquire(&key, token, on_wait)
-            .await
-            .map_err(|_| IbError::Cancelled)?;
-        let body = json!({ "symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "instrument_type": null });
-        let call =
-            Call::post("/data/historical", "/data/historical", &body).retry(Retry::ConnectOnly);
+        let key =
+            PacingKey { contract: symbol.to_ascii_uppercase(), request: format!("{symbol}|{timeframe}|{start}|{end}") };
+        self.pacing.acquire(&key, token, on_wait).await.map_err(|_| IbError::Cancelled)?;
+        let body =
+            json!({ "symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "instrument_type": null });
+        let call = Call::post("/data/historical", "/data/historical", &body).retry(Retry::ConnectOnly);
         let answer: HistoricalAnswer = self.host.json(&call, token).await?;
         if !answer.success {
-            let error = classify(
-                answer
-                    .error
-                    .as_deref()
-                    .unwrap_or("the IB host failed without a message"),
-            );
+            let error = classify(answer.error.as_deref().unwrap_or("the IB host failed without a message"));
             if matches!(error, IbError::Pacing(_)) {
                 self.pacing.penalize();
             }
@@ -250,39 +213,22 @@ impl IbClient {
         timeframes: &[&str],
         token: &CancellationToken,
     ) -> Result<Validation, IbError> {
-        let call = Call::post(
-            "/data/validate",
-            "/data/validate",
-            &json!({ "symbol": symbol, "timeframes": timeframes }),
-        )
-        .retry(Retry::Safe);
+        let call =
+            Call::post("/data/validate", "/data/validate", &json!({ "symbol": symbol, "timeframes": timeframes }))
+                .retry(Retry::Safe);
         let answer: ValidationAnswer = self.host.json(&call, token).await?;
         if !answer.success {
-            return Err(classify(
-                answer
-                    .error
-                    .as_deref()
-                    .unwrap_or("symbol validation failed"),
-            ));
+            return Err(classify(answer.error.as_deref().unwrap_or("symbol validation failed")));
         }
         Ok(answer.validation)
     }
 
     /// `GET /data/symbol-info/{symbol}`: like [`validate`](Self::validate) for `1h`.
-    pub async fn symbol_info(
-        &self,
-        symbol: &str,
-        token: &CancellationToken,
-    ) -> Result<Validation, IbError> {
-        let call = Call::get(
-            "/data/symbol-info/{symbol}",
-            format!("/data/symbol-info/{symbol}"),
-        );
+    pub async fn symbol_info(&self, symbol: &str, token: &CancellationToken) -> Result<Validation, IbError> {
+        let call = Call::get("/data/symbol-info/{symbol}", format!("/data/symbol-info/{symbol}"));
         let answer: ValidationAnswer = self.host.json(&call, token).await?;
         if !answer.success {
-            return Err(classify(
-                answer.error.as_deref().unwrap_or("symbol lookup failed"),
-            ));
+            return Err(classify(answer.error.as_deref().unwrap_or("symbol lookup failed")));
         }
         Ok(answer.validation)
     }
@@ -303,11 +249,7 @@ impl IbClient {
         }
         let answer: HeadAnswer = self.host.json(&call, token).await?;
         if !answer.success {
-            tracing::info!(
-                symbol,
-                error = answer.error.as_deref().unwrap_or(""),
-                "IB head timestamp unknown"
-            );
+            tracing::info!(symbol, error = answer.error.as_deref().unwrap_or(""), "IB head timestamp unknown");
             return Ok(None);
         }
         Ok(answer.timestamp.as_deref().and_then(time::parse_timestamp))
@@ -315,10 +257,7 @@ impl IbClient {
 
     /// `GET /health/detailed`: the host's view of its gateway connection.
     pub async fn health_detailed(&self, token: &CancellationToken) -> Result<Value, IbError> {
-        Ok(self
-            .host
-            .json(&Call::get("/health/detailed", "/health/detailed"), token)
-            .await?)
+        Ok(self.host.json(&Call::get("/health/detailed", "/health/detailed"), token).await?)
     }
 }
 
@@ -350,10 +289,8 @@ mod tests {
         );
         assert_eq!(bars[1].timestamp, t("2024-01-02T15:30:00Z"));
         assert!(parse_bars("{}").unwrap().is_empty());
-        let naive = parse_bars(
-            r#"{"2024-01-02 14:30:00":{"open":1,"high":2,"low":0.5,"close":1.5,"volume":null}}"#,
-        )
-        .unwrap();
+        let naive =
+            parse_bars(r#"{"2024-01-02 14:30:00":{"open":1,"high":2,"low":0.5,"close":1.5,"volume":null}}"#).unwrap();
         assert_eq!(naive[0].volume, 0.0);
     }
 
@@ -365,9 +302,7 @@ mod tests {
             classify(answer.error.as_deref().unwrap())
         };
         assert!(matches!(
-            error(
-                r#"{"success":false,"data":null,"rows":null,"error":"No data returned for AAPL 1h"}"#
-            ),
+            error(r#"{"success":false,"data":null,"rows":null,"error":"No data returned for AAPL 1h"}"#),
             IbError::NoData(_)
         ));
         assert!(matches!(
@@ -391,9 +326,7 @@ mod tests {
             IbError::Pacing(_)
         ));
         assert!(matches!(
-            error(
-                r#"{"success":false,"error":"Error 1100: Connectivity between IB and TWS has been lost"}"#
-            ),
+            error(r#"{"success":false,"error":"Error 1100: Connectivity between IB and TWS has been lost"}"#),
             IbError::Transient(_)
         ));
     }
@@ -410,32 +343,18 @@ mod tests {
         .unwrap();
         assert!(valid.success && valid.validation.is_valid);
         assert_eq!(valid.validation.head("1h"), Some(t("2005-03-01T00:00:00Z")));
-        assert_eq!(
-            valid.validation.head("1d"),
-            Some(t("2005-03-01T00:00:00Z")),
-            "falls back to the contract's head"
-        );
+        assert_eq!(valid.validation.head("1d"), Some(t("2005-03-01T00:00:00Z")), "falls back to the contract's head");
         let unknown: ValidationAnswer = serde_json::from_str(
             r#"{"success":true,"is_valid":false,"error_message":"Symbol XYZ not found","contract_info":null,"head_timestamps":{},"error":null}"#,
         )
         .unwrap();
         assert!(!unknown.validation.is_valid);
-        assert_eq!(
-            unknown.validation.error_message.as_deref(),
-            Some("Symbol XYZ not found")
-        );
-        let head: HeadAnswer = serde_json::from_str(
-            r#"{"success":true,"timestamp":"1980-12-12T14:30:00+00:00","error":null}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            head.timestamp.as_deref().and_then(time::parse_timestamp),
-            Some(t("1980-12-12T14:30:00Z"))
-        );
-        let failed: HeadAnswer = serde_json::from_str(
-            r#"{"success":false,"timestamp":null,"error":"IB not connected"}"#,
-        )
-        .unwrap();
+        assert_eq!(unknown.validation.error_message.as_deref(), Some("Symbol XYZ not found"));
+        let head: HeadAnswer =
+            serde_json::from_str(r#"{"success":true,"timestamp":"1980-12-12T14:30:00+00:00","error":null}"#).unwrap();
+        assert_eq!(head.timestamp.as_deref().and_then(time::parse_timestamp), Some(t("1980-12-12T14:30:00Z")));
+        let failed: HeadAnswer =
+            serde_json::from_str(r#"{"success":false,"timestamp":null,"error":"IB not connected"}"#).unwrap();
         assert!(!failed.success && failed.error.is_some());
     }
 }

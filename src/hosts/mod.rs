@@ -56,10 +56,8 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The pause before try `attempt + 1` (attempt ≥ 1): random in `[0, min(max, base·2^(attempt-1))]`.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max_delay);
+        let ceiling =
+            self.base_delay.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(self.max_delay);
         ceiling.mul_f64(fastrand::f64())
     }
 }
@@ -112,10 +110,7 @@ impl Call {
     }
 
     pub fn delete(endpoint: &'static str, path: impl Into<String>) -> Self {
-        Self {
-            method: Method::DELETE,
-            ..Self::get(endpoint, path)
-        }
+        Self { method: Method::DELETE, ..Self::get(endpoint, path) }
     }
 
     pub fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
@@ -189,11 +184,7 @@ impl fmt::Display for HostError {
             HostErrorKind::Body => "unreadable answer".to_owned(),
             HostErrorKind::Cancelled => "cancelled".to_owned(),
         };
-        write!(
-            f,
-            "{} host, {} {}: {what}",
-            self.host, self.method, self.path
-        )?;
+        write!(f, "{} host, {} {}: {what}", self.host, self.method, self.path)?;
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }
@@ -223,12 +214,7 @@ pub fn host_message(body: &[u8]) -> String {
             Value::Array(items) => Some(
                 items
                     .iter()
-                    .map(|i| {
-                        i.get("msg")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| i.to_string())
-                    })
+                    .map(|i| i.get("msg").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| i.to_string()))
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
@@ -258,9 +244,7 @@ pub struct HealthReport {
 }
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Counters and a latency histogram for one endpoint of one host.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -279,10 +263,7 @@ impl EndpointStats {
         self.requests += 1;
         let seconds = elapsed.as_secs_f64();
         self.latency_sum_seconds += seconds;
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|b| seconds <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+        let bucket = LATENCY_BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(LATENCY_BUCKETS.len());
         self.latency_buckets[bucket] += 1;
         if let Some(kind) = error {
             let class = match kind {
@@ -323,12 +304,7 @@ impl HostClient {
             .build()
             .map_err(|e| format!("{} host client: {e}", settings.name))?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                settings,
-                http,
-                stats: Mutex::new(HashMap::new()),
-                health: Mutex::new(None),
-            }),
+            inner: Arc::new(Inner { settings, http, stats: Mutex::new(HashMap::new()), health: Mutex::new(None) }),
         })
     }
 
@@ -343,11 +319,7 @@ impl HostClient {
     /// Sends `call`, retrying as its [`Retry`] allows, and returns the 2xx answer. The whole
     /// exchange (retries and their pauses included) races `token`: when it fires, the request is
     /// dropped at once and `HostErrorKind::Cancelled` returned.
-    pub async fn send(
-        &self,
-        call: &Call,
-        token: &CancellationToken,
-    ) -> Result<HostResponse, HostError> {
+    pub async fn send(&self, call: &Call, token: &CancellationToken) -> Result<HostResponse, HostError> {
         tokio::select! {
             biased;
             _ = token.cancelled() => {
@@ -360,11 +332,7 @@ impl HostClient {
     }
 
     /// [`send`](Self::send), then decodes the JSON answer.
-    pub async fn json<T: DeserializeOwned>(
-        &self,
-        call: &Call,
-        token: &CancellationToken,
-    ) -> Result<T, HostError> {
+    pub async fn json<T: DeserializeOwned>(&self, call: &Call, token: &CancellationToken) -> Result<T, HostError> {
         let response = self.send(call, token).await?;
         serde_json::from_slice(&response.body)
             .map_err(|e| self.error(call, HostErrorKind::Body, format!("unexpected answer: {e}")))
@@ -387,12 +355,7 @@ impl HostClient {
                         }
                 }
             };
-            self.observe(
-                call,
-                started.elapsed(),
-                result.as_ref().err().map(|e| &e.kind),
-                u64::from(retry),
-            );
+            self.observe(call, started.elapsed(), result.as_ref().err().map(|e| &e.kind), u64::from(retry));
             if !retry {
                 return result;
             }
@@ -404,11 +367,7 @@ impl HostClient {
     }
 
     async fn send_once(&self, call: &Call) -> Result<HostResponse, HostError> {
-        let url = format!(
-            "{}{}",
-            self.inner.settings.base_url.trim_end_matches('/'),
-            call.path
-        );
+        let url = format!("{}{}", self.inner.settings.base_url.trim_end_matches('/'), call.path);
         let mut request = self.inner.http.request(call.method.clone(), url);
         if !call.query.is_empty() {
             request = request.query(&call.query);
@@ -419,15 +378,9 @@ impl HostClient {
         if let Some(timeout) = call.timeout {
             request = request.timeout(timeout);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.transport_error(call, &e))?;
+        let response = request.send().await.map_err(|e| self.transport_error(call, &e))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(call, &e))?;
+        let body = response.bytes().await.map_err(|e| self.transport_error(call, &e))?;
         if !(200..300).contains(&status) {
             return Err(self.error(call, HostErrorKind::Status(status), host_message(&body)));
         }
@@ -452,20 +405,12 @@ impl HostClient {
     }
 
     fn error(&self, call: &Call, kind: HostErrorKind, message: String) -> HostError {
-        HostError {
-            host: self.name(),
-            method: call.method.clone(),
-            path: call.path.clone(),
-            kind,
-            message,
-        }
+        HostError { host: self.name(), method: call.method.clone(), path: call.path.clone(), kind, message }
     }
 
     fn observe(&self, call: &Call, elapsed: Duration, error: Option<&HostErrorKind>, retries: u64) {
         let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = stats
-            .entry((call.method.clone(), call.endpoint))
-            .or_default();
+        let entry = stats.entry((call.method.clone(), call.endpoint)).or_default();
         entry.observe(elapsed, error);
         entry.retries += retries;
     }
@@ -473,10 +418,7 @@ impl HostClient {
     /// Per-endpoint counters and latencies so far: `(method, endpoint, stats)`.
     pub fn stats(&self) -> Vec<(String, &'static str, EndpointStats)> {
         let stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = stats
-            .iter()
-            .map(|((m, e), s)| (m.to_string(), *e, s.clone()))
-            .collect();
+        let mut out: Vec<_> = stats.iter().map(|((m, e), s)| (m.to_string(), *e, s.clone())).collect();
         out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         out
     }
@@ -489,9 +431,7 @@ impl HostClient {
         {
             return report.clone();
         }
-        let call = Call::get("/health", "/health")
-            .timeout(settings.health_timeout)
-            .retry(Retry::Never);
+        let call = Call::get("/health", "/health").timeout(settings.health_timeout).retry(Retry::Never);
         let started = Instant::now();
         let result = self.send(&call, &CancellationToken::new()).await;
         let latency_ms = (started.elapsed().as_secs_f64() * 1e5).round() / 100.0;
@@ -513,8 +453,7 @@ impl HostClient {
                 body: None,
             },
         };
-        *self.inner.health.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), report.clone()));
+        *self.inner.health.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), report.clone()));
         report
     }
 }
@@ -525,12 +464,11 @@ mod tests {
 
     #[test]
     fn host_messages_come_from_detail_error_or_text() {
+        assert_eq!(host_message(br#"{"detail":"Service temporarily unavailable"}"#), "Service temporarily unavailable");
         assert_eq!(
-            host_message(br#"{"detail":"Service temporarily unavailable"}"#),
-            "Service temporarily unavailable"
-        );
-        assert_eq!(
-            host_message(br#"{"detail":[{"loc":["body","symbol"],"msg":"field required","type":"value_error.missing"}]}"#),
+            host_message(
+                br#"{"detail":[{"loc":["body","symbol"],"msg":"field required","type":"value_error.missing"}]}"#
+            ),
             "field required"
         );
         assert_eq!(
@@ -542,11 +480,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_within_its_cap() {
-        let policy = RetryPolicy {
-            attempts: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(300),
-        };
+        let policy =
+            RetryPolicy { attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(300) };
         for _ in 0..100 {
             assert!(policy.delay(1) <= Duration::from_millis(100));
             assert!(policy.delay(2) <= Duration::from_millis(200));

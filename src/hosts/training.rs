@@ -111,13 +111,7 @@ impl HostStatus {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            HostStatus::Completed
-                | HostStatus::Failed
-                | HostStatus::Stopped
-                | HostStatus::Cancelled
-        )
+        matches!(self, HostStatus::Completed | HostStatus::Failed | HostStatus::Stopped | HostStatus::Cancelled)
     }
 }
 
@@ -213,16 +207,9 @@ fn parse_epoch_text(text: &str) -> (Option<u32>, Option<u32>, Option<u32>, Optio
             return (None, None);
         };
         let rest = &text[at + label.len()..];
-        let word: String = rest
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '/')
-            .collect();
+        let word: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '/').collect();
         let mut parts = word.split('/');
-        (
-            parts.next().and_then(|p| p.parse().ok()),
-            parts.next().and_then(|p| p.parse().ok()),
-        )
+        (parts.next().and_then(|p| p.parse().ok()), parts.next().and_then(|p| p.parse().ok()))
     };
     let (epoch, total_epochs) = pair("Epoch");
     let (batch, total_batches) = pair("Batch");
@@ -241,12 +228,8 @@ pub fn parse_session_status(body: &Value) -> HostSnapshot {
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
             .unwrap_or_default()
     };
-    let (train_loss, val_loss, train_acc, val_acc) = (
-        series("train_loss"),
-        series("val_loss"),
-        series("train_accuracy"),
-        series("val_accuracy"),
-    );
+    let (train_loss, val_loss, train_acc, val_acc) =
+        (series("train_loss"), series("val_loss"), series("train_accuracy"), series("val_accuracy"));
     let epochs = (0..train_loss.len().max(val_loss.len()))
         .map(|i| EpochMetrics {
             epoch: i as u32,
@@ -262,9 +245,7 @@ pub fn parse_session_status(body: &Value) -> HostSnapshot {
     HostSnapshot {
         status: HostStatus::from_text(&host_status),
         host_status,
-        percentage: f64_of(&progress, "progress_percent")
-            .unwrap_or(0.0)
-            .clamp(0.0, 100.0),
+        percentage: f64_of(&progress, "progress_percent").unwrap_or(0.0).clamp(0.0, 100.0),
         epoch: u32_of(&progress, "epoch").or(e),
         total_epochs: u32_of(&progress, "total_epochs").or(te),
         batch: u32_of(&progress, "batch").or(b),
@@ -293,18 +274,12 @@ pub fn parse_operation(data: &Value) -> HostSnapshot {
         .get("metrics")
         .and_then(|m| m.get("epochs"))
         .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|e| serde_json::from_value::<EpochMetrics>(e.clone()).ok())
-                .collect()
-        })
+        .map(|list| list.iter().filter_map(|e| serde_json::from_value::<EpochMetrics>(e.clone()).ok()).collect())
         .unwrap_or_default();
     HostSnapshot {
         status,
         host_status,
-        percentage: f64_of(&progress, "percentage")
-            .unwrap_or(0.0)
-            .clamp(0.0, 100.0),
+        percentage: f64_of(&progress, "percentage").unwrap_or(0.0).clamp(0.0, 100.0),
         epoch: u32_of(&context, "epoch").or(e),
         total_epochs: u32_of(&context, "total_epochs").or(te),
         batch: u32_of(&context, "batch").or(b),
@@ -324,11 +299,7 @@ impl TrainingClient {
             ProtocolChoice::Fixed(p) => Some(p),
             ProtocolChoice::Auto => None,
         };
-        Self {
-            host,
-            choice,
-            detected: Mutex::new(detected),
-        }
+        Self { host, choice, detected: Mutex::new(detected) }
     }
 
     pub fn host(&self) -> &HostClient {
@@ -358,18 +329,11 @@ impl TrainingClient {
     }
 
     /// `POST /training/start` in the host's generation.
-    pub async fn start(
-        &self,
-        request: &StartRequest,
-        token: &CancellationToken,
-    ) -> Result<Session, StartError> {
-        let protocol = self.protocol(token).await.map_err(|e| {
-            if e.is_cancelled() {
-                StartError::Cancelled
-            } else {
-                StartError::Failed(e)
-            }
-        })?;
+    pub async fn start(&self, request: &StartRequest, token: &CancellationToken) -> Result<Session, StartError> {
+        let protocol = self
+            .protocol(token)
+            .await
+            .map_err(|e| if e.is_cancelled() { StartError::Cancelled } else { StartError::Failed(e) })?;
         let body = match protocol {
             Protocol::Sessions => json!({
                 "model_configuration": {
@@ -391,46 +355,28 @@ impl TrainingClient {
             }),
         };
         let call = Call::post("/training/start", "/training/start", &body);
-        let answer: Value = self
-            .host
-            .json(&call, token)
-            .await
-            .map_err(|e| match e.kind {
-                HostErrorKind::Cancelled => StartError::Cancelled,
-                HostErrorKind::Status(503) => StartError::Busy(e.message),
-                HostErrorKind::Status(409) => StartError::Duplicate(e.message),
-                HostErrorKind::Status(400..=499) => StartError::Rejected(e.message),
-                _ => StartError::Failed(e),
-            })?;
+        let answer: Value = self.host.json(&call, token).await.map_err(|e| match e.kind {
+            HostErrorKind::Cancelled => StartError::Cancelled,
+            HostErrorKind::Status(503) => StartError::Busy(e.message),
+            HostErrorKind::Status(409) => StartError::Duplicate(e.message),
+            HostErrorKind::Status(400..=499) => StartError::Rejected(e.message),
+            _ => StartError::Failed(e),
+        })?;
         let id = match protocol {
-            Protocol::Operations => {
-                text_of(&answer, "operation_id").or_else(|| text_of(&answer, "session_id"))
-            }
+            Protocol::Operations => text_of(&answer, "operation_id").or_else(|| text_of(&answer, "session_id")),
             Protocol::Sessions => text_of(&answer, "session_id"),
         };
         let id = id.ok_or_else(|| {
-            StartError::Rejected(format!(
-                "the training host answered without a session id: {answer}"
-            ))
+            StartError::Rejected(format!("the training host answered without a session id: {answer}"))
         })?;
         Ok(Session { id, protocol })
     }
 
     /// The session's current state.
-    pub async fn poll(
-        &self,
-        session: &Session,
-        token: &CancellationToken,
-    ) -> Result<HostSnapshot, PollError> {
+    pub async fn poll(&self, session: &Session, token: &CancellationToken) -> Result<HostSnapshot, PollError> {
         let call = match session.protocol {
-            Protocol::Sessions => Call::get(
-                "/training/status/{id}",
-                format!("/training/status/{}", session.id),
-            ),
-            Protocol::Operations => Call::get(
-                "/api/v1/operations/{id}",
-                format!("/api/v1/operations/{}", session.id),
-            ),
+            Protocol::Sessions => Call::get("/training/status/{id}", format!("/training/status/{}", session.id)),
+            Protocol::Operations => Call::get("/api/v1/operations/{id}", format!("/api/v1/operations/{}", session.id)),
         };
         let body: Value = self.host.json(&call, token).await.map_err(lost_or_failed)?;
         Ok(match session.protocol {
@@ -440,12 +386,7 @@ impl TrainingClient {
     }
 
     /// Tells the host to stop the session.
-    pub async fn stop(
-        &self,
-        session: &Session,
-        reason: &str,
-        token: &CancellationToken,
-    ) -> Result<StopAck, PollError> {
+    pub async fn stop(&self, session: &Session, reason: &str, token: &CancellationToken) -> Result<StopAck, PollError> {
         let call = match session.protocol {
             Protocol::Sessions => Call::post(
                 "/training/stop",
@@ -453,34 +394,23 @@ impl TrainingClient {
                 &json!({ "session_id": session.id, "save_checkpoint": true }),
             )
             .retry(Retry::Safe),
-            Protocol::Operations => Call::delete(
-                "/api/v1/operations/{id}/cancel",
-                format!("/api/v1/operations/{}/cancel", session.id),
-            )
-            .query("reason", reason),
+            Protocol::Operations => {
+                Call::delete("/api/v1/operations/{id}/cancel", format!("/api/v1/operations/{}/cancel", session.id))
+                    .query("reason", reason)
+            }
         }
         .timeout(STOP_TIMEOUT);
         let body: Value = self.host.json(&call, token).await.map_err(lost_or_failed)?;
         let data = body.get("data").unwrap_or(&body);
-        Ok(StopAck {
-            status: text_of(data, "status"),
-            message: text_of(data, "message"),
-        })
+        Ok(StopAck { status: text_of(data, "status"), message: text_of(data, "message") })
     }
 
     /// The final result: `/training/result/{id}` (sessions; `None` when the host has no such
     /// endpoint) or the operation's `result_summary`.
-    pub async fn result(
-        &self,
-        session: &Session,
-        token: &CancellationToken,
-    ) -> Result<Option<Value>, PollError> {
+    pub async fn result(&self, session: &Session, token: &CancellationToken) -> Result<Option<Value>, PollError> {
         match session.protocol {
             Protocol::Sessions => {
-                let call = Call::get(
-                    "/training/result/{id}",
-                    format!("/training/result/{}", session.id),
-                );
+                let call = Call::get("/training/result/{id}", format!("/training/result/{}", session.id));
                 match self.host.json::<Value>(&call, token).await {
                     Ok(v) => Ok(Some(v)),
                     Err(e) if e.status() == Some(404) => Ok(None),
@@ -493,8 +423,8 @@ impl TrainingClient {
 }
 
 fn lost_or_failed(e: HostError) -> PollError {
-    let not_found = e.status() == Some(404)
-        || (e.status() == Some(500) && e.message.to_ascii_lowercase().contains("not found"));
+    let not_found =
+        e.status() == Some(404) || (e.status() == Some(500) && e.message.to_ascii_lowercase().contains("not found"));
     if e.is_cancelled() {
         PollError::Cancelled
     } else if not_found {
@@ -521,30 +451,17 @@ mod tests {
         let s = parse_session_status(&body);
         assert_eq!(s.status, HostStatus::Running);
         assert_eq!(s.percentage, 5.6);
-        assert_eq!(
-            (s.epoch, s.total_epochs, s.batch, s.total_batches),
-            (Some(5), Some(100), Some(40), Some(78))
-        );
+        assert_eq!((s.epoch, s.total_epochs, s.batch, s.total_batches), (Some(5), Some(100), Some(40), Some(78)));
         assert_eq!((s.items_processed, s.items_total), (Some(352), Some(7800)));
         assert_eq!(s.epochs.len(), 2);
         assert_eq!(
             s.epochs[1],
-            EpochMetrics {
-                epoch: 1,
-                train_loss: Some(0.69),
-                val_loss: Some(0.70),
-                ..EpochMetrics::default()
-            }
+            EpochMetrics { epoch: 1, train_loss: Some(0.69), val_loss: Some(0.70), ..EpochMetrics::default() }
         );
-        for (text, status) in [
-            ("initializing", HostStatus::Starting),
-            ("stopped", HostStatus::Stopped),
-            ("failed", HostStatus::Failed),
-        ] {
-            assert_eq!(
-                parse_session_status(&json!({ "status": text })).status,
-                status
-            );
+        for (text, status) in
+            [("initializing", HostStatus::Starting), ("stopped", HostStatus::Stopped), ("failed", HostStatus::Failed)]
+        {
+            assert_eq!(parse_session_status(&json!({ "status": text })).status, status);
         }
     }
 
@@ -566,14 +483,9 @@ mod tests {
         );
         assert_eq!(s.epochs.len(), 1);
         assert_eq!(s.epochs[0].train_accuracy, Some(0.59));
-        let done = parse_operation(
-            &json!({ "status": "completed", "result_summary": { "model_path": "m.pt" } }),
-        );
+        let done = parse_operation(&json!({ "status": "completed", "result_summary": { "model_path": "m.pt" } }));
         assert_eq!(done.status, HostStatus::Completed);
         assert_eq!(done.result, Some(json!({ "model_path": "m.pt" })));
-        assert_eq!(
-            parse_operation(&json!({ "status": "pending" })).status,
-            HostStatus::Starting
-        );
+        assert_eq!(parse_operation(&json!({ "status": "pending" })).status, HostStatus::Starting);
     }
 }

@@ -79,10 +79,7 @@ impl RemoteStopHook {
         F: FnOnce(RemoteStopReport) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        RemoteStopHook {
-            host: host.into(),
-            run: Box::new(move |report| Box::pin(run(report))),
-        }
+        RemoteStopHook { host: host.into(), run: Box::new(move |report| Box::pin(run(report))) }
     }
 }
 

@@ -15,9 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ops::job::RemoteStopHook;
 use crate::ops::orchestrator::SHUTDOWN_REASON;
 use crate::ops::progress::{Progress, Renderer, Tracker};
-use crate::ops::record::{
-    Cancellation, OperationRecord, Outcome, RemoteStop, Status, TransitionError,
-};
+use crate::ops::record::{Cancellation, OperationRecord, Outcome, RemoteStop, Status, TransitionError};
 use crate::ops::snapshot::Snapshot;
 use crate::time;
 
@@ -93,17 +91,11 @@ impl LiveOperation {
     /// Copies the current record, lets `change` edit the copy (returning `None` to drop it), then
     /// publishes it as the next version and wakes waiters — all under the writer mutex, so
     /// versions are published in order.
-    fn modify<R>(
-        &self,
-        change: impl FnOnce(&mut Draft<'_>) -> Option<R>,
-    ) -> Option<(R, Arc<Snapshot>)> {
+    fn modify<R>(&self, change: impl FnOnce(&mut Draft<'_>) -> Option<R>) -> Option<(R, Arc<Snapshot>)> {
         let mut tracker = Self::lock(&self.writer);
         let current = self.current.load();
-        let mut draft = Draft {
-            record: current.record.clone(),
-            job_state: current.job_state.clone(),
-            tracker: &mut tracker,
-        };
+        let mut draft =
+            Draft { record: current.record.clone(), job_state: current.job_state.clone(), tracker: &mut tracker };
         let result = change(&mut draft)?;
         draft.record.version += 1;
         let version = draft.record.version;
@@ -131,10 +123,7 @@ impl LiveOperation {
 
     /// A change to the record's other fields (warnings, metrics, resume state) while it runs.
     /// Returns `None` (and changes nothing) once terminal.
-    pub(crate) fn edit(
-        &self,
-        change: impl FnOnce(&mut OperationRecord, &mut Option<Value>),
-    ) -> Option<Arc<Snapshot>> {
+    pub(crate) fn edit(&self, change: impl FnOnce(&mut OperationRecord, &mut Option<Value>)) -> Option<Arc<Snapshot>> {
         self.modify(|d| {
             if d.record.status.is_terminal() {
                 return None;
@@ -174,11 +163,8 @@ impl LiveOperation {
             if d.record.cancellation.is_some() {
                 return None;
             }
-            d.record.cancellation = Some(Cancellation {
-                requested_at: time::now(),
-                reason: reason.to_owned(),
-                ..Cancellation::default()
-            });
+            d.record.cancellation =
+                Some(Cancellation { requested_at: time::now(), reason: reason.to_owned(), ..Cancellation::default() });
             Some(())
         });
         match recorded {
@@ -191,12 +177,7 @@ impl LiveOperation {
     /// the outcome is `cancelled` whatever the work returned: the DELETE's answer stands.
     /// `remote_host` names the host told to stop the remote part of cancelled work.
     /// Returns `None` when the operation had already ended (terminal is final).
-    pub(crate) fn finish(
-        &self,
-        outcome: Outcome,
-        forced: bool,
-        remote_host: Option<String>,
-    ) -> Option<Arc<Snapshot>> {
+    pub(crate) fn finish(&self, outcome: Outcome, forced: bool, remote_host: Option<String>) -> Option<Arc<Snapshot>> {
         let token_fired = self.token.is_cancelled();
         self.modify(|d| {
             let record = &mut d.record;
@@ -204,9 +185,8 @@ impl LiveOperation {
                 return None;
             }
             let now = time::now();
-            let cancelled = record.cancellation.is_some()
-                || token_fired
-                || matches!(outcome, Outcome::Cancelled { .. });
+            let cancelled =
+                record.cancellation.is_some() || token_fired || matches!(outcome, Outcome::Cancelled { .. });
             let outcome = if cancelled {
                 let reason = match outcome {
                     // Fired without an intent on record: the whole service is stopping.
@@ -221,13 +201,8 @@ impl LiveOperation {
                 });
                 cancellation.stopped_at = Some(now);
                 cancellation.forced = forced;
-                cancellation.remote = remote_host.map(|host| RemoteStop {
-                    host,
-                    ..RemoteStop::default()
-                });
-                Outcome::Cancelled {
-                    reason: cancellation.reason.clone(),
-                }
+                cancellation.remote = remote_host.map(|host| RemoteStop { host, ..RemoteStop::default() });
+                Outcome::Cancelled { reason: cancellation.reason.clone() }
             } else {
                 outcome
             };
@@ -238,10 +213,7 @@ impl LiveOperation {
 
     /// Updates the remote half of the cancellation (allowed after the end: it reports what a
     /// host did later, and touches neither status, result nor error).
-    pub(crate) fn edit_remote_stop(
-        &self,
-        change: impl FnOnce(&mut RemoteStop),
-    ) -> Option<Arc<Snapshot>> {
+    pub(crate) fn edit_remote_stop(&self, change: impl FnOnce(&mut RemoteStop)) -> Option<Arc<Snapshot>> {
         self.modify(|d| {
             let cancellation = d.record.cancellation.as_mut()?;
             change(cancellation.remote.get_or_insert_with(RemoteStop::default));

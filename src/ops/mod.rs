@@ -12,12 +12,9 @@ pub mod snapshot;
 pub mod store;
 
 pub use job::{
-    BoxedJob, Job, JobContext, JobError, JobResult, OperationType, Reattach, RemoteStopHook,
-    RemoteStopReport,
+    BoxedJob, Job, JobContext, JobError, JobResult, OperationType, Reattach, RemoteStopHook, RemoteStopReport,
 };
-pub use orchestrator::{
-    CancelError, Lookup, OperationSpec, Orchestrator, Settings, SubmitError, Submitted,
-};
+pub use orchestrator::{CancelError, Lookup, OperationSpec, Orchestrator, Settings, SubmitError, Submitted};
 pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};
 pub use record::{OperationRecord, Status};
 pub use snapshot::Snapshot;

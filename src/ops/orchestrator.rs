@@ -171,12 +171,7 @@ impl Orchestrator {
     pub fn new(store: Store, settings: Settings, types: Vec<OperationType>) -> Self {
         let slots = types
             .iter()
-            .filter_map(|t| {
-                settings
-                    .max_concurrent
-                    .get(t.name)
-                    .map(|n| (t.name, Arc::new(Semaphore::new(*n))))
-            })
+            .filter_map(|t| settings.max_concurrent.get(t.name).map(|n| (t.name, Arc::new(Semaphore::new(*n)))))
             .collect();
         let inner = Arc::new(Inner {
             store,
@@ -208,28 +203,15 @@ impl Orchestrator {
 
     /// Operations running (or waiting to run) in this process.
     pub fn active_count(&self) -> usize {
-        self.inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
-        self.inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(operation_id)
-            .cloned()
+        self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).get(operation_id).cloned()
     }
 
     /// Stores a new `pending` operation, then starts its job in the background.
-    pub async fn submit(
-        &self,
-        spec: OperationSpec,
-        job: BoxedJob,
-    ) -> Result<Submitted, SubmitError> {
+    pub async fn submit(&self, spec: OperationSpec, job: BoxedJob) -> Result<Submitted, SubmitError> {
         let inner = &self.inner;
         if !inner.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
@@ -240,45 +222,25 @@ impl Orchestrator {
             .ok_or_else(|| SubmitError::UnknownType(spec.operation_type.to_owned()))?;
         let not_before = time::now() - inner.settings.idempotency_ttl;
         if let Some(key) = &spec.idempotency
-            && let Some((operation_id, fingerprint)) = inner
-                .store
-                .find_idempotency(&key.scope, &key.key, not_before)
-                .await?
+            && let Some((operation_id, fingerprint)) =
+                inner.store.find_idempotency(&key.scope, &key.key, not_before).await?
         {
             return existing(key, operation_id, fingerprint);
         }
 
         let id = format!("op_{}_{}", ty.name, Uuid::now_v7().simple());
-        let record = crate::ops::record::OperationRecord::new(
-            id.clone(),
-            ty.name.to_owned(),
-            spec.metadata,
-            ty.steps_total,
-        );
+        let record =
+            crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), spec.metadata, ty.steps_total);
         let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token());
         let idempotency = spec.idempotency.clone().map(|key| (key, not_before));
-        match inner
-            .store
-            .insert(op.snapshot(), &inner.settings.node_id, idempotency)
-            .await?
-        {
+        match inner.store.insert(op.snapshot(), &inner.settings.node_id, idempotency).await? {
             Inserted::New => {}
-            Inserted::Existing {
-                operation_id,
-                fingerprint,
-            } => {
-                let key = spec
-                    .idempotency
-                    .as_ref()
-                    .expect("only keyed inserts find an existing operation");
+            Inserted::Existing { operation_id, fingerprint } => {
+                let key = spec.idempotency.as_ref().expect("only keyed inserts find an existing operation");
                 return existing(key, operation_id, fingerprint);
             }
         }
-        inner
-            .registry
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, op.clone());
+        inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(id, op.clone());
         spawn(inner.clone(), op.clone(), job, false);
         Ok(Submitted::Started(op.snapshot()))
     }
@@ -288,19 +250,11 @@ impl Orchestrator {
         if let Some(op) = self.live(operation_id) {
             return Ok(Some(Lookup::Live(LiveView { op })));
         }
-        Ok(self
-            .inner
-            .store
-            .get(operation_id)
-            .await?
-            .map(|s| Lookup::Stored(Arc::new(s))))
+        Ok(self.inner.store.get(operation_id).await?.map(|s| Lookup::Stored(Arc::new(s))))
     }
 
     /// A page of stored operations, newest first; running ones show their live progress.
-    pub async fn list(
-        &self,
-        filter: &ListFilter,
-    ) -> Result<(Vec<Arc<Snapshot>>, u64, u64), StoreError> {
+    pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<Arc<Snapshot>>, u64, u64), StoreError> {
         let page = self.inner.store.list(filter).await?;
         let operations = page
             .operations
@@ -315,19 +269,14 @@ impl Orchestrator {
 
     /// Cancels an operation and answers once its work has stopped and `cancelled` is stored
     /// (api.md §4). Work that ignores its token past the grace period is aborted.
-    pub async fn cancel(
-        &self,
-        operation_id: &str,
-        reason: Option<String>,
-    ) -> Result<Cancelled, CancelError> {
+    pub async fn cancel(&self, operation_id: &str, reason: Option<String>) -> Result<Cancelled, CancelError> {
         let inner = &self.inner;
         let Some(op) = self.live(operation_id) else {
             return match inner.store.get(operation_id).await? {
                 None => Err(CancelError::NotFound(operation_id.to_owned())),
-                Some(s) if s.is_terminal() => Err(CancelError::NotCancellable {
-                    id: operation_id.to_owned(),
-                    status: s.record.status,
-                }),
+                Some(s) if s.is_terminal() => {
+                    Err(CancelError::NotCancellable { id: operation_id.to_owned(), status: s.record.status })
+                }
                 Some(_) => match self.live(operation_id) {
                     // Stored a moment before it entered the registry: try again with it.
                     Some(_) => Box::pin(self.cancel(operation_id, reason)).await,
@@ -341,34 +290,21 @@ impl Orchestrator {
             .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned());
         match op.request_cancel(&reason) {
             CancelRequest::Terminal(status) => {
-                return Err(CancelError::NotCancellable {
-                    id: op.id.clone(),
-                    status,
-                });
+                return Err(CancelError::NotCancellable { id: op.id.clone(), status });
             }
             CancelRequest::First(intent) => {
                 // The intent is queued before the work is told to stop. The writer commits in
                 // order, so it is durable no later than the final `cancelled` this call waits
                 // for — without a second round trip to the database on the way.
-                if let Err(e) = inner
-                    .store
-                    .save_later(vec![intent], &inner.settings.node_id)
-                    .await
-                {
+                if let Err(e) = inner.store.save_later(vec![intent], &inner.settings.node_id).await {
                     tracing::warn!(operation_id, error = %e, "could not store the cancel intent; cancelling anyway");
                 }
                 op.token.cancel();
             }
             CancelRequest::AlreadyRequested => op.token.cancel(),
         }
-        if timeout(inner.settings.cancel_grace, op.settled())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                operation_id,
-                "work ignored cancellation for the grace period; aborting it"
-            );
+        if timeout(inner.settings.cancel_grace, op.settled()).await.is_err() {
+            tracing::warn!(operation_id, "work ignored cancellation for the grace period; aborting it");
             if let Some(handle) = op.abort.get() {
                 handle.abort();
             }
@@ -377,17 +313,10 @@ impl Orchestrator {
         let snapshot = op.snapshot();
         match snapshot.record.status {
             Status::Cancelled => Ok(Cancelled {
-                remote_cancelled: snapshot
-                    .record
-                    .cancellation
-                    .as_ref()
-                    .is_some_and(|c| c.remote.is_some()),
+                remote_cancelled: snapshot.record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
                 snapshot,
             }),
-            status => Err(CancelError::NotCancellable {
-                id: op.id.clone(),
-                status,
-            }),
+            status => Err(CancelError::NotCancellable { id: op.id.clone(), status }),
         }
     }
 
@@ -400,9 +329,7 @@ impl Orchestrator {
         for stored in inner.store.unfinished(owner).await? {
             let record = &stored.record;
             let ty = inner.types.get(record.operation_type.as_str());
-            let job = ty
-                .and_then(|t| t.reattach.as_ref())
-                .and_then(|r| r.reattach(record, stored.job_state.as_ref()));
+            let job = ty.and_then(|t| t.reattach.as_ref()).and_then(|r| r.reattach(record, stored.job_state.as_ref()));
             match (ty, job) {
                 (Some(ty), Some(job)) => {
                     let op = LiveOperation::new(
@@ -411,43 +338,28 @@ impl Orchestrator {
                         ty.renderer.clone(),
                         inner.root.child_token(),
                     );
-                    inner
-                        .registry
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(op.id.clone(), op.clone());
+                    inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
                     tracing::info!(operation_id = %op.id, "re-attached an operation left running by the previous run");
                     spawn(inner.clone(), op, job, record.status == Status::Running);
                     reattached += 1;
                 }
                 _ => {
-                    let renderer = ty
-                        .map(|t| t.renderer.clone())
-                        .unwrap_or_else(|| Arc::new(DefaultRenderer));
+                    let renderer = ty.map(|t| t.renderer.clone()).unwrap_or_else(|| Arc::new(DefaultRenderer));
                     let op = LiveOperation::new(
                         record.clone(),
                         stored.job_state.clone(),
                         renderer,
                         CancellationToken::new(),
                     );
-                    if let Some(snapshot) =
-                        op.finish(Outcome::Failed(INTERRUPTED.to_owned()), false, None)
-                    {
-                        inner
-                            .store
-                            .save(vec![snapshot], &inner.settings.node_id)
-                            .await?;
+                    if let Some(snapshot) = op.finish(Outcome::Failed(INTERRUPTED.to_owned()), false, None) {
+                        inner.store.save(vec![snapshot], &inner.settings.node_id).await?;
                     }
                     failed += 1;
                 }
             }
         }
         if reattached + failed > 0 {
-            tracing::info!(
-                reattached,
-                failed,
-                "reconciled operations left unfinished by the previous run"
-            );
+            tracing::info!(reattached, failed, "reconciled operations left unfinished by the previous run");
         }
         Ok((reattached, failed))
     }
@@ -462,26 +374,14 @@ impl Orchestrator {
         inner.tasks.close();
         let grace = inner.settings.cancel_grace.min(deadline / 2);
         if timeout(grace, inner.tasks.wait()).await.is_err() {
-            let stuck: Vec<_> = inner
-                .registry
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            tracing::warn!(
-                operations = stuck.len(),
-                "aborting work that ignored the shutdown"
-            );
+            let stuck: Vec<_> = inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            tracing::warn!(operations = stuck.len(), "aborting work that ignored the shutdown");
             for op in stuck {
                 if let Some(handle) = op.abort.get() {
                     handle.abort();
                 }
             }
-            if tokio::time::timeout_at(end, inner.tasks.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(end, inner.tasks.wait()).await.is_err() {
                 tracing::error!("shutdown deadline passed with operations still finishing");
             }
         }
@@ -493,11 +393,7 @@ impl Orchestrator {
     }
 }
 
-fn existing(
-    key: &IdempotencyKey,
-    operation_id: String,
-    fingerprint: String,
-) -> Result<Submitted, SubmitError> {
+fn existing(key: &IdempotencyKey, operation_id: String, fingerprint: String) -> Result<Submitted, SubmitError> {
     if fingerprint == key.fingerprint {
         Ok(Submitted::Existing(operation_id))
     } else {
@@ -514,27 +410,19 @@ fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_runni
     let tasks = inner.tasks.clone();
     let supervisor = async move {
         if op.token.is_cancelled() {
-            finish(
-                &inner,
-                &op,
-                Outcome::Cancelled {
-                    reason: SHUTDOWN_REASON.to_owned(),
-                },
-                false,
-            )
-            .await;
+            finish(&inner, &op, Outcome::Cancelled { reason: SHUTDOWN_REASON.to_owned() }, false).await;
             return;
         }
         // Holding the slot for as long as the work runs.
-        let _slot = match inner
-            .slots
-            .get(op.snapshot().record.operation_type.as_str())
-        {
+        let _slot = match inner.slots.get(op.snapshot().record.operation_type.as_str()) {
             Some(slots) if !already_running => {
                 let slots = slots.clone();
                 if slots.available_permits() == 0 {
                     op.edit_progress(|tracker, progress| {
-                        tracker.detail(progress, "waiting for a free slot (the concurrency limit of this type is reached)".to_owned())
+                        tracker.detail(
+                            progress,
+                            "waiting for a free slot (the concurrency limit of this type is reached)".to_owned(),
+                        )
                     });
                 }
                 tokio::select! {
@@ -550,48 +438,27 @@ fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_runni
         if !already_running {
             match op.start() {
                 Ok(snapshot) => {
-                    let _ = inner
-                        .store
-                        .save_later(vec![snapshot], &inner.settings.node_id)
-                        .await;
+                    let _ = inner.store.save_later(vec![snapshot], &inner.settings.node_id).await;
                 }
                 Err(_) => return,
             }
         }
-        let ctx = JobContext {
-            op: op.clone(),
-            store: inner.store.clone(),
-            owner: inner.settings.node_id.clone(),
-        };
+        let ctx = JobContext { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
         // The work runs inside this task (one task per operation), abortable from a cancel
         // that outlives its grace period, and with panics caught so an outcome is always stored.
         let (abort, registration) = AbortHandle::new_pair();
         let _ = op.abort.set(abort);
-        let work = Abortable::new(
-            AssertUnwindSafe(job.start(ctx)).catch_unwind(),
-            registration,
-        );
+        let work = Abortable::new(AssertUnwindSafe(job.start(ctx)).catch_unwind(), registration);
         let (outcome, forced) = match work.await {
             Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
             Ok(Ok(Err(JobError::Failed(message)))) => (Outcome::Failed(message), false),
-            Ok(Ok(Err(JobError::Cancelled))) => (
-                Outcome::Cancelled {
-                    reason: DEFAULT_CANCEL_REASON.to_owned(),
-                },
-                false,
-            ),
-            Err(Aborted) => (
-                Outcome::Cancelled {
-                    reason: DEFAULT_CANCEL_REASON.to_owned(),
-                },
-                true,
-            ),
+            Ok(Ok(Err(JobError::Cancelled))) => {
+                (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, false)
+            }
+            Err(Aborted) => (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, true),
             Ok(Err(_panic)) => {
                 tracing::error!("the operation's work panicked");
-                (
-                    Outcome::Failed("internal error: the operation's work crashed".to_owned()),
-                    false,
-                )
+                (Outcome::Failed("internal error: the operation's work crashed".to_owned()), false)
             }
         };
         finish(&inner, &op, outcome, forced).await;
@@ -607,18 +474,10 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     let Some(snapshot) = op.finish(outcome, forced, remote_host) else {
         return;
     };
-    if let Err(e) = inner
-        .store
-        .save(vec![snapshot.clone()], &inner.settings.node_id)
-        .await
-    {
+    if let Err(e) = inner.store.save(vec![snapshot.clone()], &inner.settings.node_id).await {
         tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
     }
-    inner
-        .registry
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&op.id);
+    inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
     op.mark_settled();
     tracing::info!(status = %snapshot.record.status, "operation finished");
     if let (Status::Cancelled, Some(hook)) = (snapshot.record.status, hook) {
@@ -645,11 +504,7 @@ async fn flush_progress(inner: &Inner) {
         .map(|op| op.snapshot())
         .collect();
     for chunk in changed.chunks(CHUNK) {
-        if let Err(e) = inner
-            .store
-            .save_progress(chunk.to_vec(), &inner.settings.node_id)
-            .await
-        {
+        if let Err(e) = inner.store.save_progress(chunk.to_vec(), &inner.settings.node_id).await {
             tracing::warn!(error = %e, "could not queue progress writes");
             return;
         }
@@ -674,11 +529,7 @@ async fn flush_progress_periodically(inner: Weak<Inner>) {
         }
         let Some(inner) = inner.upgrade() else { return };
         flush_progress(&inner).await;
-        let active = inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
+        let active = inner.registry.read().unwrap_or_else(|e| e.into_inner()).len();
         peak = peak.max(active);
         if peak - active >= TRIM_AFTER_RELEASED {
             peak = active;

@@ -76,10 +76,7 @@ pub struct DefaultRenderer;
 impl Renderer for DefaultRenderer {
     fn render(&self, step: &StepView<'_>) -> String {
         match step.detail {
-            Some(detail) => format!(
-                "{}: {} [{}/{}]",
-                step.name, detail, step.number, step.steps_total
-            ),
+            Some(detail) => format!("{}: {} [{}/{}]", step.name, detail, step.number, step.steps_total),
             None => format!("{} [{}/{}]", step.name, step.number, step.steps_total),
         }
     }
@@ -116,9 +113,7 @@ impl EtaEstimator {
         if percentage >= 100.0 {
             return Some(0.0);
         }
-        self.rate
-            .filter(|r| *r > 1e-9)
-            .map(|r| ((100.0 - percentage) / r * 10.0).round() / 10.0)
+        self.rate.filter(|r| *r > 1e-9).map(|r| ((100.0 - percentage) / r * 10.0).round() / 10.0)
     }
 }
 
@@ -169,20 +164,11 @@ impl Tracker {
         }));
     }
 
-    pub(crate) fn start_step(
-        &mut self,
-        p: &mut Progress,
-        name: String,
-        number: u32,
-        band: Range<f64>,
-    ) {
+    pub(crate) fn start_step(&mut self, p: &mut Progress, name: String, number: u32, band: Range<f64>) {
         p.steps_completed = p.steps_completed.max(number.saturating_sub(1));
-        p.context
-            .insert("current_step_name".into(), Value::from(name.as_str()));
-        p.context
-            .insert("step_start_percentage".into(), Value::from(band.start));
-        p.context
-            .insert("step_end_percentage".into(), Value::from(band.end));
+        p.context.insert("current_step_name".into(), Value::from(name.as_str()));
+        p.context.insert("step_start_percentage".into(), Value::from(band.start));
+        p.context.insert("step_end_percentage".into(), Value::from(band.end));
         p.context.remove("step_current");
         p.context.remove("step_total");
         p.current_item = None;
@@ -202,13 +188,8 @@ impl Tracker {
         items: Option<u64>,
         detail: Option<String>,
     ) {
-        let fraction = if total == 0 {
-            0.0
-        } else {
-            (current as f64 / total as f64).clamp(0.0, 1.0)
-        };
-        p.context
-            .insert("step_current".into(), Value::from(current));
+        let fraction = if total == 0 { 0.0 } else { (current as f64 / total as f64).clamp(0.0, 1.0) };
+        p.context.insert("step_current".into(), Value::from(current));
         p.context.insert("step_total".into(), Value::from(total));
         if let Some(items) = items {
             p.items_processed = items;
@@ -248,21 +229,13 @@ impl ProgressReporter {
     /// Enters step `number` (1-based), which owns `band` of the overall percentage.
     pub fn start_step(&self, name: impl Into<String>, number: u32, band: Range<f64>) {
         let name = name.into();
-        self.op
-            .edit_progress(|t, p| t.start_step(p, name, number, band));
+        self.op.edit_progress(|t, p| t.start_step(p, name, number, band));
     }
 
     /// Progress within the current step: `current` of `total`, optionally the items processed
     /// so far and a detail line (also shown as `current_item`).
-    pub fn step_progress(
-        &self,
-        current: u64,
-        total: u64,
-        items: Option<u64>,
-        detail: Option<String>,
-    ) {
-        self.op
-            .edit_progress(|t, p| t.step_progress(p, current, total, items, detail));
+    pub fn step_progress(&self, current: u64, total: u64, items: Option<u64>, detail: Option<String>) {
+        self.op.edit_progress(|t, p| t.step_progress(p, current, total, items, detail));
     }
 
     /// A new detail line without moving the percentage (e.g. "waiting for a free host").

@@ -20,13 +20,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [
-        Status::Pending,
-        Status::Running,
-        Status::Completed,
-        Status::Failed,
-        Status::Cancelled,
-    ];
+    pub const ALL: [Status; 5] =
+        [Status::Pending, Status::Running, Status::Completed, Status::Failed, Status::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -141,12 +136,7 @@ pub enum Outcome {
 }
 
 impl OperationRecord {
-    pub fn new(
-        operation_id: String,
-        operation_type: String,
-        metadata: Map<String, Value>,
-        steps_total: u32,
-    ) -> Self {
+    pub fn new(operation_id: String, operation_type: String, metadata: Map<String, Value>, steps_total: u32) -> Self {
         Self {
             operation_id,
             operation_type,
@@ -193,10 +183,7 @@ impl OperationRecord {
     /// The one place a status moves.
     fn transition(&mut self, to: Status, at: Timestamp) -> Result<(), TransitionError> {
         if !self.status.can_become(to) {
-            return Err(TransitionError {
-                from: self.status,
-                to,
-            });
+            return Err(TransitionError { from: self.status, to });
         }
         self.status = to;
         if to == Status::Running {
@@ -228,23 +215,9 @@ mod tests {
     fn terminal_is_final() {
         let mut r = record();
         r.start(time::now()).unwrap();
-        r.finish(
-            Outcome::Cancelled {
-                reason: "stop".into(),
-            },
-            time::now(),
-        )
-        .unwrap();
-        let err = r
-            .finish(Outcome::Completed(Value::Null), time::now())
-            .unwrap_err();
-        assert_eq!(
-            err,
-            TransitionError {
-                from: Status::Cancelled,
-                to: Status::Completed
-            }
-        );
+        r.finish(Outcome::Cancelled { reason: "stop".into() }, time::now()).unwrap();
+        let err = r.finish(Outcome::Completed(Value::Null), time::now()).unwrap_err();
+        assert_eq!(err, TransitionError { from: Status::Cancelled, to: Status::Completed });
         assert_eq!(r.status, Status::Cancelled);
         assert_eq!(r.result_summary, None);
         assert_eq!(r.error_message.as_deref(), Some("stop"));

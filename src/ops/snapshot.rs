@@ -21,11 +21,7 @@ const ENVELOPE_HEAD: &[u8] = br#"{"success":true,"data":"#;
 
 impl Snapshot {
     pub fn new(record: OperationRecord, job_state: Option<Value>) -> Self {
-        Self {
-            record,
-            job_state,
-            envelope_json: OnceLock::new(),
-        }
+        Self { record, job_state, envelope_json: OnceLock::new() }
     }
 
     pub fn version(&self) -> u64 {
@@ -48,8 +44,7 @@ impl Snapshot {
             .get_or_init(|| {
                 let mut body = Vec::with_capacity(1024);
                 body.extend_from_slice(ENVELOPE_HEAD);
-                serde_json::to_writer(&mut body, &self.record)
-                    .expect("an operation record always serialises");
+                serde_json::to_writer(&mut body, &self.record).expect("an operation record always serialises");
                 body.push(b'}');
                 Bytes::from(body)
             })

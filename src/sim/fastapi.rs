@@ -10,15 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 pub fn unprocessable(loc: &[&str], msg: &str) -> Response {
-    let kind = if msg == "field required" {
-        "value_error.missing"
-    } else {
-        "value_error"
-    };
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({ "detail": [{ "loc": loc, "msg": msg, "type": kind }] })),
-    )
+    let kind = if msg == "field required" { "value_error.missing" } else { "value_error" };
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "detail": [{ "loc": loc, "msg": msg, "type": kind }] })))
         .into_response()
 }
 
@@ -29,17 +22,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FastJson<T> {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| unprocessable(&["body"], &format!("Invalid JSON: {e}")))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| unprocessable(&["body"], &format!("Invalid JSON: {e}")))?;
         serde_json::from_value(value).map(FastJson).map_err(|e| {
             let text = e.to_string();
-            match text
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
+            match text.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
                 Some(field) => unprocessable(&["body", field], "field required"),
                 None => unprocessable(&["body"], &text),
             }

@@ -25,8 +25,8 @@ use crate::time;
 
 /// Symbols the simulated IB knows.
 pub const DEFAULT_SYMBOLS: &[&str] = &[
-    "AAPL", "MSFT", "SPY", "QQQ", "TSLA", "NVDA", "GOOGL", "AMZN", "IBM", "EURUSD", "GBPUSD",
-    "USDJPY", "AUDUSD", "USDCHF", "EURGBP", "EUR.USD", "GBP.USD",
+    "AAPL", "MSFT", "SPY", "QQQ", "TSLA", "NVDA", "GOOGL", "AMZN", "IBM", "EURUSD", "GBPUSD", "USDJPY", "AUDUSD",
+    "USDCHF", "EURGBP", "EUR.USD", "GBP.USD",
 ];
 
 /// Behaviour that tests may change at run time (`PUT /sim/knobs`).
@@ -39,6 +39,11 @@ pub struct IbKnobs {
     pub fail_symbol: Option<String>,
     /// Answer with IB's pacing-violation error when a client breaks IB's rules.
     pub pacing: bool,
+    /// Judge pacing by IB's rules with every duration multiplied by this (1.0: IB's own).
+    pub pacing_scale: f64,
+    /// Historical requests whose window touches one of these days (`YYYY-MM-DD`) always fail
+    /// with a transient error — to make one segment of a load fail.
+    pub fail_dates: Vec<String>,
 }
 
 impl Default for IbKnobs {
@@ -49,6 +54,8 @@ impl Default for IbKnobs {
             fail_rate: 0.0,
             fail_symbol: None,
             pacing: false,
+            pacing_scale: 1.0,
+            fail_dates: Vec::new(),
         }
     }
 }
@@ -101,11 +108,12 @@ const HEAD_FOREX: &str = "2005-03-01T00:00:00+00:00";
 
 impl IbSim {
     pub fn new(knobs: IbKnobs) -> Arc<Self> {
+        let rules = PacingRules::ib().scaled(knobs.pacing_scale);
         Arc::new(Self {
             knobs: RwLock::new(knobs),
             symbols: DEFAULT_SYMBOLS.iter().map(|s| s.to_string()).collect(),
             stats: Mutex::new(Stats::default()),
-            pacing: Mutex::new(PacingLimiter::new(Some(PacingRules::ib()))),
+            pacing: Mutex::new(PacingLimiter::new(Some(rules))),
             in_flight: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
@@ -130,30 +138,17 @@ impl IbSim {
     }
 
     fn count(&self, endpoint: &str) {
-        *self
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .requests
-            .entry(endpoint.to_owned())
-            .or_default() += 1;
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.entry(endpoint.to_owned()).or_default() += 1;
     }
 
     fn enter(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            sim: self,
-            done: false,
-        }
+        InFlight { sim: self, done: false }
     }
 
     async fn latency(&self) {
         let knobs = self.knobs();
-        let jitter = if knobs.latency_jitter_ms > 0 {
-            fastrand::u64(0..=knobs.latency_jitter_ms)
-        } else {
-            0
-        };
+        let jitter = if knobs.latency_jitter_ms > 0 { fastrand::u64(0..=knobs.latency_jitter_ms) } else { 0 };
         let total = knobs.latency_ms + jitter;
         if total > 0 {
             tokio::time::sleep(Duration::from_millis(total)).await;
@@ -200,10 +195,7 @@ impl IbSim {
                 "contract_info": null, "head_timestamps": {}, "error": null,
             });
         }
-        let heads: Map<String, Value> = timeframes
-            .iter()
-            .map(|tf| (tf.clone(), json!(Self::head(symbol))))
-            .collect();
+        let heads: Map<String, Value> = timeframes.iter().map(|tf| (tf.clone(), json!(Self::head(symbol)))).collect();
         json!({
             "success": true, "is_valid": true, "error_message": null,
             "contract_info": Self::contract_info(symbol), "head_timestamps": heads, "error": null,
@@ -226,13 +218,7 @@ async fn health(State(sim): Sim) -> Json<Value> {
 
 async fn health_detailed(State(sim): Sim) -> Json<Value> {
     sim.count("/health/detailed");
-    let total: u64 = sim
-        .stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .requests
-        .values()
-        .sum();
+    let total: u64 = sim.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.values().sum();
     Json(json!({
         "healthy": true, "service": "ib-connector", "timestamp": time::format_for_host(&time::now()),
         "ib_gateway_connected": true, "active_connections": sim.in_flight.load(Ordering::Relaxed),
@@ -257,18 +243,14 @@ async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -
     let mut guard = sim.enter();
     sim.latency().await;
     let (answer, rows, outcome) = historical_answer(&sim, &body);
-    sim.stats
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .historical
-        .push(HistoricalLog {
-            symbol: body.symbol.clone(),
-            timeframe: body.timeframe.clone(),
-            start: body.start.clone(),
-            end: body.end.clone(),
-            rows,
-            outcome,
-        });
+    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).historical.push(HistoricalLog {
+        symbol: body.symbol.clone(),
+        timeframe: body.timeframe.clone(),
+        start: body.start.clone(),
+        end: body.end.clone(),
+        rows,
+        outcome,
+    });
     guard.done = true;
     answer.into_response()
 }
@@ -276,71 +258,38 @@ async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -
 fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize, String) {
     let knobs = sim.knobs();
     let symbol = body.symbol.to_ascii_uppercase();
-    let (Some(start), Some(end)) = (
-        time::parse_timestamp(&body.start),
-        time::parse_timestamp(&body.end),
-    ) else {
-        return (
-            failure(format!(
-                "Invalid date range: {} to {}",
-                body.start, body.end
-            )),
-            0,
-            "bad dates".into(),
-        );
+    let (Some(start), Some(end)) = (time::parse_timestamp(&body.start), time::parse_timestamp(&body.end)) else {
+        return (failure(format!("Invalid date range: {} to {}", body.start, body.end)), 0, "bad dates".into());
     };
     let Some(timeframe) = Timeframe::parse(&body.timeframe) else {
-        return (
-            failure(format!("Unsupported timeframe: {}", body.timeframe)),
-            0,
-            "bad timeframe".into(),
-        );
+        return (failure(format!("Unsupported timeframe: {}", body.timeframe)), 0, "bad timeframe".into());
     };
     if knobs.pacing {
         let key = PacingKey {
             contract: symbol.clone(),
             request: format!("{symbol}|{}|{}|{}", body.timeframe, body.start, body.end),
         };
-        if sim
-            .pacing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_acquire(&key)
-            .is_err()
-        {
-            sim.stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pacing_violations += 1;
+        if sim.pacing.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(&key).is_err() {
+            sim.stats.lock().unwrap_or_else(|e| e.into_inner()).pacing_violations += 1;
             return (
-                failure(
-                    "Historical Market Data Service error message:Pacing violation (error 162)",
-                ),
+                failure("Historical Market Data Service error message:Pacing violation (error 162)"),
                 0,
                 "pacing violation".into(),
             );
         }
     }
-    if knobs
-        .fail_symbol
-        .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case(&symbol))
+    let touches_failing_date = knobs.fail_dates.iter().filter_map(|d| time::parse_timestamp(d)).any(|day| {
+        let day_end = day + chrono::Duration::days(1);
+        start < day_end && end >= day
+    });
+    if knobs.fail_symbol.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&symbol))
+        || touches_failing_date
         || (knobs.fail_rate > 0.0 && fastrand::f64() < knobs.fail_rate)
     {
-        return (
-            failure("Error 1100: Connectivity between IB and TWS has been lost"),
-            0,
-            "transient failure".into(),
-        );
+        return (failure("Error 1100: Connectivity between IB and TWS has been lost"), 0, "transient failure".into());
     }
     if !sim.known(&symbol) {
-        return (
-            failure(format!(
-                "Symbol validation failed: Symbol {symbol} not found"
-            )),
-            0,
-            "unknown symbol".into(),
-        );
+        return (failure(format!("Symbol validation failed: Symbol {symbol} not found")), 0, "unknown symbol".into());
     }
     let head = time::parse_timestamp(IbSim::head(&symbol)).expect("a valid constant");
     if start < head {
@@ -365,11 +314,7 @@ fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize,
     let end = end.min(time::now());
     let bars = Instrument::new(&symbol).bars(timeframe, start, end);
     if bars.is_empty() {
-        return (
-            failure(format!("No data returned for {symbol} {timeframe}")),
-            0,
-            "no data".into(),
-        );
+        return (failure(format!("No data returned for {symbol} {timeframe}")), 0, "no data".into());
     }
     let data: Map<String, Value> = bars
         .iter()
@@ -380,11 +325,7 @@ fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize,
         .collect();
     let rows = bars.len();
     let data = Value::Object(data).to_string();
-    (
-        Json(json!({ "success": true, "data": data, "rows": rows, "error": null })),
-        rows,
-        "ok".into(),
-    )
+    (Json(json!({ "success": true, "data": data, "rows": rows, "error": null })), rows, "ok".into())
 }
 
 #[derive(Deserialize)]
@@ -397,11 +338,7 @@ struct ValidateBody {
 async fn validate(State(sim): Sim, FastJson(body): FastJson<ValidateBody>) -> Json<Value> {
     sim.count("/data/validate");
     sim.latency().await;
-    let timeframes = if body.timeframes.is_empty() {
-        vec!["1h".to_owned()]
-    } else {
-        body.timeframes
-    };
+    let timeframes = if body.timeframes.is_empty() { vec!["1h".to_owned()] } else { body.timeframes };
     Json(sim.validation(&body.symbol, &timeframes))
 }
 
@@ -411,10 +348,7 @@ async fn symbol_info(State(sim): Sim, Path(symbol): Path<String>) -> Json<Value>
     Json(sim.validation(&symbol, &["1h".to_owned()]))
 }
 
-async fn head_timestamp(
-    State(sim): Sim,
-    Query(query): Query<BTreeMap<String, String>>,
-) -> Response {
+async fn head_timestamp(State(sim): Sim, Query(query): Query<BTreeMap<String, String>>) -> Response {
     sim.count("/data/head-timestamp");
     sim.latency().await;
     let Some(symbol) = query.get("symbol") else {
@@ -437,8 +371,8 @@ async fn stats(State(sim): Sim) -> Json<Value> {
 
 async fn reset(State(sim): Sim) -> StatusCode {
     *sim.stats.lock().unwrap_or_else(|e| e.into_inner()) = Stats::default();
-    *sim.pacing.lock().unwrap_or_else(|e| e.into_inner()) =
-        PacingLimiter::new(Some(PacingRules::ib()));
+    let rules = PacingRules::ib().scaled(sim.knobs().pacing_scale);
+    *sim.pacing.lock().unwrap_or_else(|e| e.into_inner()) = PacingLimiter::new(Some(rules));
     sim.dropped.store(0, Ordering::Relaxed);
     StatusCode::NO_CONTENT
 }
@@ -448,6 +382,8 @@ async fn get_knobs(State(sim): Sim) -> Json<IbKnobs> {
 }
 
 async fn set_knobs(State(sim): Sim, FastJson(knobs): FastJson<IbKnobs>) -> Json<IbKnobs> {
+    let rules = PacingRules::ib().scaled(knobs.pacing_scale);
+    *sim.pacing.lock().unwrap_or_else(|e| e.into_inner()) = PacingLimiter::new(Some(rules));
     *sim.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs.clone();
     Json(knobs)
 }

@@ -39,6 +39,8 @@ impl SimSettings {
                 fail_rate: config.fail_rate,
                 fail_symbol: Some(config.fail_symbol.clone()).filter(|s| !s.is_empty()),
                 pacing: config.pacing == PacingMode::Ib,
+                pacing_scale: 1.0,
+                fail_dates: Vec::new(),
             },
             training_protocol: match config.training_protocol {
                 SimTrainingProtocol::Operations => Protocol::Operations,
@@ -75,20 +77,14 @@ impl Simulators {
         training_listen: SocketAddr,
     ) -> std::io::Result<Self> {
         let ib = IbSim::new(settings.ib);
-        let training = TrainingSim::new(
-            settings.training_protocol,
-            settings.data_dir,
-            settings.training,
-        );
+        let training = TrainingSim::new(settings.training_protocol, settings.data_dir, settings.training);
         let ib_listener = TcpListener::bind(ib_listen).await?;
         let training_listener = TcpListener::bind(training_listen).await?;
         let (ib_addr, training_addr) = (ib_listener.local_addr()?, training_listener.local_addr()?);
         let shutdown = CancellationToken::new();
         let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| {
             tokio::spawn(async move {
-                let _ = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
+                let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             })
         };
         let tasks = vec![
@@ -96,14 +92,7 @@ impl Simulators {
             serve(training_listener, training.router(), shutdown.clone()),
         ];
         tracing::info!(%ib_addr, %training_addr, "host simulators running");
-        Ok(Self {
-            ib_addr,
-            training_addr,
-            ib,
-            training,
-            shutdown,
-            tasks,
-        })
+        Ok(Self { ib_addr, training_addr, ib, training, shutdown, tasks })
     }
 
     pub fn ib_url(&self) -> String {

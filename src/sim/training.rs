@@ -40,14 +40,7 @@ pub struct TrainingKnobs {
 
 impl Default for TrainingKnobs {
     fn default() -> Self {
-        Self {
-            pace_ms: 20,
-            epochs: 10,
-            batches: 10,
-            fail_at_epoch: None,
-            ignore_cancel: false,
-            max_sessions: 1,
-        }
+        Self { pace_ms: 20, epochs: 10, batches: 10, fail_at_epoch: None, ignore_cancel: false, max_sessions: 1 }
     }
 }
 
@@ -134,21 +127,11 @@ impl TrainingSim {
     }
 
     fn count(&self, endpoint: &str) {
-        *self
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .requests
-            .entry(endpoint.to_owned())
-            .or_default() += 1;
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.entry(endpoint.to_owned()).or_default() += 1;
     }
 
     fn with_session<R>(&self, id: &str, f: impl FnOnce(&mut SimSession) -> R) -> Option<R> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(id)
-            .map(f)
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id).map(f)
     }
 
     fn word(&self, status: &str) -> String {
@@ -168,14 +151,7 @@ impl TrainingSim {
         let pace = Duration::from_millis(knobs.pace_ms);
         tokio::time::sleep(pace).await;
         let Some((symbols, timeframes, total_epochs, total_batches)) =
-            self.with_session(&id, |s| {
-                (
-                    s.symbols.clone(),
-                    s.timeframes.clone(),
-                    s.total_epochs,
-                    s.total_batches,
-                )
-            })
+            self.with_session(&id, |s| (s.symbols.clone(), s.timeframes.clone(), s.total_epochs, s.total_batches))
         else {
             return;
         };
@@ -183,8 +159,7 @@ impl TrainingSim {
             for timeframe in &timeframes {
                 let file = self.data_dir.join(format!("{symbol}_{timeframe}.csv"));
                 if !file.is_file() {
-                    let error =
-                        format!("Training failed: No data found in cache for {symbol} {timeframe}");
+                    let error = format!("Training failed: No data found in cache for {symbol} {timeframe}");
                     self.end(&id, "failed", Some(error), None);
                     return;
                 }
@@ -225,9 +200,7 @@ impl TrainingSim {
             });
             self.with_session(&id, |s| s.epochs.push(metrics));
             if knobs.fail_at_epoch == Some(epoch) {
-                let error = format!(
-                    "Training failed: simulated failure at epoch {epoch} (CUDA out of memory)"
-                );
+                let error = format!("Training failed: simulated failure at epoch {epoch} (CUDA out of memory)");
                 self.end(&id, "failed", Some(error), None);
                 return;
             }
@@ -257,30 +230,18 @@ impl TrainingSim {
     fn percentage(s: &SimSession) -> f64 {
         let total = f64::from(s.total_epochs * s.total_batches).max(1.0);
         let done = f64::from(s.epoch.saturating_sub(1) * s.total_batches + s.batch);
-        if s.status == "completed" {
-            100.0
-        } else {
-            (done / total * 1000.0).round() / 10.0
-        }
+        if s.status == "completed" { 100.0 } else { (done / total * 1000.0).round() / 10.0 }
     }
 
     fn step_text(s: &SimSession) -> String {
-        format!(
-            "Epoch {}/{} · Batch {}/{}",
-            s.epoch, s.total_epochs, s.batch, s.total_batches
-        )
+        format!("Epoch {}/{} · Batch {}/{}", s.epoch, s.total_epochs, s.batch, s.total_batches)
     }
 }
 
 async fn health(State(sim): Sim) -> Json<Value> {
     sim.count("/health");
-    let current = sim
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .find(|s| !s.finished)
-        .map(|s| s.id.clone());
+    let current =
+        sim.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().find(|s| !s.finished).map(|s| s.id.clone());
     Json(json!({
         "healthy": true, "service": "training-worker", "status": "operational",
         "worker_status": if current.is_some() { "busy" } else { "idle" }, "current_operation": current,
@@ -290,9 +251,7 @@ async fn health(State(sim): Sim) -> Json<Value> {
 /// Epochs named in the strategy text (`training.epochs` or `model.training.epochs`).
 fn epochs_in_yaml(text: &str) -> Option<u32> {
     let value: Value = serde_yaml_ng::from_str(text).ok()?;
-    let epochs = value
-        .pointer("/training/epochs")
-        .or_else(|| value.pointer("/model/training/epochs"))?;
+    let epochs = value.pointer("/training/epochs").or_else(|| value.pointer("/model/training/epochs"))?;
     epochs.as_u64().map(|e| e as u32)
 }
 
@@ -302,23 +261,14 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
     let (task_id, symbols, timeframes, epochs, model_type) = match sim.protocol {
         Protocol::Operations => {
             let Some(yaml) = body.get("strategy_yaml").and_then(Value::as_str) else {
-                return crate::sim::fastapi::unprocessable(
-                    &["body", "strategy_yaml"],
-                    "field required",
-                );
+                return crate::sim::fastapi::unprocessable(&["body", "strategy_yaml"], "field required");
             };
             let model_type = serde_yaml_ng::from_str::<Value>(yaml)
                 .ok()
-                .and_then(|v| {
-                    v.pointer("/model/type")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
+                .and_then(|v| v.pointer("/model/type").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_else(|| "mlp".into());
             (
-                body.get("task_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
+                body.get("task_id").and_then(Value::as_str).map(str::to_owned),
                 body.get("symbols"),
                 body.get("timeframes"),
                 epochs_in_yaml(yaml),
@@ -327,37 +277,16 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
         }
         Protocol::Sessions => {
             let Some(model) = body.get("model_configuration") else {
-                return crate::sim::fastapi::unprocessable(
-                    &["body", "model_configuration"],
-                    "field required",
-                );
+                return crate::sim::fastapi::unprocessable(&["body", "model_configuration"], "field required");
             };
-            let epochs = body
-                .pointer("/training_configuration/epochs")
-                .and_then(Value::as_u64)
-                .map(|e| e as u32);
-            let model_type = model
-                .get("model_type")
-                .and_then(Value::as_str)
-                .unwrap_or("mlp")
-                .to_owned();
-            (
-                None,
-                model.get("symbols"),
-                model.get("timeframes"),
-                epochs,
-                model_type,
-            )
+            let epochs = body.pointer("/training_configuration/epochs").and_then(Value::as_u64).map(|e| e as u32);
+            let model_type = model.get("model_type").and_then(Value::as_str).unwrap_or("mlp").to_owned();
+            (None, model.get("symbols"), model.get("timeframes"), epochs, model_type)
         }
     };
     let list = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default()
     };
     let (symbols, timeframes) = (list(symbols), list(timeframes));
@@ -371,18 +300,12 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
     {
         let mut sessions = sim.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.contains_key(&id) {
-            return detail(
-                StatusCode::CONFLICT,
-                format!("Operation {id} already exists"),
-            );
+            return detail(StatusCode::CONFLICT, format!("Operation {id} already exists"));
         }
         let active = sessions.values().filter(|s| !s.finished).count();
         if active >= knobs.max_sessions {
             drop(sessions);
-            sim.stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .busy_rejections += 1;
+            sim.stats.lock().unwrap_or_else(|e| e.into_inner()).busy_rejections += 1;
             return detail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -429,12 +352,7 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
 }
 
 fn session_body(s: &SimSession) -> Value {
-    let series = |key: &str| -> Vec<Value> {
-        s.epochs
-            .iter()
-            .filter_map(|e| e.get(key).cloned())
-            .collect()
-    };
+    let series = |key: &str| -> Vec<Value> { s.epochs.iter().filter_map(|e| e.get(key).cloned()).collect() };
     json!({
         "session_id": s.id, "status": s.status,
         "progress": {
@@ -495,10 +413,7 @@ async fn session_stop(State(sim): Sim, FastJson(body): FastJson<StopBody>) -> Re
             "message": "Training session stop requested", "checkpoint_saved": true,
         }))
         .into_response(),
-        None => detail(
-            StatusCode::NOT_FOUND,
-            format!("Session {} not found", body.session_id),
-        ),
+        None => detail(StatusCode::NOT_FOUND, format!("Session {} not found", body.session_id)),
     }
 }
 
@@ -506,23 +421,15 @@ async fn session_result(State(sim): Sim, Path(id): Path<String>) -> Response {
     sim.count("/training/result");
     match sim.with_session(&id, |s| (s.status.clone(), s.result.clone())) {
         Some((status, Some(result))) if status == "completed" => Json(result).into_response(),
-        Some((status, _)) => detail(
-            StatusCode::BAD_REQUEST,
-            format!("Session {id} is {status}; no result"),
-        ),
+        Some((status, _)) => detail(StatusCode::BAD_REQUEST, format!("Session {id} is {status}; no result")),
         None => detail(StatusCode::NOT_FOUND, format!("Session {id} not found")),
     }
 }
 
 async fn list_operations(State(sim): Sim) -> Json<Value> {
     sim.count("/api/v1/operations");
-    let data: Vec<Value> = sim
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .map(operation_body)
-        .collect();
+    let data: Vec<Value> =
+        sim.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().map(operation_body).collect();
     Json(json!({ "success": true, "data": data, "total_count": data.len() }))
 }
 
@@ -550,7 +457,10 @@ async fn cancel_operation(
         s.status.clone()
     });
     match cancelled {
-        Some(status) => Json(json!({ "success": true, "data": { "operation_id": id, "status": status, "cancelled": true } })).into_response(),
+        Some(status) => {
+            Json(json!({ "success": true, "data": { "operation_id": id, "status": status, "cancelled": true } }))
+                .into_response()
+        }
         None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
     }
 }
@@ -574,10 +484,7 @@ async fn get_knobs(State(sim): Sim) -> Json<TrainingKnobs> {
     Json(sim.knobs())
 }
 
-async fn set_knobs(
-    State(sim): Sim,
-    FastJson(knobs): FastJson<TrainingKnobs>,
-) -> Json<TrainingKnobs> {
+async fn set_knobs(State(sim): Sim, FastJson(knobs): FastJson<TrainingKnobs>) -> Json<TrainingKnobs> {
     *sim.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs.clone();
     Json(knobs)
 }

@@ -24,10 +24,7 @@ impl TestDb {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-        TestDb {
-            url,
-            _dir: Some(dir),
-        }
+        TestDb { url, _dir: Some(dir) }
     }
 
     /// A new database on the PostgreSQL named by `KTRDR_OPS_TEST_DATABASE_URL`.
@@ -35,22 +32,11 @@ impl TestDb {
         let admin = std::env::var("KTRDR_OPS_TEST_DATABASE_URL")
             .expect("KTRDR_OPS_TEST_DATABASE_URL names a PostgreSQL server for these tests");
         let name = format!("ktrdr_ops_test_{}", uuid::Uuid::now_v7().simple());
-        let pool = sqlx::PgPool::connect(&admin)
-            .await
-            .expect("connect to the test PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await
-            .unwrap();
+        let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
         pool.close().await;
-        let base = admin
-            .rsplit_once('/')
-            .map(|(base, _)| base)
-            .unwrap_or(&admin);
-        TestDb {
-            url: format!("{base}/{name}"),
-            _dir: None,
-        }
+        let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
+        TestDb { url: format!("{base}/{name}"), _dir: None }
     }
 }
 
@@ -78,12 +64,28 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start(db, tweak, app::Options::default()).await
+    }
+
+    /// With the IB and training simulators in-process (pacing off on our side, as `--sim` does).
+    pub async fn spawn_with_sim(tweak: impl FnOnce(&mut Config)) -> Self {
+        let options = app::Options { with_simulators: true };
+        Self::start(
+            TestDb::sqlite(),
+            |c| {
+                c.hosts.ib.pacing = ktrdr_ops::config::PacingMode::Off;
+                tweak(c)
+            },
+            options,
+        )
+        .await
+    }
+
+    async fn start(db: TestDb, tweak: impl FnOnce(&mut Config), options: app::Options) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&db, data_dir.path());
         tweak(&mut config);
-        let server = app::start(config, app::Options::default())
-            .await
-            .expect("the service starts");
+        let server = app::start(config, options).await.expect("the service starts");
         TestApp {
             base: format!("http://{}", server.addr()),
             http: reqwest::Client::new(),
@@ -97,20 +99,52 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    fn sims(&self) -> &ktrdr_ops::sim::Simulators {
+        self.server.as_ref().unwrap().simulators().expect("started with the simulators")
+    }
+
+    pub fn ib_url(&self) -> String {
+        self.sims().ib_url()
+    }
+
+    pub fn training_url(&self) -> String {
+        self.sims().training_url()
+    }
+
+    /// `GET /sim/stats` of the IB simulator.
+    pub async fn ib_stats(&self) -> Value {
+        self.http.get(format!("{}/sim/stats", self.ib_url())).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// `PUT /sim/knobs` of the IB simulator.
+    pub async fn ib_knobs(&self, knobs: Value) {
+        let response = self.http.put(format!("{}/sim/knobs", self.ib_url())).json(&knobs).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
+    /// The historical windows the IB simulator was asked for, in order.
+    pub async fn ib_windows(&self) -> Vec<(String, String, String)> {
+        let stats = self.ib_stats().await;
+        stats["historical"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["start"].as_str().unwrap().to_owned(),
+                    h["end"].as_str().unwrap().to_owned(),
+                    h["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         json_of(self.http.get(self.url(path)).send().await.unwrap()).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        json_of(
-            self.http
-                .post(self.url(path))
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        json_of(self.http.post(self.url(path)).json(&body).send().await.unwrap()).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
@@ -119,12 +153,8 @@ impl TestApp {
 
     /// Starts a dummy operation and returns its id.
     pub async fn start_dummy(&self, iterations: u32, interval_ms: u64) -> String {
-        let (status, body) = self
-            .post(
-                "/api/v1/dummy/start",
-                json!({ "iterations": iterations, "interval_ms": interval_ms }),
-            )
-            .await;
+        let (status, body) =
+            self.post("/api/v1/dummy/start", json!({ "iterations": iterations, "interval_ms": interval_ms })).await;
         assert_eq!(status, 200, "{body}");
         body["data"]["operation_id"].as_str().unwrap().to_owned()
     }
@@ -143,10 +173,7 @@ impl TestApp {
             if record["status"] == status {
                 return record;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} never became {status}: {record}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "{id} never became {status}: {record}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -162,20 +189,14 @@ impl TestApp {
 pub async fn json_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
+    let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
     (status, body)
 }
 
 /// Asserts the error envelope of api.md §1 and returns its code.
 pub fn assert_envelope(body: &Value) -> String {
     assert_eq!(body["success"], false, "{body}");
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error.message: {body}"));
+    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message: {body}"));
     assert!(!message.is_empty());
     assert_eq!(body["detail"], body["error"]["message"], "{body}");
     assert!(body["error"]["details"].is_object(), "{body}");
@@ -216,11 +237,7 @@ pub async fn read_sse(
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
-            let mut event = SseEvent {
-                id: None,
-                event: None,
-                data: Value::Null,
-            };
+            let mut event = SseEvent { id: None, event: None, data: Value::Null };
             let mut data = String::new();
             for line in frame.lines() {
                 if let Some(v) = line.strip_prefix("id:") {
@@ -273,11 +290,7 @@ impl ServiceProcess {
                 let mut lines = BufReader::new(reader).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(at) = line.find("listening on http://") {
-                        let addr = line[at + "listening on ".len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap()
-                            .to_owned();
+                        let addr = line[at + "listening on ".len()..].split_whitespace().next().unwrap().to_owned();
                         let _ = tx.send(addr.trim_end_matches('"').to_owned());
                     }
                     output.lock().unwrap().push(line);
@@ -288,11 +301,7 @@ impl ServiceProcess {
             .await
             .unwrap_or_else(|_| panic!("the service did not start: {:?}", output.lock().unwrap()))
             .unwrap_or_else(|| panic!("the service exited: {:?}", output.lock().unwrap()));
-        ServiceProcess {
-            child,
-            base,
-            output,
-        }
+        ServiceProcess { child, base, output }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -305,22 +314,14 @@ impl ServiceProcess {
 
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("still running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
+        let status = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
         assert!(status.success());
     }
 
     pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
         tokio::time::timeout(within, self.child.wait())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the service did not exit: {:?}",
-                    self.output.lock().unwrap()
-                )
-            })
+            .unwrap_or_else(|_| panic!("the service did not exit: {:?}", self.output.lock().unwrap()))
             .unwrap()
     }
 }

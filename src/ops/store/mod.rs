@@ -136,33 +136,21 @@ impl Drop for StoreInner {
 impl Store {
     /// Opens the database named by `url` and applies pending migrations.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-        let (readers, writer, kind) =
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                let pool = postgres::open(url, max_connections).await?;
-                (Db::Postgres(pool.clone()), Db::Postgres(pool), "postgres")
-            } else {
-                let (readers, writer) = sqlite::open(url, max_connections).await?;
-                (Db::Sqlite(readers), Db::Sqlite(writer), "sqlite")
-            };
+        let (readers, writer, kind) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = postgres::open(url, max_connections).await?;
+            (Db::Postgres(pool.clone()), Db::Postgres(pool), "postgres")
+        } else {
+            let (readers, writer) = sqlite::open(url, max_connections).await?;
+            (Db::Sqlite(readers), Db::Sqlite(writer), "sqlite")
+        };
         let (writes, urgent) = mpsc::channel(16 * MAX_BATCH);
         let (progress, background) = mpsc::channel(64);
         tokio::spawn(writer_loop(writer, urgent, background));
         let closed = tokio_util::sync::CancellationToken::new();
         if let Db::Sqlite(pool) = &readers {
-            tokio::spawn(sqlite::checkpoint_periodically(
-                pool.clone(),
-                closed.clone(),
-            ));
+            tokio::spawn(sqlite::checkpoint_periodically(pool.clone(), closed.clone()));
         }
-        Ok(Store {
-            inner: Arc::new(StoreInner {
-                readers,
-                writes,
-                progress,
-                kind,
-                closed,
-            }),
-        })
+        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, kind, closed }) })
     }
 
     /// `sqlite` or `postgres`.
@@ -171,11 +159,7 @@ impl Store {
     }
 
     async fn send(&self, cmd: WriteCmd) -> Result<(), StoreError> {
-        self.inner
-            .writes
-            .send(cmd)
-            .await
-            .map_err(|_| StoreError::Closed)
+        self.inner.writes.send(cmd).await.map_err(|_| StoreError::Closed)
     }
 
     /// Stores a new operation (and its Idempotency-Key, in the same transaction). When the key
@@ -187,15 +171,8 @@ impl Store {
         idempotency: Option<(IdempotencyKey, Timestamp)>,
     ) -> Result<Inserted, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let idempotency =
-            idempotency.map(|(key, expired_before)| (key, time::to_micros(&expired_before)));
-        self.send(WriteCmd::Insert {
-            row,
-            owner: owner.to_owned(),
-            idempotency,
-            reply,
-        })
-        .await?;
+        let idempotency = idempotency.map(|(key, expired_before)| (key, time::to_micros(&expired_before)));
+        self.send(WriteCmd::Insert { row, owner: owner.to_owned(), idempotency, reply }).await?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -203,61 +180,27 @@ impl Store {
     /// version, and never changes a terminal status.
     pub async fn save(&self, rows: Vec<Arc<Snapshot>>, owner: &str) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.send(WriteCmd::Save {
-            rows,
-            owner: owner.to_owned(),
-            reply: Some(reply),
-        })
-        .await?;
+        self.send(WriteCmd::Save { rows, owner: owner.to_owned(), reply: Some(reply) }).await?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Queues these versions for the next batch without waiting for the commit.
-    pub async fn save_later(
-        &self,
-        rows: Vec<Arc<Snapshot>>,
-        owner: &str,
-    ) -> Result<(), StoreError> {
-        self.send(WriteCmd::Save {
-            rows,
-            owner: owner.to_owned(),
-            reply: None,
-        })
-        .await
+    pub async fn save_later(&self, rows: Vec<Arc<Snapshot>>, owner: &str) -> Result<(), StoreError> {
+        self.send(WriteCmd::Save { rows, owner: owner.to_owned(), reply: None }).await
     }
 
     /// Queues progress versions; state changes queued later are still written first (the
     /// version guard keeps the newest).
-    pub async fn save_progress(
-        &self,
-        rows: Vec<Arc<Snapshot>>,
-        owner: &str,
-    ) -> Result<(), StoreError> {
-        let cmd = WriteCmd::Save {
-            rows,
-            owner: owner.to_owned(),
-            reply: None,
-        };
-        self.inner
-            .progress
-            .send(cmd)
-            .await
-            .map_err(|_| StoreError::Closed)
+    pub async fn save_progress(&self, rows: Vec<Arc<Snapshot>>, owner: &str) -> Result<(), StoreError> {
+        let cmd = WriteCmd::Save { rows, owner: owner.to_owned(), reply: None };
+        self.inner.progress.send(cmd).await.map_err(|_| StoreError::Closed)
     }
 
     /// Waits until every write queued before this call (state or progress) is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        let barrier = WriteCmd::Save {
-            rows: Vec::new(),
-            owner: String::new(),
-            reply: Some(reply),
-        };
-        self.inner
-            .progress
-            .send(barrier)
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let barrier = WriteCmd::Save { rows: Vec::new(), owner: String::new(), reply: Some(reply) };
+        self.inner.progress.send(barrier).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)??;
         self.save(Vec::new(), "").await
     }
@@ -307,11 +250,7 @@ impl Store {
                 .try_get(0)?;
             (rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?, total, active)
         });
-        Ok(ListPage {
-            operations,
-            total_count: total_count as u64,
-            active_count: active_count as u64,
-        })
+        Ok(ListPage { operations, total_count: total_count as u64, active_count: active_count as u64 })
     }
 
     /// Operations still `pending`/`running` in the store: what a restart must reconcile. With
@@ -373,8 +312,8 @@ where
     let id: String = row.try_get("operation_id")?;
     let record: String = row.try_get("record")?;
     let job_state: Option<String> = row.try_get("job_state")?;
-    let record: OperationRecord = serde_json::from_str(&record)
-        .map_err(|e| StoreError::Corrupt(id.clone(), e.to_string()))?;
+    let record: OperationRecord =
+        serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(id.clone(), e.to_string()))?;
     let job_state = job_state
         .map(|s| serde_json::from_str::<Value>(&s))
         .transpose()
@@ -408,10 +347,7 @@ impl Columns {
             version: r.version as i64,
             record: String::from_utf8_lossy(&snapshot.record_json()).into_owned(),
             job_state: snapshot.job_state.as_ref().map(Value::to_string),
-            cancel_requested_at: r
-                .cancellation
-                .as_ref()
-                .map(|c| time::to_micros(&c.requested_at)),
+            cancel_requested_at: r.cancellation.as_ref().map(|c| time::to_micros(&c.requested_at)),
             cancel_reason: r.cancellation.as_ref().map(|c| c.reason.clone()),
         }
     }
@@ -421,11 +357,7 @@ impl Columns {
 /// changes go first; progress fills the rest of a batch, at most [`MAX_BATCH_ROWS`] rows, so a
 /// state change never waits behind more than one batch. If a batch fails as a whole, its
 /// commands are retried one by one so one bad write cannot sink the others.
-async fn writer_loop(
-    db: Db,
-    mut urgent: mpsc::Receiver<WriteCmd>,
-    mut background: mpsc::Receiver<WriteCmd>,
-) {
+async fn writer_loop(db: Db, mut urgent: mpsc::Receiver<WriteCmd>, mut background: mpsc::Receiver<WriteCmd>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // A progress command that did not fit into the previous batch.
     let mut carried: Option<WriteCmd> = None;
@@ -468,9 +400,7 @@ async fn writer_loop(
             }
             Err(_) if batch.len() > 1 => {
                 for cmd in batch.drain(..) {
-                    let result = apply(&db, std::slice::from_ref(&cmd))
-                        .await
-                        .map(|mut r| r.remove(0));
+                    let result = apply(&db, std::slice::from_ref(&cmd)).await.map(|mut r| r.remove(0));
                     reply(cmd, result);
                 }
             }
@@ -498,9 +428,7 @@ fn reply(cmd: WriteCmd, result: Result<Inserted, StoreError>) {
         WriteCmd::Insert { reply, .. } => {
             let _ = reply.send(result);
         }
-        WriteCmd::Save {
-            reply: Some(reply), ..
-        } => {
+        WriteCmd::Save { reply: Some(reply), .. } => {
             let _ = reply.send(result.map(|_| ()));
         }
         WriteCmd::Save { reply: None, .. } => {

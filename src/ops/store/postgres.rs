@@ -12,10 +12,7 @@ pub(super) async fn open(url: &str, max_connections: u32) -> Result<PgPool, Stor
         .connect(url)
         .await
         .map_err(|e| StoreError::Open(format!("{}: {e}", redact(url))))?;
-    super::POSTGRES_MIGRATIONS
-        .run(&pool)
-        .await
-        .map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
+    super::POSTGRES_MIGRATIONS.run(&pool).await.map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
     Ok(pool)
 }
 
@@ -25,12 +22,7 @@ pub(super) fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }

@@ -5,17 +5,12 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::StoreError;
 
 /// Returns `(readers, writer)`.
-pub(super) async fn open(
-    url: &str,
-    max_connections: u32,
-) -> Result<(SqlitePool, SqlitePool), StoreError> {
+pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool, SqlitePool), StoreError> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Open(format!("{url}: {e}")))?
         .create_if_missing(true)
@@ -41,10 +36,7 @@ pub(super) async fn open(
         .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
         .await
         .map_err(|e| StoreError::Open(format!("{url}: {e}")))?;
-    super::SQLITE_MIGRATIONS
-        .run(&writer)
-        .await
-        .map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
+    super::SQLITE_MIGRATIONS.run(&writer).await.map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
     let readers = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options)
@@ -55,10 +47,7 @@ pub(super) async fn open(
 
 /// Copies the WAL back into the database every second, beside the writer (a PASSIVE checkpoint
 /// never blocks it), until `closed` fires.
-pub(super) async fn checkpoint_periodically(
-    readers: SqlitePool,
-    closed: tokio_util::sync::CancellationToken,
-) {
+pub(super) async fn checkpoint_periodically(readers: SqlitePool, closed: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -66,10 +55,7 @@ pub(super) async fn checkpoint_periodically(
             _ = tick.tick() => {}
             _ = closed.cancelled() => return,
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&readers)
-            .await
-        {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
             tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
     }

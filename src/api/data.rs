@@ -1,0 +1,208 @@
+//! `/api/v1/data`: start data loads (api.md §5) and read the cache (api.md §6). Symbols and
+//! timeframes are validated before they come near a path.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, ApiPath as Path, ApiQuery as Query};
+use crate::api::{AppState, idempotency_key, replayed};
+use crate::data::frame::Bars;
+use crate::data::repository::{CacheError, push_ts};
+use crate::data::request::{LoadBody, LoadSpec, Symbol, parse_timeframe};
+use crate::data::{self};
+use crate::ops::{OperationSpec, Submitted};
+use crate::time;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/data/load", post(load))
+        .route("/api/v1/data/acquire/download", post(download))
+        .route("/api/v1/data/info", get(info))
+        .route("/api/v1/data/{symbol}/{timeframe}", get(bars))
+}
+
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Unreadable { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "CACHE_FILE_UNREADABLE", e.to_string())
+            }
+            other => ApiError::internal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CACHE_ERROR",
+                "The data cache could not be read or written",
+                &other,
+            ),
+        }
+    }
+}
+
+/// Validates and starts a `data_load`; returns the operation id, whether it is a replay, and
+/// whether a cache file existed.
+async fn start(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &LoadBody,
+    scope: &str,
+    download_only: bool,
+) -> Result<(String, bool, LoadSpec), ApiError> {
+    let spec = LoadSpec::from_body(body, download_only)?;
+    let operation = OperationSpec {
+        operation_type: data::OPERATION_TYPE,
+        metadata: spec.metadata(),
+        idempotency: idempotency_key(headers, scope, body)?,
+    };
+    let submitted = state.orchestrator.submit(operation, state.data.job(spec.clone())).await?;
+    Ok(match submitted {
+        Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false, spec),
+        Submitted::Existing(id) => (id, true, spec),
+    })
+}
+
+async fn load(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LoadBody>,
+) -> Result<Response, ApiError> {
+    let (operation_id, replay, spec) = start(&state, &headers, &body, "POST /api/v1/data/load", false).await?;
+    let cached_before = state.data.repository.path(&spec.symbol, spec.timeframe).is_file();
+    let answer = Json(json!({
+        "success": true,
+        "data": {
+            "status": "started", "operation_id": operation_id, "fetched_bars": 0, "cached_before": cached_before,
+            "merged_file": "", "gaps_analyzed": 0, "segments_fetched": 0, "ib_requests_made": 0,
+            "execution_time_seconds": 0.0, "error_message": null,
+        },
+        "error": null,
+    }));
+    Ok(replayed(answer.into_response(), replay))
+}
+
+async fn download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LoadBody>,
+) -> Result<Response, ApiError> {
+    let (operation_id, replay, spec) =
+        start(&state, &headers, &body, "POST /api/v1/data/acquire/download", true).await?;
+    let answer = Json(json!({
+        "success": true,
+        "operation_id": operation_id,
+        "status": "started",
+        "message": format!("Started {} download for {} {}", spec.mode.as_str(), spec.symbol, spec.timeframe),
+    }));
+    Ok(replayed(answer.into_response(), replay))
+}
+
+async fn info(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let series = state.data.repository.info().await?;
+    Ok(Json(json!({ "success": true, "data": series })).into_response())
+}
+
+#[derive(Deserialize)]
+struct BarsQuery {
+    start_date: Option<String>,
+    end_date: Option<String>,
+    limit: Option<String>,
+}
+
+/// The most bars one answer carries.
+const MAX_LIMIT: usize = 10_000_000;
+
+/// `GET /data/{symbol}/{timeframe}`: cached bars only, never a host call; no file → empty arrays.
+async fn bars(
+    State(state): State<AppState>,
+    Path((symbol, timeframe)): Path<(String, String)>,
+    Query(query): Query<BarsQuery>,
+) -> Result<Response, ApiError> {
+    let symbol = Symbol::parse(&symbol)?;
+    let timeframe = parse_timeframe(&timeframe)?;
+    let date = |field: &str, text: &Option<String>| -> Result<Option<i64>, ApiError> {
+        match text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) => time::parse_timestamp(t).map(|ts| Some(ts.timestamp())).ok_or_else(|| {
+                ApiError::invalid(field, format!("{field} `{t}` is not a date (YYYY-MM-DD or ISO 8601)"))
+            }),
+        }
+    };
+    let (start, end) = (date("start_date", &query.start_date)?, date("end_date", &query.end_date)?);
+    if let (Some(s), Some(e)) = (start, end)
+        && s > e
+    {
+        return Err(ApiError::invalid("start_date", "start_date is after end_date"));
+    }
+    let limit = match query.limit.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => Some(t.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+            ApiError::invalid("limit", format!("limit must be a whole number from 1 to {MAX_LIMIT}, not `{t}`"))
+        })?),
+    };
+    let frame = state.data.repository.read(&symbol, timeframe).await?;
+    let rows = frame.window(start, end, limit);
+    let body = tokio::task::spawn_blocking(move || render(&frame, rows, symbol.as_str(), timeframe.as_str()))
+        .await
+        .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error", &e))?;
+    Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// Writes the answer directly (a 100,000-bar answer is megabytes; no intermediate JSON tree).
+fn render(bars: &Bars, rows: std::ops::Range<usize>, symbol: &str, timeframe: &str) -> Bytes {
+    let n = rows.len();
+    let mut out = String::with_capacity(64 + n * 80);
+    out.push_str(r#"{"success":true,"data":{"dates":["#);
+    for (k, i) in rows.clone().enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        push_ts(bars.ts[i], &mut out);
+        out.push('"');
+    }
+    out.push_str(r#"],"ohlcv":["#);
+    let number = |out: &mut String, x: f64| {
+        if x.is_finite() {
+            let _ = write!(out, "{x}");
+        } else {
+            out.push_str("null");
+        }
+    };
+    for (k, i) in rows.clone().enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        for (j, x) in [bars.open[i], bars.high[i], bars.low[i], bars.close[i], bars.volume[i]].into_iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            number(&mut out, x);
+        }
+        out.push(']');
+    }
+    let stamp = |i: Option<usize>| -> String {
+        i.map(|i| {
+            let mut s = String::from("\"");
+            push_ts(bars.ts[i], &mut s);
+            s.push('"');
+            s
+        })
+        .unwrap_or_else(|| "null".to_owned())
+    };
+    let _ = write!(
+        out,
+        r#"],"metadata":{{"symbol":"{symbol}","timeframe":"{timeframe}","start":{},"end":{},"points":{n}}}}}}}"#,
+        stamp((n > 0).then_some(rows.start)),
+        stamp((n > 0).then(|| rows.end - 1)),
+    );
+    Bytes::from(out)
+}

@@ -1,0 +1,228 @@
+//! A data-load request, validated at the edge ("parse, don't validate"): a [`Symbol`] that can
+//! safely become part of a file name, a [`Timeframe`], a [`Mode`] and a date range.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::data::timeframe::Timeframe;
+use crate::invalid::Invalid;
+use crate::time::{self, Timestamp};
+
+/// 1–20 characters of `A-Z a-z 0-9 . _ -`, upper-cased, not starting with `.` or `-` — so it can
+/// never name a file outside the data folder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Symbol(String);
+
+impl Symbol {
+    pub const MAX_LEN: usize = 20;
+
+    pub fn parse(text: &str) -> Result<Symbol, Invalid> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(Invalid::new("symbol", "symbol must not be empty"));
+        }
+        if text.chars().count() > Self::MAX_LEN {
+            return Err(Invalid::new("symbol", format!("symbol must be at most {} characters", Self::MAX_LEN)));
+        }
+        if !text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(Invalid::new(
+                "symbol",
+                format!("symbol `{text}` may only contain letters, digits, '.', '_' and '-'"),
+            ));
+        }
+        if text.starts_with(['.', '-']) {
+            return Err(Invalid::new("symbol", format!("symbol `{text}` must start with a letter, digit or '_'")));
+        }
+        Ok(Symbol(text.to_ascii_uppercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn parse_timeframe(text: &str) -> Result<Timeframe, Invalid> {
+    Timeframe::parse(text.trim()).ok_or_else(|| {
+        Invalid::new("timeframe", format!("timeframe `{text}` is not supported")).allowed(json!(Timeframe::names()))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Read the cache only; no host calls.
+    Local,
+    /// From the end of the cache to now, before it when asked, and holes inside it.
+    Tail,
+    /// From the start (default: the head timestamp) up to the start of the cache.
+    Backfill,
+    /// Everything missing in the range.
+    Full,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Local => "local",
+            Mode::Tail => "tail",
+            Mode::Backfill => "backfill",
+            Mode::Full => "full",
+        }
+    }
+
+    fn parse(text: &str, allowed: &[Mode]) -> Result<Mode, Invalid> {
+        allowed.iter().copied().find(|m| m.as_str() == text.trim()).ok_or_else(|| {
+            Invalid::new("mode", format!("mode `{text}` is not one of {}", names(allowed)))
+                .allowed(json!(allowed.iter().map(|m| m.as_str()).collect::<Vec<_>>()))
+        })
+    }
+}
+
+fn names(modes: &[Mode]) -> String {
+    modes.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// `filters` of the request (kept in the metadata; `trading_hours_only` drops stock bars
+/// outside the regular session).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Filters {
+    pub trading_hours_only: bool,
+    pub include_extended: bool,
+}
+
+/// The JSON body of `POST /data/load` and `/data/acquire/download`, as sent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LoadBody {
+    pub symbol: String,
+    pub timeframe: String,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub start_date: Option<String>,
+    #[serde(default)]
+    pub end_date: Option<String>,
+    #[serde(default)]
+    pub filters: Option<Filters>,
+}
+
+/// A validated data load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSpec {
+    pub symbol: Symbol,
+    pub timeframe: Timeframe,
+    pub mode: Mode,
+    pub start: Option<Timestamp>,
+    pub end: Option<Timestamp>,
+    pub filters: Filters,
+}
+
+fn parse_date(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, Invalid> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => time::parse_timestamp(text).map(Some).ok_or_else(|| {
+            Invalid::new(field, format!("{field} `{text}` is not a date (use YYYY-MM-DD or an ISO 8601 date-time)"))
+        }),
+    }
+}
+
+impl LoadSpec {
+    /// `download_only`: `/data/acquire/download` requires one of the three download modes.
+    pub fn from_body(body: &LoadBody, download_only: bool) -> Result<LoadSpec, Invalid> {
+        let symbol = Symbol::parse(&body.symbol)?;
+        let timeframe = parse_timeframe(&body.timeframe)?;
+        let mode = match (body.mode.as_deref(), download_only) {
+            (None, false) => Mode::Local,
+            (None, true) => return Err(Invalid::new("mode", "mode is required: tail, backfill or full")),
+            (Some(text), false) => Mode::parse(text, &[Mode::Local, Mode::Tail, Mode::Backfill, Mode::Full])?,
+            (Some(text), true) => Mode::parse(text, &[Mode::Tail, Mode::Backfill, Mode::Full])?,
+        };
+        let start = parse_date("start_date", body.start_date.as_deref())?;
+        let end = parse_date("end_date", body.end_date.as_deref())?;
+        if let (Some(s), Some(e)) = (start, end)
+            && s > e
+        {
+            return Err(Invalid::new(
+                "start_date",
+                format!("start_date ({}) is after end_date ({})", time::format(&s), time::format(&e)),
+            ));
+        }
+        Ok(LoadSpec { symbol, timeframe, mode, start, end, filters: body.filters.unwrap_or_default() })
+    }
+
+    /// The operation's `metadata`.
+    pub fn metadata(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("symbol".into(), json!(self.symbol.as_str()));
+        m.insert("timeframe".into(), json!(self.timeframe.as_str()));
+        m.insert("mode".into(), json!(self.mode.as_str()));
+        m.insert("start_date".into(), json!(self.start.as_ref().map(time::format)));
+        m.insert("end_date".into(), json!(self.end.as_ref().map(time::format)));
+        m.insert("parameters".into(), json!({ "filters": self.filters }));
+        m
+    }
+
+    /// `{SYMBOL}_{tf}.csv`
+    pub fn file_name(&self) -> String {
+        file_name(&self.symbol, self.timeframe)
+    }
+}
+
+pub fn file_name(symbol: &Symbol, timeframe: Timeframe) -> String {
+    format!("{}_{}.csv", symbol.as_str(), timeframe.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(symbol: &str, timeframe: &str) -> LoadBody {
+        LoadBody {
+            symbol: symbol.into(),
+            timeframe: timeframe.into(),
+            mode: None,
+            start_date: None,
+            end_date: None,
+            filters: None,
+        }
+    }
+
+    #[test]
+    fn symbols_that_could_escape_the_data_folder_are_refused() {
+        for bad in
+            ["../../etc/passwd", "AAPL/../x", "..", ".hidden", "-x", "a b", "AAPL\0", "", &"A".repeat(500), "ÄPL"]
+        {
+            assert!(Symbol::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(Symbol::parse("eur.usd").unwrap().as_str(), "EUR.USD");
+        assert_eq!(Symbol::parse("BRK-B").unwrap().as_str(), "BRK-B");
+    }
+
+    #[test]
+    fn bodies_are_validated_field_by_field() {
+        assert_eq!(LoadSpec::from_body(&body("AAPL", "3h"), false).unwrap_err().field, "timeframe");
+        let mut b = body("AAPL", "1h");
+        b.mode = Some("sideways".into());
+        assert_eq!(LoadSpec::from_body(&b, false).unwrap_err().field, "mode");
+        b.mode = Some("local".into());
+        assert_eq!(LoadSpec::from_body(&b, true).unwrap_err().field, "mode", "download needs a download mode");
+        b.mode = Some("tail".into());
+        b.start_date = Some("2024-03-01".into());
+        b.end_date = Some("2024-01-01T00:00:00Z".into());
+        assert_eq!(LoadSpec::from_body(&b, true).unwrap_err().field, "start_date");
+        b.end_date = Some("not a date".into());
+        assert_eq!(LoadSpec::from_body(&b, true).unwrap_err().field, "end_date");
+        b.end_date = Some("2024-04-01".into());
+        let spec = LoadSpec::from_body(&b, true).unwrap();
+        assert_eq!(spec.mode, Mode::Tail);
+        assert_eq!(spec.file_name(), "AAPL_1h.csv");
+    }
+}

@@ -1,0 +1,385 @@
+//! Data loads end to end: the real service with the IB simulator in-process, over real sockets.
+//! The simulator's request log proves exactly which windows each mode asked for.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, assert_envelope};
+use ktrdr_ops::data::frame::Bars;
+use ktrdr_ops::data::repository::{read_csv, write_csv_atomic};
+use ktrdr_ops::data::timeframe::Timeframe;
+use ktrdr_ops::sim::market::Instrument;
+use ktrdr_ops::time::{Timestamp, parse_timestamp};
+use serde_json::{Value, json};
+
+fn t(text: &str) -> Timestamp {
+    parse_timestamp(text).unwrap()
+}
+
+fn expected(symbol: &str, tf: Timeframe, start: &str, end: &str) -> Bars {
+    Bars::from_bars(&Instrument::new(symbol).bars(tf, t(start), t(end)))
+}
+
+async fn load(app: &TestApp, body: Value) -> String {
+    let (status, answer) = app.post("/api/v1/data/load", body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["data"]["operation_id"].as_str().unwrap().to_owned()
+}
+
+async fn finished(app: &TestApp, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = app.record(id).await;
+        if ["completed", "failed", "cancelled"].contains(&record["status"].as_str().unwrap()) {
+            return record;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} did not finish: {record}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn cache_file(app: &TestApp, name: &str) -> std::path::PathBuf {
+    app.data_dir.path().join(name)
+}
+
+fn windows_of(log: &[(String, String, String)]) -> Vec<(String, String)> {
+    log.iter().map(|(s, e, _)| (s.clone(), e.clone())).collect()
+}
+
+fn w(s: &str, e: &str) -> (String, String) {
+    (s.to_owned(), e.to_owned())
+}
+
+#[tokio::test]
+async fn each_mode_from_an_empty_cache_fetches_the_range_in_its_order() {
+    for (mode, newest_first) in [("tail", true), ("backfill", false), ("full", false)] {
+        let app = TestApp::spawn_with_sim(|_| {}).await;
+        let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": mode,
+                           "start_date": "2024-01-01", "end_date": "2024-03-31T23:00:00Z" });
+        let record = finished(&app, &load(&app, body).await).await;
+        assert_eq!(record["status"], "completed", "{mode}: {record}");
+        let windows = windows_of(&app.ib_windows().await);
+        let mut ascending = vec![
+            w("2024-01-01T00:00:00+00:00", "2024-01-30T23:59:59+00:00"),
+            w("2024-01-31T00:00:00+00:00", "2024-02-29T23:59:59+00:00"),
+            w("2024-03-01T00:00:00+00:00", "2024-03-30T23:59:59+00:00"),
+            w("2024-03-31T00:00:00+00:00", "2024-03-31T23:00:00+00:00"),
+        ];
+        // 31 March 2024 is a Sunday: no segment is asked for it.
+        ascending.pop();
+        if newest_first {
+            ascending.reverse();
+        }
+        assert_eq!(windows, ascending, "{mode}");
+        let file = read_csv(&cache_file(&app, "AAPL_1h.csv")).unwrap();
+        assert_eq!(file, expected("AAPL", Timeframe::H1, "2024-01-01T00:00:00Z", "2024-03-31T23:00:00Z"), "{mode}");
+        let result = &record["result_summary"];
+        assert_eq!((result["rows_before"].as_u64(), result["rows_after"].as_u64()), (Some(0), Some(file.len() as u64)));
+        assert_eq!(result["segments_fetched"], 3);
+        assert_eq!(result["ib_requests_made"], 3);
+        assert_eq!(result["cache_hit"], false);
+        assert_eq!(result["partial"], false);
+        assert_eq!(result["file"], "AAPL_1h.csv");
+    }
+}
+
+#[tokio::test]
+async fn local_mode_reads_the_cache_without_calling_any_host() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let cached = expected("MSFT", Timeframe::D1, "2024-01-01T00:00:00Z", "2024-06-30T00:00:00Z");
+    write_csv_atomic(&cache_file(&app, "MSFT_1d.csv"), &cached).unwrap();
+    let record = finished(&app, &load(&app, json!({ "symbol": "msft", "timeframe": "1d" })).await).await;
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["result_summary"]["rows_after"], cached.len());
+    assert_eq!(record["result_summary"]["cache_hit"], true);
+    let stats = app.ib_stats().await;
+    assert_eq!(stats["requests"], json!({}), "no host call at all: {stats}");
+}
+
+/// A cache of February 2024 with Monday the 12th missing.
+fn holed_cache(app: &TestApp) -> Bars {
+    let mut bars = Instrument::new("AAPL").bars(Timeframe::H1, t("2024-02-01T00:00:00Z"), t("2024-02-29T23:00:00Z"));
+    bars.retain(|b| b.timestamp.date_naive() != t("2024-02-12T00:00:00Z").date_naive());
+    let bars = Bars::from_bars(&bars);
+    write_csv_atomic(&cache_file(app, "AAPL_1h.csv"), &bars).unwrap();
+    bars
+}
+
+#[tokio::test]
+async fn each_mode_over_a_cache_with_holes_asks_for_exactly_what_is_missing() {
+    let before = w("2024-01-15T00:00:00+00:00", "2024-02-01T14:29:59+00:00");
+    let hole = w("2024-02-09T21:30:00+00:00", "2024-02-13T14:29:59+00:00");
+    let after = w("2024-02-29T21:30:00+00:00", "2024-03-10T00:00:00+00:00");
+    for (mode, asked) in [
+        ("tail", vec![after.clone(), hole.clone(), before.clone()]),
+        ("full", vec![before.clone(), hole.clone(), after.clone()]),
+        ("backfill", vec![before.clone()]),
+    ] {
+        let app = TestApp::spawn_with_sim(|_| {}).await;
+        let cached = holed_cache(&app);
+        let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": mode,
+                           "start_date": "2024-01-15T00:00:00Z", "end_date": "2024-03-10T00:00:00Z" });
+        let record = finished(&app, &load(&app, body).await).await;
+        assert_eq!(record["status"], "completed", "{mode}: {record}");
+        assert_eq!(windows_of(&app.ib_windows().await), asked, "{mode}");
+        let file = read_csv(&cache_file(&app, "AAPL_1h.csv")).unwrap();
+        let whole = expected("AAPL", Timeframe::H1, "2024-01-15T00:00:00Z", "2024-03-10T00:00:00Z");
+        if mode == "backfill" {
+            let early = expected("AAPL", Timeframe::H1, "2024-01-15T00:00:00Z", "2024-01-31T23:00:00Z");
+            assert_eq!(file, early.merge(&cached), "backfill does not scan for holes");
+        } else {
+            assert_eq!(file, whole, "{mode} filled everything");
+        }
+        assert_eq!(record["result_summary"]["rows_before"], cached.len());
+    }
+}
+
+#[tokio::test]
+async fn progress_is_monotonic_and_stays_within_each_steps_band() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    app.ib_knobs(json!({ "latency_ms": 25 })).await;
+    let body = json!({ "symbol": "EURUSD", "timeframe": "1h", "mode": "backfill", "start_date": "2023-01-01", "end_date": "2024-06-30" });
+    let id = load(&app, body).await;
+    let mut last = -1.0;
+    let mut steps_seen = std::collections::BTreeSet::new();
+    let mut download_message = None;
+    loop {
+        let record = app.record(&id).await;
+        let progress = &record["progress"];
+        let percentage = progress["percentage"].as_f64().unwrap();
+        assert!(percentage >= last, "went back from {last} to {percentage}");
+        last = percentage;
+        let context = &progress["context"];
+        if let (Some(low), Some(high)) =
+            (context["step_start_percentage"].as_f64(), context["step_end_percentage"].as_f64())
+            && record["status"] == "running"
+        {
+            assert!(low <= percentage && percentage <= high, "{percentage} outside [{low}, {high}]: {progress}");
+            steps_seen.insert(context["current_step_name"].as_str().unwrap().to_owned());
+        }
+        let step = progress["current_step"].as_str().unwrap_or_default();
+        if step.starts_with("Downloading") && step.contains("segment ") {
+            download_message = Some(step.to_owned());
+        }
+        if record["status"] != "running" && record["status"] != "pending" {
+            assert_eq!(record["status"], "completed", "{record}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(last, 100.0);
+    assert!(steps_seen.iter().any(|s| s.starts_with("Downloading")), "{steps_seen:?}");
+    let message = download_message.expect("saw a download step");
+    assert!(message.ends_with("(EURUSD 1h, backfill mode) [6/7]"), "{message}");
+    assert!(message.contains("segments from IB: "), "{message}");
+}
+
+#[tokio::test]
+async fn cancelling_in_the_middle_of_downloading_keeps_every_fetched_segment() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    app.ib_knobs(json!({ "latency_ms": 40 })).await;
+    let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "backfill", "start_date": "2022-01-01", "end_date": "2024-06-30" });
+    let id = load(&app, body).await;
+    loop {
+        let record = app.record(&id).await;
+        if record["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, answer) = app.delete(&format!("/api/v1/operations/{id}")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["status"], "cancelled");
+    // Answered after the work stopped and saved: the file is complete and valid now.
+    let file = read_csv(&cache_file(&app, "AAPL_1h.csv")).expect("a valid CSV");
+    let answered: Vec<_> = app.ib_windows().await.into_iter().filter(|(_, _, outcome)| outcome == "ok").collect();
+    assert!(answered.len() >= 3);
+    let mut fetched = Bars::default();
+    for (start, end, _) in &answered {
+        fetched = fetched.merge(&Bars::from_bars(&Instrument::new("AAPL").bars(Timeframe::H1, t(start), t(end))));
+    }
+    assert_eq!(file, fetched, "every segment answered before the cancel is on disk, and nothing else");
+    assert!(app.record(&id).await["result_summary"].is_null());
+}
+
+#[tokio::test]
+async fn one_failing_segment_makes_a_partial_success() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.data.retry_base_delay = ktrdr_ops::time::HumanDuration(Duration::from_millis(10))
+    })
+    .await;
+    app.ib_knobs(json!({ "fail_dates": ["2024-02-15"] })).await;
+    let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "backfill", "start_date": "2024-01-01", "end_date": "2024-03-31T23:00:00Z" });
+    let record = finished(&app, &load(&app, body).await).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let result = &record["result_summary"];
+    assert_eq!(result["partial"], true);
+    assert_eq!((result["segments_fetched"].as_u64(), result["segments_failed"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(result["ib_requests_made"], 5, "the failing segment was tried three times");
+    let errors = record["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].as_str().unwrap().starts_with("segment 2/3 2024-01-31 00:00 to 2024-02-29 23:59: Error 1100"),
+        "{errors:?}"
+    );
+    let file = read_csv(&cache_file(&app, "AAPL_1h.csv")).unwrap();
+    let kept = expected("AAPL", Timeframe::H1, "2024-01-01T00:00:00Z", "2024-01-30T23:59:59Z").merge(&expected(
+        "AAPL",
+        Timeframe::H1,
+        "2024-03-01T00:00:00Z",
+        "2024-03-31T23:00:00Z",
+    ));
+    assert_eq!(file, kept);
+}
+
+#[tokio::test]
+async fn an_unknown_symbol_fails_at_the_first_step_with_the_hosts_words() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let record = finished(&app, &load(&app, json!({ "symbol": "XYZ", "timeframe": "1h", "mode": "tail" })).await).await;
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["error_message"], "Symbol XYZ not found");
+    assert_eq!(record["progress"]["context"]["current_step_name"], "Validating symbol XYZ");
+    assert_eq!(record["progress"]["steps_completed"], 0);
+    assert!(!cache_file(&app, "XYZ_1h.csv").exists());
+}
+
+#[tokio::test]
+async fn two_loads_of_one_series_run_one_after_the_other() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    app.ib_knobs(json!({ "latency_ms": 30 })).await;
+    let body = json!({ "symbol": "SPY", "timeframe": "1h", "mode": "backfill", "start_date": "2023-06-01", "end_date": "2024-06-01" });
+    let first = load(&app, body.clone()).await;
+    let second = load(&app, body).await;
+    let mut saw_waiting = false;
+    loop {
+        let record = app.record(&second).await;
+        saw_waiting |= record["progress"]["current_step"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for another load of SPY 1h");
+        if record["status"] == "completed" {
+            let first = app.record(&first).await;
+            assert_eq!(first["status"], "completed");
+            assert!(
+                first["completed_at"].as_str() <= record["started_at"].as_str().max(record["completed_at"].as_str())
+            );
+            assert_eq!(record["result_summary"]["cache_hit"], true, "the first load had filled it: {record}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(saw_waiting, "the second load said it was waiting");
+    let asked = app.ib_windows().await;
+    let unique: std::collections::HashSet<_> = asked.iter().collect();
+    assert_eq!(unique.len(), asked.len(), "no window was fetched twice");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_touch_nothing() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let cases = [
+        (json!({ "symbol": "../../etc/passwd", "timeframe": "1h" }), "symbol"),
+        (json!({ "symbol": "AAPL/../x", "timeframe": "1h" }), "symbol"),
+        (json!({ "symbol": "A".repeat(500), "timeframe": "1h" }), "symbol"),
+        (json!({ "symbol": "AAPL", "timeframe": "7m" }), "timeframe"),
+        (
+            json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "tail", "start_date": "2024-03-01", "end_date": "2024-01-01" }),
+            "start_date",
+        ),
+        (json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "sideways" }), "mode"),
+        (json!({ "symbol": "AAPL", "timeframe": "1h", "start_date": "someday" }), "start_date"),
+    ];
+    for (body, field) in cases {
+        for path in ["/api/v1/data/load", "/api/v1/data/acquire/download"] {
+            let mut body = body.clone();
+            if path.ends_with("download") && body.get("mode").is_none() {
+                body["mode"] = json!("tail");
+            }
+            let (status, answer) = app.post(path, body.clone()).await;
+            assert_eq!(status, 422, "{path} {body}: {answer}");
+            assert_envelope(&answer);
+            assert_eq!(answer["error"]["details"]["field"], field, "{path} {body}: {answer}");
+        }
+    }
+    let (status, answer) =
+        app.post("/api/v1/data/acquire/download", json!({ "symbol": "AAPL", "timeframe": "1h" })).await;
+    assert_eq!((status, answer["error"]["details"]["field"].as_str()), (422, Some("mode")));
+    let (status, answer) = app.get("/api/v1/data/AAPL%2F..%2Fx/1h").await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, _) = app.get("/api/v1/data/AAPL/2h5").await;
+    assert_eq!(status, 422);
+    assert_eq!(std::fs::read_dir(app.data_dir.path()).unwrap().count(), 0, "nothing was written");
+    assert_eq!(app.get("/api/v1/operations").await.1["total_count"], 0, "no operation was created");
+    assert_eq!(app.ib_stats().await["requests"], json!({}), "no host was called");
+}
+
+#[tokio::test]
+async fn cached_bars_are_served_with_filters_and_listed() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let (_, empty) = app.get("/api/v1/data/AAPL/1h").await;
+    assert_eq!(empty["data"]["dates"], json!([]));
+    assert_eq!(empty["data"]["metadata"]["points"], 0);
+    let body = json!({ "symbol": "AAPL", "timeframe": "1d", "mode": "backfill", "start_date": "2024-01-01", "end_date": "2024-03-31" });
+    finished(&app, &load(&app, body).await).await;
+    let (status, all) = app.get("/api/v1/data/AAPL/1d").await;
+    assert_eq!(status, 200);
+    let dates = all["data"]["dates"].as_array().unwrap();
+    let bars = expected("AAPL", Timeframe::D1, "2024-01-01T00:00:00Z", "2024-03-31T00:00:00Z");
+    assert_eq!(dates.len(), bars.len());
+    assert_eq!(dates[0], "2024-01-02T00:00:00Z");
+    let first: Vec<f64> = all["data"]["ohlcv"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(first, vec![bars.open[0], bars.high[0], bars.low[0], bars.close[0], bars.volume[0]]);
+    let (_, some) = app.get("/api/v1/data/aapl/1d?start_date=2024-02-01&end_date=2024-02-29&limit=5").await;
+    assert_eq!(some["data"]["dates"].as_array().unwrap().len(), 5);
+    assert_eq!(some["data"]["metadata"]["end"], "2024-02-29T00:00:00Z");
+    let (_, info) = app.get("/api/v1/data/info").await;
+    assert_eq!(info["data"][0]["symbol"], "AAPL");
+    assert_eq!(info["data"][0]["point_count"], bars.len());
+    assert_eq!(info["data"][0]["start_date"], "2024-01-02T00:00:00.000000Z");
+    let (status, _) = app.get("/api/v1/data/AAPL/1d?limit=0").await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test]
+async fn under_ibs_pacing_rules_the_simulator_sees_no_violation() {
+    // Our limiter paces by IB's rules and the simulator judges every request by the same rules,
+    // both with every duration divided by 200 (a paused clock cannot be used here: the SQLite
+    // pool's own timeouts would fire) — 2 s gaps become 10 ms, the 10-minute window 3 s.
+    const SCALE: f64 = 0.005;
+    let app = TestApp::spawn_with_sim(|c| {
+        c.hosts.ib.pacing = ktrdr_ops::config::PacingMode::Ib;
+        let rules = &mut c.hosts.ib.pacing_rules;
+        for d in [
+            &mut rules.min_gap,
+            &mut rules.window,
+            &mut rules.identical_gap,
+            &mut rules.contract_window,
+            &mut rules.violation_backoff,
+        ] {
+            d.0 = d.0.mul_f64(SCALE);
+        }
+    })
+    .await;
+    app.ib_knobs(json!({ "pacing": true, "pacing_scale": SCALE })).await;
+    let began = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for (symbol, timeframe, start) in
+        [("AAPL", "1h", "2021-01-01"), ("MSFT", "1h", "2021-01-01"), ("AAPL", "1d", "2020-01-01")]
+    {
+        let body = json!({ "symbol": symbol, "timeframe": timeframe, "mode": "backfill", "start_date": start, "end_date": "2024-01-01" });
+        ids.push(load(&app, body).await);
+    }
+    let mut requests = 0;
+    for id in &ids {
+        let record = finished(&app, id).await;
+        assert_eq!(record["status"], "completed", "{record}");
+        assert_eq!(record["result_summary"]["partial"], false);
+        requests += record["result_summary"]["ib_requests_made"].as_u64().unwrap();
+    }
+    let stats = app.ib_stats().await;
+    assert_eq!(stats["pacing_violations"], 0, "{stats}");
+    assert!(requests > 60, "{requests} requests: enough to meet the 60-per-window rule");
+    let waited = began.elapsed();
+    assert!(waited >= Duration::from_secs(3), "the window rule held requests back: {waited:?}");
+}
