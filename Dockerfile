@@ -17,6 +17,7 @@ RUN useradd --system --create-home --home-dir /app ktrdr \
     && chown -R ktrdr /app
 COPY --from=build /src/target/release/ktrdr-ops /usr/local/bin/ktrdr-ops
 COPY config /app/config
+COPY strategies /app/strategies
 WORKDIR /app
 USER ktrdr
 # In a container the service listens on every interface.

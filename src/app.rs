@@ -22,6 +22,8 @@ use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
 use crate::hosts::{HostClient, HostSettings, Hosts, RetryPolicy};
 use crate::ops::{Orchestrator, Settings, Store, StoreError};
 use crate::sim::{SimSettings, Simulators};
+use crate::training::TrainingService;
+use crate::training::job::TrainingSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -182,10 +184,22 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             tail_default_lookback: config.data.tail_default_lookback.0,
         },
     };
+    let training = TrainingService {
+        client: hosts.training.clone(),
+        strategies_dir: config.training.strategies_dir.clone(),
+        settings: TrainingSettings {
+            start_timeout: config.training.start_timeout.0,
+            poll_min: config.training.poll_min.0,
+            poll_max: config.training.poll_max.0.max(config.training.poll_min.0),
+            poll_errors: config.training.poll_errors.max(1),
+            cancel_watch: config.training.cancel_watch.0,
+            stop_attempts: config.training.stop_attempts.max(1),
+        },
+    };
     let orchestrator = Orchestrator::new(
         store.clone(),
         orchestrator_settings(&config, &store),
-        vec![dummy::operation_type(), data::operation_type()],
+        vec![dummy::operation_type(), data::operation_type(), training.operation_type()],
     );
     orchestrator.reconcile().await?;
 
@@ -196,6 +210,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         orchestrator: orchestrator.clone(),
         hosts: hosts.clone(),
         data,
+        training,
         config: config.clone(),
     });
 

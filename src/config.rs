@@ -34,6 +34,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub data: DataConfig,
+    pub training: TrainingConfig,
     pub operations: OperationsConfig,
     pub node: NodeConfig,
     pub hosts: HostsConfig,
@@ -66,6 +67,18 @@ pub struct DataConfig {
     pub retry_base_delay: HumanDuration,
     pub tail_default_lookback: HumanDuration,
     pub frame_cache_rows: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    pub strategies_dir: PathBuf,
+    pub start_timeout: HumanDuration,
+    pub poll_min: HumanDuration,
+    pub poll_max: HumanDuration,
+    pub poll_errors: u32,
+    pub cancel_watch: HumanDuration,
+    pub stop_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -25,3 +25,5 @@ pub mod sim;
 pub mod telemetry;
 /// Time helpers: RFC 3339 timestamps and human durations.
 pub mod time;
+/// Training: strategies and the training operation.
+pub mod training;

@@ -43,6 +43,9 @@ struct ServeArgs {
     /// Folder of the market-data cache (data.dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Folder of strategy files (training.strategies_dir).
+    #[arg(long, value_name = "DIR")]
+    strategies_dir: Option<PathBuf>,
     /// Start the IB and training simulators in-process on free ports and use them as the hosts.
     #[arg(long)]
     sim: bool,
@@ -180,6 +183,7 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     let mut sources = args.common.sources();
     sources.set("server.listen", args.listen.as_ref());
     sources.set("data.dir", args.data_dir.as_ref().map(|d| d.display()));
+    sources.set("training.strategies_dir", args.strategies_dir.as_ref().map(|d| d.display()));
     sources.set("hosts.ib.url", args.ib_url.as_ref());
     sources.set("hosts.training.url", args.training_url.as_ref());
     // The simulators do not pace, so neither need we — unless asked to.

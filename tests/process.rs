@@ -226,3 +226,84 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
     let whole = Bars::from_bars(&Instrument::new("AAPL").bars(Timeframe::H1, t("2021-01-01"), t("2024-01-01")));
     assert_eq!(read_csv(&file).unwrap(), whole, "the new load finished the job");
 }
+
+/// The simulators as a process of their own, so they outlive a killed service.
+async fn sim_process(data_dir: &str, pace_ms: &str) -> (tokio::process::Child, String, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .args(["--sim-training-pace-ms", pace_ms])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+        if line.contains("IB simulator on") {
+            break line;
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let urls: Vec<String> = line
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches(',').to_owned())
+        .collect();
+    (child, urls[0].clone(), urls[1].clone())
+}
+
+#[tokio::test]
+async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_session() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    std::fs::write(
+        data.path().join("EURUSD_1h.csv"),
+        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+    )
+    .unwrap();
+    let (_sim, ib_url, training_url) = sim_process(&data_dir, "40").await;
+    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+    let mut args = serve_args(&db);
+    args.extend(
+        ["--ib-url", &ib_url, "--training-url", &training_url, "--data-dir", &data_dir, "--strategies-dir", strategies]
+            .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let http = reqwest::Client::new();
+
+    let mut service = ServiceProcess::start(&args, &[]).await;
+    let (status, answer) = json_of(
+        http.post(service.url("/api/v1/trainings/start"))
+            .json(&json!({ "strategy_name": "example_mlp" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["task_id"].as_str().unwrap().to_owned();
+    loop {
+        let r = record(&http, &service, &id).await;
+        if r["metrics"]["epochs"].as_array().is_some_and(|e| e.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.kill9().await;
+
+    let service = ServiceProcess::start(&args, &[]).await;
+    let done = loop {
+        let r = record(&http, &service, &id).await;
+        if r["status"] != "running" && r["status"] != "pending" {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    let epochs: Vec<u64> =
+        done["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (0..10).collect::<Vec<u64>>(), "every epoch once, across the restart");
+    let lines = service.output.lock().unwrap().join("\n");
+    assert!(lines.contains("re-attached"), "{lines}");
+}

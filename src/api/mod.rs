@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod health;
 mod operations;
+mod trainings;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::data::DataService;
 use crate::hosts::Hosts;
 use crate::ops::{IdempotencyKey, Orchestrator};
+use crate::training::TrainingService;
 use error::ApiError;
 
 /// What every handler can reach: cheap-clone handles only.
@@ -30,6 +32,7 @@ pub struct AppState {
     pub orchestrator: Orchestrator,
     pub hosts: Hosts,
     pub data: DataService,
+    pub training: TrainingService,
     pub config: Arc<Config>,
 }
 
@@ -40,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(operations::router())
         .merge(data::router())
+        .merge(trainings::router())
         .merge(dummy::router())
         .merge(health::router())
         .method_not_allowed_fallback(method_not_allowed)

@@ -89,11 +89,18 @@ pub struct RemoteStopReport {
     pub(crate) store: Store,
     pub(crate) owner: String,
     pub(crate) reason: String,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl RemoteStopReport {
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    /// Fires when the service shuts down: stop watching the host then (the stop itself should
+    /// still go out, bounded by its own timeout).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     async fn record(&self, change: impl FnOnce(&mut crate::ops::record::RemoteStop)) {
@@ -148,6 +155,11 @@ impl JobContext {
 
     pub fn metadata(&self) -> Map<String, Value> {
         self.op.snapshot().record.metadata.clone()
+    }
+
+    /// The operation's `metrics` as they stand (a re-attached job continues from them).
+    pub fn current_metrics(&self) -> Option<Value> {
+        self.op.snapshot().record.metrics.clone()
     }
 
     /// The resume state saved by an earlier run of this operation (re-attach after a restart).

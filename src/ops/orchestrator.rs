@@ -486,6 +486,7 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
             store: inner.store.clone(),
             owner: inner.settings.node_id.clone(),
             reason: snapshot.record.error_message.clone().unwrap_or_default(),
+            shutdown: inner.root.clone(),
         };
         inner.tasks.spawn((hook.run)(report).in_current_span());
     }

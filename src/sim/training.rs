@@ -36,11 +36,21 @@ pub struct TrainingKnobs {
     /// Acknowledge stops but keep training, then end `completed` (the real host's defect).
     pub ignore_cancel: bool,
     pub max_sessions: usize,
+    /// Hold every stop/cancel call this long before answering (the real host may take 30 s).
+    pub stop_delay_ms: u64,
 }
 
 impl Default for TrainingKnobs {
     fn default() -> Self {
-        Self { pace_ms: 20, epochs: 10, batches: 10, fail_at_epoch: None, ignore_cancel: false, max_sessions: 1 }
+        Self {
+            pace_ms: 20,
+            epochs: 10,
+            batches: 10,
+            fail_at_epoch: None,
+            ignore_cancel: false,
+            max_sessions: 1,
+            stop_delay_ms: 0,
+        }
     }
 }
 
@@ -404,8 +414,17 @@ struct StopBody {
     save_checkpoint: bool,
 }
 
+/// Holds a stop call as long as the knobs say.
+async fn stop_delay(sim: &TrainingSim) {
+    let delay = sim.knobs().stop_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+}
+
 async fn session_stop(State(sim): Sim, FastJson(body): FastJson<StopBody>) -> Response {
     sim.count("/training/stop");
+    stop_delay(&sim).await;
     sim.stats.lock().unwrap_or_else(|e| e.into_inner()).stops += 1;
     match sim.with_session(&body.session_id, |s| s.stop_requested = true) {
         Some(()) => Json(json!({
@@ -447,6 +466,7 @@ async fn cancel_operation(
     Query(_query): Query<BTreeMap<String, String>>,
 ) -> Response {
     sim.count("/api/v1/operations/{id}/cancel");
+    stop_delay(&sim).await;
     sim.stats.lock().unwrap_or_else(|e| e.into_inner()).stops += 1;
     let cancelled = sim.with_session(&id, |s| {
         s.stop_requested = true;

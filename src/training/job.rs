@@ -1,0 +1,346 @@
+//! The training operation (training.md): start the session on the training host (waiting while
+//! it is busy), follow it with one adaptive poller, relay its progress and epochs, fetch the
+//! result — and on cancel, tell the host to stop in the background and record what it did.
+//! Re-attaches to its host session after a service restart.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
+use crate::ops::{
+    BoxedJob, Job, JobContext, JobError, JobResult, OperationRecord, ProgressReporter, Reattach, RemoteStopHook,
+    RemoteStopReport,
+};
+
+/// Tunables of trainings (config `[training]`).
+#[derive(Debug, Clone)]
+pub struct TrainingSettings {
+    /// Give up waiting for a busy host after this.
+    pub start_timeout: Duration,
+    /// Polling starts (and returns, on every change) at `poll_min`, growing ×1.5 to `poll_max`
+    /// while nothing changes.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    /// Consecutive poll failures tolerated before the session counts as lost.
+    pub poll_errors: u32,
+    /// After a stop is acknowledged, watch the host session this long for its final state.
+    pub cancel_watch: Duration,
+    /// Tries to deliver a stop.
+    pub stop_attempts: u32,
+}
+
+/// What to start (absent when re-attaching to a session that already runs).
+pub struct TrainingJob {
+    pub request: Option<StartRequest>,
+    pub session: Option<Session>,
+    pub total_epochs: Option<u32>,
+    pub client: Arc<TrainingClient>,
+    pub settings: TrainingSettings,
+}
+
+fn failed(message: impl Into<String>) -> JobError {
+    JobError::Failed(message.into())
+}
+
+impl Job for TrainingJob {
+    async fn run(self, ctx: JobContext) -> JobResult {
+        let Self { request, session, total_epochs, client, settings } = self;
+        let progress = ctx.progress();
+        let token = ctx.token().clone();
+        let session = match session {
+            Some(session) => {
+                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone()));
+                progress.detail(format!("re-attached to training host session {}", session.id));
+                session
+            }
+            None => {
+                let mut request = request.ok_or_else(|| failed("nothing to train: no request and no session"))?;
+                request.task_id = ctx.operation_id().to_owned();
+                progress.context([
+                    ("model_type".to_owned(), json!(request.model_type)),
+                    ("symbols".to_owned(), json!(request.symbols)),
+                    ("timeframes".to_owned(), json!(request.timeframes)),
+                    ("total_epochs".to_owned(), json!(total_epochs)),
+                ]);
+                progress.start_step("Starting training on the host", 1, 0.0..5.0);
+                let session = start(&client, &request, &settings, &ctx, &progress, &token).await?;
+                ctx.save_state(json!({ "session_id": session.id, "protocol": session.protocol })).await?;
+                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone()));
+                session
+            }
+        };
+        progress.context([
+            ("host_session_id".to_owned(), json!(session.id)),
+            ("host_protocol".to_owned(), json!(session.protocol)),
+        ]);
+        progress.start_step("Training", 2, 5.0..95.0);
+        let last = follow(&client, &session, total_epochs, &settings, &ctx, &progress, &token).await?;
+
+        progress.start_step("Fetching the result", 3, 95.0..100.0);
+        let result = match client.result(&session, &token).await {
+            Ok(result) => result.or(last.result.clone()).unwrap_or_else(|| json!({})),
+            Err(PollError::Cancelled) => return Err(JobError::Cancelled),
+            Err(e) => {
+                ctx.warn(format!("the training finished but its result could not be fetched: {e}"));
+                last.result.clone().unwrap_or_else(|| json!({}))
+            }
+        };
+        let field = |key: &str| result.get(key).cloned().unwrap_or(Value::Null);
+        Ok(json!({
+            "model_path": field("model_path"),
+            "training_metrics": field("training_metrics"),
+            "test_metrics": field("test_metrics"),
+            "model_info": field("model_info"),
+            "data_summary": field("data_summary"),
+            "host_session_id": session.id,
+            "epochs_completed": last.epochs.len(),
+        }))
+    }
+}
+
+/// `POST /training/start`, waiting (cancellably, with backoff) while the host is busy.
+async fn start(
+    client: &Arc<TrainingClient>,
+    request: &StartRequest,
+    settings: &TrainingSettings,
+    ctx: &JobContext,
+    progress: &ProgressReporter,
+    token: &CancellationToken,
+) -> Result<Session, JobError> {
+    let protocol = client.protocol(token).await.map_err(|e| {
+        if e.is_cancelled() { JobError::Cancelled } else { failed(format!("the training host cannot be reached: {e}")) }
+    })?;
+    if protocol == crate::hosts::training::Protocol::Operations {
+        // The host will know the session by our id: if a cancel comes while the start is in
+        // flight, the stop can still find it.
+        let session = Session { id: request.task_id.clone(), protocol };
+        ctx.on_cancel(remote_stop(client.clone(), session, settings.clone()));
+    }
+    let deadline = Instant::now() + settings.start_timeout;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match client.start(request, token).await {
+            Ok(session) => return Ok(session),
+            Err(StartError::Busy(message)) => {
+                if Instant::now() >= deadline {
+                    return Err(failed(format!(
+                        "the training host stayed busy for {} s: {message}",
+                        settings.start_timeout.as_secs()
+                    )));
+                }
+                progress.detail("waiting for a free training host");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = token.cancelled() => return Err(JobError::Cancelled),
+                }
+                pause = pause.mul_f64(1.5).min(Duration::from_secs(15));
+            }
+            Err(StartError::Cancelled) => return Err(JobError::Cancelled),
+            Err(StartError::Duplicate(m)) => {
+                return Err(failed(format!("the training host already has a session with this id: {m}")));
+            }
+            Err(StartError::Rejected(m)) => return Err(failed(format!("the training host refused the request: {m}"))),
+            Err(StartError::Failed(e)) => return Err(failed(format!("could not start the training on the host: {e}"))),
+        }
+    }
+}
+
+/// What changed between polls, for the adaptive interval.
+fn fingerprint(s: &HostSnapshot) -> (HostStatus, Option<u32>, Option<u32>, u64, usize) {
+    (s.status, s.epoch, s.batch, (s.percentage * 100.0) as u64, s.epochs.len())
+}
+
+/// One poller per session: relays progress and finished epochs until the host's session ends.
+async fn follow(
+    client: &TrainingClient,
+    session: &Session,
+    total_epochs: Option<u32>,
+    settings: &TrainingSettings,
+    ctx: &JobContext,
+    progress: &ProgressReporter,
+    token: &CancellationToken,
+) -> Result<HostSnapshot, JobError> {
+    let lost = |detail: &dyn std::fmt::Display| failed(format!("training host lost session {}: {detail}", session.id));
+    // Epochs already recorded (a re-attached operation keeps its history).
+    let mut recorded: BTreeSet<u32> = ctx
+        .current_metrics()
+        .and_then(|m| m.get("epochs").cloned())
+        .and_then(|e| e.as_array().cloned())
+        .map(|list| list.iter().filter_map(|e| e.get("epoch").and_then(Value::as_u64)).map(|e| e as u32).collect())
+        .unwrap_or_default();
+    let mut interval = settings.poll_min;
+    let mut errors = 0;
+    let mut previous = None;
+    loop {
+        match client.poll(session, token).await {
+            Ok(snapshot) => {
+                errors = 0;
+                let now = fingerprint(&snapshot);
+                interval = if previous != Some(now) {
+                    settings.poll_min
+                } else {
+                    interval.mul_f64(1.5).min(settings.poll_max)
+                };
+                previous = Some(now);
+                relay(&snapshot, total_epochs, &mut recorded, ctx, progress);
+                match snapshot.status {
+                    HostStatus::Completed => return Ok(snapshot),
+                    HostStatus::Failed => {
+                        return Err(failed(
+                            snapshot.error.unwrap_or_else(|| "the training failed on the host".to_owned()),
+                        ));
+                    }
+                    HostStatus::Stopped | HostStatus::Cancelled => return Err(failed("training stopped on the host")),
+                    HostStatus::Starting | HostStatus::Running => {}
+                }
+            }
+            Err(PollError::Cancelled) => return Err(JobError::Cancelled),
+            Err(PollError::Lost(detail)) => return Err(lost(&detail)),
+            Err(PollError::Failed(e)) => {
+                errors += 1;
+                if errors >= settings.poll_errors {
+                    return Err(lost(&e));
+                }
+                progress.detail(format!("host unreachable, retrying ({errors}/{})", settings.poll_errors));
+                interval = interval.mul_f64(1.5).min(settings.poll_max);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = token.cancelled() => return Err(JobError::Cancelled),
+        }
+    }
+}
+
+/// Host progress → ours: the host's percentage scaled into 5–95, epochs as steps, batches as items.
+fn relay(
+    s: &HostSnapshot,
+    total_epochs: Option<u32>,
+    recorded: &mut BTreeSet<u32>,
+    ctx: &JobContext,
+    progress: &ProgressReporter,
+) {
+    let total = s.total_epochs.or(total_epochs).unwrap_or(0);
+    let last = |key: fn(&crate::hosts::training::EpochMetrics) -> Option<f64>| s.epochs.last().and_then(key);
+    progress.context([
+        ("epoch".to_owned(), json!(s.epoch)),
+        ("total_epochs".to_owned(), json!(total)),
+        ("batch".to_owned(), json!(s.batch)),
+        ("total_batches".to_owned(), json!(s.total_batches)),
+        ("host_status".to_owned(), json!(s.host_status)),
+        ("train_loss".to_owned(), json!(last(|e| e.train_loss))),
+        ("val_loss".to_owned(), json!(last(|e| e.val_loss))),
+        ("train_accuracy".to_owned(), json!(last(|e| e.train_accuracy))),
+        ("val_accuracy".to_owned(), json!(last(|e| e.val_accuracy))),
+    ]);
+    let fresh: Vec<Value> = s
+        .epochs
+        .iter()
+        .filter(|e| !recorded.contains(&e.epoch))
+        .map(|e| serde_json::to_value(e).expect("epoch metrics serialise"))
+        .collect();
+    if !fresh.is_empty() {
+        recorded.extend(s.epochs.iter().map(|e| e.epoch));
+        ctx.metrics(|m| {
+            let epochs = m.entry("epochs").or_insert_with(|| json!([]));
+            if let Some(list) = epochs.as_array_mut() {
+                list.extend(fresh);
+            }
+        });
+    }
+    progress.steps(recorded.len() as u32, total.max(recorded.len() as u32));
+    if let (Some(done), total) = (s.items_processed, s.items_total) {
+        progress.items(done, total);
+    }
+    let message = s.message.clone().unwrap_or_else(|| match (s.epoch, s.batch, s.total_batches) {
+        (Some(e), Some(b), Some(tb)) => format!("Epoch {e}/{total} · Batch {b}/{tb}"),
+        _ => format!("training host: {}", s.host_status),
+    });
+    progress.step_progress((s.percentage * 10.0).round() as u64, 1000, s.items_processed, Some(message));
+}
+
+/// Tells the host to stop the session (retried until acknowledged, bounded), then watches it
+/// for a while and records its final status — a host may acknowledge and train on regardless.
+fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: TrainingSettings) -> RemoteStopHook {
+    RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
+        // The stop must go out even while the service shuts down; each try is bounded by its timeout.
+        let unstoppable = CancellationToken::new();
+        let mut pause = Duration::from_millis(500);
+        for attempt in 1..=settings.stop_attempts.max(1) {
+            report.attempt().await;
+            match client.stop(&session, report.reason(), &unstoppable).await {
+                Ok(_) => {
+                    report.acknowledged().await;
+                    break;
+                }
+                Err(PollError::Lost(detail)) => {
+                    report.failed(format!("the host does not know session {}: {detail}", session.id)).await;
+                    return;
+                }
+                Err(e) if attempt == settings.stop_attempts.max(1) => {
+                    report.failed(e.to_string()).await;
+                    return;
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = report.shutdown().cancelled() => {}
+                    }
+                    pause = pause.saturating_mul(2);
+                }
+            }
+        }
+        let until = Instant::now() + settings.cancel_watch;
+        let mut reported: Option<String> = None;
+        while Instant::now() < until {
+            match client.poll(&session, report.shutdown()).await {
+                Ok(snapshot) if snapshot.status.is_final() => {
+                    if reported.as_deref() != Some(snapshot.host_status.as_str()) {
+                        report.final_status(snapshot.host_status.clone()).await;
+                        reported = Some(snapshot.host_status.clone());
+                    }
+                    // A stopped session may still flip to completed on a defective host; a
+                    // completed or failed one is over.
+                    if matches!(snapshot.status, HostStatus::Completed | HostStatus::Failed) {
+                        return;
+                    }
+                }
+                Err(PollError::Lost(_) | PollError::Cancelled) => return,
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(settings.poll_min.max(Duration::from_millis(500))) => {}
+                _ = report.shutdown().cancelled() => return,
+            }
+        }
+    })
+}
+
+/// Re-attaches a training left running by a previous run of the service to its host session.
+pub struct TrainingReattach {
+    pub client: Arc<TrainingClient>,
+    pub settings: TrainingSettings,
+}
+
+impl Reattach for TrainingReattach {
+    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>) -> Option<BoxedJob> {
+        let session: Session = serde_json::from_value(json!({
+            "id": job_state?.get("session_id")?,
+            "protocol": job_state?.get("protocol")?,
+        }))
+        .ok()?;
+        let total = record.progress.context.get("total_epochs").and_then(Value::as_u64).map(|e| e as u32);
+        Some(BoxedJob::new(TrainingJob {
+            request: None,
+            session: Some(session),
+            total_epochs: total.filter(|t| *t > 0),
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+        }))
+    }
+}

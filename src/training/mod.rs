@@ -1,0 +1,176 @@
+//! The training domain: strategies, the validated training request, the training job (which
+//! hands the work to the training host and follows it) and its renderer.
+
+pub mod job;
+pub mod renderer;
+pub mod strategy;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::data::request::{Symbol, parse_timeframe};
+use crate::hosts::training::{StartRequest, TrainingClient};
+use crate::invalid::Invalid;
+use crate::ops::{BoxedJob, OperationType};
+use crate::time;
+use job::{TrainingJob, TrainingReattach, TrainingSettings};
+use strategy::Strategy;
+
+pub const OPERATION_TYPE: &str = "training";
+const MAX_SERIES: usize = 50;
+
+/// The body of `POST /api/v1/trainings/start`, as sent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TrainingBody {
+    pub strategy_name: String,
+    #[serde(default)]
+    pub symbols: Option<Vec<String>>,
+    #[serde(default)]
+    pub timeframes: Option<Vec<String>>,
+    #[serde(default)]
+    pub start_date: Option<String>,
+    #[serde(default)]
+    pub end_date: Option<String>,
+    /// Accepted for ktrdr compatibility; the operation id is the task id.
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub detailed_analytics: bool,
+}
+
+/// A validated training.
+#[derive(Debug, Clone)]
+pub struct TrainingSpec {
+    pub strategy: Strategy,
+    pub symbols: Vec<String>,
+    pub timeframes: Vec<String>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub detailed_analytics: bool,
+}
+
+fn date(field: &str, text: &Option<String>) -> Result<Option<String>, Invalid> {
+    match text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => time::parse_timestamp(t)
+            .map(|ts| Some(ts.format("%Y-%m-%d").to_string()))
+            .ok_or_else(|| Invalid::new(field, format!("{field} `{t}` is not a date (use YYYY-MM-DD)"))),
+    }
+}
+
+impl TrainingSpec {
+    pub fn from_body(body: &TrainingBody, strategies_dir: &std::path::Path) -> Result<TrainingSpec, Invalid> {
+        strategy::validate_name(&body.strategy_name)?;
+        let strategy = Strategy::load(strategies_dir, &body.strategy_name)?;
+        let symbols = match &body.symbols {
+            Some(list) if !list.is_empty() => list.clone(),
+            _ => strategy.symbols.clone(),
+        };
+        if symbols.is_empty() {
+            return Err(Invalid::new(
+                "symbols",
+                format!("no symbols given, and strategy `{}` names none", strategy.name),
+            ));
+        }
+        let timeframes = match &body.timeframes {
+            Some(list) if !list.is_empty() => list.clone(),
+            _ => strategy.timeframes.clone(),
+        };
+        if timeframes.is_empty() {
+            return Err(Invalid::new(
+                "timeframes",
+                format!("no timeframes given, and strategy `{}` names none", strategy.name),
+            ));
+        }
+        if symbols.len() > MAX_SERIES || timeframes.len() > MAX_SERIES {
+            return Err(Invalid::new("symbols", format!("at most {MAX_SERIES} symbols and {MAX_SERIES} timeframes")));
+        }
+        let symbols = symbols
+            .iter()
+            .map(|s| {
+                Symbol::parse(s).map(|s| s.as_str().to_owned()).map_err(|e| Invalid { field: "symbols".into(), ..e })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeframes = timeframes
+            .iter()
+            .map(|t| {
+                parse_timeframe(t)
+                    .map(|t| t.as_str().to_owned())
+                    .map_err(|e| Invalid { field: "timeframes".into(), ..e })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (start_date, end_date) = (date("start_date", &body.start_date)?, date("end_date", &body.end_date)?);
+        if let (Some(s), Some(e)) = (&start_date, &end_date)
+            && s > e
+        {
+            return Err(Invalid::new("start_date", format!("start_date ({s}) is after end_date ({e})")));
+        }
+        Ok(TrainingSpec {
+            strategy,
+            symbols,
+            timeframes,
+            start_date,
+            end_date,
+            detailed_analytics: body.detailed_analytics,
+        })
+    }
+
+    pub fn metadata(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("strategy_name".into(), json!(self.strategy.name));
+        m.insert("symbols".into(), json!(self.symbols));
+        m.insert("timeframes".into(), json!(self.timeframes));
+        m.insert("start_date".into(), json!(self.start_date));
+        m.insert("end_date".into(), json!(self.end_date));
+        m.insert("model_type".into(), json!(self.strategy.model_type));
+        m.insert(
+            "parameters".into(),
+            json!({ "epochs": self.strategy.epochs, "detailed_analytics": self.detailed_analytics }),
+        );
+        m
+    }
+}
+
+/// What the API and the orchestrator need to run trainings.
+#[derive(Clone)]
+pub struct TrainingService {
+    pub client: Arc<TrainingClient>,
+    pub settings: TrainingSettings,
+    pub strategies_dir: PathBuf,
+}
+
+impl TrainingService {
+    pub fn operation_type(&self) -> OperationType {
+        OperationType {
+            name: OPERATION_TYPE,
+            steps_total: 1,
+            renderer: Arc::new(renderer::TrainingRenderer),
+            reattach: Some(Arc::new(TrainingReattach { client: self.client.clone(), settings: self.settings.clone() })),
+        }
+    }
+
+    /// The job of a new training (its operation id becomes the host's task id when it runs).
+    pub fn job(&self, spec: &TrainingSpec) -> BoxedJob {
+        let request = StartRequest {
+            task_id: String::new(),
+            strategy_name: spec.strategy.name.clone(),
+            strategy_yaml: spec.strategy.yaml.clone(),
+            symbols: spec.symbols.clone(),
+            timeframes: spec.timeframes.clone(),
+            start_date: spec.start_date.clone().unwrap_or_default(),
+            end_date: spec.end_date.clone().unwrap_or_default(),
+            model_type: spec.strategy.model_type.clone(),
+            epochs: spec.strategy.epochs,
+        };
+        BoxedJob::new(TrainingJob {
+            request: Some(request),
+            session: None,
+            total_epochs: spec.strategy.epochs,
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+        })
+    }
+}
