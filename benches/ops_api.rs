@@ -37,11 +37,15 @@ fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn wrk(url: &str, seconds: u64) -> f64 {
-    let output = std::process::Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), url])
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
+fn wrk(url: &str, seconds: u64, token: Option<&str>) -> f64 {
+    let header = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["-t2".to_owned(), "-c64".to_owned(), format!("-d{seconds}s")];
+    if let Some(header) = header {
+        args.extend(["-H".to_owned(), header]);
+    }
+    args.push(url.to_owned());
+    let output =
+        std::process::Command::new("wrk").args(&args).output().expect("wrk is installed (apt-get install wrk)");
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
         .find(|l| l.starts_with("Requests/sec:"))
@@ -84,22 +88,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() {
-    let ops = env_number("BENCH_OPS", 10_000) as usize;
-    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 10);
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
-
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+/// Starts the release binary on a free port; returns it and its base URL.
+async fn service(db: &str, token: Option<&str>) -> (tokio::process::Child, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        command.env("KTRDR_OPS_API_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = loop {
         let line = lines.next_line().await.unwrap().expect("the service started");
@@ -108,6 +109,18 @@ async fn main() {
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+#[tokio::main]
+async fn main() {
+    let ops = env_number("BENCH_OPS", 10_000) as usize;
+    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
+
+    let (mut child, base) = service(&db, None).await;
+    let pid = child.id().unwrap();
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_mb(pid);
@@ -132,13 +145,33 @@ async fn main() {
     };
     let watched = start(1_000_000, 100).await;
     let bare = bare_axum().await;
-    let bare_rps = wrk(&bare, wrk_seconds);
-    let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds);
+    // The same service with a bearer token required (metrics are always on).
+    let guarded_db = format!("sqlite://{}", dir.path().join("guarded.db").display());
+    let (mut guarded, guarded_base) = service(&guarded_db, Some("bench-token")).await;
+    let guarded_op: Value = http
+        .post(format!("{guarded_base}/api/v1/dummy/start"))
+        .bearer_auth("bench-token")
+        .json(&json!({ "iterations": 1_000_000, "interval_ms": 100 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let guarded_id = guarded_op["data"]["operation_id"].as_str().unwrap().to_owned();
+    let bare_rps = wrk(&bare, wrk_seconds, None);
+    let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds, None);
+    let guarded_rps = wrk(&format!("{guarded_base}/api/v1/operations/{guarded_id}"), wrk_seconds, Some("bench-token"));
     println!("GET /api/v1/operations/{{id}} (running op, 64 connections): {get_rps:.0} req/s");
     println!(
         "  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)",
         get_rps / bare_rps * 100.0
     );
+    println!(
+        "  with a bearer token checked on every request (and metrics on): {guarded_rps:.0} req/s ({:.0}% of without)",
+        guarded_rps / get_rps * 100.0
+    );
+    guarded.kill().await.unwrap();
 
     // 2. Starts per second, each stored before the answer.
     let began = Instant::now();

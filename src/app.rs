@@ -202,6 +202,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         vec![dummy::operation_type(), data::operation_type(), training.operation_type()],
     );
     orchestrator.reconcile().await?;
+    orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);
 
     let listen = config.server.listen;
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
@@ -212,6 +213,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         data,
         training,
         config: config.clone(),
+        openapi: Default::default(),
     });
 
     let shutdown = CancellationToken::new();

@@ -48,6 +48,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    pub request_timeout: HumanDuration,
+    pub cors_origins: Vec<String>,
     pub shutdown_deadline: HumanDuration,
 }
 
@@ -88,6 +90,8 @@ pub struct OperationsConfig {
     pub progress_persist_interval: HumanDuration,
     pub long_poll_max: HumanDuration,
     pub idempotency_ttl: HumanDuration,
+    pub retention: HumanDuration,
+    pub retention_sweep_interval: HumanDuration,
     /// Per operation type; 0 means no limit.
     pub max_concurrent: BTreeMap<String, usize>,
 }
@@ -400,6 +404,9 @@ fn set_key(merged: &mut Table, defaults: &Table, key: &str, text: &str, source: 
             text.trim()
                 .parse()
                 .map_err(|_| ConfigError::new(key, format!("`{text}` is not a number (from {source})")))?,
+        ),
+        Some(Value::Array(_)) => Value::Array(
+            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
         ),
         Some(Value::Boolean(_)) => Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,

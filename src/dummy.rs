@@ -19,12 +19,14 @@ pub fn operation_type() -> OperationType {
 }
 
 /// The body of `POST /api/v1/dummy/start`; every field optional.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DummyParams {
     #[serde(default = "default_iterations")]
+    #[schema(minimum = 1, maximum = 1_000_000, default = 100)]
     pub iterations: u32,
     #[serde(default = "default_interval_ms")]
+    #[schema(maximum = 3_600_000, default = 2000)]
     pub interval_ms: u64,
 }
 

@@ -17,6 +17,8 @@ pub mod hosts;
 pub mod invalid;
 /// Allocator tuning for a small memory footprint.
 pub mod memory;
+/// Prometheus building blocks: histograms and the text format.
+pub mod metrics;
 /// The generic operations core: records, progress, cancellation, orchestrator, store.
 pub mod ops;
 /// Host simulators (IB and training) speaking the real protocols.

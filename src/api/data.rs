@@ -3,18 +3,20 @@
 
 use std::fmt::Write as _;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiPath as Path, ApiQuery as Query};
+use crate::api::schemas::{BarsAnswer, DataInfo, DataLoadStarted, DataLoadStartedData, DownloadStarted, ErrorEnvelope};
 use crate::api::{AppState, idempotency_key, replayed};
 use crate::data::frame::Bars;
 use crate::data::repository::{CacheError, push_ts};
@@ -23,12 +25,8 @@ use crate::data::{self};
 use crate::ops::{OperationSpec, Submitted};
 use crate::time;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/data/load", post(load))
-        .route("/api/v1/data/acquire/download", post(download))
-        .route("/api/v1/data/info", get(info))
-        .route("/api/v1/data/{symbol}/{timeframe}", get(bars))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(load)).routes(routes!(download)).routes(routes!(info)).routes(routes!(bars))
 }
 
 impl From<CacheError> for ApiError {
@@ -69,6 +67,18 @@ async fn start(
     })
 }
 
+/// Starts a data load (ktrdr's answer shape).
+#[utoipa::path(post, path = "/api/v1/data/load", tag = "data",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe start")),
+    request_body = LoadBody,
+    responses(
+        (status = 200, body = DataLoadStarted),
+        (status = 400, description = "Unreadable JSON", body = ErrorEnvelope),
+        (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
+        (status = 422, description = "Invalid symbol, timeframe, mode or dates", body = ErrorEnvelope),
+        (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn load(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -76,18 +86,37 @@ async fn load(
 ) -> Result<Response, ApiError> {
     let (operation_id, replay, spec) = start(&state, &headers, &body, "POST /api/v1/data/load", false).await?;
     let cached_before = state.data.repository.path(&spec.symbol, spec.timeframe).is_file();
-    let answer = Json(json!({
-        "success": true,
-        "data": {
-            "status": "started", "operation_id": operation_id, "fetched_bars": 0, "cached_before": cached_before,
-            "merged_file": "", "gaps_analyzed": 0, "segments_fetched": 0, "ib_requests_made": 0,
-            "execution_time_seconds": 0.0, "error_message": null,
+    let answer = Json(DataLoadStarted {
+        success: true,
+        data: DataLoadStartedData {
+            status: "started".into(),
+            operation_id,
+            fetched_bars: 0,
+            cached_before,
+            merged_file: String::new(),
+            gaps_analyzed: 0,
+            segments_fetched: 0,
+            ib_requests_made: 0,
+            execution_time_seconds: 0.0,
+            error_message: None,
         },
-        "error": null,
-    }));
+        error: None,
+    });
     Ok(replayed(answer.into_response(), replay))
 }
 
+/// Starts a download (`tail`, `backfill` or `full`), ktrdr's `acquire` answer shape.
+#[utoipa::path(post, path = "/api/v1/data/acquire/download", tag = "data",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe start")),
+    request_body = LoadBody,
+    responses(
+        (status = 200, body = DownloadStarted),
+        (status = 400, description = "Unreadable JSON", body = ErrorEnvelope),
+        (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
+        (status = 422, description = "Invalid symbol, timeframe, mode or dates", body = ErrorEnvelope),
+        (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -95,31 +124,48 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let (operation_id, replay, spec) =
         start(&state, &headers, &body, "POST /api/v1/data/acquire/download", true).await?;
-    let answer = Json(json!({
-        "success": true,
-        "operation_id": operation_id,
-        "status": "started",
-        "message": format!("Started {} download for {} {}", spec.mode.as_str(), spec.symbol, spec.timeframe),
-    }));
+    let answer = Json(DownloadStarted {
+        success: true,
+        operation_id,
+        status: "started".into(),
+        message: format!("Started {} download for {} {}", spec.mode.as_str(), spec.symbol, spec.timeframe),
+    });
     Ok(replayed(answer.into_response(), replay))
 }
 
+/// Every cached series.
+#[utoipa::path(get, path = "/api/v1/data/info", tag = "data", responses(
+    (status = 200, body = DataInfo),
+    (status = 500, description = "The data folder cannot be listed", body = ErrorEnvelope),
+))]
 async fn info(State(state): State<AppState>) -> Result<Response, ApiError> {
     let series = state.data.repository.info().await?;
-    Ok(Json(json!({ "success": true, "data": series })).into_response())
+    Ok(Json(DataInfo { success: true, data: series }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BarsQuery {
+    /// `YYYY-MM-DD` or ISO 8601.
     start_date: Option<String>,
     end_date: Option<String>,
+    /// The most recent N bars of the range.
     limit: Option<String>,
 }
 
 /// The most bars one answer carries.
 const MAX_LIMIT: usize = 10_000_000;
 
-/// `GET /data/{symbol}/{timeframe}`: cached bars only, never a host call; no file → empty arrays.
+/// Cached bars only, never a host call; no file → empty arrays.
+#[utoipa::path(get, path = "/api/v1/data/{symbol}/{timeframe}", tag = "data", params(
+    ("symbol" = String, Path, description = "1–20 characters of `A-Z a-z 0-9 . _ -`"),
+    ("timeframe" = String, Path, description = "`1m 5m 15m 30m 1h 2h 4h 1d 1w 1M`"),
+    BarsQuery,
+), responses(
+    (status = 200, body = BarsAnswer),
+    (status = 422, description = "Invalid symbol, timeframe, dates or limit", body = ErrorEnvelope),
+    (status = 500, description = "The cached file is unreadable", body = ErrorEnvelope),
+))]
 async fn bars(
     State(state): State<AppState>,
     Path((symbol, timeframe)): Path<(String, String)>,

@@ -4,19 +4,22 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
+use crate::api::schemas::{ActiveOperations, Health, HostsHealth, TrainingHealth};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/health", get(health))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health))
 }
 
-async fn health(State(state): State<AppState>) -> Json<Value> {
+/// The service, its database and its hosts. Needs no token.
+#[utoipa::path(get, path = "/api/v1/health", tag = "service", security(()), responses((status = 200, body = Health)))]
+async fn health(State(state): State<AppState>) -> Json<Health> {
     let store = state.orchestrator.store();
     let training = &state.hosts.training;
     let protocol = async {
@@ -38,15 +41,16 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
             "unavailable"
         }
     };
-    let mut training_json = json!(training_health);
-    training_json["protocol"] = json!(protocol);
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "database": database,
-        "database_kind": store.kind(),
-        "node_id": state.orchestrator.settings().node_id,
-        "hosts": { "ib": ib, "training": training_json },
-        "operations": { "active": state.orchestrator.active_count() },
-    }))
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        database: database.into(),
+        database_kind: store.kind().into(),
+        node_id: state.orchestrator.settings().node_id.clone(),
+        hosts: HostsHealth {
+            ib,
+            training: TrainingHealth { report: training_health, protocol: protocol.map(str::to_owned) },
+        },
+        operations: ActiveOperations { active: state.orchestrator.active_count() as u64 },
+    })
 }

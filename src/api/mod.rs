@@ -1,23 +1,36 @@
 //! The HTTP API (api.md): thin axum handlers that decode, call the core or a domain, and encode.
-//! One file per resource, each owning its `router()`; `error.rs` is the one error envelope.
+//! One file per resource, each owning its `router()` of annotated handlers, so the OpenAPI
+//! document is assembled from the same routes the service serves. `error.rs` is the one error
+//! envelope; `schemas.rs` the answer types. Auth, request timeouts, CORS, body limits and panic
+//! catching are layers here.
 
+mod auth;
 mod data;
 mod dummy;
 pub mod error;
 mod extract;
 mod health;
+pub mod openapi;
 mod operations;
+mod prometheus;
+pub mod schemas;
 mod trainings;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, OriginalUri};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::data::DataService;
@@ -34,21 +47,45 @@ pub struct AppState {
     pub data: DataService,
     pub training: TrainingService,
     pub config: Arc<Config>,
+    /// The OpenAPI document, serialised once.
+    pub openapi: openapi::Document,
+}
+
+/// Every documented route: the service's API and the OpenAPI document describing it. Handlers
+/// that call hosts, the store or the disk get `request_timeout`; the operations routes are memory
+/// reads, long-polls, streams or a cancel bounded by its own grace period.
+pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let timed = |router: OpenApiRouter<AppState>| {
+        router.route_layer(middleware::from_fn_with_state(request_timeout, time_limit))
+    };
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(operations::router())
+        .merge(timed(data::router()))
+        .merge(timed(trainings::router()))
+        .merge(timed(dummy::router()))
+        .merge(timed(health::router()))
+        .merge(prometheus::router())
+        .merge(openapi::router())
+        .split_for_parts()
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.server.body_limit_bytes;
-    // Full paths rather than `nest`: one routing step less on every request.
-    Router::new()
-        .merge(operations::router())
-        .merge(data::router())
-        .merge(trainings::router())
-        .merge(dummy::router())
-        .merge(health::router())
+    let (routes, document) = routes(state.config.server.request_timeout.0);
+    let json = serde_json::to_vec(&document).expect("the OpenAPI document serialises");
+    let _ = state.openapi.set(bytes::Bytes::from(json));
+    let config = state.config.clone();
+    let mut router = routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(config.server.body_limit_bytes));
+    if !config.auth.api_token.is_empty() {
+        router = router.layer(auth::BearerAuth::new(&config.auth.api_token));
+    }
+    if let Some(cors) = cors(&config.server.cors_origins) {
+        router = router.layer(cors);
+    }
+    router
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
         }))
@@ -58,11 +95,48 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderName::from_static("idempotency-key"),
+                axum::http::HeaderName::from_static("last-event-id"),
+                axum::http::header::IF_NONE_MATCH,
+            ])
+            .expose_headers([axum::http::header::ETAG, axum::http::HeaderName::from_static("idempotent-replayed")]),
+    )
+}
+
+/// `server.request_timeout` for the handlers it is layered on.
+async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "REQUEST_TIMEOUT",
+            format!("The request took longer than {} s; try again", limit.as_secs_f64()),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("No such endpoint: {}", uri.path()))
 }
 
-async fn method_not_allowed(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",

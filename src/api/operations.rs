@@ -5,20 +5,26 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiPath as Path, ApiQuery as Query, OptionalJson};
+use crate::api::schemas::{
+    CancelAnswer, CancelBody, Cancelled, ErrorEnvelope, MetricsAnswer, OperationEnvelope, OperationEvent,
+    OperationList, OperationMetrics, OperationSummary, Results,
+};
 use crate::ops::{ListFilter, Lookup, Snapshot, Status};
 use crate::time;
 
@@ -27,13 +33,13 @@ const MAX_ID_LEN: usize = 128;
 const MAX_REASON_LEN: usize = 1_000;
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/operations", get(list))
-        .route("/api/v1/operations/{id}", get(get_one).delete(cancel))
-        .route("/api/v1/operations/{id}/events", get(events))
-        .route("/api/v1/operations/{id}/results", get(results))
-        .route("/api/v1/operations/{id}/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one, cancel))
+        .routes(routes!(events))
+        .routes(routes!(results))
+        .routes(routes!(metrics))
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Lookup, ApiError> {
@@ -43,12 +49,18 @@ async fn find(state: &AppState, id: &str) -> Result<Lookup, ApiError> {
     state.orchestrator.get(id).await?.ok_or_else(|| ApiError::operation_not_found(id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
     status: Option<String>,
+    /// E.g. `data_load`, `training`, `dummy`.
     operation_type: Option<String>,
+    /// Only `pending` and `running` operations (`true`/`false`).
     active_only: Option<String>,
+    /// 1–1000, default 100.
     limit: Option<String>,
+    /// At least 0.
     offset: Option<String>,
 }
 
@@ -60,6 +72,12 @@ fn parse_bool(field: &str, text: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// Every stored operation, newest first.
+#[utoipa::path(get, path = "/api/v1/operations", tag = "operations", params(ListQuery), responses(
+    (status = 200, body = OperationList),
+    (status = 422, description = "A filter is invalid", body = ErrorEnvelope),
+    (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+))]
 async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Response, ApiError> {
     let status = match query.status.as_deref() {
         None | Some("") => None,
@@ -89,29 +107,31 @@ async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> 
         offset,
     };
     let (operations, total_count, active_count) = state.orchestrator.list(&filter).await?;
-    let data: Vec<Value> = operations.iter().map(|s| summary(s)).collect();
-    Ok(Json(json!({ "success": true, "data": data, "total_count": total_count, "active_count": active_count }))
-        .into_response())
+    let data = operations.iter().map(|s| summary(s)).collect();
+    Ok(Json(OperationList { success: true, data, total_count, active_count }).into_response())
 }
 
 /// A list row (api.md §3).
-fn summary(snapshot: &Snapshot) -> Value {
+fn summary(snapshot: &Snapshot) -> OperationSummary {
     let r = &snapshot.record;
     let symbol = r
         .metadata
         .get("symbol")
-        .cloned()
-        .or_else(|| r.metadata.get("symbols").and_then(|s| s.as_array()).and_then(|s| s.first()).cloned());
-    json!({
-        "operation_id": r.operation_id,
-        "operation_type": r.operation_type,
-        "status": r.status,
-        "created_at": time::format(&r.created_at),
-        "progress_percentage": r.progress.percentage,
-        "current_step": r.progress.current_step,
-        "symbol": symbol,
-        "duration_seconds": r.duration_seconds(),
-    })
+        .and_then(|s| s.as_str())
+        .or_else(|| {
+            r.metadata.get("symbols").and_then(|s| s.as_array()).and_then(|s| s.first()).and_then(|s| s.as_str())
+        })
+        .map(str::to_owned);
+    OperationSummary {
+        operation_id: r.operation_id.clone(),
+        operation_type: r.operation_type.clone(),
+        status: r.status,
+        created_at: time::format(&r.created_at),
+        progress_percentage: r.progress.percentage,
+        current_step: r.progress.current_step.clone(),
+        symbol,
+        duration_seconds: r.duration_seconds(),
+    }
 }
 
 fn etag(snapshot: &Snapshot) -> HeaderValue {
@@ -119,14 +139,28 @@ fn etag(snapshot: &Snapshot) -> HeaderValue {
 }
 
 /// `GET /operations/{id}[?wait=30s&since=N]`: the record, from memory while it runs.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct GetQuery {
+    /// Long-poll: wait up to this long (`30s`, `500ms`; at most 60 s) for a version above `since`.
     wait: Option<String>,
+    /// The version the client has; default: the current one.
     since: Option<String>,
 }
 
 /// The hot path of every client that follows an operation: no header map copy, no allocation
 /// beyond the id, the body serialised once per version.
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations", params(
+    ("id" = String, Path, description = "Operation id"),
+    GetQuery,
+    ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+), responses(
+    (status = 200, body = OperationEnvelope, headers(("ETag" = String, description = "The record's version, quoted"))),
+    (status = 304, description = "Unchanged since the ETag in If-None-Match"),
+    (status = 404, description = "No such operation", body = ErrorEnvelope),
+    (status = 422, description = "`wait` or `since` is invalid", body = ErrorEnvelope),
+    (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+))]
 async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -179,13 +213,20 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelBody {
-    reason: Option<String>,
-}
-
-/// `DELETE /operations/{id}`: answers once the work has stopped and `cancelled` is stored.
+/// Cancels an operation; answers once its work has stopped and `cancelled` is stored (api.md §4).
+#[utoipa::path(delete, path = "/api/v1/operations/{id}", tag = "operations",
+    params(("id" = String, Path, description = "Operation id")),
+    request_body(content = Option<CancelBody>, content_type = "application/json"),
+    responses(
+        (status = 200, body = CancelAnswer),
+        (status = 400, description = "Already finished (or an unreadable body)", body = ErrorEnvelope),
+        (status = 404, description = "No such operation", body = ErrorEnvelope),
+        (status = 409, description = "Running on another replica", body = ErrorEnvelope),
+        (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
+        (status = 422, description = "Invalid body", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -200,24 +241,31 @@ async fn cancel(
     }
     let cancelled = state.orchestrator.cancel(&id, reason).await?;
     let record = &cancelled.snapshot.record;
-    let cancellation = record.cancellation.as_ref();
-    Ok(Json(json!({
-        "success": true,
-        "data": {
-            "success": true,
-            "operation_id": record.operation_id,
-            "status": record.status,
-            "cancelled_at": record.completed_at.as_ref().map(time::format),
-            "cancellation_reason": cancellation.map(|c| c.reason.as_str()),
-            "task_cancelled": true,
-            "remote_cancelled": cancelled.remote_cancelled,
-        }
-    }))
+    Ok(Json(CancelAnswer {
+        success: true,
+        data: Cancelled {
+            success: true,
+            operation_id: record.operation_id.clone(),
+            status: record.status,
+            cancelled_at: record.completed_at.as_ref().map(time::format),
+            cancellation_reason: record.cancellation.as_ref().map(|c| c.reason.clone()),
+            task_cancelled: true,
+            remote_cancelled: cancelled.remote_cancelled,
+        },
+    })
     .into_response())
 }
 
-/// `GET /operations/{id}/events`: the record on connect and on every change, `id:` = version;
-/// resumes after `Last-Event-ID`; ends after the terminal event.
+/// Server-Sent Events: `event: operation` with the record on connect and on every change,
+/// `id:` = version; resumes after `Last-Event-ID`; ends after the terminal event.
+#[utoipa::path(get, path = "/api/v1/operations/{id}/events", tag = "operations", params(
+    ("id" = String, Path, description = "Operation id"),
+    ("Last-Event-ID" = Option<String>, Header, description = "The last version received"),
+), responses(
+    (status = 200, description = "A stream of `operation` events, each carrying the record", content_type = "text/event-stream", body = OperationEvent),
+    (status = 404, description = "No such operation", body = ErrorEnvelope),
+    (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+))]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -278,7 +326,15 @@ fn operation_events(
     })
 }
 
-/// `GET /operations/{id}/results`: completed or failed operations only.
+/// The result of a completed or failed operation.
+#[utoipa::path(get, path = "/api/v1/operations/{id}/results", tag = "operations",
+    params(("id" = String, Path, description = "Operation id")),
+    responses(
+        (status = 200, body = Results),
+        (status = 400, description = "Not finished (or cancelled)", body = ErrorEnvelope),
+        (status = 404, description = "No such operation", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn results(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let snapshot = find(&state, &id).await?.snapshot();
     let r = &snapshot.record;
@@ -292,27 +348,34 @@ async fn results(State(state): State<AppState>, Path(id): Path<String>) -> Resul
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "OPERATION_NOT_FINISHED", message)
             .details(json!({ "operation_id": id, "status": r.status })));
     }
-    Ok(Json(json!({
-        "success": true,
-        "operation_id": r.operation_id,
-        "operation_type": r.operation_type,
-        "status": r.status,
-        "results": r.result_summary.clone().unwrap_or_else(|| json!({})),
-    }))
+    Ok(Json(Results {
+        success: true,
+        operation_id: r.operation_id.clone(),
+        operation_type: r.operation_type.clone(),
+        status: r.status,
+        results: r.result_summary.clone().unwrap_or_else(|| json!({})),
+    })
     .into_response())
 }
 
-/// `GET /operations/{id}/metrics`: the domain metrics (e.g. training epochs).
+/// The operation's domain metrics (e.g. a training's epochs).
+#[utoipa::path(get, path = "/api/v1/operations/{id}/metrics", tag = "operations",
+    params(("id" = String, Path, description = "Operation id")),
+    responses(
+        (status = 200, body = MetricsAnswer),
+        (status = 404, description = "No such operation", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let snapshot = find(&state, &id).await?.snapshot();
     let r = &snapshot.record;
-    Ok(Json(json!({
-        "success": true,
-        "data": {
-            "operation_id": r.operation_id,
-            "operation_type": r.operation_type,
-            "metrics": r.metrics.clone().unwrap_or_else(|| json!({})),
-        }
-    }))
+    Ok(Json(MetricsAnswer {
+        success: true,
+        data: OperationMetrics {
+            operation_id: r.operation_id.clone(),
+            operation_type: r.operation_type.clone(),
+            metrics: r.metrics.clone().unwrap_or_else(|| json!({})),
+        },
+    })
     .into_response())
 }

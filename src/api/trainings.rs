@@ -1,25 +1,37 @@
 //! `/api/v1/trainings`: start a training (api.md §5) and read a completed one's performance
 //! (api.md §6).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiPath as Path};
+use crate::api::schemas::{ErrorEnvelope, Performance, TrainingStarted};
 use crate::api::{AppState, idempotency_key, replayed};
 use crate::ops::{OperationSpec, Status, Submitted};
 use crate::training::{self, TrainingBody, TrainingSpec};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/trainings/start", post(start))
-        .route("/api/v1/trainings/{id}/performance", get(performance))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(start)).routes(routes!(performance))
 }
 
+/// Starts a training of a strategy on the training host.
+#[utoipa::path(post, path = "/api/v1/trainings/start", tag = "trainings",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe start")),
+    request_body = TrainingBody,
+    responses(
+        (status = 200, body = TrainingStarted),
+        (status = 400, description = "Unreadable JSON", body = ErrorEnvelope),
+        (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
+        (status = 422, description = "Invalid request, or an unknown strategy (STRATEGY_NOT_FOUND)", body = ErrorEnvelope),
+        (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -40,19 +52,33 @@ async fn start(
         Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false),
         Submitted::Existing(id) => (id, true),
     };
-    let answer = Json(json!({
-        "success": true,
-        "task_id": task_id,
-        "status": "training_started",
-        "message": format!("Training of {} started on {} [{}]", spec.strategy.name, spec.symbols.join(", "), spec.timeframes.join(", ")),
-        "symbols": spec.symbols,
-        "timeframes": spec.timeframes,
-        "strategy_name": spec.strategy.name,
-        "estimated_duration_minutes": null,
-    }));
+    let answer = Json(TrainingStarted {
+        success: true,
+        task_id,
+        status: "training_started".into(),
+        message: format!(
+            "Training of {} started on {} [{}]",
+            spec.strategy.name,
+            spec.symbols.join(", "),
+            spec.timeframes.join(", ")
+        ),
+        symbols: spec.symbols.clone(),
+        timeframes: spec.timeframes.clone(),
+        strategy_name: spec.strategy.name.clone(),
+        estimated_duration_minutes: None,
+    });
     Ok(replayed(answer.into_response(), replay))
 }
 
+/// A completed training's metrics.
+#[utoipa::path(get, path = "/api/v1/trainings/{id}/performance", tag = "trainings",
+    params(("id" = String, Path, description = "The training's operation (task) id")),
+    responses(
+        (status = 200, body = Performance),
+        (status = 400, description = "Not completed", body = ErrorEnvelope),
+        (status = 404, description = "No such training", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    ))]
 async fn performance(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let lookup = state.orchestrator.get(&id).await?;
     let snapshot =
@@ -74,13 +100,13 @@ async fn performance(State(state): State<AppState>, Path(id): Path<String>) -> R
     if let (Some(info), Some(path)) = (model_info.as_object_mut(), result.get("model_path")) {
         info.entry("model_path").or_insert(path.clone());
     }
-    Ok(Json(json!({
-        "success": true,
-        "task_id": id,
-        "status": r.status,
-        "training_metrics": field("training_metrics"),
-        "test_metrics": field("test_metrics"),
-        "model_info": model_info,
-    }))
+    Ok(Json(Performance {
+        success: true,
+        task_id: id,
+        status: r.status,
+        training_metrics: field("training_metrics"),
+        test_metrics: field("test_metrics"),
+        model_info,
+    })
     .into_response())
 }

@@ -191,7 +191,7 @@ pub fn write_csv_atomic(path: &Path, bars: &Bars) -> Result<u64, String> {
 }
 
 /// What `GET /data/info` lists per cached series.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SeriesInfo {
     pub symbol: String,
     pub timeframe: String,

@@ -92,7 +92,7 @@ fn names(modes: &[Mode]) -> String {
 
 /// `filters` of the request (kept in the metadata; `trading_hours_only` drops stock bars
 /// outside the regular session).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Filters {
     pub trading_hours_only: bool,
@@ -100,10 +100,16 @@ pub struct Filters {
 }
 
 /// The JSON body of `POST /data/load` and `/data/acquire/download`, as sent.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct LoadBody {
+    /// 1–20 characters of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,19}$")]
     pub symbol: String,
+    /// `1m 5m 15m 30m 1h 2h 4h 1d 1w 1M`.
+    #[schema(pattern = "^(1m|5m|15m|30m|1h|2h|4h|1d|1w|1M)$")]
     pub timeframe: String,
+    /// `local` (default), `tail`, `backfill` or `full`.
+    #[schema(pattern = "^(local|tail|backfill|full)$")]
     #[serde(default)]
     pub mode: Option<String>,
     #[serde(default)]

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{FAST_BUCKETS, Histogram};
 use crate::time::{self, Timestamp};
 
 /// The two host services, as the rest of the service sees them.
@@ -230,41 +231,41 @@ pub fn host_message(body: &[u8]) -> String {
 }
 
 /// What a health probe found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
     pub url: String,
     pub reachable: bool,
     pub latency_ms: Option<f64>,
     #[serde(with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub checked_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub body: Option<Value>,
 }
 
-/// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
-
 /// Counters and a latency histogram for one endpoint of one host.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone)]
 pub struct EndpointStats {
     pub requests: u64,
     /// Failures by class: `connect`, `timeout`, `4xx`, `5xx`, `body`, `cancelled`.
     pub errors: HashMap<&'static str, u64>,
     pub retries: u64,
-    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`], plus everything above.
-    pub latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
-    pub latency_sum_seconds: f64,
+    pub latency: Histogram,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        Self { requests: 0, errors: HashMap::new(), retries: 0, latency: Histogram::new(FAST_BUCKETS) }
+    }
 }
 
 impl EndpointStats {
     fn observe(&mut self, elapsed: Duration, error: Option<&HostErrorKind>) {
         self.requests += 1;
-        let seconds = elapsed.as_secs_f64();
-        self.latency_sum_seconds += seconds;
-        let bucket = LATENCY_BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_buckets[bucket] += 1;
+        self.latency.observe(elapsed.as_secs_f64());
         if let Some(kind) = error {
             let class = match kind {
                 HostErrorKind::Connect => "connect",

@@ -3,7 +3,7 @@
 //! "stop X", persists progress on a throttle, reconciles what a previous run left unfinished, and
 //! shuts down cleanly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::metrics::{FAST_BUCKETS, Histogram, SLOW_BUCKETS};
 use crate::ops::job::{BoxedJob, JobContext, JobError, OperationType, RemoteStopReport};
 use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
@@ -164,6 +165,22 @@ struct Inner {
     tasks: TaskTracker,
     accepting: AtomicBool,
     stop_flusher: CancellationToken,
+    figures: std::sync::Mutex<Figures>,
+}
+
+/// Counts and latencies of operations, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// By operation type.
+    pub started: BTreeMap<String, u64>,
+    /// By (operation type, final status).
+    pub finished: BTreeMap<(String, &'static str), u64>,
+    /// Start to end, by operation type.
+    pub durations: BTreeMap<String, Histogram>,
+    /// A cancel request until the work stopped, by operation type.
+    pub cancel_latency: BTreeMap<String, Histogram>,
+    /// Terminal operations deleted by retention.
+    pub swept: u64,
 }
 
 impl Orchestrator {
@@ -183,6 +200,7 @@ impl Orchestrator {
             tasks: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             stop_flusher: CancellationToken::new(),
+            figures: std::sync::Mutex::new(Figures::default()),
         });
         tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         Orchestrator { inner }
@@ -199,6 +217,20 @@ impl Orchestrator {
     /// Fires when the service begins shutting down (streams and long-polls end on it).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.root.clone()
+    }
+
+    /// Counts and latencies so far.
+    pub fn figures(&self) -> Figures {
+        self.inner.figures.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Operations running or waiting here, by type.
+    pub fn active_by_type(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for op in self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).values() {
+            *out.entry(op.snapshot().record.operation_type.clone()).or_default() += 1;
+        }
+        out
     }
 
     /// Operations running (or waiting to run) in this process.
@@ -241,6 +273,7 @@ impl Orchestrator {
             }
         }
         inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(id, op.clone());
+        *inner.figures.lock().unwrap_or_else(|e| e.into_inner()).started.entry(ty.name.to_owned()).or_default() += 1;
         spawn(inner.clone(), op.clone(), job, false);
         Ok(Submitted::Started(op.snapshot()))
     }
@@ -303,6 +336,7 @@ impl Orchestrator {
             }
             CancelRequest::AlreadyRequested => op.token.cancel(),
         }
+        let asked = Instant::now();
         if timeout(inner.settings.cancel_grace, op.settled()).await.is_err() {
             tracing::warn!(operation_id, "work ignored cancellation for the grace period; aborting it");
             if let Some(handle) = op.abort.get() {
@@ -311,6 +345,14 @@ impl Orchestrator {
             op.settled().await;
         }
         let snapshot = op.snapshot();
+        inner
+            .figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel_latency
+            .entry(snapshot.record.operation_type.clone())
+            .or_insert_with(|| Histogram::new(FAST_BUCKETS))
+            .observe(asked.elapsed().as_secs_f64());
         match snapshot.record.status {
             Status::Cancelled => Ok(Cancelled {
                 remote_cancelled: snapshot.record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
@@ -362,6 +404,37 @@ impl Orchestrator {
             tracing::info!(reattached, failed, "reconciled operations left unfinished by the previous run");
         }
         Ok((reattached, failed))
+    }
+
+    /// Retention: deletes terminal operations finished before `now - retention` and
+    /// Idempotency-Keys older than their time to live. Returns how many of each.
+    pub async fn sweep(&self, now: time::Timestamp, retention: Duration) -> Result<(u64, u64), StoreError> {
+        let (operations, keys) =
+            self.inner.store.sweep(now - retention, now - self.inner.settings.idempotency_ttl).await?;
+        self.inner.figures.lock().unwrap_or_else(|e| e.into_inner()).swept += operations;
+        if operations + keys > 0 {
+            tracing::info!(operations, keys, "retention: deleted old finished operations and idempotency keys");
+        }
+        Ok((operations, keys))
+    }
+
+    /// Runs [`sweep`](Self::sweep) every `every` until shutdown.
+    pub fn sweep_periodically(&self, retention: Duration, every: Duration) {
+        let orchestrator = self.clone();
+        let shutdown = self.inner.root.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                if let Err(e) = orchestrator.sweep(time::now(), retention).await {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                }
+            }
+        });
     }
 
     /// Stops accepting, cancels everything running, waits for the work to stop and its outcome
@@ -480,6 +553,18 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
     op.mark_settled();
     tracing::info!(status = %snapshot.record.status, "operation finished");
+    {
+        let r = &snapshot.record;
+        let mut figures = inner.figures.lock().unwrap_or_else(|e| e.into_inner());
+        *figures.finished.entry((r.operation_type.clone(), r.status.as_str())).or_default() += 1;
+        if let Some(seconds) = r.duration_seconds() {
+            figures
+                .durations
+                .entry(r.operation_type.clone())
+                .or_insert_with(|| Histogram::new(SLOW_BUCKETS))
+                .observe(seconds);
+        }
+    }
     if let (Status::Cancelled, Some(hook)) = (snapshot.record.status, hook) {
         let report = RemoteStopReport {
             op: op.clone(),

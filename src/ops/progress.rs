@@ -14,7 +14,7 @@ use crate::ops::live::LiveOperation;
 use crate::time::{self, Timestamp};
 
 /// The `progress` object of an operation record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub percentage: f64,
     pub current_step: Option<String>,
@@ -23,10 +23,12 @@ pub struct Progress {
     pub items_processed: u64,
     pub items_total: Option<u64>,
     pub current_item: Option<String>,
+    #[schema(value_type = Object)]
     pub context: Map<String, Value>,
     /// Seconds left at the recent rate; `None` while the rate is unknown.
     pub eta_seconds: Option<f64>,
     #[serde(with = "time::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub updated_at: Option<Timestamp>,
 }
 

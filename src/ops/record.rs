@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::ops::progress::Progress;
 use crate::time::{self, Timestamp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -63,12 +63,14 @@ impl fmt::Display for Status {
 }
 
 /// What happened when an operation was asked to stop (api.md §4, "(ext)").
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cancellation {
     #[serde(with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub requested_at: Timestamp,
     pub reason: String,
     #[serde(with = "time::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub stopped_at: Option<Timestamp>,
     /// True when the work did not stop within the grace period and was aborted.
     #[serde(default)]
@@ -78,12 +80,14 @@ pub struct Cancellation {
 }
 
 /// The remote half of a cancel: the host that was told to stop, and what it said.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoteStop {
     pub host: String,
     #[serde(with = "time::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub sent_at: Option<Timestamp>,
     #[serde(with = "time::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub acknowledged_at: Option<Timestamp>,
     #[serde(default)]
     pub attempts: u32,
@@ -95,25 +99,33 @@ pub struct RemoteStop {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An operation (api.md §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationRecord {
     pub operation_id: String,
     pub operation_type: String,
     pub status: Status,
     #[serde(with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[serde(with = "time::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
     #[serde(with = "time::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub completed_at: Option<Timestamp>,
     pub progress: Progress,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub error_message: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
     #[serde(default)]
     pub errors: Vec<String>,
+    /// Per type: see data-load.md §6 and training.md §3.
+    #[schema(value_type = Option<Object>)]
     pub result_summary: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub metrics: Option<Value>,
     pub cancellation: Option<Cancellation>,
     pub version: u64,

@@ -211,6 +211,7 @@ fn failure(error: impl Into<String>) -> Json<Value> {
 
 async fn health(State(sim): Sim) -> Json<Value> {
     sim.count("/health");
+    sim.latency().await;
     Json(
         json!({ "healthy": true, "service": "ib-connector", "timestamp": time::format_for_host(&time::now()), "status": "operational" }),
     )

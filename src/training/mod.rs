@@ -23,8 +23,10 @@ pub const OPERATION_TYPE: &str = "training";
 const MAX_SERIES: usize = 50;
 
 /// The body of `POST /api/v1/trainings/start`, as sent.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct TrainingBody {
+    /// A strategy file's name: `{strategies_dir}/{strategy_name}.yaml`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub strategy_name: String,
     #[serde(default)]
     pub symbols: Option<Vec<String>>,

@@ -6,13 +6,14 @@
 mod postgres;
 mod sqlite;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::migrate::Migrator;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::{FAST_BUCKETS, Histogram};
 use crate::ops::record::{OperationRecord, Status};
 use crate::ops::snapshot::Snapshot;
 use crate::time::{self, Timestamp};
@@ -109,6 +110,20 @@ enum WriteCmd {
         owner: String,
         reply: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
+    /// Retention: terminal operations last written before `finished_before`, and
+    /// Idempotency-Keys created before `keys_before` (both Unix microseconds).
+    Sweep {
+        finished_before: i64,
+        keys_before: i64,
+        reply: oneshot::Sender<Result<(u64, u64), StoreError>>,
+    },
+}
+
+/// What one command did.
+enum Applied {
+    Inserted(Inserted),
+    Saved,
+    Swept(u64, u64),
 }
 
 #[derive(Clone)]
@@ -125,6 +140,15 @@ struct StoreInner {
     kind: &'static str,
     /// Stops the store's background tasks when the last handle goes.
     closed: tokio_util::sync::CancellationToken,
+    writes_seen: Arc<Mutex<WriteFigures>>,
+}
+
+/// What the writer has done: transaction latencies and rows written.
+#[derive(Debug, Clone)]
+pub struct WriteFigures {
+    pub transactions: Histogram,
+    pub rows: u64,
+    pub failures: u64,
 }
 
 impl Drop for StoreInner {
@@ -145,12 +169,32 @@ impl Store {
         };
         let (writes, urgent) = mpsc::channel(16 * MAX_BATCH);
         let (progress, background) = mpsc::channel(64);
-        tokio::spawn(writer_loop(writer, urgent, background));
+        let writes_seen =
+            Arc::new(Mutex::new(WriteFigures { transactions: Histogram::new(FAST_BUCKETS), rows: 0, failures: 0 }));
+        tokio::spawn(writer_loop(writer, urgent, background, writes_seen.clone()));
         let closed = tokio_util::sync::CancellationToken::new();
         if let Db::Sqlite(pool) = &readers {
             tokio::spawn(sqlite::checkpoint_periodically(pool.clone(), closed.clone()));
         }
-        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, kind, closed }) })
+        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, kind, closed, writes_seen }) })
+    }
+
+    /// Deletes terminal operations last written before `finished_before` and Idempotency-Keys
+    /// created before `keys_before`; returns how many of each.
+    pub async fn sweep(&self, finished_before: Timestamp, keys_before: Timestamp) -> Result<(u64, u64), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = WriteCmd::Sweep {
+            finished_before: time::to_micros(&finished_before),
+            keys_before: time::to_micros(&keys_before),
+            reply,
+        };
+        self.send(cmd).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Write transactions so far (for metrics).
+    pub fn write_figures(&self) -> WriteFigures {
+        self.inner.writes_seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// `sqlite` or `postgres`.
@@ -345,7 +389,9 @@ impl Columns {
             created_at: time::to_micros(&r.created_at),
             updated_at: time::to_micros(&time::now()),
             version: r.version as i64,
-            record: String::from_utf8_lossy(&snapshot.record_json()).into_owned(),
+            // Serialised here rather than through the snapshot's cache: a cached copy would stay
+            // in memory for every operation whose progress is written, read or not.
+            record: serde_json::to_string(r).expect("an operation record always serialises"),
             job_state: snapshot.job_state.as_ref().map(Value::to_string),
             cancel_requested_at: r.cancellation.as_ref().map(|c| time::to_micros(&c.requested_at)),
             cancel_reason: r.cancellation.as_ref().map(|c| c.reason.clone()),
@@ -357,7 +403,12 @@ impl Columns {
 /// changes go first; progress fills the rest of a batch, at most [`MAX_BATCH_ROWS`] rows, so a
 /// state change never waits behind more than one batch. If a batch fails as a whole, its
 /// commands are retried one by one so one bad write cannot sink the others.
-async fn writer_loop(db: Db, mut urgent: mpsc::Receiver<WriteCmd>, mut background: mpsc::Receiver<WriteCmd>) {
+async fn writer_loop(
+    db: Db,
+    mut urgent: mpsc::Receiver<WriteCmd>,
+    mut background: mpsc::Receiver<WriteCmd>,
+    figures: Arc<Mutex<WriteFigures>>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // A progress command that did not fit into the previous batch.
     let mut carried: Option<WriteCmd> = None;
@@ -392,7 +443,17 @@ async fn writer_loop(db: Db, mut urgent: mpsc::Receiver<WriteCmd>, mut backgroun
             rows += cmd.rows();
             batch.push(cmd);
         }
-        match apply(&db, &batch).await {
+        let began = std::time::Instant::now();
+        let outcome = apply(&db, &batch).await;
+        {
+            let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
+            f.transactions.observe(began.elapsed().as_secs_f64());
+            match &outcome {
+                Ok(_) => f.rows += rows as u64,
+                Err(_) => f.failures += 1,
+            }
+        }
+        match outcome {
             Ok(results) => {
                 for (cmd, result) in batch.drain(..).zip(results) {
                     reply(cmd, Ok(result));
@@ -419,14 +480,18 @@ impl WriteCmd {
         match self {
             WriteCmd::Insert { .. } => 1,
             WriteCmd::Save { rows, .. } => rows.len().max(1),
+            WriteCmd::Sweep { .. } => 1,
         }
     }
 }
 
-fn reply(cmd: WriteCmd, result: Result<Inserted, StoreError>) {
+fn reply(cmd: WriteCmd, result: Result<Applied, StoreError>) {
     match cmd {
         WriteCmd::Insert { reply, .. } => {
-            let _ = reply.send(result);
+            let _ = reply.send(result.map(|a| match a {
+                Applied::Inserted(inserted) => inserted,
+                _ => Inserted::New,
+            }));
         }
         WriteCmd::Save { reply: Some(reply), .. } => {
             let _ = reply.send(result.map(|_| ()));
@@ -435,6 +500,12 @@ fn reply(cmd: WriteCmd, result: Result<Inserted, StoreError>) {
             if let Err(e) = result {
                 tracing::error!(error = %e, "background store write failed");
             }
+        }
+        WriteCmd::Sweep { reply, .. } => {
+            let _ = reply.send(result.map(|a| match a {
+                Applied::Swept(operations, keys) => (operations, keys),
+                _ => (0, 0),
+            }));
         }
     }
 }
@@ -455,7 +526,7 @@ const CLAIM_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (scope, idempo
        operation_id = excluded.operation_id, created_at = excluded.created_at \
      WHERE idempotency_keys.created_at < $6";
 
-async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Inserted>, StoreError> {
+async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> {
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
@@ -483,10 +554,10 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Inserted>, StoreError>
                             .bind(&key.key)
                             .fetch_one(&mut *tx)
                             .await?;
-                            results.push(Inserted::Existing {
+                            results.push(Applied::Inserted(Inserted::Existing {
                                 operation_id: row.try_get("operation_id")?,
                                 fingerprint: row.try_get("fingerprint")?,
-                            });
+                            }));
                             continue;
                         }
                     }
@@ -504,7 +575,22 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Inserted>, StoreError>
                         .bind(&c.cancel_reason)
                         .execute(&mut *tx)
                         .await?;
-                    results.push(Inserted::New);
+                    results.push(Applied::Inserted(Inserted::New));
+                }
+                WriteCmd::Sweep { finished_before, keys_before, .. } => {
+                    let operations = sqlx::query(
+                        "DELETE FROM operations WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at < $1",
+                    )
+                    .bind(*finished_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                        .bind(*keys_before)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    results.push(Applied::Swept(operations, keys));
                 }
                 WriteCmd::Save { rows, owner, .. } => {
                     for row in rows {
@@ -522,7 +608,7 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Inserted>, StoreError>
                             .execute(&mut *tx)
                             .await?;
                     }
-                    results.push(Inserted::New);
+                    results.push(Applied::Saved);
                 }
             }
         }
