@@ -56,6 +56,7 @@ async fn main() {
         retry: RetryPolicy { attempts: 3, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) },
         health_timeout: Duration::from_secs(1),
         health_ttl: Duration::from_secs(5),
+        bearer: None,
     })
     .unwrap();
     let bare = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build().unwrap();

@@ -125,6 +125,7 @@ fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSett
         },
         health_timeout: hosts.health_timeout.0,
         health_ttl: hosts.health_ttl.0,
+        bearer: None,
     }
 }
 

@@ -5,6 +5,8 @@
 pub mod api;
 /// The composition root.
 pub mod app;
+/// The command-line client of a running service.
+pub mod cli;
 /// Typed, layered, validated settings.
 pub mod config;
 /// Market data: timeframes, calendars (and, later, the data-load operation).

@@ -1,13 +1,17 @@
-//! The `ktrdr-ops` command line: `serve` (the default), `sim` and `migrate`. Nothing else lives here.
+//! The `ktrdr-ops` command line: `serve` (the default), `sim`, `migrate`, and the client commands
+//! `ops`, `data` and `train`. Nothing else lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ktrdr_ops::cli::Client;
 use ktrdr_ops::config::{Config, Sources};
 use ktrdr_ops::ops::Store;
 use ktrdr_ops::sim::{SimSettings, Simulators};
 use ktrdr_ops::{app, telemetry};
+use serde_json::json;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +35,89 @@ enum Command {
     Sim(SimArgs),
     /// Apply database migrations and exit.
     Migrate(MigrateArgs),
+    /// List, show, watch or cancel operations of a running service.
+    Ops {
+        #[command(subcommand)]
+        command: OpsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Load market data through a running service, with a progress bar.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Train a strategy through a running service, with a progress bar.
+    Train {
+        /// A strategy name (`strategies/{STRATEGY}.yaml` on the service).
+        strategy: String,
+        /// Comma-separated symbols (default: the strategy's).
+        #[arg(long, value_delimiter = ',')]
+        symbols: Vec<String>,
+        /// Comma-separated timeframes (default: the strategy's).
+        #[arg(long, value_delimiter = ',')]
+        timeframes: Vec<String>,
+        #[arg(long, value_name = "DATE")]
+        start: Option<String>,
+        #[arg(long, value_name = "DATE")]
+        end: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The service's base URL.
+    #[arg(long, env = "KTRDR_API_URL", default_value = "http://127.0.0.1:8000", global = true)]
+    url: String,
+    /// The service's API token, if it needs one.
+    #[arg(long, env = "KTRDR_API_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON records (for scripts) instead of text and progress bars.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum OpsCommand {
+    /// Operations, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long = "type")]
+        operation_type: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One operation's record.
+    Show { id: String },
+    /// Follow an operation with a progress bar until it ends (Ctrl-C cancels it).
+    Watch { id: String },
+    /// Cancel an operation; answers once its work has stopped.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Start a data load and follow it (Ctrl-C cancels it).
+    Load {
+        symbol: String,
+        timeframe: String,
+        /// local, tail, backfill or full.
+        #[arg(long, default_value = "tail")]
+        mode: String,
+        #[arg(long, value_name = "DATE")]
+        start: Option<String>,
+        #[arg(long, value_name = "DATE")]
+        end: Option<String>,
+    },
 }
 
 #[derive(Args, Default)]
@@ -174,6 +261,28 @@ fn main() -> ExitCode {
             runtime.block_on(migrate(config))
         }
         Some(Command::Serve(args)) => run_serve(&runtime, args),
+        Some(Command::Ops { command, client }) => runtime.block_on(run_client(client, |c| async move {
+            match command {
+                OpsCommand::List { status, operation_type, limit } => c.list(status, operation_type, limit).await,
+                OpsCommand::Show { id } => c.show(&id).await,
+                OpsCommand::Watch { id } => c.follow(&id).await,
+                OpsCommand::Cancel { id, reason } => c.cancel(&id, reason).await,
+            }
+        })),
+        Some(Command::Data { command: DataCommand::Load { symbol, timeframe, mode, start, end }, client }) => {
+            let body =
+                json!({ "symbol": symbol, "timeframe": timeframe, "mode": mode, "start_date": start, "end_date": end });
+            runtime.block_on(run_client(client, |c| async move { c.start_and_follow("/api/v1/data/load", body).await }))
+        }
+        Some(Command::Train { strategy, symbols, timeframes, start, end, client }) => {
+            let body = json!({
+                "strategy_name": strategy, "symbols": (!symbols.is_empty()).then_some(symbols),
+                "timeframes": (!timeframes.is_empty()).then_some(timeframes), "start_date": start, "end_date": end,
+            });
+            runtime.block_on(run_client(client, |c| async move {
+                c.start_and_follow("/api/v1/trainings/start", body).await
+            }))
+        }
         Some(Command::Sim(args)) => run_sim(&runtime, args),
         None => run_serve(&runtime, cli.serve),
     }
@@ -230,6 +339,20 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
             }
         }
     })
+}
+
+async fn run_client<F, Fut>(args: ClientArgs, command: F) -> ExitCode
+where
+    F: FnOnce(Arc<Client>) -> Fut,
+    Fut: Future<Output = ktrdr_ops::cli::Outcome>,
+{
+    match Client::new(&args.url, args.token, args.json) {
+        Ok(client) => command(Arc::new(client)).await.exit_code(),
+        Err(e) => {
+            eprintln!("ktrdr-ops: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn serve(config: Config, options: app::Options) -> ExitCode {

@@ -224,6 +224,7 @@ fn client(url: &str, attempts: u32) -> HostClient {
         retry: RetryPolicy { attempts, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) },
         health_timeout: Duration::from_secs(1),
         health_ttl: Duration::from_secs(5),
+        bearer: None,
     })
     .unwrap()
 }

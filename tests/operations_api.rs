@@ -432,3 +432,37 @@ async fn the_registry_is_empty_after_ten_thousand_operations() {
     assert_eq!(health["operations"]["active"], 0);
     let _: Value = health;
 }
+
+#[tokio::test]
+async fn one_stream_follows_every_operation_and_resumes_after_the_last_event_id() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/api/v1/operations/events");
+    let reader = {
+        let http = app.http.clone();
+        let url = url.clone();
+        tokio::spawn(async move { read_sse(&http, &url, None, 10_000, Duration::from_secs(3)).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = app.start_dummy(3, 20).await;
+    let b = app.start_dummy(3, 20).await;
+    app.wait_for_status(&a, "completed", Duration::from_secs(5)).await;
+    app.wait_for_status(&b, "completed", Duration::from_secs(5)).await;
+    let events = reader.await.unwrap();
+    let mut last_seq = 0;
+    for event in &events {
+        let seq: u64 = event.id.as_deref().unwrap().parse().unwrap();
+        assert!(seq > last_seq, "sequence numbers increase");
+        last_seq = seq;
+    }
+    for id in [&a, &b] {
+        let mine: Vec<&Value> = events.iter().map(|e| &e.data).filter(|d| d["operation_id"] == id.as_str()).collect();
+        assert!(mine.len() >= 2, "{id}: {mine:?}");
+        assert_eq!(mine.last().unwrap()["status"], "completed");
+    }
+    // Resuming after an event in the middle sends each operation's latest state once.
+    let middle = events[events.len() / 2].id.clone().unwrap();
+    let (again, _) = read_sse(&app.http, &url, Some(&middle), 10_000, Duration::from_millis(500)).await;
+    assert!(!again.is_empty());
+    assert!(again.len() <= 2, "coalesced to one event per operation: {again:?}");
+    assert!(again.iter().all(|e| e.data["status"] == "completed"));
+}

@@ -5,6 +5,7 @@
 //! catching are layers here.
 
 mod auth;
+mod dashboard;
 mod data;
 mod dummy;
 pub mod error;
@@ -66,6 +67,7 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
         .merge(timed(health::router()))
         .merge(prometheus::router())
         .merge(openapi::router())
+        .merge(dashboard::router())
         .split_for_parts()
 }
 

@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list))
         .routes(routes!(get_one, cancel))
         .routes(routes!(events))
+        .routes(routes!(all_events))
         .routes(routes!(results))
         .routes(routes!(metrics))
 }
@@ -276,6 +277,72 @@ async fn events(
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let stream = operation_events(lookup, last_seen, state.orchestrator.shutdown_token());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
+}
+
+/// Every change of every operation, one stream: `event: operation` with the record, `id:` = a
+/// global sequence number; resumes after `Last-Event-ID` (an `event: reset` says changes were
+/// missed and the client should reload the list). Bursts are coalesced to each operation's
+/// latest version. Feeds the dashboard.
+#[utoipa::path(get, path = "/api/v1/operations/events", tag = "operations", params(
+    ("Last-Event-ID" = Option<String>, Header, description = "The last sequence number received"),
+), responses(
+    (status = 200, description = "A stream of `operation` (and `reset`) events", content_type = "text/event-stream", body = OperationEvent),
+))]
+async fn all_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let feed_now = state.orchestrator.feed().current();
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        // A number from before a restart means nothing now: start from the present.
+        .filter(|seq| *seq <= feed_now)
+        .unwrap_or(feed_now);
+    struct Follow {
+        state: AppState,
+        last: u64,
+        changes: tokio::sync::watch::Receiver<u64>,
+        ready: std::collections::VecDeque<Event>,
+        shutdown: tokio_util::sync::CancellationToken,
+    }
+    let start = Follow {
+        changes: state.orchestrator.feed().subscribe(),
+        shutdown: state.orchestrator.shutdown_token(),
+        state,
+        last,
+        ready: Default::default(),
+    };
+    let stream = futures_util::stream::unfold(start, |mut f| async move {
+        loop {
+            if let Some(event) = f.ready.pop_front() {
+                return Some((Ok(event), f));
+            }
+            let (changed, lost) = f.state.orchestrator.feed().since(f.last);
+            if lost {
+                let seq = changed.first().map_or(f.last, |(s, _)| s - 1);
+                f.ready.push_back(Event::default().event("reset").id(seq.to_string()).data("{}"));
+            }
+            for (seq, id) in changed {
+                f.last = seq;
+                if let Ok(Some(lookup)) = f.state.orchestrator.get(&id).await {
+                    let snapshot = lookup.snapshot();
+                    let json = snapshot.record_json();
+                    let data = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
+                    f.ready.push_back(Event::default().event("operation").id(seq.to_string()).data(data));
+                }
+            }
+            if !f.ready.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                changed = f.changes.changed() => changed.ok()?,
+                _ = f.shutdown.cancelled() => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
 fn operation_event(snapshot: &Snapshot) -> Event {

@@ -143,16 +143,18 @@ impl PacingLimiter {
         }
     }
 
-    /// Records `key` as sent if the rules allow it right now; otherwise says how long it would
-    /// have to wait (and records nothing). The IB simulator judges clients with this.
-    pub fn try_acquire(&self, key: &PacingKey) -> Result<(), Duration> {
+    /// Records `key` as sent if the rules allow it right now — or at most `tolerance` from now
+    /// (a host judging a remote client forgives that much clock and scheduling jitter);
+    /// otherwise says how long it would have to wait (and records nothing). The IB simulator
+    /// judges clients with this.
+    pub fn try_acquire(&self, key: &PacingKey, tolerance: Duration) -> Result<(), Duration> {
         let Some(rules) = &self.rules else {
             return Ok(());
         };
         let now = Instant::now();
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let earliest = earliest(rules, &mut history, key, now);
-        if earliest > now {
+        if earliest > now + tolerance {
             return Err(earliest - now);
         }
         record(&mut history, key, now);

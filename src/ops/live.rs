@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::ops::feed::ChangeFeed;
 use crate::ops::job::RemoteStopHook;
 use crate::ops::orchestrator::SHUTDOWN_REASON;
 use crate::ops::progress::{Progress, Renderer, Tracker};
@@ -21,6 +22,9 @@ use crate::time;
 
 pub(crate) struct LiveOperation {
     pub(crate) id: String,
+    /// The id again, shared with the change feed.
+    shared_id: Arc<str>,
+    feed: Arc<ChangeFeed>,
     current: ArcSwap<Snapshot>,
     /// Serialises writers; guards the progress tracker (the writer-side state).
     writer: Mutex<Tracker>,
@@ -58,11 +62,14 @@ impl LiveOperation {
         job_state: Option<Value>,
         renderer: Arc<dyn Renderer>,
         token: CancellationToken,
+        feed: Arc<ChangeFeed>,
     ) -> Arc<Self> {
         let (version, _) = watch::channel(record.version);
         let (settled, _) = watch::channel(false);
         Arc::new(Self {
             id: record.operation_id.clone(),
+            shared_id: Arc::from(record.operation_id.as_str()),
+            feed,
             current: ArcSwap::new(Arc::new(Snapshot::new(record, job_state))),
             writer: Mutex::new(Tracker::new(renderer)),
             version,
@@ -102,6 +109,7 @@ impl LiveOperation {
         let snapshot = Arc::new(Snapshot::new(draft.record, draft.job_state));
         self.current.store(snapshot.clone());
         self.version.send_replace(version);
+        self.feed.push(&self.shared_id);
         Some((result, snapshot))
     }
 

@@ -3,6 +3,7 @@
 //! operation X?" and "stop operation X". It knows no domain: domains register operation types
 //! and implement [`job::Job`]. Depends on nothing domain-side.
 
+pub mod feed;
 pub mod job;
 mod live;
 pub mod orchestrator;

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::{FAST_BUCKETS, Histogram, SLOW_BUCKETS};
+use crate::ops::feed::ChangeFeed;
 use crate::ops::job::{BoxedJob, JobContext, JobError, OperationType, RemoteStopReport};
 use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
@@ -166,6 +167,7 @@ struct Inner {
     accepting: AtomicBool,
     stop_flusher: CancellationToken,
     figures: std::sync::Mutex<Figures>,
+    feed: Arc<ChangeFeed>,
 }
 
 /// Counts and latencies of operations, for metrics.
@@ -201,6 +203,7 @@ impl Orchestrator {
             accepting: AtomicBool::new(true),
             stop_flusher: CancellationToken::new(),
             figures: std::sync::Mutex::new(Figures::default()),
+            feed: Arc::new(ChangeFeed::default()),
         });
         tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         Orchestrator { inner }
@@ -217,6 +220,11 @@ impl Orchestrator {
     /// Fires when the service begins shutting down (streams and long-polls end on it).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.root.clone()
+    }
+
+    /// Every change of every operation, in order.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.inner.feed
     }
 
     /// Counts and latencies so far.
@@ -263,7 +271,7 @@ impl Orchestrator {
         let id = format!("op_{}_{}", ty.name, Uuid::now_v7().simple());
         let record =
             crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), spec.metadata, ty.steps_total);
-        let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token());
+        let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token(), inner.feed.clone());
         let idempotency = spec.idempotency.clone().map(|key| (key, not_before));
         match inner.store.insert(op.snapshot(), &inner.settings.node_id, idempotency).await? {
             Inserted::New => {}
@@ -379,6 +387,7 @@ impl Orchestrator {
                         stored.job_state.clone(),
                         ty.renderer.clone(),
                         inner.root.child_token(),
+                        inner.feed.clone(),
                     );
                     inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
                     tracing::info!(operation_id = %op.id, "re-attached an operation left running by the previous run");
@@ -392,6 +401,7 @@ impl Orchestrator {
                         stored.job_state.clone(),
                         renderer,
                         CancellationToken::new(),
+                        inner.feed.clone(),
                     );
                     if let Some(snapshot) = op.finish(Outcome::Failed(INTERRUPTED.to_owned()), false, None) {
                         inner.store.save(vec![snapshot], &inner.settings.node_id).await?;

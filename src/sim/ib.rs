@@ -41,6 +41,9 @@ pub struct IbKnobs {
     pub pacing: bool,
     /// Judge pacing by IB's rules with every duration multiplied by this (1.0: IB's own).
     pub pacing_scale: f64,
+    /// Requests arriving up to this many milliseconds early are not a violation (the jitter a
+    /// host sees between a client's clock and its own matters when rules are scaled to ms).
+    pub pacing_tolerance_ms: u64,
     /// Historical requests whose window touches one of these days (`YYYY-MM-DD`) always fail
     /// with a transient error — to make one segment of a load fail.
     pub fail_dates: Vec<String>,
@@ -55,6 +58,7 @@ impl Default for IbKnobs {
             fail_symbol: None,
             pacing: false,
             pacing_scale: 1.0,
+            pacing_tolerance_ms: 0,
             fail_dates: Vec::new(),
         }
     }
@@ -270,7 +274,13 @@ fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize,
             contract: symbol.clone(),
             request: format!("{symbol}|{}|{}|{}", body.timeframe, body.start, body.end),
         };
-        if sim.pacing.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(&key).is_err() {
+        if sim
+            .pacing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_acquire(&key, Duration::from_millis(knobs.pacing_tolerance_ms))
+            .is_err()
+        {
             sim.stats.lock().unwrap_or_else(|e| e.into_inner()).pacing_violations += 1;
             return (
                 failure("Historical Market Data Service error message:Pacing violation (error 162)"),

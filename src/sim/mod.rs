@@ -40,6 +40,7 @@ impl SimSettings {
                 fail_symbol: Some(config.fail_symbol.clone()).filter(|s| !s.is_empty()),
                 pacing: config.pacing == PacingMode::Ib,
                 pacing_scale: 1.0,
+                pacing_tolerance_ms: 0,
                 fail_dates: Vec::new(),
             },
             training_protocol: match config.training_protocol {

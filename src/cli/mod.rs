@@ -1,0 +1,299 @@
+//! The command-line client of a running service: list, show, watch and cancel operations; start
+//! data loads and trainings and follow them with a progress bar fed by the operation's event
+//! stream. Ctrl-C cancels the operation on the server and waits for it to say `cancelled`.
+//! Exit codes: 0 completed, 1 failed, 130 cancelled, 2 could not ask (unreachable, refused).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::hosts::{Call, HostClient, HostError, HostErrorKind, HostSettings, RetryPolicy};
+
+/// `println!` that does not panic when the reader went away (`ktrdr-ops ops list | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Where the service is and how to talk to it.
+pub struct Client {
+    host: HostClient,
+    url: String,
+    /// Print JSON records instead of people's text.
+    pub json: bool,
+}
+
+/// How a command ended.
+pub enum Outcome {
+    Completed,
+    Failed,
+    Cancelled,
+    /// The request could not be made or was refused.
+    Unusable(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Outcome::Completed => ExitCode::SUCCESS,
+            Outcome::Failed => ExitCode::from(1),
+            Outcome::Cancelled => ExitCode::from(130),
+            Outcome::Unusable(message) => {
+                eprintln!("ktrdr-ops: {message}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+impl From<HostError> for Outcome {
+    fn from(e: HostError) -> Self {
+        Outcome::Unusable(describe(&e))
+    }
+}
+
+/// One clear line for a failed request.
+fn describe(e: &HostError) -> String {
+    match e.kind {
+        HostErrorKind::Connect | HostErrorKind::Timeout => {
+            format!("cannot reach the service: {}", first_cause(&e.message))
+        }
+        HostErrorKind::Status(401) => "the service needs an API token (--token or KTRDR_API_TOKEN)".to_owned(),
+        HostErrorKind::Status(status) => format!("the service answered {status}: {}", e.message),
+        _ => e.message.clone(),
+    }
+}
+
+fn first_cause(message: &str) -> &str {
+    message.rsplit(": ").next().unwrap_or(message)
+}
+
+fn status_of(record: &Value) -> &str {
+    record["status"].as_str().unwrap_or("unknown")
+}
+
+fn is_terminal(record: &Value) -> bool {
+    matches!(status_of(record), "completed" | "failed" | "cancelled")
+}
+
+impl Client {
+    pub fn new(url: &str, token: Option<String>, json: bool) -> Result<Self, String> {
+        let url = url.trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("`{url}` is not an http:// URL"));
+        }
+        let host = HostClient::new(HostSettings {
+            name: "ktrdr-ops",
+            base_url: url.clone(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(60),
+            retry: RetryPolicy {
+                attempts: 1,
+                base_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(1),
+            },
+            health_timeout: Duration::from_secs(2),
+            health_ttl: Duration::ZERO,
+            bearer: token.filter(|t| !t.is_empty()),
+        })?;
+        Ok(Self { host, url, json })
+    }
+
+    async fn get(&self, path: String) -> Result<Value, Outcome> {
+        self.host.json(&Call::get("cli", path), &CancellationToken::new()).await.map_err(|e| self.unusable(e))
+    }
+
+    fn unusable(&self, e: HostError) -> Outcome {
+        let mut message = describe(&e);
+        if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout) {
+            message = format!("cannot reach the service at {}: {}", self.url, first_cause(&e.message));
+        }
+        Outcome::Unusable(message)
+    }
+
+    fn print(&self, value: &Value) {
+        out!("{}", serde_json::to_string(value).expect("JSON values serialise"));
+    }
+
+    /// `ops list`
+    pub async fn list(&self, status: Option<String>, kind: Option<String>, limit: u32) -> Outcome {
+        let mut path = format!("/api/v1/operations?limit={limit}");
+        if let Some(status) = status {
+            path.push_str(&format!("&status={status}"));
+        }
+        if let Some(kind) = kind {
+            path.push_str(&format!("&operation_type={kind}"));
+        }
+        let answer = match self.get(path).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        if self.json {
+            self.print(&answer["data"]);
+            return Outcome::Completed;
+        }
+        out!("{:<48} {:<10} {:<10} {:>6}  STEP", "OPERATION", "TYPE", "STATUS", "%");
+        for row in answer["data"].as_array().into_iter().flatten() {
+            out!(
+                "{:<48} {:<10} {:<10} {:>5.1}%  {}",
+                row["operation_id"].as_str().unwrap_or(""),
+                row["operation_type"].as_str().unwrap_or(""),
+                row["status"].as_str().unwrap_or(""),
+                row["progress_percentage"].as_f64().unwrap_or(0.0),
+                row["current_step"].as_str().unwrap_or("")
+            );
+        }
+        out!(
+            "{} of {} shown, {} active",
+            answer["data"].as_array().map_or(0, Vec::len),
+            answer["total_count"],
+            answer["active_count"]
+        );
+        Outcome::Completed
+    }
+
+    /// `ops show ID`
+    pub async fn show(&self, id: &str) -> Outcome {
+        match self.get(format!("/api/v1/operations/{id}")).await {
+            Ok(answer) => {
+                let record = &answer["data"];
+                if self.json {
+                    self.print(record);
+                } else {
+                    out!("{}", serde_json::to_string_pretty(record).expect("JSON values serialise"));
+                }
+                match status_of(record) {
+                    "failed" => Outcome::Failed,
+                    "cancelled" => Outcome::Cancelled,
+                    _ => Outcome::Completed,
+                }
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// `ops cancel ID`
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Outcome {
+        let call =
+            Call { body: Some(json!({ "reason": reason })), ..Call::delete("cli", format!("/api/v1/operations/{id}")) };
+        match self.host.json::<Value>(&call, &CancellationToken::new()).await {
+            Ok(answer) => {
+                if self.json {
+                    self.print(&answer["data"]);
+                } else {
+                    out!("{id}: cancelled ({})", answer["data"]["cancellation_reason"].as_str().unwrap_or(""));
+                }
+                Outcome::Cancelled
+            }
+            Err(e) => self.unusable(e),
+        }
+    }
+
+    /// Starts an operation (`POST path`) and follows it.
+    pub async fn start_and_follow(&self, path: &str, body: Value) -> Outcome {
+        let call = Call::post("cli", path.to_owned(), &body);
+        let answer: Value = match self.host.json(&call, &CancellationToken::new()).await {
+            Ok(answer) => answer,
+            Err(e) => return self.unusable(e),
+        };
+        let id =
+            answer["data"]["operation_id"].as_str().or(answer["task_id"].as_str()).or(answer["operation_id"].as_str());
+        let Some(id) = id else {
+            return Outcome::Unusable(format!("the service answered without an operation id: {answer}"));
+        };
+        if !self.json {
+            eprintln!("started {id}");
+        }
+        self.follow(id).await
+    }
+
+    /// `ops watch ID`: a progress bar until the operation ends; Ctrl-C cancels it.
+    pub async fn follow(&self, id: &str) -> Outcome {
+        let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(1000) };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {percent:>3}% {wide_msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let mut events = Box::pin(self.host.events(&format!("/api/v1/operations/{id}/events"), None));
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let mut last: Value;
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) if event.event == "operation" => {
+                        let Ok(record) = serde_json::from_str::<Value>(&event.data) else { continue };
+                        let progress = &record["progress"];
+                        bar.set_position((progress["percentage"].as_f64().unwrap_or(0.0) * 10.0) as u64);
+                        let eta = progress["eta_seconds"].as_f64().map(|s| format!(" · ETA {}", eta_text(s))).unwrap_or_default();
+                        bar.set_message(format!("{}{eta}", progress["current_step"].as_str().unwrap_or(status_of(&record))));
+                        last = record;
+                        if is_terminal(&last) {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        bar.abandon();
+                        return self.unusable(e);
+                    }
+                    // The stream ended without a final record (the service shut down): ask once.
+                    None => {
+                        match self.get(format!("/api/v1/operations/{id}")).await {
+                            Ok(answer) => last = answer["data"].clone(),
+                            Err(outcome) => return outcome,
+                        }
+                        break;
+                    }
+                },
+                _ = &mut ctrl_c, if !interrupted => {
+                    interrupted = true;
+                    bar.set_message("cancelling…");
+                    let call = Call { body: Some(json!({ "reason": "Cancelled from the command line (Ctrl-C)" })), ..Call::delete("cli", format!("/api/v1/operations/{id}")) };
+                    // The answer comes once the work has stopped; the stream then ends with `cancelled`.
+                    if let Err(e) = self.host.send(&call, &CancellationToken::new()).await
+                        && e.status() != Some(400)
+                    {
+                        bar.abandon();
+                        return self.unusable(e);
+                    }
+                }
+            }
+        }
+        bar.finish_and_clear();
+        if self.json {
+            self.print(&last);
+        } else {
+            let detail = last["error_message"].as_str().map(|m| format!(": {m}")).unwrap_or_default();
+            eprintln!("{id} {}{detail}", status_of(&last));
+            if let Some(result) = last.get("result_summary").filter(|r| !r.is_null()) {
+                out!("{}", serde_json::to_string_pretty(result).expect("JSON values serialise"));
+            }
+        }
+        match status_of(&last) {
+            "completed" => Outcome::Completed,
+            "cancelled" => Outcome::Cancelled,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+fn eta_text(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

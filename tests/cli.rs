@@ -1,0 +1,111 @@
+//! The command-line client against a running service (`serve --sim`, as a process): a load
+//! followed to the end, Ctrl-C cancelling on the server, JSON output, an unreachable server.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{ServiceProcess, TestDb, json_of};
+use serde_json::Value;
+
+async fn service(latency_ms: &str) -> (ServiceProcess, TestDb, tempfile::TempDir) {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db.url,
+        "--sim",
+        "--sim-latency-ms",
+        latency_ms,
+        "--data-dir",
+        &data_dir,
+    ];
+    (ServiceProcess::start(&args, &[]).await, db, data)
+}
+
+fn cli(base: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"));
+    command.args(args).env("KTRDR_API_URL", base).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn a_load_started_from_the_command_line_is_followed_to_completion() {
+    let (service, _db, data) = service("0").await;
+    let output = cli(
+        &service.base,
+        &["data", "load", "AAPL", "1d", "--mode", "backfill", "--start", "2024-01-01", "--end", "2024-06-30"],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(result["file"], "AAPL_1d.csv");
+    assert!(data.path().join("AAPL_1d.csv").exists());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("completed"));
+
+    let output = cli(&service.base, &["ops", "list", "--json"]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let id = list[0]["operation_id"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["status"], "completed");
+    let output = cli(&service.base, &["ops", "show", &id, "--json"]).output().await.unwrap();
+    let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(record["operation_id"], id.as_str());
+    assert_eq!(record["result_summary"]["file"], "AAPL_1d.csv");
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_the_operation_on_the_server_and_exits_130() {
+    let (service, _db, _data) = service("40").await;
+    let mut child = cli(
+        &service.base,
+        &["data", "load", "AAPL", "1m", "--mode", "backfill", "--start", "2024-01-01", "--end", "2024-06-30", "--json"],
+    )
+    .spawn()
+    .unwrap();
+    let http = reqwest::Client::new();
+    let id = loop {
+        let (_, list) =
+            json_of(http.get(service.url("/api/v1/operations?active_only=true")).send().await.unwrap()).await;
+        if let Some(row) = list["data"].as_array().and_then(|rows| rows.first())
+            && row["progress_percentage"].as_f64().unwrap_or(0.0) > 30.0
+        {
+            break row["operation_id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let (_, record) = json_of(http.get(service.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    assert_eq!(record["data"]["status"], "cancelled");
+    assert_eq!(record["data"]["error_message"], "Cancelled from the command line (Ctrl-C)");
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).await.unwrap();
+    let last: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(last["status"], "cancelled", "--json prints the final record");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_one_clear_line_and_exit_2() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let output = cli(&format!("http://{closed}"), &["ops", "list"]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("cannot reach the service at http://{closed}")), "{stderr}");
+
+    let (service, _db, _data) = service("0").await;
+    let output = cli(&service.base, &["data", "load", "../etc", "1h"]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2), "refused requests are exit 2 too");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("symbol"), "{output:?}");
+}
