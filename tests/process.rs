@@ -195,7 +195,7 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
     let file = data.path().join("AAPL_1h.csv");
     loop {
         let r = record(&http, &service, &id).await;
-        assert_eq!(r["status"], "running", "{r}");
+        assert!(r["status"] == "pending" || r["status"] == "running", "{r}");
         if r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 8 && file.exists() {
             break;
         }
