@@ -12,14 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
+use crate::data::DataService;
 use crate::data::job::LoadSettings;
 use crate::data::repository::Repository;
-use crate::data::{self, DataService};
 use crate::dummy;
 use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
 use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
 use crate::hosts::{HostClient, HostSettings, Hosts, RetryPolicy};
+use crate::ops::orchestrator::ClusterSettings;
 use crate::ops::{Orchestrator, Settings, Store, StoreError};
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
@@ -109,6 +110,16 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
             .filter(|(_, limit)| **limit > 0)
             .map(|(name, limit)| (name.clone(), *limit))
             .collect(),
+        remote_cache_ttl: config.operations.remote_cache_ttl.0,
+        remote_poll_interval: config.operations.remote_poll_interval.0,
+        // Only PostgreSQL is shared by several replicas.
+        cluster: (store.kind() == "postgres").then_some(ClusterSettings {
+            lease_timeout: config.operations.lease_timeout.0,
+            heartbeat_interval: config.operations.heartbeat_interval.0,
+            takeover_scan_interval: config.operations.takeover_scan_interval.0,
+            cancel_poll_interval: config.operations.cancel_poll_interval.0,
+            cancel_notify: config.operations.cancel_notify,
+        }),
     }
 }
 
@@ -200,7 +211,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let orchestrator = Orchestrator::new(
         store.clone(),
         orchestrator_settings(&config, &store),
-        vec![dummy::operation_type(), data::operation_type(), training.operation_type()],
+        vec![dummy::operation_type(), data.operation_type(), training.operation_type()],
     );
     orchestrator.reconcile().await?;
     orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);

@@ -94,6 +94,14 @@ pub struct OperationsConfig {
     pub retention_sweep_interval: HumanDuration,
     /// Per operation type; 0 means no limit.
     pub max_concurrent: BTreeMap<String, usize>,
+    // How replicas sharing one PostgreSQL database coordinate (ignored with SQLite).
+    pub lease_timeout: HumanDuration,
+    pub heartbeat_interval: HumanDuration,
+    pub takeover_scan_interval: HumanDuration,
+    pub cancel_notify: bool,
+    pub cancel_poll_interval: HumanDuration,
+    pub remote_poll_interval: HumanDuration,
+    pub remote_cache_ttl: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,11 +340,22 @@ impl Config {
         let positive = [
             ("operations.progress_persist_interval", self.operations.progress_persist_interval),
             ("operations.cancel_grace", self.operations.cancel_grace),
+            ("operations.lease_timeout", self.operations.lease_timeout),
+            ("operations.heartbeat_interval", self.operations.heartbeat_interval),
+            ("operations.takeover_scan_interval", self.operations.takeover_scan_interval),
+            ("operations.cancel_poll_interval", self.operations.cancel_poll_interval),
+            ("operations.remote_poll_interval", self.operations.remote_poll_interval),
         ];
         for (key, value) in positive {
             if value.0.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than zero"));
             }
+        }
+        if self.operations.heartbeat_interval.0 * 2 > self.operations.lease_timeout.0 {
+            return Err(ConfigError::new(
+                "operations.heartbeat_interval",
+                "must be at most half of cluster.lease_timeout (a lease must survive one missed renewal)",
+            ));
         }
         Ok(())
     }

@@ -168,7 +168,7 @@ async fn get_one(
     Query(query): Query<GetQuery>,
     IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
-    let lookup = find(&state, &id).await?;
+    let mut lookup = find(&state, &id).await?;
     let snapshot = match &query.wait {
         None => lookup.snapshot(),
         Some(wait) => {
@@ -182,10 +182,11 @@ async fn get_one(
                 None => lookup.snapshot().version(),
             };
             let shutdown = state.orchestrator.shutdown_token();
-            tokio::select! {
-                snapshot = lookup.wait_newer(since, wait) => snapshot,
-                _ = shutdown.cancelled() => lookup.snapshot(),
-            }
+            let fresh = tokio::select! {
+                snapshot = lookup.wait_newer(since, wait) => Some(snapshot),
+                _ = shutdown.cancelled() => None,
+            };
+            fresh.unwrap_or_else(|| lookup.snapshot())
         }
     };
     let tag = etag(&snapshot);
@@ -360,36 +361,25 @@ fn operation_events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     struct Follow {
         lookup: Lookup,
-        changes: Option<tokio::sync::watch::Receiver<u64>>,
         last_sent: Option<u64>,
         done: bool,
         shutdown: tokio_util::sync::CancellationToken,
     }
-    let changes = match &lookup {
-        Lookup::Live(view) => Some(view.changes()),
-        Lookup::Stored(_) => None,
-    };
-    let start = Follow { lookup, changes, last_sent: last_seen, done: false, shutdown };
+    let start = Follow { lookup, last_sent: last_seen, done: false, shutdown };
     futures_util::stream::unfold(start, |mut f| async move {
         if f.done {
             return None;
         }
-        loop {
-            let snapshot: Arc<Snapshot> = f.lookup.snapshot();
-            if f.last_sent.is_none_or(|last| snapshot.version() > last) {
-                f.last_sent = Some(snapshot.version());
-                f.done = snapshot.is_terminal();
-                return Some((Ok(operation_event(&snapshot)), f));
-            }
-            if snapshot.is_terminal() {
-                return None;
-            }
-            let changes = f.changes.as_mut()?;
-            tokio::select! {
-                changed = changes.changed() => changed.ok()?,
+        let snapshot: Arc<Snapshot> = match f.last_sent {
+            None => f.lookup.snapshot(),
+            Some(last) => tokio::select! {
+                next = f.lookup.newer_than(last) => next?,
                 _ = f.shutdown.cancelled() => return None,
-            }
-        }
+            },
+        };
+        f.last_sent = Some(snapshot.version());
+        f.done = snapshot.is_terminal();
+        Some((Ok(operation_event(&snapshot)), f))
     })
 }
 

@@ -148,6 +148,10 @@ impl Job for DataLoadJob {
         };
         let expected_gaps = holes.iter().filter(|g| !g.class.is_fetched()).count();
         let ranges = plan::ranges(mode, cached, &holes, start, end, timeframe);
+        if let (Some(first), Some(last)) = (ranges.iter().map(|r| r.start).min(), ranges.iter().map(|r| r.end).max()) {
+            // A replica that takes this load over fetches what is still missing in this span.
+            ctx.save_state(json!({ "planned": { "start": first, "end": last } })).await?;
+        }
         progress.step_progress(
             1,
             1,

@@ -52,7 +52,16 @@ impl BoxedJob {
 /// Picks up an operation this service was running when it last stopped (e.g. a training that
 /// is still going on its host). Returning `None` fails the operation as interrupted.
 pub trait Reattach: Send + Sync + 'static {
-    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>) -> Option<BoxedJob>;
+    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>, cause: Resumption) -> Option<BoxedJob>;
+}
+
+/// Why an unfinished operation is being picked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// This service restarted (after a crash) and finds its own operation.
+    Restart,
+    /// Another replica stopped renewing its lease; this one takes its operation over.
+    Takeover,
 }
 
 /// A kind of operation, registered by its domain. The core has no list of domains.

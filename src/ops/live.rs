@@ -33,6 +33,8 @@ pub(crate) struct LiveOperation {
     pub(crate) token: CancellationToken,
     /// Progress changed since the last store write.
     dirty: AtomicBool,
+    /// Another replica took the operation over: this copy stops and writes nothing more.
+    abandoned: AtomicBool,
     /// Aborts the work when it ignores a cancel past the grace period.
     pub(crate) abort: OnceLock<AbortHandle>,
     /// What to tell a host when this operation is cancelled (set by the job once it has remote work).
@@ -76,6 +78,7 @@ impl LiveOperation {
             settled,
             token,
             dirty: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             abort: OnceLock::new(),
             remote_stop: Mutex::new(None),
         })
@@ -239,6 +242,16 @@ impl LiveOperation {
     }
 
     /// The final state is stored: wake everyone waiting for the end.
+    /// Stops this copy of an operation another replica now owns, without recording an outcome.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
     pub(crate) fn mark_settled(&self) {
         self.settled.send_replace(true);
     }

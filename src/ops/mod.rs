@@ -14,6 +14,7 @@ pub mod store;
 
 pub use job::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationType, Reattach, RemoteStopHook, RemoteStopReport,
+    Resumption,
 };
 pub use orchestrator::{CancelError, Lookup, OperationSpec, Orchestrator, Settings, SubmitError, Submitted};
 pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};

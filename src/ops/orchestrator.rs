@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::metrics::{FAST_BUCKETS, Histogram, SLOW_BUCKETS};
 use crate::ops::feed::ChangeFeed;
-use crate::ops::job::{BoxedJob, JobContext, JobError, OperationType, RemoteStopReport};
+use crate::ops::job::{BoxedJob, JobContext, JobError, OperationType, RemoteStopReport, Resumption};
 use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
@@ -52,6 +52,58 @@ pub struct Settings {
     /// Most operations of a type running at once (types not named are unlimited). The rest
     /// wait `pending`, first come first served.
     pub max_concurrent: HashMap<String, usize>,
+    /// Other replicas' operations are read from the store at most this often (a short cache).
+    pub remote_cache_ttl: Duration,
+    /// Long-polls and streams of other replicas' operations re-read the store this often.
+    pub remote_poll_interval: Duration,
+    /// Several replicas share the store (PostgreSQL): leases, takeover, cross-replica cancel.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How replicas sharing one store coordinate.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// A replica that has not renewed its leases for this long is presumed dead; survivors take
+    /// its operations over.
+    pub lease_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub takeover_scan_interval: Duration,
+    /// Cancel intents for this replica's operations are also polled this often (in case an
+    /// announcement was lost).
+    pub cancel_poll_interval: Duration,
+    /// Listen for cancel announcements (PostgreSQL `LISTEN`).
+    pub cancel_notify: bool,
+}
+
+/// Other replicas' operations as last read, for a short while.
+struct RemoteCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<HashMap<String, (Instant, Arc<Snapshot>)>>,
+}
+
+impl RemoteCache {
+    /// More entries than this and the expired ones are dropped.
+    const TIDY_ABOVE: usize = 10_000;
+
+    fn get(&self, id: &str) -> Option<Arc<Snapshot>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, s)| s.clone())
+    }
+
+    fn put(&self, id: &str, snapshot: Arc<Snapshot>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > Self::TIDY_ABOVE {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        }
+        entries.insert(id.to_owned(), (Instant::now(), snapshot));
+    }
+
+    fn forget(&self, id: &str) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
 }
 
 /// What to start.
@@ -98,53 +150,82 @@ pub struct Cancelled {
     pub remote_cancelled: bool,
 }
 
-/// An operation found by id: running here (watchable) or read from the store.
+/// An operation found by id: running here, running on another replica, or finished.
 pub enum Lookup {
+    /// Running in this process: followed from memory.
     Live(LiveView),
+    /// Running on another replica: followed through the store.
+    Remote(RemoteView),
+    /// Finished (it will not change status again).
     Stored(Arc<Snapshot>),
 }
 
 /// A running operation, for readers that want to follow its changes.
 pub struct LiveView {
     op: Arc<LiveOperation>,
+    changes: watch::Receiver<u64>,
 }
 
 impl LiveView {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.op.snapshot()
     }
+}
 
-    /// Ticks whenever the operation's version changes; closes when it is dropped from the registry.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.op.subscribe()
-    }
+/// An operation another replica runs: its stored version, re-read every `poll`.
+pub struct RemoteView {
+    store: Store,
+    snapshot: Arc<Snapshot>,
+    poll: Duration,
 }
 
 impl Lookup {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         match self {
             Lookup::Live(view) => view.snapshot(),
+            Lookup::Remote(view) => view.snapshot.clone(),
             Lookup::Stored(snapshot) => snapshot.clone(),
+        }
+    }
+
+    /// Waits for a version above `after` and returns it; `None` once the operation can change no
+    /// more (it is terminal and at or below `after`).
+    pub async fn newer_than(&mut self, after: u64) -> Option<Arc<Snapshot>> {
+        loop {
+            let snapshot = self.snapshot();
+            if snapshot.version() > after {
+                return Some(snapshot);
+            }
+            if snapshot.is_terminal() {
+                return None;
+            }
+            match self {
+                Lookup::Live(view) => {
+                    // The sender lives as long as the operation; an error means it has nothing more.
+                    if view.changes.changed().await.is_err() {
+                        let last = view.snapshot();
+                        return (last.version() > after).then_some(last);
+                    }
+                }
+                Lookup::Remote(view) => {
+                    tokio::time::sleep(view.poll).await;
+                    match view.store.get(&view.snapshot.record.operation_id).await {
+                        Ok(Some(fresh)) => view.snapshot = Arc::new(fresh),
+                        Ok(None) => return None,
+                        Err(e) => tracing::warn!(error = %e, "could not re-read a remote operation"),
+                    }
+                }
+                Lookup::Stored(_) => return None,
+            }
         }
     }
 
     /// Waits until the version is above `since`, the operation is terminal, or `wait` passed;
     /// then returns the latest snapshot.
-    pub async fn wait_newer(&self, since: u64, wait: Duration) -> Arc<Snapshot> {
-        let Lookup::Live(view) = self else {
-            return self.snapshot();
-        };
-        let mut changes = view.changes();
-        let deadline = Instant::now() + wait;
-        loop {
-            let snapshot = view.snapshot();
-            if snapshot.version() > since || snapshot.is_terminal() {
-                return snapshot;
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return view.snapshot(),
-            }
+    pub async fn wait_newer(&mut self, since: u64, wait: Duration) -> Arc<Snapshot> {
+        match tokio::time::timeout(wait, self.newer_than(since)).await {
+            Ok(Some(snapshot)) => snapshot,
+            _ => self.snapshot(),
         }
     }
 }
@@ -168,6 +249,7 @@ struct Inner {
     stop_flusher: CancellationToken,
     figures: std::sync::Mutex<Figures>,
     feed: Arc<ChangeFeed>,
+    remote_cache: RemoteCache,
 }
 
 /// Counts and latencies of operations, for metrics.
@@ -192,6 +274,7 @@ impl Orchestrator {
             .iter()
             .filter_map(|t| settings.max_concurrent.get(t.name).map(|n| (t.name, Arc::new(Semaphore::new(*n)))))
             .collect();
+        let remote_cache = RemoteCache { ttl: settings.remote_cache_ttl, entries: Default::default() };
         let inner = Arc::new(Inner {
             store,
             types: types.into_iter().map(|t| (t.name, t)).collect(),
@@ -204,8 +287,14 @@ impl Orchestrator {
             stop_flusher: CancellationToken::new(),
             figures: std::sync::Mutex::new(Figures::default()),
             feed: Arc::new(ChangeFeed::default()),
+            remote_cache,
         });
         tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
+        if let Some(cluster) = inner.settings.cluster.clone() {
+            tokio::spawn(heartbeats(inner.clone(), cluster.clone()));
+            tokio::spawn(takeovers(inner.clone(), cluster.clone()));
+            tokio::spawn(cancel_intents(inner.clone(), cluster));
+        }
         Orchestrator { inner }
     }
 
@@ -289,9 +378,29 @@ impl Orchestrator {
     /// Finds an operation: from memory while it runs here, else from the store.
     pub async fn get(&self, operation_id: &str) -> Result<Option<Lookup>, StoreError> {
         if let Some(op) = self.live(operation_id) {
-            return Ok(Some(Lookup::Live(LiveView { op })));
+            let changes = op.subscribe();
+            return Ok(Some(Lookup::Live(LiveView { op, changes })));
         }
-        Ok(self.inner.store.get(operation_id).await?.map(|s| Lookup::Stored(Arc::new(s))))
+        let snapshot = match self.inner.remote_cache.get(operation_id) {
+            Some(snapshot) => snapshot,
+            None => match self.inner.store.get(operation_id).await? {
+                Some(stored) => {
+                    let snapshot = Arc::new(stored);
+                    self.inner.remote_cache.put(operation_id, snapshot.clone());
+                    snapshot
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(if snapshot.is_terminal() {
+            Lookup::Stored(snapshot)
+        } else {
+            Lookup::Remote(RemoteView {
+                store: self.inner.store.clone(),
+                snapshot,
+                poll: self.inner.settings.remote_poll_interval,
+            })
+        }))
     }
 
     /// A page of stored operations, newest first; running ones show their live progress.
@@ -321,6 +430,13 @@ impl Orchestrator {
                 Some(_) => match self.live(operation_id) {
                     // Stored a moment before it entered the registry: try again with it.
                     Some(_) => Box::pin(self.cancel(operation_id, reason)).await,
+                    None if inner.settings.cluster.is_some() => {
+                        let reason = reason
+                            .map(|r| r.trim().to_owned())
+                            .filter(|r| !r.is_empty())
+                            .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned());
+                        self.cancel_remote(operation_id, reason).await
+                    }
                     None => Err(CancelError::NotLocal(operation_id.to_owned())),
                 },
             };
@@ -370,6 +486,50 @@ impl Orchestrator {
         }
     }
 
+    /// Cancels an operation another replica runs: the intent is stored (and announced); the
+    /// answer waits for the owner to report the work stopped — for a bounded time, after which
+    /// the cancel is recorded here and the owner's stop is left pending.
+    async fn cancel_remote(&self, operation_id: &str, reason: String) -> Result<Cancelled, CancelError> {
+        let inner = &self.inner;
+        let not_found = || CancelError::NotFound(operation_id.to_owned());
+        if !inner.store.request_cancel(operation_id, &reason).await? {
+            let stored = inner.store.get(operation_id).await?.ok_or_else(not_found)?;
+            return Err(CancelError::NotCancellable { id: operation_id.to_owned(), status: stored.record.status });
+        }
+        let deadline = Instant::now() + inner.settings.cancel_grace + Duration::from_secs(1);
+        loop {
+            let stored = inner.store.get(operation_id).await?.ok_or_else(not_found)?;
+            let record = &stored.record;
+            if record.status.is_terminal() {
+                inner.remote_cache.forget(operation_id);
+                return match record.status {
+                    Status::Cancelled => Ok(Cancelled {
+                        remote_cancelled: record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
+                        snapshot: Arc::new(stored),
+                    }),
+                    status => Err(CancelError::NotCancellable { id: operation_id.to_owned(), status }),
+                };
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(operation_id, "the owner did not stop the operation in time; recording the cancel here");
+                let op = LiveOperation::new(
+                    record.clone(),
+                    stored.job_state.clone(),
+                    Arc::new(DefaultRenderer),
+                    CancellationToken::new(),
+                    inner.feed.clone(),
+                );
+                op.request_cancel(&reason);
+                let snapshot =
+                    op.finish(Outcome::Cancelled { reason: reason.clone() }, true, None).expect("it was unfinished");
+                inner.store.force_finish(&snapshot).await?;
+                inner.remote_cache.forget(operation_id);
+                return Ok(Cancelled { snapshot, remote_cancelled: false });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// At start-up: every operation a previous run left `pending`/`running` is re-attached by
     /// its type, or failed as interrupted. Returns how many of each.
     pub async fn reconcile(&self) -> Result<(usize, usize), StoreError> {
@@ -379,7 +539,11 @@ impl Orchestrator {
         for stored in inner.store.unfinished(owner).await? {
             let record = &stored.record;
             let ty = inner.types.get(record.operation_type.as_str());
-            let job = ty.and_then(|t| t.reattach.as_ref()).and_then(|r| r.reattach(record, stored.job_state.as_ref()));
+            // Whatever name this node had before, what it finds is its own now.
+            inner.store.adopt(&record.operation_id, &inner.settings.node_id).await?;
+            let job = ty
+                .and_then(|t| t.reattach.as_ref())
+                .and_then(|r| r.reattach(record, stored.job_state.as_ref(), Resumption::Restart));
             match (ty, job) {
                 (Some(ty), Some(job)) => {
                     let op = LiveOperation::new(
@@ -552,6 +716,12 @@ fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_runni
 /// The one way an operation ends: terminal state in memory (first outcome wins), stored, dropped
 /// from the registry, waiters woken; then the remote stop, if cancelled work was on a host.
 async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, forced: bool) {
+    if op.is_abandoned() {
+        // The replica that took it over records the outcome; its host work is not stopped.
+        inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+        op.mark_settled();
+        return;
+    }
     let hook = op.take_remote_stop();
     let remote_host = hook.as_ref().map(|h| h.host.clone());
     let Some(snapshot) = op.finish(outcome, forced, remote_host) else {
@@ -630,6 +800,161 @@ async fn flush_progress_periodically(inner: Weak<Inner>) {
         if peak - active >= TRIM_AFTER_RELEASED {
             peak = active;
             tokio::task::spawn_blocking(crate::memory::release_free_memory);
+        }
+    }
+}
+
+/// Renews this replica's leases; an operation another replica took over (this one was paused or
+/// cut off too long) is abandoned here: its work stops and nothing of it is written any more.
+async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
+    let mut tick = tokio::time::interval(cluster.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.root.cancelled() => return,
+        }
+        let now = time::now();
+        let owned = match inner.store.heartbeat(&inner.settings.node_id, now, now + cluster.lease_timeout).await {
+            Ok(owned) => owned,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew leases");
+                continue;
+            }
+        };
+        let running: Vec<Arc<LiveOperation>> =
+            inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for op in running.into_iter().filter(|op| !owned.contains(&op.id)) {
+            // Stored after the renewal read the table? Then it is still ours.
+            match inner.store.owner_of(&op.id).await {
+                Ok(Some(owner)) if owner != inner.settings.node_id => {
+                    tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
+                    op.abandon();
+                    inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+                    op.mark_settled();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not check an operation's owner"),
+            }
+        }
+    }
+}
+
+/// Takes over the operations of replicas whose leases expired: re-attached or resumed by their
+/// type, or failed as interrupted; the takeover is recorded on the operation.
+async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
+    let mut tick = tokio::time::interval(cluster.takeover_scan_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.root.cancelled() => return,
+        }
+        if !inner.accepting.load(Ordering::Acquire) {
+            return;
+        }
+        let stale_before = time::now() - cluster.lease_timeout;
+        let claimed = match inner.store.claim_stale(&inner.settings.node_id, stale_before, 50).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for operations to take over");
+                continue;
+            }
+        };
+        for (stored, previous) in claimed {
+            take_over(&inner, stored, &previous).await;
+        }
+    }
+}
+
+async fn take_over(inner: &Arc<Inner>, stored: Snapshot, previous: &str) {
+    let record = &stored.record;
+    let note = format!("{} took this operation over from {previous}, whose lease had expired", inner.settings.node_id);
+    tracing::warn!(operation_id = %record.operation_id, previous_owner = %previous, "taking over an operation");
+    let ty = inner.types.get(record.operation_type.as_str());
+    let job = ty
+        .and_then(|t| t.reattach.as_ref())
+        .and_then(|r| r.reattach(record, stored.job_state.as_ref(), Resumption::Takeover));
+    let renderer = ty.map(|t| t.renderer.clone()).unwrap_or_else(|| Arc::new(DefaultRenderer));
+    let op = LiveOperation::new(
+        record.clone(),
+        stored.job_state.clone(),
+        renderer,
+        inner.root.child_token(),
+        inner.feed.clone(),
+    );
+    inner.remote_cache.forget(&op.id);
+    let Some(job) = job else {
+        let reason = format!("interrupted: replica {previous} stopped before the operation finished");
+        if let Some(snapshot) = op.finish(Outcome::Failed(reason), false, None)
+            && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
+        {
+            tracing::warn!(error = %e, "could not store an interrupted operation");
+        }
+        return;
+    };
+    if let Some(snapshot) = op.edit(|r, _| r.warnings.push(note))
+        && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
+    {
+        tracing::warn!(error = %e, "could not record a takeover");
+    }
+    inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
+    spawn(inner.clone(), op, job, record.status == Status::Running);
+}
+
+/// Cancels this replica's operations whose cancel another replica recorded: woken by
+/// PostgreSQL's announcements, and polling as well (an announcement can be lost).
+async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
+    let orchestrator = Orchestrator { inner: inner.clone() };
+    let act = |id: String, reason: String| {
+        if let Some(op) = orchestrator.live(&id)
+            && op.snapshot().record.cancellation.is_none()
+        {
+            let orchestrator = orchestrator.clone();
+            tokio::spawn(async move {
+                if let Err(e) = orchestrator.cancel(&id, Some(reason)).await {
+                    tracing::debug!(operation_id = %id, error = %e, "a requested cancel found nothing to do");
+                }
+            });
+        }
+    };
+    let mut announcements = None;
+    if cluster.cancel_notify {
+        match inner.store.cancel_announcements().await {
+            Ok(listener) => announcements = listener,
+            Err(e) => tracing::warn!(error = %e, "cannot listen for cancel announcements; polling only"),
+        }
+    }
+    let mut tick = tokio::time::interval(cluster.cancel_poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let announced = async {
+            match announcements.as_mut() {
+                Some(listener) => listener.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = inner.root.cancelled() => return,
+            id = announced => match id {
+                Ok(id) => {
+                    let reason = inner
+                        .store
+                        .requested_cancels(&inner.settings.node_id)
+                        .await
+                        .ok()
+                        .and_then(|intents| intents.into_iter().find(|(i, _)| *i == id).map(|(_, r)| r));
+                    act(id, reason.unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cancel announcement connection failed; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            _ = tick.tick() => match inner.store.requested_cancels(&inner.settings.node_id).await {
+                Ok(intents) => intents.into_iter().for_each(|(id, reason)| act(id, reason)),
+                Err(e) => tracing::warn!(error = %e, "could not poll for cancel intents"),
+            },
         }
     }
 }

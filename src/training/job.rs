@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationRecord, ProgressReporter, Reattach, RemoteStopHook,
-    RemoteStopReport,
+    RemoteStopReport, Resumption,
 };
 
 /// Tunables of trainings (config `[training]`).
@@ -328,7 +328,7 @@ pub struct TrainingReattach {
 }
 
 impl Reattach for TrainingReattach {
-    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>) -> Option<BoxedJob> {
+    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>, _cause: Resumption) -> Option<BoxedJob> {
         let session: Session = serde_json::from_value(json!({
             "id": job_state?.get("session_id")?,
             "protocol": job_state?.get("protocol")?,

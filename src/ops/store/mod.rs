@@ -21,6 +21,22 @@ use crate::time::{self, Timestamp};
 pub(crate) static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 pub(crate) static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Cancel intents as PostgreSQL announces them.
+pub struct CancelAnnouncements {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl CancelAnnouncements {
+    /// The next announced operation id; an error when the connection failed (the next call
+    /// reconnects and listens again).
+    pub async fn next(&mut self) -> Result<String, StoreError> {
+        Ok(self.listener.recv().await?.payload().to_owned())
+    }
+}
+
+/// The PostgreSQL channel that announces cancel intents.
+const CANCEL_CHANNEL: &str = "ktrdr_ops_cancel";
+
 /// The most commands one transaction carries.
 const MAX_BATCH: usize = 512;
 /// The most rows one transaction writes (bounds how long a queued state change can wait).
@@ -260,6 +276,20 @@ impl Store {
         row.transpose()
     }
 
+    /// The replica an operation is stored as running on.
+    pub async fn owner_of(&self, operation_id: &str) -> Result<Option<String>, StoreError> {
+        let owner = on_db!(&self.inner.readers, pool => {
+            sqlx::query("SELECT owner_node FROM operations WHERE operation_id = $1")
+                .bind(operation_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| row.try_get::<Option<String>, _>(0))
+                .transpose()?
+                .flatten()
+        });
+        Ok(owner)
+    }
+
     pub async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
         let status = filter.status.map(|s| s.as_str());
         let active_only = i64::from(filter.active_only);
@@ -336,6 +366,157 @@ impl Store {
             .transpose()?
         });
         Ok(found)
+    }
+
+    /// Makes `owner` the owner of an unfinished operation (a restarted node adopting what it
+    /// finds, whatever name it had before).
+    pub async fn adopt(&self, operation_id: &str, owner: &str) -> Result<bool, StoreError> {
+        let now = time::to_micros(&time::now());
+        let changed = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE operations SET owner_node = $2, heartbeat_at = $3 \
+                 WHERE operation_id = $1 AND status IN ('pending', 'running')",
+            )
+            .bind(operation_id)
+            .bind(owner)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(changed > 0)
+    }
+
+    /// Renews `owner`'s lease on every unfinished operation it holds; returns their ids (an id
+    /// missing from the answer was taken over by another replica).
+    pub async fn heartbeat(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        let (now, until) = (time::to_micros(&now), time::to_micros(&lease_until));
+        let ids = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE operations SET heartbeat_at = $2, lease_expires_at = $3 \
+                 WHERE owner_node = $1 AND status IN ('pending', 'running') RETURNING operation_id",
+            )
+            .bind(owner)
+            .bind(now)
+            .bind(until)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(ids)
+    }
+
+    /// Takes over, for `owner`, unfinished operations whose owner has not renewed its lease since
+    /// `stale_before`; each comes back with the name of the replica that held it. PostgreSQL only
+    /// (`FOR UPDATE SKIP LOCKED`: replicas scanning together claim different rows).
+    pub async fn claim_stale(
+        &self,
+        owner: &str,
+        stale_before: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<(Snapshot, String)>, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(Vec::new()) };
+        let now = time::to_micros(&time::now());
+        let rows = sqlx::query(
+            "WITH stale AS ( \
+               SELECT operation_id, owner_node FROM operations \
+               WHERE status IN ('pending', 'running') AND owner_node <> $1 AND heartbeat_at < $2 \
+               ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE operations o SET owner_node = $1, heartbeat_at = $4, lease_expires_at = NULL \
+             FROM stale WHERE o.operation_id = stale.operation_id \
+             RETURNING o.operation_id, o.record, o.job_state, stale.owner_node AS previous_owner",
+        )
+        .bind(owner)
+        .bind(time::to_micros(&stale_before))
+        .bind(limit)
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((decode(row)?, row.try_get::<Option<String>, _>("previous_owner")?.unwrap_or_default())))
+            .collect()
+    }
+
+    /// Records the intent to cancel an operation some replica runs and wakes that replica
+    /// (PostgreSQL `NOTIFY`; the owner also polls for intents). False when already finished.
+    pub async fn request_cancel(&self, operation_id: &str, reason: &str) -> Result<bool, StoreError> {
+        let now = time::to_micros(&time::now());
+        let recorded = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE operations SET cancel_requested_at = COALESCE(cancel_requested_at, $2), \
+                   cancel_reason = COALESCE(cancel_reason, $3) \
+                 WHERE operation_id = $1 AND status IN ('pending', 'running')",
+            )
+            .bind(operation_id)
+            .bind(now)
+            .bind(reason)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if let Db::Postgres(pool) = &self.inner.readers
+            && recorded > 0
+        {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(CANCEL_CHANNEL).bind(operation_id).execute(pool).await?;
+        }
+        Ok(recorded > 0)
+    }
+
+    /// Cancel intents recorded for unfinished operations `owner` runs: `(id, reason)`.
+    pub async fn requested_cancels(&self, owner: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "SELECT operation_id, cancel_reason FROM operations \
+                 WHERE owner_node = $1 AND status IN ('pending', 'running') AND cancel_requested_at IS NOT NULL",
+            )
+            .bind(owner)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get::<Option<String>, _>(1)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Writes a terminal version of an unfinished operation whoever owns it (a cancel whose
+    /// owner did not answer in time). False when it had finished meanwhile.
+    pub async fn force_finish(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
+        let c = Columns::of(snapshot);
+        let changed = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE operations SET status = $2, updated_at = $3, version = $4, record = $5, \
+                   cancel_requested_at = $6, cancel_reason = $7 \
+                 WHERE operation_id = $1 AND status IN ('pending', 'running')",
+            )
+            .bind(&c.id)
+            .bind(c.status)
+            .bind(c.updated_at)
+            .bind(c.version)
+            .bind(&c.record)
+            .bind(c.cancel_requested_at)
+            .bind(&c.cancel_reason)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(changed > 0)
+    }
+
+    /// Ids of operations whose cancel was requested, as PostgreSQL announces them (`LISTEN`).
+    /// The listener reconnects by itself; what is announced while it is away is found by polling.
+    pub async fn cancel_announcements(&self) -> Result<Option<CancelAnnouncements>, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(None) };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(CANCEL_CHANNEL).await?;
+        Ok(Some(CancelAnnouncements { listener }))
     }
 
     /// A trivial query, for health checks.
@@ -514,10 +695,12 @@ const INSERT_OPERATION: &str = "INSERT INTO operations (operation_id, operation_
      version, record, job_state, owner_node, heartbeat_at, cancel_requested_at, cancel_reason) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $5, $10, $11)";
 
-/// Newer versions only; a terminal status is never replaced by another status.
+/// Newer versions only, from the operation's owner only (fencing: a replica whose operation was
+/// taken over can no longer write it), and a terminal status is never replaced.
 const SAVE_OPERATION: &str = "UPDATE operations SET status = $2, updated_at = $3, version = $4, record = $5, \
-     job_state = $6, owner_node = $7, heartbeat_at = $3, cancel_requested_at = $8, cancel_reason = $9 \
-     WHERE operation_id = $1 AND version < $4 \
+     job_state = $6, owner_node = $7, heartbeat_at = $3, \
+     cancel_requested_at = COALESCE($8, cancel_requested_at), cancel_reason = COALESCE($9, cancel_reason) \
+     WHERE operation_id = $1 AND version < $4 AND (owner_node IS NULL OR owner_node = $7) \
        AND (status NOT IN ('completed', 'failed', 'cancelled') OR status = $2)";
 
 const CLAIM_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (scope, idempotency_key, fingerprint, operation_id, created_at) \

@@ -1,0 +1,389 @@
+//! Several replicas on one PostgreSQL, as separate processes sharing the simulators and the data
+//! folder: reading and streaming another replica's operation, cancelling it from elsewhere (with
+//! and without notifications), takeover after kill -9, and fencing of a replica that was paused
+//! past its lease.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ServiceProcess, TestDb, json_of, read_sse};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::AsyncBufReadExt;
+
+/// Short leases so that takeovers happen within a test's patience.
+const LEASE: &str = "2s";
+
+/// The simulators in their own process, a database, a data folder and strategies shared by
+/// every replica.
+struct Cluster {
+    db: TestDb,
+    _sim: tokio::process::Child,
+    ib_url: String,
+    training_url: String,
+    data: TempDir,
+    strategies: TempDir,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn new() -> Self {
+        let db = TestDb::postgres().await;
+        let data = tempfile::tempdir().unwrap();
+        let strategies = tempfile::tempdir().unwrap();
+        std::fs::write(
+            strategies.path().join("long.yaml"),
+            "name: long\ntraining_data:\n  symbols: {mode: single, symbol: EURUSD}\n  timeframes: {mode: single, timeframe: '1h'}\nmodel: {type: mlp}\ntraining: {epochs: 30}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            data.path().join("EURUSD_1h.csv"),
+            "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+        )
+        .unwrap();
+        let data_dir = data.path().display().to_string();
+        let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+            .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", &data_dir])
+            .args(["--sim-latency-ms", "30", "--sim-training-pace-ms", "40"])
+            .env_remove("RUST_LOG")
+            .env("KTRDR_OPS__SIM__TRAINING_BATCHES", "4")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap()).lines();
+        let line = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .expect("the simulators start")
+                .unwrap()
+                .expect("the simulators are running");
+            if line.contains("IB simulator on") {
+                break line;
+            }
+        };
+        // Keep reading so the simulators never block on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let urls: Vec<String> = line
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://"))
+            .map(|w| w.trim_end_matches(',').trim_end_matches('"').to_owned())
+            .collect();
+        Cluster {
+            db,
+            _sim: sim,
+            ib_url: urls[0].clone(),
+            training_url: urls[1].clone(),
+            data,
+            strategies,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn replica(&self, name: &str, extra_env: &[(&str, &str)]) -> ServiceProcess {
+        let data_dir = self.data.path().display().to_string();
+        let strategies_dir = self.strategies.path().display().to_string();
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &self.db.url,
+            "--data-dir",
+            &data_dir,
+            "--strategies-dir",
+            &strategies_dir,
+            "--ib-url",
+            &self.ib_url,
+            "--training-url",
+            &self.training_url,
+            "--ib-pacing",
+            "off",
+        ];
+        let mut env = vec![
+            ("KTRDR_OPS__NODE__ID", name),
+            ("KTRDR_OPS__OPERATIONS__LEASE_TIMEOUT", LEASE),
+            ("KTRDR_OPS__OPERATIONS__HEARTBEAT_INTERVAL", "500ms"),
+            ("KTRDR_OPS__OPERATIONS__TAKEOVER_SCAN_INTERVAL", "200ms"),
+            ("KTRDR_OPS__OPERATIONS__PROGRESS_PERSIST_INTERVAL", "200ms"),
+            ("KTRDR_OPS__DATA__SAVE_INTERVAL", "100ms"),
+            ("KTRDR_OPS__TRAINING__POLL_MIN", "20ms"),
+            ("KTRDR_OPS__TRAINING__POLL_MAX", "200ms"),
+        ];
+        env.extend_from_slice(extra_env);
+        ServiceProcess::start(&args, &env).await
+    }
+
+    async fn record(&self, on: &ServiceProcess, id: &str) -> Value {
+        let (status, body) = self.get(on, &format!("/api/v1/operations/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].clone()
+    }
+
+    async fn get(&self, on: &ServiceProcess, path: &str) -> (u16, Value) {
+        json_of(self.http.get(on.url(path)).send().await.unwrap()).await
+    }
+
+    async fn post(&self, on: &ServiceProcess, path: &str, body: Value) -> Value {
+        let (status, answer) = json_of(self.http.post(on.url(path)).json(&body).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    async fn start_dummy(&self, on: &ServiceProcess, iterations: u32, interval_ms: u64) -> String {
+        let body = json!({ "iterations": iterations, "interval_ms": interval_ms });
+        self.post(on, "/api/v1/dummy/start", body).await["data"]["operation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Reads the operation on `on` until `check` holds, or panics after `within`.
+    async fn until(&self, on: &ServiceProcess, id: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let record = self.record(on, id).await;
+            if check(&record) {
+                return record;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id} never got there: {record}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The node that owns an operation, as stored.
+    async fn owner(&self, id: &str) -> Option<String> {
+        let pool = sqlx::PgPool::connect(&self.db.url).await.unwrap();
+        let owner = sqlx::query_scalar("SELECT owner_node FROM operations WHERE operation_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        owner
+    }
+}
+
+fn status(r: &Value) -> &str {
+    r["status"].as_str().unwrap()
+}
+
+fn finished(r: &Value) -> bool {
+    ["completed", "failed", "cancelled"].contains(&status(r))
+}
+
+fn logged(service: &ServiceProcess, text: &str) -> bool {
+    service.output.lock().unwrap().iter().any(|line| line.contains(text))
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn any_replica_reads_lists_long_polls_and_streams_an_operation_another_runs() {
+    let cluster = Cluster::new().await;
+    let a = cluster.replica("node-a", &[]).await;
+    let b = cluster.replica("node-b", &[]).await;
+    let id = cluster.start_dummy(&a, 40, 50).await;
+    assert_eq!(cluster.owner(&id).await.as_deref(), Some("node-a"));
+
+    let seen =
+        cluster.until(&b, &id, Duration::from_secs(10), |r| r["progress"]["percentage"].as_f64() > Some(0.0)).await;
+    assert_eq!(status(&seen), "running", "{seen}");
+
+    let (code, list) = cluster.get(&b, "/api/v1/operations?active_only=true").await;
+    assert_eq!(code, 200);
+    assert!(list["data"].as_array().unwrap().iter().any(|o| o["operation_id"] == id.as_str()), "{list}");
+
+    // A long-poll on B is answered by a newer version than the one it names.
+    let version = seen["version"].as_u64().unwrap();
+    let (code, newer) = cluster.get(&b, &format!("/api/v1/operations/{id}?wait=10s&since={version}")).await;
+    assert_eq!(code, 200);
+    assert!(newer["data"]["version"].as_u64().unwrap() > version, "{newer}");
+
+    // B's stream follows A's work to its end, in order.
+    let (events, closed) = read_sse(
+        &cluster.http,
+        &b.url(&format!("/api/v1/operations/{id}/events")),
+        None,
+        1000,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(closed, "the stream ends with the operation");
+    let versions: Vec<u64> = events.iter().map(|e| e.data["version"].as_u64().unwrap()).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    assert!(events.len() >= 3, "progress arrives while it runs: {versions:?}");
+    let last = &events.last().unwrap().data;
+    assert_eq!(last["status"], "completed", "{last}");
+    assert_eq!(cluster.record(&a, &id).await["version"], last["version"], "both replicas agree on the end");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_cancel_on_one_replica_stops_the_work_on_the_replica_running_it() {
+    let cluster = Cluster::new().await;
+    let a = cluster.replica("node-a", &[("KTRDR_OPS__OPERATIONS__CANCEL_POLL_INTERVAL", "30s")]).await;
+    let b = cluster.replica("node-b", &[]).await;
+    let id = cluster.start_dummy(&a, 1000, 50).await;
+    cluster.until(&a, &id, Duration::from_secs(10), |r| status(r) == "running").await;
+
+    let response = cluster
+        .http
+        .delete(b.url(&format!("/api/v1/operations/{id}")))
+        .json(&json!({ "reason": "stopped from node-b" }))
+        .send()
+        .await
+        .unwrap();
+    let (code, answer) = json_of(response).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
+    assert_eq!(answer["data"]["cancellation_reason"], "stopped from node-b", "{answer}");
+    // A stopped it itself (woken by the notification: its polling is 30 s away).
+    assert!(!logged(&b, "recording the cancel here"), "B had to record the cancel itself");
+    let on_a = cluster.record(&a, &id).await;
+    assert_eq!(status(&on_a), "cancelled");
+    let stopped_at = on_a["progress"]["percentage"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.record(&a, &id).await["progress"]["percentage"], stopped_at, "the work stopped");
+
+    // Cancelling it again, anywhere, says it is finished.
+    let (code, again) =
+        json_of(cluster.http.delete(b.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    assert_eq!(code, 400, "{again}");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_cancel_arrives_by_polling_when_notifications_are_lost() {
+    let cluster = Cluster::new().await;
+    // A does not listen at all: only its polling can find the intent.
+    let a = cluster
+        .replica(
+            "node-a",
+            &[
+                ("KTRDR_OPS__OPERATIONS__CANCEL_NOTIFY", "false"),
+                ("KTRDR_OPS__OPERATIONS__CANCEL_POLL_INTERVAL", "300ms"),
+            ],
+        )
+        .await;
+    // C listens, but its listening connection is cut before the cancel.
+    let c = cluster.replica("node-c", &[("KTRDR_OPS__OPERATIONS__CANCEL_POLL_INTERVAL", "300ms")]).await;
+    let b = cluster.replica("node-b", &[]).await;
+    let on_a = cluster.start_dummy(&a, 1000, 50).await;
+    let on_c = cluster.start_dummy(&c, 1000, 50).await;
+    cluster.until(&c, &on_c, Duration::from_secs(10), |r| status(r) == "running").await;
+
+    let pool = sqlx::PgPool::connect(&cluster.db.url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(!cut.is_empty(), "the listening connections of A and C were found and cut");
+
+    for (owner, id) in [(&a, &on_a), (&c, &on_c)] {
+        let (code, answer) =
+            json_of(cluster.http.delete(b.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
+        assert_eq!(status(&cluster.record(owner, id).await), "cancelled");
+    }
+    assert!(!logged(&b, "recording the cancel here"), "the owners stopped the work themselves");
+}
+
+/// The first bar on or after, and the last bar on or before, these instants are in the file.
+fn covers(path: &Path, first_by: &str, last_from: &str) -> bool {
+    let bars = ktrdr_ops::data::repository::read_csv(path).expect("a complete, valid CSV");
+    let (first, last) = (bars.first(), bars.last());
+    let by = ktrdr_ops::time::parse_timestamp(first_by).unwrap();
+    let from = ktrdr_ops::time::parse_timestamp(last_from).unwrap();
+    first.is_some_and(|f| f <= by) && last.is_some_and(|l| l >= from)
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_survivor_takes_over_the_data_load_and_training_of_a_killed_replica() {
+    let cluster = Cluster::new().await;
+    let mut a = cluster.replica("node-a", &[]).await;
+    let b = cluster.replica("node-b", &[]).await;
+    let load = cluster
+        .post(
+            &a,
+            "/api/v1/data/load",
+            json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" }),
+        )
+        .await["data"]["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let training = cluster
+        .post(
+            &a,
+            "/api/v1/trainings/start",
+            json!({ "symbols": ["EURUSD"], "timeframes": ["1h"], "strategy_name": "long" }),
+        )
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = cluster.data.path().join("AAPL_1h.csv");
+    cluster
+        .until(&a, &load, Duration::from_secs(30), |r| {
+            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 5 && file.exists()
+        })
+        .await;
+    cluster
+        .until(&a, &training, Duration::from_secs(30), |r| r["progress"]["context"]["epoch"].as_u64() >= Some(2))
+        .await;
+    a.kill9().await;
+
+    for id in [&load, &training] {
+        let taken = cluster
+            .until(&b, id, Duration::from_secs(20), |r| {
+                r["warnings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|w| w.as_str().unwrap().contains("took this operation over"))
+            })
+            .await;
+        assert!(!["failed", "cancelled"].contains(&status(&taken)), "{taken}");
+        assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
+    }
+    let loaded = cluster.until(&b, &load, Duration::from_secs(60), finished).await;
+    assert_eq!(status(&loaded), "completed", "{loaded}");
+    assert!(covers(&file, "2021-01-05T00:00:00Z", "2023-12-28T00:00:00Z"), "the file holds the whole range");
+
+    let trained = cluster.until(&b, &training, Duration::from_secs(60), finished).await;
+    assert_eq!(status(&trained), "completed", "{trained}");
+    let epochs: Vec<u64> =
+        trained["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (0..30).collect::<Vec<_>>(), "the host session went on: every epoch once, in order");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_replica_paused_past_its_lease_cannot_overwrite_its_successors_result() {
+    let cluster = Cluster::new().await;
+    let a = cluster.replica("node-a", &[]).await;
+    let b = cluster.replica("node-b", &[]).await;
+    // 3 s of work: it would complete on A soon after A resumes.
+    let id = cluster.start_dummy(&a, 60, 50).await;
+    cluster.until(&a, &id, Duration::from_secs(10), |r| status(r) == "running").await;
+    a.signal("STOP");
+
+    // A dummy cannot be resumed elsewhere: B records it failed, naming the stopped replica.
+    let failed = cluster.until(&b, &id, Duration::from_secs(20), finished).await;
+    assert_eq!(status(&failed), "failed", "{failed}");
+    assert!(failed["error_message"].as_str().unwrap().contains("node-a"), "{failed}");
+
+    a.signal("CONT");
+    // Long enough for A's work to have finished and its heartbeat to notice it lost the lease.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = cluster.record(&b, &id).await;
+    assert_eq!(after, failed, "nothing A wrote after its lease expired reached the store");
+    let on_a = cluster.record(&a, &id).await;
+    assert_eq!(status(&on_a), "failed", "A, too, now serves the stored result: {on_a}");
+    assert_eq!(cluster.owner(&id).await.as_deref(), Some("node-b"));
+}
