@@ -842,6 +842,9 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
 
 /// Takes over the operations of replicas whose leases expired: re-attached or resumed by their
 /// type, or failed as interrupted; the takeover is recorded on the operation.
+/// How many operations one takeover scan claims at a time.
+const TAKEOVER_BATCH: i64 = 50;
+
 async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
     let mut tick = tokio::time::interval(cluster.takeover_scan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -853,16 +856,24 @@ async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
         if !inner.accepting.load(Ordering::Acquire) {
             return;
         }
-        let stale_before = time::now() - cluster.lease_timeout;
-        let claimed = match inner.store.claim_stale(&inner.settings.node_id, stale_before, 50).await {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not look for operations to take over");
-                continue;
+        // Claimed in batches (other survivors claim other rows meanwhile); a full batch means
+        // there may be more, so claim again at once rather than a scan interval later.
+        loop {
+            let stale_before = time::now() - cluster.lease_timeout;
+            let claimed = match inner.store.claim_stale(&inner.settings.node_id, stale_before, TAKEOVER_BATCH).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for operations to take over");
+                    break;
+                }
+            };
+            let full = claimed.len() as i64 == TAKEOVER_BATCH;
+            for (stored, previous) in claimed {
+                take_over(&inner, stored, &previous).await;
             }
-        };
-        for (stored, previous) in claimed {
-            take_over(&inner, stored, &previous).await;
+            if !full {
+                break;
+            }
         }
     }
 }
