@@ -35,6 +35,19 @@ for name, service in services.items():
         if dependency not in services:
             problems.append(f"service {name}: depends on unknown service {dependency}")
 
+# Replicas on one database must not share a node id: each would think the other's operations
+# its own, and leases and fencing would mean nothing.
+node_ids = {}
+for name, service in services.items():
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment if "=" in item)
+    node = environment.get("KTRDR_OPS__NODE__ID")
+    if node in node_ids:
+        problems.append(f"services {node_ids[node]} and {name} share the node id {node}")
+    elif node:
+        node_ids[node] = name
+
 with open(os.path.join(root, "Dockerfile")) as f:
     for line in f:
         match = re.match(r"^COPY\s+(?!--from)(.+)\s+\S+\s*$", line.strip())
