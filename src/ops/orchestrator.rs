@@ -840,11 +840,11 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
     }
 }
 
-/// Takes over the operations of replicas whose leases expired: re-attached or resumed by their
-/// type, or failed as interrupted; the takeover is recorded on the operation.
 /// How many operations one takeover scan claims at a time.
 const TAKEOVER_BATCH: i64 = 50;
 
+/// Takes over the operations of replicas whose leases expired: re-attached or resumed by their
+/// type, or failed as interrupted; the takeover is recorded on the operation.
 async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
     let mut tick = tokio::time::interval(cluster.takeover_scan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
