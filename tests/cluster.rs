@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{ServiceProcess, TestDb, json_of, read_sse};
+use common::{ServiceProcess, TestDb, json_of, read_sse, read_sse_until};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::AsyncBufReadExt;
@@ -181,6 +181,18 @@ async fn any_replica_reads_lists_long_polls_and_streams_an_operation_another_run
     let cluster = Cluster::new().await;
     let a = cluster.replica("node-a", &[]).await;
     let b = cluster.replica("node-b", &[]).await;
+    // B's stream of every operation's changes (the dashboard's) follows it too.
+    let everything = tokio::spawn({
+        let (http, url) = (cluster.http.clone(), b.url("/api/v1/operations/events"));
+        async move {
+            read_sse_until(&http, &url, None, Duration::from_secs(30), |events| {
+                events.last().is_some_and(|e| e.data["status"] == "completed")
+            })
+            .await
+            .0
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let id = cluster.start_dummy(&a, 40, 50).await;
     assert_eq!(cluster.owner(&id).await.as_deref(), Some("node-a"));
 
@@ -214,6 +226,12 @@ async fn any_replica_reads_lists_long_polls_and_streams_an_operation_another_run
     let last = &events.last().unwrap().data;
     assert_eq!(last["status"], "completed", "{last}");
     assert_eq!(cluster.record(&a, &id).await["version"], last["version"], "both replicas agree on the end");
+
+    let everything = everything.await.unwrap();
+    let ours: Vec<&Value> = everything.iter().map(|e| &e.data).filter(|d| d["operation_id"] == id.as_str()).collect();
+    assert!(ours.len() >= 3, "B's global stream carried A's progress: {ours:?}");
+    assert!(ours.windows(2).all(|w| w[0]["version"].as_u64() < w[1]["version"].as_u64()), "{ours:?}");
+    assert_eq!(ours.last().unwrap()["status"], "completed");
 }
 
 #[tokio::test]

@@ -48,6 +48,11 @@ impl ChangeFeed {
         self.latest.subscribe()
     }
 
+    /// Whether any stream follows the feed now.
+    pub fn is_followed(&self) -> bool {
+        self.latest.receiver_count() > 0
+    }
+
     /// The operations that changed after `seq`, each once with its last sequence number, in the
     /// order of those numbers; and whether changes were lost (older than what is kept).
     pub fn since(&self, seq: u64) -> (Vec<(u64, Arc<str>)>, bool) {

@@ -294,6 +294,7 @@ impl Orchestrator {
             tokio::spawn(heartbeats(inner.clone(), cluster.clone()));
             tokio::spawn(takeovers(inner.clone(), cluster.clone()));
             tokio::spawn(cancel_intents(inner.clone(), cluster));
+            tokio::spawn(remote_changes(inner.clone()));
         }
         Orchestrator { inner }
     }
@@ -911,6 +912,60 @@ async fn take_over(inner: &Arc<Inner>, stored: Snapshot, previous: &str) {
     }
     inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
     spawn(inner.clone(), op, job, record.status == Status::Running);
+}
+
+/// Brings other replicas' changes into this one's change feed, so that the stream of every
+/// operation's changes shows the whole cluster: while a stream follows the feed, the database is
+/// read every `remote_poll_interval` for operations written elsewhere since the last read.
+async fn remote_changes(inner: Arc<Inner>) {
+    // Reads reach this far back before the newest write seen: a write that commits late with an
+    // earlier `updated_at` (the owner's batching, a clock slightly behind) is still found.
+    const OVERLAP_MICROS: i64 = 2_000_000;
+    const PAGE: i64 = 1000;
+    let mut tick = tokio::time::interval(inner.settings.remote_poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut newest_seen: Option<i64> = None;
+    // The versions already fed, of operations written within the overlap.
+    let mut fed: HashMap<Arc<str>, (i64, u64)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.root.cancelled() => return,
+        }
+        if !inner.feed.is_followed() {
+            newest_seen = None;
+            fed.clear();
+            continue;
+        }
+        let mut cursor = newest_seen.unwrap_or_else(|| time::to_micros(&time::now())) - OVERLAP_MICROS;
+        loop {
+            let page = match inner.store.changed_elsewhere(&inner.settings.node_id, cursor, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read other replicas' changes");
+                    break;
+                }
+            };
+            let full = page.len() as i64 == PAGE;
+            for (written, stored) in page {
+                cursor = cursor.max(written);
+                let id: Arc<str> = Arc::from(stored.record.operation_id.as_str());
+                let version = stored.version();
+                if fed.get(&id).is_some_and(|(_, fed_version)| *fed_version >= version) {
+                    continue;
+                }
+                fed.insert(id.clone(), (written, version));
+                inner.remote_cache.put(&id, Arc::new(stored));
+                inner.feed.push(&id);
+            }
+            if !full {
+                break;
+            }
+        }
+        let newest = newest_seen.map_or(cursor, |n| n.max(cursor));
+        newest_seen = Some(newest);
+        fed.retain(|_, (written, _)| *written >= newest - OVERLAP_MICROS);
+    }
 }
 
 /// Cancels this replica's operations whose cancel another replica recorded: woken by

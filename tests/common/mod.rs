@@ -218,6 +218,17 @@ pub async fn read_sse(
     max: usize,
     within: Duration,
 ) -> (Vec<SseEvent>, bool) {
+    read_sse_until(http, url, last_event_id, within, |events| events.len() >= max).await
+}
+
+/// Reads an SSE stream until it closes, `enough` says so of the events so far, or `within` passed.
+pub async fn read_sse_until(
+    http: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<&str>,
+    within: Duration,
+    enough: impl Fn(&[SseEvent]) -> bool,
+) -> (Vec<SseEvent>, bool) {
     let mut request = http.get(url).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
@@ -253,7 +264,7 @@ pub async fn read_sse(
             }
             event.data = serde_json::from_str(&data).unwrap();
             events.push(event);
-            if events.len() >= max {
+            if enough(&events) {
                 return (events, false);
             }
         }

@@ -276,6 +276,27 @@ impl Store {
         row.transpose()
     }
 
+    /// Up to `limit` operations other replicas wrote after `since` (Unix µs of `updated_at`),
+    /// oldest write first, each with that instant. PostgreSQL only: with SQLite a replica is alone.
+    pub async fn changed_elsewhere(
+        &self,
+        node: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Snapshot)>, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(Vec::new()) };
+        let rows = sqlx::query(
+            "SELECT operation_id, record, job_state, updated_at FROM operations \
+             WHERE updated_at > $2 AND owner_node <> $1 ORDER BY updated_at LIMIT $3",
+        )
+        .bind(node)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get::<i64, _>("updated_at")?, decode(row)?))).collect()
+    }
+
     /// The replica an operation is stored as running on.
     pub async fn owner_of(&self, operation_id: &str) -> Result<Option<String>, StoreError> {
         let owner = on_db!(&self.inner.readers, pool => {
