@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -184,7 +185,9 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         None
     };
     let config = Arc::new(config);
-    let store = Store::open(&config.database.url, config.database.max_connections).await?;
+    // Well within a lease, so that a frozen replica's locks are gone before its lease is.
+    let stuck_transaction_timeout = (config.operations.lease_timeout.0 / 2).max(Duration::from_millis(500));
+    let store = Store::open(&config.database.url, config.database.max_connections, stuck_transaction_timeout).await?;
     let hosts = build_hosts(&config).map_err(StartError::Hosts)?;
     let data = DataService {
         repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),

@@ -374,7 +374,7 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    match Store::open(&config.database.url, 1).await {
+    match Store::open(&config.database.url, 1, config.operations.lease_timeout.0).await {
         Ok(store) => {
             println!("ktrdr-ops: {} database is up to date", store.kind());
             ExitCode::SUCCESS

@@ -26,7 +26,7 @@ use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
-use crate::ops::store::{IdempotencyKey, Inserted, ListFilter, Store, StoreError};
+use crate::ops::store::{Channel, IdempotencyKey, Inserted, ListFilter, Store, StoreError};
 use crate::time;
 
 /// `error_message` of an operation found unfinished at start-up that nobody could re-attach.
@@ -250,6 +250,8 @@ struct Inner {
     figures: std::sync::Mutex<Figures>,
     feed: Arc<ChangeFeed>,
     remote_cache: RemoteCache,
+    /// Operations other replicas stored finished, as PostgreSQL announces them.
+    finished_elsewhere: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// Counts and latencies of operations, for metrics.
@@ -288,6 +290,7 @@ impl Orchestrator {
             figures: std::sync::Mutex::new(Figures::default()),
             feed: Arc::new(ChangeFeed::default()),
             remote_cache,
+            finished_elsewhere: tokio::sync::broadcast::channel(1024).0,
         });
         tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         if let Some(cluster) = inner.settings.cluster.clone() {
@@ -295,6 +298,7 @@ impl Orchestrator {
             tokio::spawn(takeovers(inner.clone(), cluster.clone()));
             tokio::spawn(cancel_intents(inner.clone(), cluster));
             tokio::spawn(remote_changes(inner.clone()));
+            tokio::spawn(finish_announcements(inner.clone()));
         }
         Orchestrator { inner }
     }
@@ -493,6 +497,8 @@ impl Orchestrator {
     async fn cancel_remote(&self, operation_id: &str, reason: String) -> Result<Cancelled, CancelError> {
         let inner = &self.inner;
         let not_found = || CancelError::NotFound(operation_id.to_owned());
+        // Subscribed before the intent is stored, so that the owner's announcement cannot be missed.
+        let mut finished = inner.finished_elsewhere.subscribe();
         if !inner.store.request_cancel(operation_id, &reason).await? {
             let stored = inner.store.get(operation_id).await?.ok_or_else(not_found)?;
             return Err(CancelError::NotCancellable { id: operation_id.to_owned(), status: stored.record.status });
@@ -527,7 +533,20 @@ impl Orchestrator {
                 inner.remote_cache.forget(operation_id);
                 return Ok(Cancelled { snapshot, remote_cancelled: false });
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Woken by the owner's announcement that it stored the operation finished; read
+            // again every remote_poll_interval all the same, in case the announcement is lost.
+            let announced = async {
+                loop {
+                    match finished.recv().await {
+                        Ok(id) if &*id == operation_id => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+                    }
+                }
+            };
+            let wait = inner.settings.remote_poll_interval.min(deadline.saturating_duration_since(Instant::now()));
+            let _ = timeout(wait, announced).await;
         }
     }
 
@@ -968,6 +987,34 @@ async fn remote_changes(inner: Arc<Inner>) {
     }
 }
 
+/// Passes on PostgreSQL's announcements of operations stored finished, to the cancels this
+/// replica is waiting on.
+async fn finish_announcements(inner: Arc<Inner>) {
+    let mut announcements = match inner.store.announcements(Channel::Finished).await {
+        Ok(Some(listener)) => listener,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for finished operations; cross-replica cancels will poll");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = inner.root.cancelled() => return,
+            id = announcements.next() => match id {
+                Ok(id) => {
+                    // Nobody waiting is the common case.
+                    let _ = inner.finished_elsewhere.send(Arc::from(id));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the finished-operations announcement connection failed; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Cancels this replica's operations whose cancel another replica recorded: woken by
 /// PostgreSQL's announcements, and polling as well (an announcement can be lost).
 async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
@@ -986,7 +1033,7 @@ async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
     };
     let mut announcements = None;
     if cluster.cancel_notify {
-        match inner.store.cancel_announcements().await {
+        match inner.store.announcements(Channel::CancelRequested).await {
             Ok(listener) => announcements = listener,
             Err(e) => tracing::warn!(error = %e, "cannot listen for cancel announcements; polling only"),
         }

@@ -7,6 +7,7 @@ mod postgres;
 mod sqlite;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Row;
@@ -22,11 +23,12 @@ pub(crate) static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlit
 pub(crate) static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Cancel intents as PostgreSQL announces them.
-pub struct CancelAnnouncements {
+/// Operation ids PostgreSQL announces on one channel (`LISTEN`).
+pub struct Announcements {
     listener: sqlx::postgres::PgListener,
 }
 
-impl CancelAnnouncements {
+impl Announcements {
     /// The next announced operation id; an error when the connection failed (the next call
     /// reconnects and listens again).
     pub async fn next(&mut self) -> Result<String, StoreError> {
@@ -34,8 +36,23 @@ impl CancelAnnouncements {
     }
 }
 
-/// The PostgreSQL channel that announces cancel intents.
-const CANCEL_CHANNEL: &str = "ktrdr_ops_cancel";
+/// What replicas announce to each other through PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub enum Channel {
+    /// A cancel intent was recorded (for the operation's owner).
+    CancelRequested,
+    /// An operation was stored finished (for replicas waiting on another's cancel).
+    Finished,
+}
+
+impl Channel {
+    fn name(self) -> &'static str {
+        match self {
+            Channel::CancelRequested => "ktrdr_ops_cancel",
+            Channel::Finished => "ktrdr_ops_finished",
+        }
+    }
+}
 
 /// The most commands one transaction carries.
 const MAX_BATCH: usize = 512;
@@ -174,10 +191,17 @@ impl Drop for StoreInner {
 }
 
 impl Store {
-    /// Opens the database named by `url` and applies pending migrations.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    /// Opens the database named by `url` and applies pending migrations. With PostgreSQL, the
+    /// server ends a session of ours that sits inside a transaction for `stuck_transaction_timeout`
+    /// (a replica frozen mid-write must not keep its row locks, and so its operations, from the
+    /// survivors: their takeover skips locked rows).
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        stuck_transaction_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         let (readers, writer, kind) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = postgres::open(url, max_connections).await?;
+            let pool = postgres::open(url, max_connections, stuck_transaction_timeout).await?;
             (Db::Postgres(pool.clone()), Db::Postgres(pool), "postgres")
         } else {
             let (readers, writer) = sqlite::open(url, max_connections).await?;
@@ -485,7 +509,11 @@ impl Store {
         if let Db::Postgres(pool) = &self.inner.readers
             && recorded > 0
         {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(CANCEL_CHANNEL).bind(operation_id).execute(pool).await?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(Channel::CancelRequested.name())
+                .bind(operation_id)
+                .execute(pool)
+                .await?;
         }
         Ok(recorded > 0)
     }
@@ -533,11 +561,11 @@ impl Store {
 
     /// Ids of operations whose cancel was requested, as PostgreSQL announces them (`LISTEN`).
     /// The listener reconnects by itself; what is announced while it is away is found by polling.
-    pub async fn cancel_announcements(&self) -> Result<Option<CancelAnnouncements>, StoreError> {
+    pub async fn announcements(&self, channel: Channel) -> Result<Option<Announcements>, StoreError> {
         let Db::Postgres(pool) = &self.inner.readers else { return Ok(None) };
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-        listener.listen(CANCEL_CHANNEL).await?;
-        Ok(Some(CancelAnnouncements { listener }))
+        listener.listen(channel.name()).await?;
+        Ok(Some(Announcements { listener }))
     }
 
     /// A trivial query, for health checks.
@@ -731,9 +759,10 @@ const CLAIM_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (scope, idempo
      WHERE idempotency_keys.created_at < $6";
 
 async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> {
-    on_db!(db, pool => {
+    let (results, finished) = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
+        let mut finished: Vec<&str> = Vec::new();
         for cmd in batch {
             match cmd {
                 WriteCmd::Insert { row, owner, idempotency, .. } => {
@@ -811,12 +840,30 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> 
                             .bind(&c.cancel_reason)
                             .execute(&mut *tx)
                             .await?;
+                        if row.is_terminal() {
+                            finished.push(&row.record.operation_id);
+                        }
                     }
                     results.push(Applied::Saved);
                 }
             }
         }
         tx.commit().await?;
-        Ok(results)
-    })
+        (results, finished)
+    });
+    // Other replicas may be waiting for these (a cancel they passed on): announced after the
+    // commit, so that whoever is woken reads them finished.
+    if let Db::Postgres(pool) = db
+        && !finished.is_empty()
+    {
+        let announce = sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
+            .bind(Channel::Finished.name())
+            .bind(&finished)
+            .execute(pool)
+            .await;
+        if let Err(e) = announce {
+            tracing::warn!(error = %e, "could not announce finished operations; waiting replicas will poll");
+        }
+    }
+    Ok(results)
 }

@@ -1,17 +1,28 @@
 //! Opening PostgreSQL (several replicas share one database): one pool, migrations applied under
 //! sqlx's advisory lock so replicas starting together do not race.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::StoreError;
 
-pub(super) async fn open(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+pub(super) async fn open(
+    url: &str,
+    max_connections: u32,
+    stuck_transaction_timeout: Duration,
+) -> Result<PgPool, StoreError> {
+    let opening = |e: sqlx::Error| StoreError::Open(format!("{}: {e}", redact(url)));
+    let options = url.parse::<PgConnectOptions>().map_err(opening)?.options([(
+        "idle_in_transaction_session_timeout",
+        format!("{}ms", stuck_transaction_timeout.as_millis().max(1)),
+    )]);
     let pool = PgPoolOptions::new()
         // The writer holds one connection for its batches; readers share the rest.
         .max_connections(max_connections + 1)
-        .connect(url)
+        .connect_with(options)
         .await
-        .map_err(|e| StoreError::Open(format!("{}: {e}", redact(url))))?;
+        .map_err(opening)?;
     super::POSTGRES_MIGRATIONS.run(&pool).await.map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
     Ok(pool)
 }
