@@ -99,7 +99,7 @@ impl Server {
 pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
     Settings {
         cancel_grace: config.operations.cancel_grace.0,
-        persist_interval: config.operations.progress_persist_interval.0,
+        persist_interval: persist_interval(config, store),
         idempotency_ttl: config.operations.idempotency_ttl.0,
         node_id: config.node_id(),
         // An embedded SQLite database has exactly one node.
@@ -122,6 +122,17 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
             cancel_notify: config.operations.cancel_notify,
         }),
     }
+}
+
+/// How often running operations' progress is written. With several replicas the others read it
+/// through a cache of `remote_cache_ttl`, so it is written that much more often: what they show
+/// is then never older than `progress_persist_interval`.
+fn persist_interval(config: &Config, store: &Store) -> Duration {
+    let configured = config.operations.progress_persist_interval.0;
+    if store.kind() != "postgres" {
+        return configured;
+    }
+    configured.saturating_sub(config.operations.remote_cache_ttl.0).max(configured / 2)
 }
 
 fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSettings {
