@@ -3,7 +3,8 @@
 //! 5 s, progress persisted every 1 s, remote reads cached 100 ms):
 //!
 //! 1. `GET /api/v1/operations/{id}` on B of an operation running on A (64 connections, wrk), next
-//!    to the same GET on A;
+//!    to the same GET on A; and how old the progress B shows is (A and B read together every few
+//!    ms for 10 s, of a dummy moving every 10 ms: A's `progress.updated_at` minus B's);
 //! 2. cross-replica cancel: `DELETE` on B of a dummy running on A, until the answer (which comes
 //!    once A reports the work stopped): p50/p99/max, and how often B had to record it itself;
 //! 3. takeover: kill -9 of A with 100 running operations, until B owns every one of them.
@@ -95,10 +96,14 @@ impl Replica {
         answer["data"]["operation_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned()
     }
 
-    async fn status(&self, http: &reqwest::Client, id: &str) -> String {
-        let record: Value =
+    async fn record(&self, http: &reqwest::Client, id: &str) -> Value {
+        let answer: Value =
             http.get(format!("{}/api/v1/operations/{id}", self.base)).send().await.unwrap().json().await.unwrap();
-        record["data"]["status"].as_str().unwrap_or_default().to_owned()
+        answer["data"].clone()
+    }
+
+    async fn status(&self, http: &reqwest::Client, id: &str) -> String {
+        self.record(http, id).await["status"].as_str().unwrap_or_default().to_owned()
     }
 }
 
@@ -134,6 +139,27 @@ async fn main() {
     let on_a = wrk(&format!("{}/api/v1/operations/{watched}", a.base), wrk_seconds);
     println!("GET /api/v1/operations/{{id}} on B of an operation A runs (64 connections): {on_b:.0} req/s");
     println!("  the same GET on A, its owner:                                       {on_a:.0} req/s");
+    let moving = a.start_dummy(&http, 1_000_000, 10).await;
+    let progressed_at = |record: &Value| {
+        ktrdr_ops::time::parse_timestamp(record["progress"]["updated_at"].as_str().unwrap_or_default())
+    };
+    let mut ages = Vec::new();
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_secs(10) {
+        let (truth, remote) = tokio::join!(a.record(&http, &moving), b.record(&http, &moving));
+        if let (Some(truth), Some(remote)) = (progressed_at(&truth), progressed_at(&remote)) {
+            ages.push((truth - remote).to_std().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    ages.sort();
+    println!(
+        "  age of the progress B shows ({} samples, progress persisted every 1 s): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ages.len(),
+        ms(percentile(&ages, 0.5)),
+        ms(percentile(&ages, 0.99)),
+        ms(*ages.last().unwrap()),
+    );
 
     // 2. Cross-replica cancel.
     let mut latencies = Vec::with_capacity(cancels);
