@@ -13,74 +13,28 @@
 //! `KTRDR_OPS_TEST_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres cargo bench --bench cluster`.
 //! Options via env: BENCH_CANCELS (default 200), BENCH_TAKEOVERS (default 3), BENCH_WRK_SECONDS (default 10).
 
-use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Service, env_number, ms, percentile, wrk};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn wrk(url: &str, seconds: u64) -> f64 {
-    let output = std::process::Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), url])
-        .output()
-        .expect("wrk is installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("wrk said: {text}"))
-}
-
-/// A release replica with its own node id; counts its log lines that contain `watch`.
+/// A release replica with its own node id, counting its log lines that contain `watch`.
 struct Replica {
-    child: tokio::process::Child,
+    service: Service,
     base: String,
-    watched: Arc<AtomicUsize>,
 }
 
 impl Replica {
     async fn start(db: &str, node: &str, watch: &'static str) -> Replica {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        let mut command = common::binary();
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db])
             .env("RUST_LOG", "info")
-            .env("KTRDR_OPS__NODE__ID", node)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next_line().await.unwrap().expect("the replica started");
-            if let Some(at) = line.find("listening on http://") {
-                break line[at + "listening on ".len()..].trim().to_owned();
-            }
-        };
-        let watched = Arc::new(AtomicUsize::new(0));
-        let count = watched.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains(watch) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        Replica { child, base, watched }
+            .env("KTRDR_OPS__NODE__ID", node);
+        let service = Service::start(command, Some(watch)).await;
+        Replica { base: service.base.clone(), service }
     }
 
     async fn start_dummy(&self, http: &reqwest::Client, iterations: u32, interval_ms: u64) -> String {
@@ -135,8 +89,8 @@ async fn main() {
     // 1. Reads of another replica's operation.
     let watched = a.start_dummy(&http, 1_000_000, 100).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let on_b = wrk(&format!("{}/api/v1/operations/{watched}", b.base), wrk_seconds);
-    let on_a = wrk(&format!("{}/api/v1/operations/{watched}", a.base), wrk_seconds);
+    let on_b = wrk(&format!("{}/api/v1/operations/{watched}", b.base), wrk_seconds, None);
+    let on_a = wrk(&format!("{}/api/v1/operations/{watched}", a.base), wrk_seconds, None);
     println!("GET /api/v1/operations/{{id}} on B of an operation A runs (64 connections): {on_b:.0} req/s");
     println!("  the same GET on A, its owner:                                       {on_a:.0} req/s");
     let moving = a.start_dummy(&http, 1_000_000, 10).await;
@@ -181,7 +135,7 @@ async fn main() {
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap()),
-        b.watched.load(Ordering::Relaxed),
+        b.service.watched(),
     );
     drop(a);
 
@@ -195,7 +149,7 @@ async fn main() {
         }
         // Somewhere within a heartbeat period, as a crash would be.
         tokio::time::sleep(Duration::from_millis(1000 + 1700 * round)).await;
-        doomed.child.kill().await.unwrap();
+        doomed.service.child.kill().await.unwrap();
         let killed = Instant::now();
         loop {
             let left: i64 = sqlx::query_scalar(

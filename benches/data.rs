@@ -9,7 +9,8 @@
 //! The service runs as its own process (`serve --sim`) on the same data folder.
 //! Run: `cargo bench --bench data`.
 
-use std::process::Stdio;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use ktrdr_ops::data::calendar::InstrumentKind;
@@ -20,15 +21,12 @@ use ktrdr_ops::data::timeframe::Timeframe;
 use ktrdr_ops::sim::market::Instrument;
 use ktrdr_ops::time::parse_timestamp;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+
+use common::{Service, ms};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[tokio::main]
@@ -71,21 +69,11 @@ async fn main() {
 
     let db = format!("sqlite://{}", dir.path().join("ops.db").display());
     let data_dir = dir.path().display().to_string();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+    let mut command = common::binary();
+    command
         .args(["serve", "--sim", "--listen", "127.0.0.1:0", "--database-url", &db, "--data-dir", &data_dir])
-        .env("RUST_LOG", "warn,ktrdr_ops::app=info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next_line().await.unwrap().expect("the service started");
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..].trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .env("RUST_LOG", "warn,ktrdr_ops::app=info");
+    let Service { base, mut child, .. } = Service::start(command, None).await;
     let http = reqwest::Client::new();
 
     let url = format!("{base}/api/v1/data/AAPL/1m?limit=100000");

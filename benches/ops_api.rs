@@ -12,7 +12,8 @@
 //! Run: `cargo bench --bench ops_api` (needs `wrk`: `apt-get install wrk`).
 //! Options via env: BENCH_OPS (default 10000), BENCH_WRK_SECONDS (default 10).
 
-use std::process::Stdio;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,11 +21,8 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use common::{Service, env_number, percentile, wrk};
 
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -35,23 +33,6 @@ fn rss_mb(pid: u32) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
-}
-
-fn wrk(url: &str, seconds: u64, token: Option<&str>) -> f64 {
-    let header = token.map(|t| format!("Authorization: Bearer {t}"));
-    let mut args = vec!["-t2".to_owned(), "-c64".to_owned(), format!("-d{seconds}s")];
-    if let Some(header) = header {
-        args.extend(["-H".to_owned(), header]);
-    }
-    args.push(url.to_owned());
-    let output =
-        std::process::Command::new("wrk").args(&args).output().expect("wrk is installed (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find(|l| l.starts_with("Requests/sec:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("wrk said: {text}"))
 }
 
 /// The scale reference: a bare axum handler answering a fixed JSON document out of a map.
@@ -84,32 +65,15 @@ async fn fetch_health(http: &reqwest::Client, base: &str) -> Value {
     response.json().await.unwrap()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Starts the release binary on a free port; returns it and its base URL.
+/// Starts the release binary on a free port.
 async fn service(db: &str, token: Option<&str>) -> (tokio::process::Child, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+    let mut command = common::binary();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--database-url", db]).env("RUST_LOG", "info");
     if let Some(token) = token {
         command.env("KTRDR_OPS_API_TOKEN", token);
     }
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next_line().await.unwrap().expect("the service started");
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..].trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
+    let service = Service::start(command, None).await;
+    (service.child, service.base)
 }
 
 #[tokio::main]

@@ -9,24 +9,14 @@
 //!
 //! Run: `cargo bench --bench training` (BENCH_STALL_SECONDS=60, BENCH_CANCELS=200 by default).
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use common::{Service, env_number, ms, percentile};
 
 struct Bench {
     http: reqwest::Client,
@@ -84,22 +74,12 @@ async fn main() {
     let db = format!("sqlite://{}", dir.path().join("ops.db").display());
     let data_dir = dir.path().display().to_string();
     let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+    let mut command = common::binary();
+    command
         .args(["serve", "--sim", "--listen", "127.0.0.1:0", "--database-url", &db, "--data-dir", &data_dir])
         .args(["--strategies-dir", strategies, "--sim-training-protocol", "operations"])
-        .env("RUST_LOG", "warn,ktrdr_ops::app=info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next_line().await.unwrap().expect("the service started");
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..].trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .env("RUST_LOG", "warn,ktrdr_ops::app=info");
+    let Service { base, mut child, .. } = Service::start(command, None).await;
     let http = reqwest::Client::new();
     let health: Value = http.get(format!("{base}/api/v1/health")).send().await.unwrap().json().await.unwrap();
     let host = health["hosts"]["training"]["url"].as_str().unwrap().to_owned();

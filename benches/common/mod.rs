@@ -1,0 +1,82 @@
+//! What the benchmarks share: options from the environment, percentiles, `wrk`, and the release
+//! service as a child process.
+// Each benchmark uses a part of this.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The `p`-quantile (0–1) of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Requests per second `wrk` reaches on `url` with 2 threads and 64 connections.
+pub fn wrk(url: &str, seconds: u64, token: Option<&str>) -> f64 {
+    let mut args = vec!["-t2".to_owned(), "-c64".to_owned(), format!("-d{seconds}s")];
+    if let Some(token) = token {
+        args.extend(["-H".to_owned(), format!("Authorization: Bearer {token}")]);
+    }
+    args.push(url.to_owned());
+    let output =
+        std::process::Command::new("wrk").args(&args).output().expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {text}"))
+}
+
+/// The release binary, to be given its arguments and environment.
+pub fn binary() -> tokio::process::Command {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+}
+
+/// The service as a child process, once it logged `listening on …`; it is killed when dropped.
+pub struct Service {
+    pub child: tokio::process::Child,
+    pub base: String,
+    /// How many of its log lines contained the text given to `start`.
+    pub watched: Arc<AtomicUsize>,
+}
+
+impl Service {
+    pub async fn start(mut command: tokio::process::Command, watch: Option<&'static str>) -> Service {
+        let mut child = command.stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next_line().await.unwrap().expect("the service started");
+            if let Some(at) = line.find("listening on http://") {
+                break line[at + "listening on ".len()..].trim().to_owned();
+            }
+        };
+        let watched = Arc::new(AtomicUsize::new(0));
+        let count = watched.clone();
+        // Keep reading, so that the service never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if watch.is_some_and(|text| line.contains(text)) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Service { child, base, watched }
+    }
+
+    pub fn watched(&self) -> usize {
+        self.watched.load(Ordering::Relaxed)
+    }
+}
