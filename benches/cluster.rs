@@ -17,8 +17,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Service, env_number, ms, percentile, wrk};
-use serde_json::{Value, json};
+use common::{Service, env_number, ms, percentile, send_json, wrk};
+use serde_json::Value;
 
 /// A release replica with its own node id, counting its log lines that contain `watch`.
 struct Replica {
@@ -38,22 +38,11 @@ impl Replica {
     }
 
     async fn start_dummy(&self, http: &reqwest::Client, iterations: u32, interval_ms: u64) -> String {
-        let answer: Value = http
-            .post(format!("{}/api/v1/dummy/start", self.base))
-            .json(&json!({ "iterations": iterations, "interval_ms": interval_ms }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["data"]["operation_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned()
+        common::start_dummy(http, &self.base, None, iterations, interval_ms).await
     }
 
     async fn record(&self, http: &reqwest::Client, id: &str) -> Value {
-        let answer: Value =
-            http.get(format!("{}/api/v1/operations/{id}", self.base)).send().await.unwrap().json().await.unwrap();
-        answer["data"].clone()
+        send_json(http.get(format!("{}/api/v1/operations/{id}", self.base))).await["data"].clone()
     }
 
     async fn status(&self, http: &reqwest::Client, id: &str) -> String {
@@ -123,8 +112,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let began = Instant::now();
-        let answer: Value =
-            http.delete(format!("{}/api/v1/operations/{id}", b.base)).send().await.unwrap().json().await.unwrap();
+        let answer = send_json(http.delete(format!("{}/api/v1/operations/{id}", b.base))).await;
         latencies.push(began.elapsed());
         assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
     }

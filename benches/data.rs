@@ -20,9 +20,9 @@ use ktrdr_ops::data::repository::{read_csv, write_csv_atomic};
 use ktrdr_ops::data::timeframe::Timeframe;
 use ktrdr_ops::sim::market::Instrument;
 use ktrdr_ops::time::parse_timestamp;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use common::{Service, ms};
+use common::{Service, ms, send_json};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -96,19 +96,11 @@ async fn main() {
 
     let body = json!({ "symbol": "MSFT", "timeframe": "1m", "mode": "backfill", "start_date": "2023-01-01", "end_date": "2023-12-31T23:59:00Z" });
     let began = Instant::now();
-    let started: Value =
-        http.post(format!("{base}/api/v1/data/load")).json(&body).send().await.unwrap().json().await.unwrap();
+    let started = send_json(http.post(format!("{base}/api/v1/data/load")).json(&body)).await;
     let id = started["data"]["operation_id"].as_str().unwrap().to_owned();
     let mut since = 0;
     let record = loop {
-        let r: Value = http
-            .get(format!("{base}/api/v1/operations/{id}?wait=30s&since={since}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = send_json(http.get(format!("{base}/api/v1/operations/{id}?wait=30s&since={since}"))).await;
         let record = r["data"].clone();
         since = record["version"].as_u64().unwrap();
         if record["status"] != "running" && record["status"] != "pending" {

@@ -22,7 +22,7 @@ use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use common::{Service, env_number, percentile, wrk};
+use common::{Service, env_number, percentile, send_json, start_dummy, wrk};
 
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -91,38 +91,13 @@ async fn main() {
     println!("service pid {pid} at {base}, idle RSS {idle_rss:.1} MB");
 
     // 1. GET throughput.
-    let start = |iterations: u32, interval_ms: u64| {
-        let http = http.clone();
-        let url = format!("{base}/api/v1/dummy/start");
-        async move {
-            let r: Value = http
-                .post(url)
-                .json(&json!({ "iterations": iterations, "interval_ms": interval_ms }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["data"]["operation_id"].as_str().unwrap().to_owned()
-        }
-    };
+    let start = |iterations: u32, interval_ms: u64| start_dummy(&http, &base, None, iterations, interval_ms);
     let watched = start(1_000_000, 100).await;
     let bare = bare_axum().await;
     // The same service with a bearer token required (metrics are always on).
     let guarded_db = format!("sqlite://{}", dir.path().join("guarded.db").display());
     let (mut guarded, guarded_base) = service(&guarded_db, Some("bench-token")).await;
-    let guarded_op: Value = http
-        .post(format!("{guarded_base}/api/v1/dummy/start"))
-        .bearer_auth("bench-token")
-        .json(&json!({ "iterations": 1_000_000, "interval_ms": 100 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let guarded_id = guarded_op["data"]["operation_id"].as_str().unwrap().to_owned();
+    let guarded_id = start_dummy(&http, &guarded_base, Some("bench-token"), 1_000_000, 100).await;
     let bare_rps = wrk(&bare, wrk_seconds, None);
     let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds, None);
     let guarded_rps = wrk(&format!("{guarded_base}/api/v1/operations/{guarded_id}"), wrk_seconds, Some("bench-token"));
@@ -157,8 +132,7 @@ async fn main() {
     let mut latencies = Vec::with_capacity(ops + 1);
     for id in ids.iter().chain(std::iter::once(&watched)) {
         let began = Instant::now();
-        let r: Value =
-            http.delete(format!("{base}/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
+        let r: Value = send_json(http.delete(format!("{base}/api/v1/operations/{id}"))).await;
         latencies.push(began.elapsed());
         assert_eq!(r["data"]["status"], "cancelled", "{r}");
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Service, env_number, ms, percentile};
+use common::{Service, env_number, ms, percentile, send_json};
 
 struct Bench {
     http: reqwest::Client,
@@ -26,7 +26,7 @@ struct Bench {
 
 impl Bench {
     async fn json(&self, url: String) -> Value {
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
+        send_json(self.http.get(url)).await
     }
 
     async fn knobs(&self, knobs: Value) {
@@ -152,15 +152,7 @@ async fn main() {
         let id = bench.train().await;
         bench.until_running_on_host(&id).await;
         let began = Instant::now();
-        let answer: Value = bench
-            .http
-            .delete(format!("{}/api/v1/operations/{id}", bench.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = send_json(bench.http.delete(format!("{}/api/v1/operations/{id}", bench.base))).await;
         latencies.push(began.elapsed());
         assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
     }

@@ -8,10 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{ServiceProcess, TestDb, json_of, read_sse, read_sse_until};
+use common::{ServiceProcess, TestDb, json_of, read_sse, read_sse_until, sim_process};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::io::AsyncBufReadExt;
 
 /// Short leases so that takeovers happen within a test's patience.
 const LEASE: &str = "2s";
@@ -44,42 +43,13 @@ impl Cluster {
         )
         .unwrap();
         let data_dir = data.path().display().to_string();
-        let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
-            .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", &data_dir])
-            .args(["--sim-latency-ms", "30", "--sim-training-pace-ms", "40"])
-            .env_remove("RUST_LOG")
-            .env("KTRDR_OPS__SIM__TRAINING_BATCHES", "4")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap()).lines();
-        let line = loop {
-            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-                .await
-                .expect("the simulators start")
-                .unwrap()
-                .expect("the simulators are running");
-            if line.contains("IB simulator on") {
-                break line;
-            }
-        };
-        // Keep reading so the simulators never block on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let urls: Vec<String> = line
-            .split_whitespace()
-            .filter(|w| w.starts_with("http://"))
-            .map(|w| w.trim_end_matches(',').trim_end_matches('"').to_owned())
-            .collect();
-        Cluster {
-            db,
-            _sim: sim,
-            ib_url: urls[0].clone(),
-            training_url: urls[1].clone(),
-            data,
-            strategies,
-            http: reqwest::Client::new(),
-        }
+        let (sim, ib_url, training_url) = sim_process(
+            &data_dir,
+            &["--sim-latency-ms", "30", "--sim-training-pace-ms", "40"],
+            &[("KTRDR_OPS__SIM__TRAINING_BATCHES", "4")],
+        )
+        .await;
+        Cluster { db, _sim: sim, ib_url, training_url, data, strategies, http: reqwest::Client::new() }
     }
 
     async fn replica(&self, name: &str, extra_env: &[(&str, &str)]) -> ServiceProcess {

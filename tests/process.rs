@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ServiceProcess, TestDb, json_of};
+use common::{ServiceProcess, TestDb, json_of, sim_process};
 use serde_json::json;
 
 fn serve_args(db: &TestDb) -> Vec<String> {
@@ -227,31 +227,6 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
     assert_eq!(read_csv(&file).unwrap(), whole, "the new load finished the job");
 }
 
-/// The simulators as a process of their own, so they outlive a killed service.
-async fn sim_process(data_dir: &str, pace_ms: &str) -> (tokio::process::Child, String, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
-        .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", data_dir])
-        .args(["--sim-training-pace-ms", pace_ms])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    let line = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-        if line.contains("IB simulator on") {
-            break line;
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let urls: Vec<String> = line
-        .split_whitespace()
-        .filter(|w| w.starts_with("http://"))
-        .map(|w| w.trim_end_matches(',').to_owned())
-        .collect();
-    (child, urls[0].clone(), urls[1].clone())
-}
-
 #[tokio::test]
 async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_session() {
     let db = TestDb::sqlite();
@@ -262,7 +237,7 @@ async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_sessio
         "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
     )
     .unwrap();
-    let (_sim, ib_url, training_url) = sim_process(&data_dir, "40").await;
+    let (_sim, ib_url, training_url) = sim_process(&data_dir, &["--sim-training-pace-ms", "40"], &[]).await;
     let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
     let mut args = serve_args(&db);
     args.extend(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub fn env_number(name: &str, default: u64) -> u64 {
@@ -38,6 +39,27 @@ pub fn wrk(url: &str, seconds: u64, token: Option<&str>) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("wrk said: {text}"))
+}
+
+/// Sends a request and reads its JSON answer.
+pub async fn send_json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// Starts a dummy operation on the service at `base`; returns its id.
+pub async fn start_dummy(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    iterations: u32,
+    interval_ms: u64,
+) -> String {
+    let mut request = http.post(format!("{base}/api/v1/dummy/start"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = send_json(request.json(&json!({ "iterations": iterations, "interval_ms": interval_ms }))).await;
+    answer["data"]["operation_id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned()
 }
 
 /// The release binary, to be given its arguments and environment.

@@ -271,6 +271,43 @@ pub async fn read_sse_until(
     }
 }
 
+/// The simulators as a process of their own, so that they outlive a killed service: the process
+/// and the IB and training simulators' URLs.
+pub async fn sim_process(
+    data_dir: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the simulators start")
+            .unwrap()
+            .expect("the simulators are running");
+        if line.contains("IB simulator on") {
+            break line;
+        }
+    };
+    // Keep reading, so that the simulators never block on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let urls: Vec<String> = line
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches(',').trim_end_matches('"').to_owned())
+        .collect();
+    (child, urls[0].clone(), urls[1].clone())
+}
+
 /// The service binary as a child process (for tests that kill it).
 pub struct ServiceProcess {
     pub child: tokio::process::Child,
