@@ -375,3 +375,86 @@ async fn a_replica_paused_past_its_lease_cannot_overwrite_its_successors_result(
     assert_eq!(status(&on_a), "failed", "A, too, now serves the stored result: {on_a}");
     assert_eq!(cluster.owner(&id).await.as_deref(), Some("node-b"));
 }
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_cancel_the_owner_cannot_hear_is_recorded_and_carried_out_when_it_returns() {
+    let cluster = Cluster::new().await;
+    // Leases long enough that nobody takes the operation over meanwhile.
+    let lease = [("KTRDR_OPS__OPERATIONS__LEASE_TIMEOUT", "60s")];
+    let a = cluster.replica("node-a", &lease).await;
+    let b = cluster.replica("node-b", &lease).await;
+    let id = cluster.start_dummy(&a, 1000, 50).await;
+    cluster.until(&a, &id, Duration::from_secs(10), |r| status(r) == "running").await;
+    a.signal("STOP");
+
+    let asked = tokio::time::Instant::now();
+    let response = cluster
+        .http
+        .delete(b.url(&format!("/api/v1/operations/{id}")))
+        .json(&json!({ "reason": "A is not answering" }))
+        .send()
+        .await
+        .unwrap();
+    let (code, answer) = json_of(response).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
+    assert_eq!(answer["data"]["task_cancelled"], false, "the work is not known to have stopped: {answer}");
+    assert!(asked.elapsed() >= Duration::from_secs(3), "B waited the cancel grace plus 1 s for A");
+    assert!(logged(&b, "recording the cancel here"));
+    assert_eq!(status(&cluster.record(&b, &id).await), "cancelled");
+
+    a.signal("CONT");
+    let on_a = cluster.until(&a, &id, Duration::from_secs(10), finished).await;
+    assert_eq!(status(&on_a), "cancelled", "{on_a}");
+    assert_eq!(on_a["cancellation"]["reason"], "A is not answering", "{on_a}");
+    let stopped_at = on_a["progress"]["percentage"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.record(&a, &id).await["progress"]["percentage"], stopped_at, "A stopped the work");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_cancel_asked_of_a_dead_replica_is_carried_out_by_the_survivor() {
+    let cluster = Cluster::new().await;
+    let mut a = cluster.replica("node-a", &[]).await;
+    // B waits long enough for the takeover (lease 2 s) to happen while it waits.
+    let b = cluster.replica("node-b", &[("KTRDR_OPS__OPERATIONS__CANCEL_GRACE", "10s")]).await;
+    let load = cluster
+        .post(
+            &a,
+            "/api/v1/data/load",
+            json!({ "symbol": "MSFT", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" }),
+        )
+        .await["data"]["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dummy = cluster.start_dummy(&a, 1000, 50).await;
+    let file = cluster.data.path().join("MSFT_1h.csv");
+    cluster
+        .until(&a, &load, Duration::from_secs(30), |r| {
+            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3 && file.exists()
+        })
+        .await;
+    a.kill9().await;
+
+    let cancel = |id: String| {
+        let (http, url) = (cluster.http.clone(), b.url(&format!("/api/v1/operations/{id}")));
+        async move {
+            json_of(http.delete(url).json(&json!({ "reason": "not needed any more" })).send().await.unwrap()).await
+        }
+    };
+    let (for_load, for_dummy) = tokio::join!(cancel(load.clone()), cancel(dummy.clone()));
+    for (code, answer) in [for_load, for_dummy] {
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
+        assert_eq!(answer["data"]["task_cancelled"], true, "B stopped it itself after taking it over: {answer}");
+        assert_eq!(answer["data"]["cancellation_reason"], "not needed any more", "{answer}");
+    }
+    assert!(!logged(&b, "recording the cancel here"), "the survivor carried the cancel out");
+    for id in [&load, &dummy] {
+        assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
+    }
+    ktrdr_ops::data::repository::read_csv(&file).expect("the cancelled load left a complete, valid CSV");
+}

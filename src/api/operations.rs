@@ -251,7 +251,7 @@ async fn cancel(
             status: record.status,
             cancelled_at: record.completed_at.as_ref().map(time::format),
             cancellation_reason: record.cancellation.as_ref().map(|c| c.reason.clone()),
-            task_cancelled: true,
+            task_cancelled: cancelled.work_stopped,
             remote_cancelled: cancelled.remote_cancelled,
         },
     })

@@ -95,7 +95,9 @@ pub struct Cancelled {
     #[schema(format = DateTime)]
     pub cancelled_at: Option<String>,
     pub cancellation_reason: Option<String>,
-    /// The local work was stopped before this answer.
+    /// The work was stopped before this answer. False only when the replica running it did
+    /// not answer in time: the cancel is recorded and that replica stops the work when it next
+    /// hears of it.
     pub task_cancelled: bool,
     /// A host was told to stop remote work (in the background; see `cancellation.remote`).
     pub remote_cancelled: bool,

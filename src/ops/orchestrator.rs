@@ -26,7 +26,7 @@ use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
-use crate::ops::store::{Channel, IdempotencyKey, Inserted, ListFilter, Store, StoreError};
+use crate::ops::store::{Channel, Claimed, IdempotencyKey, Inserted, ListFilter, Standing, Store, StoreError};
 use crate::time;
 
 /// `error_message` of an operation found unfinished at start-up that nobody could re-attach.
@@ -148,6 +148,9 @@ pub struct Cancelled {
     pub snapshot: Arc<Snapshot>,
     /// A remote stop was started for work on a host.
     pub remote_cancelled: bool,
+    /// The work was seen to stop. False when another replica, having waited for the owner in
+    /// vain, recorded the cancel: the owner stops the work when it next hears of it.
+    pub work_stopped: bool,
 }
 
 /// An operation found by id: running here, running on another replica, or finished.
@@ -485,6 +488,7 @@ impl Orchestrator {
         match snapshot.record.status {
             Status::Cancelled => Ok(Cancelled {
                 remote_cancelled: snapshot.record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
+                work_stopped: true,
                 snapshot,
             }),
             status => Err(CancelError::NotCancellable { id: op.id.clone(), status }),
@@ -512,6 +516,7 @@ impl Orchestrator {
                 return match record.status {
                     Status::Cancelled => Ok(Cancelled {
                         remote_cancelled: record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
+                        work_stopped: true,
                         snapshot: Arc::new(stored),
                     }),
                     status => Err(CancelError::NotCancellable { id: operation_id.to_owned(), status }),
@@ -531,7 +536,7 @@ impl Orchestrator {
                     op.finish(Outcome::Cancelled { reason: reason.clone() }, true, None).expect("it was unfinished");
                 inner.store.force_finish(&snapshot).await?;
                 inner.remote_cache.forget(operation_id);
-                return Ok(Cancelled { snapshot, remote_cancelled: false });
+                return Ok(Cancelled { snapshot, remote_cancelled: false, work_stopped: false });
             }
             // Woken by the owner's announcement that it stored the operation finished; read
             // again every remote_poll_interval all the same, in case the announcement is lost.
@@ -845,14 +850,23 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
         let running: Vec<Arc<LiveOperation>> =
             inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for op in running.into_iter().filter(|op| !owned.contains(&op.id)) {
-            // Stored after the renewal read the table? Then it is still ours.
-            match inner.store.owner_of(&op.id).await {
-                Ok(Some(owner)) if owner != inner.settings.node_id => {
+            match inner.store.standing(&op.id).await {
+                Ok(Some(Standing { owner: Some(owner), .. })) if owner != inner.settings.node_id => {
                     tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
                     op.abandon();
                     inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
                     op.mark_settled();
                 }
+                // Another replica recorded the cancel it passed on, having waited for this one
+                // in vain: the work (and any host work) stops now.
+                Ok(Some(Standing { finished: true, cancel_reason, .. })) => {
+                    tracing::warn!(operation_id = %op.id, "cancelled elsewhere while this replica was unresponsive; stopping it");
+                    let orchestrator = Orchestrator { inner: inner.clone() };
+                    tokio::spawn(async move {
+                        let _ = orchestrator.cancel(&op.id, cancel_reason).await;
+                    });
+                }
+                // Stored after the renewal read the table: still ours.
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not check an operation's owner"),
             }
@@ -888,8 +902,8 @@ async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
                 }
             };
             let full = claimed.len() as i64 == TAKEOVER_BATCH;
-            for (stored, previous) in claimed {
-                take_over(&inner, stored, &previous).await;
+            for claimed in claimed {
+                take_over(&inner, claimed).await;
             }
             if !full {
                 break;
@@ -898,7 +912,8 @@ async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
     }
 }
 
-async fn take_over(inner: &Arc<Inner>, stored: Snapshot, previous: &str) {
+async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
+    let Claimed { stored, previous_owner: previous, cancel_reason } = claimed;
     let record = &stored.record;
     let note = format!("{} took this operation over from {previous}, whose lease had expired", inner.settings.node_id);
     tracing::warn!(operation_id = %record.operation_id, previous_owner = %previous, "taking over an operation");
@@ -916,8 +931,15 @@ async fn take_over(inner: &Arc<Inner>, stored: Snapshot, previous: &str) {
     );
     inner.remote_cache.forget(&op.id);
     let Some(job) = job else {
-        let reason = format!("interrupted: replica {previous} stopped before the operation finished");
-        if let Some(snapshot) = op.finish(Outcome::Failed(reason), false, None)
+        // Asked to stop and cannot go on: it ends as asked.
+        let outcome = match cancel_reason {
+            Some(reason) => {
+                op.request_cancel(&reason);
+                Outcome::Cancelled { reason }
+            }
+            None => Outcome::Failed(format!("interrupted: replica {previous} stopped before the operation finished")),
+        };
+        if let Some(snapshot) = op.finish(outcome, false, None)
             && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
         {
             tracing::warn!(error = %e, "could not store an interrupted operation");
@@ -930,7 +952,18 @@ async fn take_over(inner: &Arc<Inner>, stored: Snapshot, previous: &str) {
         tracing::warn!(error = %e, "could not record a takeover");
     }
     inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
+    let id = op.id.clone();
     spawn(inner.clone(), op, job, record.status == Status::Running);
+    // A cancel asked of the dead replica is carried out here, through the job (which stops its
+    // host work as any cancel does).
+    if let Some(reason) = cancel_reason {
+        let orchestrator = Orchestrator { inner: inner.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = orchestrator.cancel(&id, Some(reason)).await {
+                tracing::debug!(operation_id = %id, error = %e, "a cancel carried over found nothing to do");
+            }
+        });
+    }
 }
 
 /// Brings other replicas' changes into this one's change feed, so that the stream of every
@@ -1051,12 +1084,7 @@ async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
             _ = inner.root.cancelled() => return,
             id = announced => match id {
                 Ok(id) => {
-                    let reason = inner
-                        .store
-                        .requested_cancels(&inner.settings.node_id)
-                        .await
-                        .ok()
-                        .and_then(|intents| intents.into_iter().find(|(i, _)| *i == id).map(|(_, r)| r));
+                    let reason = inner.store.standing(&id).await.ok().flatten().and_then(|s| s.cancel_reason);
                     act(id, reason.unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned()));
                 }
                 Err(e) => {

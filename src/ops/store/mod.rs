@@ -23,6 +23,22 @@ pub(crate) static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlit
 pub(crate) static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Cancel intents as PostgreSQL announces them.
+/// An operation's owner and state as stored, for the replica running it.
+pub struct Standing {
+    pub owner: Option<String>,
+    pub finished: bool,
+    pub cancel_reason: Option<String>,
+}
+
+/// An operation taken over from a replica whose lease expired.
+pub struct Claimed {
+    pub stored: Snapshot,
+    /// The replica that held it.
+    pub previous_owner: String,
+    /// Why its cancel was requested, if it was (possibly while its owner was already gone).
+    pub cancel_reason: Option<String>,
+}
+
 /// Operation ids PostgreSQL announces on one channel (`LISTEN`).
 pub struct Announcements {
     listener: sqlx::postgres::PgListener,
@@ -321,18 +337,25 @@ impl Store {
         rows.iter().map(|row| Ok((row.try_get::<i64, _>("updated_at")?, decode(row)?))).collect()
     }
 
-    /// The replica an operation is stored as running on.
-    pub async fn owner_of(&self, operation_id: &str) -> Result<Option<String>, StoreError> {
-        let owner = on_db!(&self.inner.readers, pool => {
-            sqlx::query("SELECT owner_node FROM operations WHERE operation_id = $1")
+    /// Who an operation is stored as belonging to, whether it is stored finished, and the
+    /// reason of a cancel requested of it.
+    pub async fn standing(&self, operation_id: &str) -> Result<Option<Standing>, StoreError> {
+        let row = on_db!(&self.inner.readers, pool => {
+            sqlx::query("SELECT owner_node, status, cancel_reason FROM operations WHERE operation_id = $1")
                 .bind(operation_id)
                 .fetch_optional(pool)
                 .await?
-                .map(|row| row.try_get::<Option<String>, _>(0))
+                .map(|row| -> Result<Standing, StoreError> {
+                    let status: String = row.try_get("status")?;
+                    Ok(Standing {
+                        owner: row.try_get("owner_node")?,
+                        finished: ["completed", "failed", "cancelled"].contains(&status.as_str()),
+                        cancel_reason: row.try_get("cancel_reason")?,
+                    })
+                })
                 .transpose()?
-                .flatten()
         });
-        Ok(owner)
+        Ok(row)
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<ListPage, StoreError> {
@@ -459,14 +482,14 @@ impl Store {
     }
 
     /// Takes over, for `owner`, unfinished operations whose owner has not renewed its lease since
-    /// `stale_before`; each comes back with the name of the replica that held it. PostgreSQL only
-    /// (`FOR UPDATE SKIP LOCKED`: replicas scanning together claim different rows).
+    /// `stale_before`. PostgreSQL only (`FOR UPDATE SKIP LOCKED`: replicas scanning together claim
+    /// different rows).
     pub async fn claim_stale(
         &self,
         owner: &str,
         stale_before: Timestamp,
         limit: i64,
-    ) -> Result<Vec<(Snapshot, String)>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         let Db::Postgres(pool) = &self.inner.readers else { return Ok(Vec::new()) };
         let now = time::to_micros(&time::now());
         let rows = sqlx::query(
@@ -476,7 +499,7 @@ impl Store {
                ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE operations o SET owner_node = $1, heartbeat_at = $4, lease_expires_at = NULL \
              FROM stale WHERE o.operation_id = stale.operation_id \
-             RETURNING o.operation_id, o.record, o.job_state, stale.owner_node AS previous_owner",
+             RETURNING o.operation_id, o.record, o.job_state, o.cancel_reason, stale.owner_node AS previous_owner",
         )
         .bind(owner)
         .bind(time::to_micros(&stale_before))
@@ -485,7 +508,13 @@ impl Store {
         .fetch_all(pool)
         .await?;
         rows.iter()
-            .map(|row| Ok((decode(row)?, row.try_get::<Option<String>, _>("previous_owner")?.unwrap_or_default())))
+            .map(|row| {
+                Ok(Claimed {
+                    stored: decode(row)?,
+                    previous_owner: row.try_get::<Option<String>, _>("previous_owner")?.unwrap_or_default(),
+                    cancel_reason: row.try_get("cancel_reason")?,
+                })
+            })
             .collect()
     }
 
