@@ -458,3 +458,71 @@ async fn a_cancel_asked_of_a_dead_replica_is_carried_out_by_the_survivor() {
     }
     ktrdr_ops::data::repository::read_csv(&file).expect("the cancelled load left a complete, valid CSV");
 }
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_replica_stopped_with_sigterm_hands_its_load_and_training_over() {
+    let cluster = Cluster::new().await;
+    // Leases far longer than the test: only a handover can move the operations this soon.
+    let lease = [("KTRDR_OPS__OPERATIONS__LEASE_TIMEOUT", "60s")];
+    let mut a = cluster.replica("node-a", &lease).await;
+    let b = cluster.replica("node-b", &lease).await;
+    let load = cluster
+        .post(
+            &a,
+            "/api/v1/data/load",
+            json!({ "symbol": "IBM", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" }),
+        )
+        .await["data"]["operation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let training = cluster
+        .post(
+            &a,
+            "/api/v1/trainings/start",
+            json!({ "symbols": ["EURUSD"], "timeframes": ["1h"], "strategy_name": "long" }),
+        )
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dummy = cluster.start_dummy(&a, 1000, 50).await;
+    let file = cluster.data.path().join("IBM_1h.csv");
+    cluster
+        .until(&a, &load, Duration::from_secs(30), |r| {
+            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3 && file.exists()
+        })
+        .await;
+    cluster
+        .until(&a, &training, Duration::from_secs(30), |r| r["progress"]["context"]["epoch"].as_u64() >= Some(2))
+        .await;
+
+    a.signal("TERM");
+    assert!(a.wait(Duration::from_secs(20)).await.success(), "A stops cleanly");
+    for id in [&load, &training] {
+        let taken = cluster
+            .until(&b, id, Duration::from_secs(10), |r| {
+                r["warnings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|w| w.as_str().unwrap().contains("took this operation over"))
+            })
+            .await;
+        assert!(!finished(&taken) || status(&taken) == "completed", "{taken}");
+        assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
+    }
+    // What cannot be resumed elsewhere was cancelled by A as it stopped.
+    let stopped = cluster.record(&b, &dummy).await;
+    assert_eq!(status(&stopped), "cancelled", "{stopped}");
+
+    let loaded = cluster.until(&b, &load, Duration::from_secs(60), finished).await;
+    assert_eq!(status(&loaded), "completed", "{loaded}");
+    assert!(covers(&file, "2021-01-05T00:00:00Z", "2023-12-28T00:00:00Z"), "the file holds the whole range");
+    let trained = cluster.until(&b, &training, Duration::from_secs(60), finished).await;
+    assert_eq!(status(&trained), "completed", "{trained}");
+    let epochs: Vec<u64> =
+        trained["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (0..30).collect::<Vec<_>>(), "the host session went on: every epoch once, in order");
+}

@@ -241,8 +241,8 @@ impl LiveOperation {
         Self::lock(&self.remote_stop).take()
     }
 
-    /// The final state is stored: wake everyone waiting for the end.
-    /// Stops this copy of an operation another replica now owns, without recording an outcome.
+    /// Stops this copy of an operation another replica owns (or is about to), without recording
+    /// an outcome.
     pub(crate) fn abandon(&self) {
         self.abandoned.store(true, Ordering::Release);
         self.token.cancel();
@@ -252,6 +252,7 @@ impl LiveOperation {
         self.abandoned.load(Ordering::Acquire)
     }
 
+    /// The final state is stored: wake everyone waiting for the end.
     pub(crate) fn mark_settled(&self) {
         self.settled.send_replace(true);
     }

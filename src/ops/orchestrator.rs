@@ -638,10 +638,65 @@ impl Orchestrator {
 
     /// Stops accepting, cancels everything running, waits for the work to stop and its outcome
     /// to be stored (aborting what ignores the cancel), and flushes the store — within `deadline`.
+    /// With several replicas, a replica that stops hands the operations another can resume (a
+    /// training's host session, a data load) over instead of cancelling them: it stops its copy
+    /// without recording an outcome, then gives up their leases at once, so that the others'
+    /// next takeover scan claims them. Alone, it leaves them to be cancelled as usual.
+    async fn hand_over(&self, within: Duration) {
+        let inner = &self.inner;
+        let Some(cluster) = &inner.settings.cluster else { return };
+        let node = inner.settings.node_id.as_str();
+        match inner.store.others_alive(node, time::now() - cluster.lease_timeout).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether other replicas are alive; cancelling instead of handing over");
+                return;
+            }
+        }
+        let running: Vec<Arc<LiveOperation>> =
+            inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let resumable: Vec<Arc<LiveOperation>> = running
+            .into_iter()
+            .filter(|op| {
+                let snapshot = op.snapshot();
+                let record = &snapshot.record;
+                !record.status.is_terminal()
+                    && record.cancellation.is_none()
+                    && inner.types.get(record.operation_type.as_str()).and_then(|t| t.reattach.as_ref()).is_some_and(
+                        |r| r.reattach(record, snapshot.job_state.as_ref(), Resumption::Takeover).is_some(),
+                    )
+            })
+            .collect();
+        if resumable.is_empty() {
+            return;
+        }
+        for op in &resumable {
+            op.abandon();
+        }
+        // Stopped here before anyone starts again elsewhere (a data load saves what it fetched).
+        let settled = futures_util::future::join_all(resumable.iter().map(|op| op.settled()));
+        if timeout(within, settled).await.is_err() {
+            tracing::warn!("handed-over work is slow to stop here");
+        }
+        let latest: Vec<Arc<Snapshot>> = resumable.iter().map(|op| op.snapshot()).collect();
+        if let Err(e) = inner.store.save(latest, node).await {
+            tracing::warn!(error = %e, "could not store the latest progress of handed-over operations");
+        }
+        let ids: Vec<String> = resumable.iter().map(|op| op.id.clone()).collect();
+        match inner.store.release(node, &ids).await {
+            Ok(released) => tracing::info!(operations = released, "handed operations over to the other replicas"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand operations over; they are taken over when the lease expires")
+            }
+        }
+    }
+
     pub async fn shutdown(&self, deadline: Duration) {
         let inner = &self.inner;
         let end = Instant::now() + deadline;
         inner.accepting.store(false, Ordering::Release);
+        self.hand_over(deadline / 2).await;
         inner.root.cancel();
         inner.tasks.close();
         let grace = inner.settings.cancel_grace.min(deadline / 2);
@@ -661,6 +716,11 @@ impl Orchestrator {
         flush_progress(inner).await;
         if let Err(e) = inner.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");
+        }
+        if inner.settings.cluster.is_some()
+            && let Err(e) = inner.store.replica_gone(&inner.settings.node_id).await
+        {
+            tracing::warn!(error = %e, "could not record that this replica stopped");
         }
     }
 }
@@ -840,6 +900,9 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
             _ = inner.root.cancelled() => return,
         }
         let now = time::now();
+        if let Err(e) = inner.store.replica_alive(&inner.settings.node_id, now).await {
+            tracing::warn!(error = %e, "could not renew this replica's presence");
+        }
         let owned = match inner.store.heartbeat(&inner.settings.node_id, now, now + cluster.lease_timeout).await {
             Ok(owned) => owned,
             Err(e) => {
@@ -915,7 +978,10 @@ async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
 async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
     let Claimed { stored, previous_owner: previous, cancel_reason } = claimed;
     let record = &stored.record;
-    let note = format!("{} took this operation over from {previous}, whose lease had expired", inner.settings.node_id);
+    let note = format!(
+        "{} took this operation over from {previous}, which had stopped or stopped renewing its lease",
+        inner.settings.node_id
+    );
     tracing::warn!(operation_id = %record.operation_id, previous_owner = %previous, "taking over an operation");
     let ty = inner.types.get(record.operation_type.as_str());
     let job = ty

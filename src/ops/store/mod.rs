@@ -481,6 +481,55 @@ impl Store {
         Ok(ids)
     }
 
+    /// Renews this replica's row among the replicas alive (PostgreSQL only).
+    pub async fn replica_alive(&self, node: &str, now: Timestamp) -> Result<(), StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(()) };
+        sqlx::query(
+            "INSERT INTO replicas (node_id, heartbeat_at) VALUES ($1, $2) \
+             ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(node)
+        .bind(time::to_micros(&now))
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// This replica is stopping: it is no longer counted among those alive.
+    pub async fn replica_gone(&self, node: &str) -> Result<(), StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(()) };
+        sqlx::query("DELETE FROM replicas WHERE node_id = $1").bind(node).execute(pool).await?;
+        Ok(())
+    }
+
+    /// Whether a replica other than `node` renewed its row after `since`.
+    pub async fn others_alive(&self, node: &str, since: Timestamp) -> Result<bool, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(false) };
+        let alive =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM replicas WHERE node_id <> $1 AND heartbeat_at > $2)")
+                .bind(node)
+                .bind(time::to_micros(&since))
+                .fetch_one(pool)
+                .await?;
+        Ok(alive)
+    }
+
+    /// Gives up `owner`'s leases on these unfinished operations at once: the other replicas'
+    /// next takeover scan claims them.
+    pub async fn release(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(0) };
+        let released = sqlx::query(
+            "UPDATE operations SET heartbeat_at = 0, lease_expires_at = NULL \
+             WHERE owner_node = $1 AND operation_id = ANY($2) AND status IN ('pending', 'running')",
+        )
+        .bind(owner)
+        .bind(ids)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        Ok(released)
+    }
+
     /// Takes over, for `owner`, unfinished operations whose owner has not renewed its lease since
     /// `stale_before`. PostgreSQL only (`FOR UPDATE SKIP LOCKED`: replicas scanning together claim
     /// different rows).
