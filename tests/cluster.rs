@@ -120,6 +120,15 @@ impl Cluster {
         }
     }
 
+    /// A sample of B's Prometheus metrics, e.g. `ktrdr_ops_handed_over_total` or
+    /// `ktrdr_ops_takeovers_total{outcome="resumed"}`; 0 when absent.
+    async fn metric(&self, on: &ServiceProcess, sample: &str) -> f64 {
+        let text = self.http.get(on.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
     /// The node that owns an operation, as stored.
     async fn owner(&self, id: &str) -> Option<String> {
         let pool = sqlx::PgPool::connect(&self.db.url).await.unwrap();
@@ -165,6 +174,8 @@ async fn any_replica_reads_lists_long_polls_and_streams_an_operation_another_run
     tokio::time::sleep(Duration::from_millis(300)).await;
     let id = cluster.start_dummy(&a, 40, 50).await;
     assert_eq!(cluster.owner(&id).await.as_deref(), Some("node-a"));
+    let (_, health) = cluster.get(&b, "/api/v1/health").await;
+    assert_eq!(health["replicas"], json!(["node-a", "node-b"]), "{health}");
 
     let seen =
         cluster.until(&b, &id, Duration::from_secs(10), |r| r["progress"]["percentage"].as_f64() > Some(0.0)).await;
@@ -226,6 +237,7 @@ async fn a_cancel_on_one_replica_stops_the_work_on_the_replica_running_it() {
     assert_eq!(answer["data"]["cancellation_reason"], "stopped from node-b", "{answer}");
     // A stopped it itself (woken by the notification: its polling is 30 s away).
     assert!(!logged(&b, "recording the cancel here"), "B had to record the cancel itself");
+    assert_eq!(cluster.metric(&b, r#"ktrdr_ops_remote_cancels_total{recorded_by="owner"}"#).await, 1.0);
     let on_a = cluster.record(&a, &id).await;
     assert_eq!(status(&on_a), "cancelled");
     let stopped_at = on_a["progress"]["percentage"].clone();
@@ -339,6 +351,7 @@ async fn a_survivor_takes_over_the_data_load_and_training_of_a_killed_replica() 
         assert!(!["failed", "cancelled"].contains(&status(&taken)), "{taken}");
         assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
     }
+    assert_eq!(cluster.metric(&b, r#"ktrdr_ops_takeovers_total{outcome="resumed"}"#).await, 2.0);
     let loaded = cluster.until(&b, &load, Duration::from_secs(60), finished).await;
     assert_eq!(status(&loaded), "completed", "{loaded}");
     assert!(covers(&file, "2021-01-05T00:00:00Z", "2023-12-28T00:00:00Z"), "the file holds the whole range");
@@ -365,6 +378,7 @@ async fn a_replica_paused_past_its_lease_cannot_overwrite_its_successors_result(
     let failed = cluster.until(&b, &id, Duration::from_secs(20), finished).await;
     assert_eq!(status(&failed), "failed", "{failed}");
     assert!(failed["error_message"].as_str().unwrap().contains("node-a"), "{failed}");
+    assert_eq!(cluster.metric(&b, r#"ktrdr_ops_takeovers_total{outcome="failed"}"#).await, 1.0);
 
     a.signal("CONT");
     // Long enough for A's work to have finished and its heartbeat to notice it lost the lease.
@@ -402,6 +416,7 @@ async fn a_cancel_the_owner_cannot_hear_is_recorded_and_carried_out_when_it_retu
     assert_eq!(answer["data"]["task_cancelled"], false, "the work is not known to have stopped: {answer}");
     assert!(asked.elapsed() >= Duration::from_secs(3), "B waited the cancel grace plus 1 s for A");
     assert!(logged(&b, "recording the cancel here"));
+    assert_eq!(cluster.metric(&b, r#"ktrdr_ops_remote_cancels_total{recorded_by="here"}"#).await, 1.0);
     assert_eq!(status(&cluster.record(&b, &id).await), "cancelled");
 
     a.signal("CONT");
@@ -513,6 +528,8 @@ async fn a_replica_stopped_with_sigterm_hands_its_load_and_training_over() {
         assert!(!finished(&taken) || status(&taken) == "completed", "{taken}");
         assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
     }
+    let (_, health) = cluster.get(&b, "/api/v1/health").await;
+    assert_eq!(health["replicas"], json!(["node-b"]), "A said it was gone: {health}");
     // What cannot be resumed elsewhere was cancelled by A as it stopped.
     let stopped = cluster.record(&b, &dummy).await;
     assert_eq!(status(&stopped), "cancelled", "{stopped}");

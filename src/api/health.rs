@@ -32,8 +32,13 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         });
         training.protocol(&token).await.ok().map(|p| p.as_str())
     };
-    let (database, ib, training_health, protocol) =
-        tokio::join!(store.ping(), state.hosts.ib.host().health(), training.host().health(), protocol);
+    let (database, ib, training_health, protocol, replicas) = tokio::join!(
+        store.ping(),
+        state.hosts.ib.host().health(),
+        training.host().health(),
+        protocol,
+        state.orchestrator.replicas()
+    );
     let database = match database {
         Ok(()) => "ok",
         Err(e) => {
@@ -47,6 +52,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         database: database.into(),
         database_kind: store.kind().into(),
         node_id: state.orchestrator.settings().node_id.clone(),
+        replicas: replicas.unwrap_or_default(),
         hosts: HostsHealth {
             ib,
             training: TrainingHealth { report: training_health, protocol: protocol.map(str::to_owned) },

@@ -48,6 +48,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
     e.family("ktrdr_ops_operations_deleted_total", "counter", "Finished operations deleted by retention.");
     e.sample("ktrdr_ops_operations_deleted_total", &[], figures.swept as f64);
+    e.family(
+        "ktrdr_ops_takeovers_total",
+        "counter",
+        "Operations taken over from replicas that stopped, by what became of them.",
+    );
+    for (became, n) in &figures.taken_over {
+        e.sample("ktrdr_ops_takeovers_total", &[("outcome", became)], *n as f64);
+    }
+    e.family("ktrdr_ops_handed_over_total", "counter", "Operations handed over to other replicas on stopping.");
+    e.sample("ktrdr_ops_handed_over_total", &[], figures.handed_over as f64);
+    e.family(
+        "ktrdr_ops_remote_cancels_total",
+        "counter",
+        "Cancels of operations other replicas run, by who recorded the end (owner, or here after waiting in vain).",
+    );
+    for (recorded_by, n) in &figures.remote_cancels {
+        e.sample("ktrdr_ops_remote_cancels_total", &[("recorded_by", recorded_by)], *n as f64);
+    }
 
     let hosts: [&HostClient; 2] = [state.hosts.ib.host(), state.hosts.training.host()];
     e.family("ktrdr_ops_host_requests_total", "counter", "Requests to host services, by host, method and endpoint.");

@@ -245,6 +245,9 @@ pub struct Health {
     /// `sqlite` or `postgres`.
     pub database_kind: String,
     pub node_id: String,
+    /// The replicas sharing the database that are alive, this one included (just this one with
+    /// SQLite); empty when the database cannot say.
+    pub replicas: Vec<String>,
     pub hosts: HostsHealth,
     pub operations: ActiveOperations,
 }

@@ -257,6 +257,13 @@ struct Inner {
     finished_elsewhere: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
+impl Inner {
+    /// Updates the figures kept for metrics.
+    fn count(&self, change: impl FnOnce(&mut Figures)) {
+        change(&mut self.figures.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
 /// Counts and latencies of operations, for metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
@@ -270,6 +277,14 @@ pub struct Figures {
     pub cancel_latency: BTreeMap<String, Histogram>,
     /// Terminal operations deleted by retention.
     pub swept: u64,
+    /// Operations taken over from other replicas, by what became of them (`resumed`, `failed`,
+    /// `cancelled`).
+    pub taken_over: BTreeMap<&'static str, u64>,
+    /// Operations handed over to other replicas when this one stopped.
+    pub handed_over: u64,
+    /// Cancels passed on to the replica running the operation, by who recorded the end (`owner`,
+    /// or `here` after waiting for the owner in vain).
+    pub remote_cancels: BTreeMap<&'static str, u64>,
 }
 
 impl Orchestrator {
@@ -327,6 +342,14 @@ impl Orchestrator {
     /// Counts and latencies so far.
     pub fn figures(&self) -> Figures {
         self.inner.figures.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The names of the replicas sharing this one's database that are alive (this one included);
+    /// just this one with SQLite.
+    pub async fn replicas(&self) -> Result<Vec<String>, StoreError> {
+        let inner = &self.inner;
+        let Some(cluster) = &inner.settings.cluster else { return Ok(vec![inner.settings.node_id.clone()]) };
+        inner.store.replicas_alive(time::now() - cluster.lease_timeout).await
     }
 
     /// Operations running or waiting here, by type.
@@ -513,6 +536,7 @@ impl Orchestrator {
             let record = &stored.record;
             if record.status.is_terminal() {
                 inner.remote_cache.forget(operation_id);
+                inner.count(|f| *f.remote_cancels.entry("owner").or_default() += 1);
                 return match record.status {
                     Status::Cancelled => Ok(Cancelled {
                         remote_cancelled: record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
@@ -536,6 +560,7 @@ impl Orchestrator {
                     op.finish(Outcome::Cancelled { reason: reason.clone() }, true, None).expect("it was unfinished");
                 inner.store.force_finish(&snapshot).await?;
                 inner.remote_cache.forget(operation_id);
+                inner.count(|f| *f.remote_cancels.entry("here").or_default() += 1);
                 return Ok(Cancelled { snapshot, remote_cancelled: false, work_stopped: false });
             }
             // Woken by the owner's announcement that it stored the operation finished; read
@@ -685,7 +710,10 @@ impl Orchestrator {
         }
         let ids: Vec<String> = resumable.iter().map(|op| op.id.clone()).collect();
         match inner.store.release(node, &ids).await {
-            Ok(released) => tracing::info!(operations = released, "handed operations over to the other replicas"),
+            Ok(released) => {
+                inner.count(|f| f.handed_over += released);
+                tracing::info!(operations = released, "handed operations over to the other replicas");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand operations over; they are taken over when the lease expires")
             }
@@ -1005,6 +1033,8 @@ async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
             }
             None => Outcome::Failed(format!("interrupted: replica {previous} stopped before the operation finished")),
         };
+        let became = if matches!(outcome, Outcome::Failed(_)) { "failed" } else { "cancelled" };
+        inner.count(|f| *f.taken_over.entry(became).or_default() += 1);
         if let Some(snapshot) = op.finish(outcome, false, None)
             && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
         {
@@ -1018,6 +1048,7 @@ async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
         tracing::warn!(error = %e, "could not record a takeover");
     }
     inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
+    inner.count(|f| *f.taken_over.entry("resumed").or_default() += 1);
     let id = op.id.clone();
     spawn(inner.clone(), op, job, record.status == Status::Running);
     // A cancel asked of the dead replica is carried out here, through the job (which stops its

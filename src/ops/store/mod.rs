@@ -502,6 +502,16 @@ impl Store {
         Ok(())
     }
 
+    /// The replicas that renewed their row after `since`, by name.
+    pub async fn replicas_alive(&self, since: Timestamp) -> Result<Vec<String>, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(Vec::new()) };
+        let names = sqlx::query_scalar("SELECT node_id FROM replicas WHERE heartbeat_at > $1 ORDER BY node_id")
+            .bind(time::to_micros(&since))
+            .fetch_all(pool)
+            .await?;
+        Ok(names)
+    }
+
     /// Whether a replica other than `node` renewed its row after `since`.
     pub async fn others_alive(&self, node: &str, since: Timestamp) -> Result<bool, StoreError> {
         let Db::Postgres(pool) = &self.inner.readers else { return Ok(false) };
