@@ -21,8 +21,8 @@ use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
 use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
 use crate::hosts::{HostClient, HostSettings, Hosts, RetryPolicy};
-use crate::ops::orchestrator::ClusterSettings;
-use crate::ops::{Orchestrator, Settings, Store, StoreError};
+use crate::ops::orchestrator::{ClusterSettings, claim_node_id};
+use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, StoreError};
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
 use crate::training::job::TrainingSettings;
@@ -37,6 +37,17 @@ pub enum StartError {
     Simulators(std::io::Error),
     #[error("{0}")]
     Hosts(String),
+    #[error(transparent)]
+    NodeIdInUse(#[from] NodeIdInUse),
+}
+
+impl From<StartupCheck> for StartError {
+    fn from(e: StartupCheck) -> Self {
+        match e {
+            StartupCheck::InUse(e) => StartError::NodeIdInUse(e),
+            StartupCheck::Store(e) => StartError::Store(e),
+        }
+    }
 }
 
 /// How to start.
@@ -120,6 +131,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
             takeover_scan_interval: config.operations.takeover_scan_interval.0,
             cancel_poll_interval: config.operations.cancel_poll_interval.0,
             cancel_notify: config.operations.cancel_notify,
+            instance: uuid::Uuid::now_v7().simple().to_string(),
         }),
     }
 }
@@ -222,9 +234,13 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             stop_attempts: config.training.stop_attempts.max(1),
         },
     };
+    let settings = orchestrator_settings(&config, &store);
+    if let Some(cluster) = &settings.cluster {
+        claim_node_id(&store, &settings.node_id, cluster).await?;
+    }
     let orchestrator = Orchestrator::new(
         store.clone(),
-        orchestrator_settings(&config, &store),
+        settings,
         vec![dummy::operation_type(), data.operation_type(), training.operation_type()],
     );
     orchestrator.reconcile().await?;

@@ -361,7 +361,9 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("ktrdr-ops: {e}");
-            return ExitCode::FAILURE;
+            // A configuration mistake, like an invalid setting.
+            let code = if matches!(e, app::StartError::NodeIdInUse(_)) { 2 } else { 1 };
+            return ExitCode::from(code);
         }
     };
     let shutdown = server.shutdown_handle();

@@ -52,38 +52,25 @@ impl Cluster {
         Cluster { db, _sim: sim, ib_url, training_url, data, strategies, http: reqwest::Client::new() }
     }
 
+    /// How every replica is started (the node id apart).
+    fn replica_args(&self) -> Vec<String> {
+        let (data_dir, strategies_dir) = (self.data.path().display(), self.strategies.path().display());
+        let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", &self.db.url, "--ib-pacing", "off"];
+        let mut args: Vec<String> = args.map(str::to_owned).to_vec();
+        args.extend([
+            "--data-dir".to_owned(),
+            data_dir.to_string(),
+            "--strategies-dir".to_owned(),
+            strategies_dir.to_string(),
+        ]);
+        args.extend(["--ib-url", &self.ib_url, "--training-url", &self.training_url].map(str::to_owned));
+        args
+    }
+
     async fn replica(&self, name: &str, extra_env: &[(&str, &str)]) -> ServiceProcess {
-        let data_dir = self.data.path().display().to_string();
-        let strategies_dir = self.strategies.path().display().to_string();
-        let args = [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &self.db.url,
-            "--data-dir",
-            &data_dir,
-            "--strategies-dir",
-            &strategies_dir,
-            "--ib-url",
-            &self.ib_url,
-            "--training-url",
-            &self.training_url,
-            "--ib-pacing",
-            "off",
-        ];
-        let mut env = vec![
-            ("KTRDR_OPS__NODE__ID", name),
-            ("KTRDR_OPS__OPERATIONS__LEASE_TIMEOUT", LEASE),
-            ("KTRDR_OPS__OPERATIONS__HEARTBEAT_INTERVAL", "500ms"),
-            ("KTRDR_OPS__OPERATIONS__TAKEOVER_SCAN_INTERVAL", "200ms"),
-            ("KTRDR_OPS__OPERATIONS__PROGRESS_PERSIST_INTERVAL", "200ms"),
-            ("KTRDR_OPS__DATA__SAVE_INTERVAL", "100ms"),
-            ("KTRDR_OPS__TRAINING__POLL_MIN", "20ms"),
-            ("KTRDR_OPS__TRAINING__POLL_MAX", "200ms"),
-        ];
-        env.extend_from_slice(extra_env);
-        ServiceProcess::start(&args, &env).await
+        let args = self.replica_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ServiceProcess::start(&args, &replica_env(name, extra_env)).await
     }
 
     async fn record(&self, on: &ServiceProcess, id: &str) -> Value {
@@ -140,6 +127,23 @@ impl Cluster {
         pool.close().await;
         owner
     }
+}
+
+/// A replica's settings: short leases and intervals, so that takeovers happen within a test's
+/// patience.
+fn replica_env<'a>(name: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("KTRDR_OPS__NODE__ID", name),
+        ("KTRDR_OPS__OPERATIONS__LEASE_TIMEOUT", LEASE),
+        ("KTRDR_OPS__OPERATIONS__HEARTBEAT_INTERVAL", "500ms"),
+        ("KTRDR_OPS__OPERATIONS__TAKEOVER_SCAN_INTERVAL", "200ms"),
+        ("KTRDR_OPS__OPERATIONS__PROGRESS_PERSIST_INTERVAL", "200ms"),
+        ("KTRDR_OPS__DATA__SAVE_INTERVAL", "100ms"),
+        ("KTRDR_OPS__TRAINING__POLL_MIN", "20ms"),
+        ("KTRDR_OPS__TRAINING__POLL_MAX", "200ms"),
+    ];
+    env.extend_from_slice(extra);
+    env
 }
 
 fn status(r: &Value) -> &str {
@@ -542,4 +546,29 @@ async fn a_replica_stopped_with_sigterm_hands_its_load_and_training_over() {
     let epochs: Vec<u64> =
         trained["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs, (0..30).collect::<Vec<_>>(), "the host session went on: every epoch once, in order");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn a_second_process_under_a_live_replicas_name_is_refused_but_a_restart_after_a_crash_is_not() {
+    let cluster = Cluster::new().await;
+    let mut a = cluster.replica("node-a", &[]).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(cluster.replica_args())
+        .envs(replica_env("node-a", &[]))
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`node-a`") && stderr.contains("KTRDR_OPS__NODE__ID"), "{stderr}");
+    let (_, health) = cluster.get(&a, "/api/v1/health").await;
+    assert_eq!(health["replicas"], json!(["node-a"]), "{health}");
+
+    // Killed, its name is free again once it is seen not to renew it.
+    a.kill9().await;
+    let again = cluster.replica("node-a", &[]).await;
+    let (_, health) = cluster.get(&again, "/api/v1/health").await;
+    assert_eq!(health["replicas"], json!(["node-a"]), "{health}");
 }

@@ -16,7 +16,9 @@ pub use job::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationType, Reattach, RemoteStopHook, RemoteStopReport,
     Resumption,
 };
-pub use orchestrator::{CancelError, Lookup, OperationSpec, Orchestrator, Settings, SubmitError, Submitted};
+pub use orchestrator::{
+    CancelError, Lookup, NodeIdInUse, OperationSpec, Orchestrator, Settings, StartupCheck, SubmitError, Submitted,
+};
 pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};
 pub use record::{OperationRecord, Status};
 pub use snapshot::Snapshot;

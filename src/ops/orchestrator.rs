@@ -73,6 +73,48 @@ pub struct ClusterSettings {
     pub cancel_poll_interval: Duration,
     /// Listen for cancel announcements (PostgreSQL `LISTEN`).
     pub cancel_notify: bool,
+    /// This process among those that ever ran under this replica's name.
+    pub instance: String,
+}
+
+/// Another process runs under this replica's name.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another running replica already uses the node id `{0}`: give each replica sharing the database its own \
+     node.id (KTRDR_OPS__NODE__ID)"
+)]
+pub struct NodeIdInUse(pub String);
+
+/// Before a replica starts on a shared database: its name must not be one a live process uses
+/// (both would take each other's operations for their own). A row renewed recently may be a
+/// process killed a moment ago: it is watched for a heartbeat interval before deciding.
+pub async fn claim_node_id(store: &Store, node: &str, cluster: &ClusterSettings) -> Result<(), StartupCheck> {
+    if let Some((instance, seen)) = store.replica(node).await?
+        && instance != cluster.instance
+        && time::to_micros(&time::now()) - seen < (cluster.lease_timeout.as_micros() as i64)
+    {
+        tracing::info!(node, "this node id was in use a moment ago; checking whether that process is still alive");
+        tokio::time::sleep(cluster.heartbeat_interval + Duration::from_secs(1)).await;
+        if let Some((_, renewed)) = store.replica(node).await?
+            && renewed != seen
+        {
+            return Err(StartupCheck::InUse(NodeIdInUse(node.to_owned())));
+        }
+    }
+    // Free, or its holder is gone: take the name whatever its row says.
+    let now = time::now();
+    if !store.replica_alive(node, &cluster.instance, now, now).await? {
+        return Err(StartupCheck::InUse(NodeIdInUse(node.to_owned())));
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupCheck {
+    #[error(transparent)]
+    InUse(#[from] NodeIdInUse),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Other replicas' operations as last read, for a short while.
@@ -745,8 +787,8 @@ impl Orchestrator {
         if let Err(e) = inner.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");
         }
-        if inner.settings.cluster.is_some()
-            && let Err(e) = inner.store.replica_gone(&inner.settings.node_id).await
+        if let Some(cluster) = &inner.settings.cluster
+            && let Err(e) = inner.store.replica_gone(&inner.settings.node_id, &cluster.instance).await
         {
             tracing::warn!(error = %e, "could not record that this replica stopped");
         }
@@ -928,8 +970,11 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
             _ = inner.root.cancelled() => return,
         }
         let now = time::now();
-        if let Err(e) = inner.store.replica_alive(&inner.settings.node_id, now).await {
-            tracing::warn!(error = %e, "could not renew this replica's presence");
+        let node = inner.settings.node_id.as_str();
+        match inner.store.replica_alive(node, &cluster.instance, now, now - cluster.lease_timeout).await {
+            Ok(true) => {}
+            Ok(false) => tracing::error!("{}", NodeIdInUse(node.to_owned())),
+            Err(e) => tracing::warn!(error = %e, "could not renew this replica's presence"),
         }
         let owned = match inner.store.heartbeat(&inner.settings.node_id, now, now + cluster.lease_timeout).await {
             Ok(owned) => owned,

@@ -481,24 +481,49 @@ impl Store {
         Ok(ids)
     }
 
-    /// Renews this replica's row among the replicas alive (PostgreSQL only).
-    pub async fn replica_alive(&self, node: &str, now: Timestamp) -> Result<(), StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(()) };
-        sqlx::query(
-            "INSERT INTO replicas (node_id, heartbeat_at) VALUES ($1, $2) \
-             ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+    /// Renews this process's row among the replicas alive, unless another process (`instance`)
+    /// holds the name and renewed it after `stale_before`: then false. PostgreSQL only.
+    pub async fn replica_alive(
+        &self,
+        node: &str,
+        instance: &str,
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(true) };
+        let renewed = sqlx::query(
+            "INSERT INTO replicas (node_id, instance, heartbeat_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id) DO UPDATE SET instance = excluded.instance, heartbeat_at = excluded.heartbeat_at \
+             WHERE replicas.instance = excluded.instance OR replicas.heartbeat_at < $4",
         )
         .bind(node)
+        .bind(instance)
         .bind(time::to_micros(&now))
+        .bind(time::to_micros(&stale_before))
         .execute(pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(renewed > 0)
     }
 
-    /// This replica is stopping: it is no longer counted among those alive.
-    pub async fn replica_gone(&self, node: &str) -> Result<(), StoreError> {
+    /// When the process holding the name `node` last renewed it, and which process it is.
+    pub async fn replica(&self, node: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let Db::Postgres(pool) = &self.inner.readers else { return Ok(None) };
+        let row = sqlx::query_as("SELECT instance, heartbeat_at FROM replicas WHERE node_id = $1")
+            .bind(node)
+            .fetch_optional(pool)
+            .await?;
+        Ok(row)
+    }
+
+    /// This process is stopping: it is no longer counted among the replicas alive.
+    pub async fn replica_gone(&self, node: &str, instance: &str) -> Result<(), StoreError> {
         let Db::Postgres(pool) = &self.inner.readers else { return Ok(()) };
-        sqlx::query("DELETE FROM replicas WHERE node_id = $1").bind(node).execute(pool).await?;
+        sqlx::query("DELETE FROM replicas WHERE node_id = $1 AND instance = $2")
+            .bind(node)
+            .bind(instance)
+            .execute(pool)
+            .await?;
         Ok(())
     }
 
