@@ -89,12 +89,14 @@ pub struct NodeIdInUse(pub String);
 /// (both would take each other's operations for their own). A row renewed recently may be a
 /// process killed a moment ago: it is watched for a heartbeat interval before deciding.
 pub async fn claim_node_id(store: &Store, node: &str, cluster: &ClusterSettings) -> Result<(), StartupCheck> {
+    let age = |seen: i64| Duration::from_micros((time::to_micros(&time::now()) - seen).max(0) as u64);
     if let Some((instance, seen)) = store.replica(node).await?
         && instance != cluster.instance
-        && time::to_micros(&time::now()) - seen < (cluster.lease_timeout.as_micros() as i64)
+        && age(seen) < cluster.lease_timeout
     {
         tracing::info!(node, "this node id was in use a moment ago; checking whether that process is still alive");
-        tokio::time::sleep(cluster.heartbeat_interval + Duration::from_secs(1)).await;
+        // Until its next renewal is due, and a little more.
+        tokio::time::sleep(cluster.heartbeat_interval.saturating_sub(age(seen)) + Duration::from_millis(500)).await;
         if let Some((_, renewed)) = store.replica(node).await?
             && renewed != seen
         {
@@ -217,11 +219,15 @@ impl LiveView {
     }
 }
 
-/// An operation another replica runs: its stored version, re-read every `poll`.
+/// An operation another replica runs: its stored version, followed through this replica's
+/// change feed — while anyone follows the feed, one reader brings every other replica's writes in
+/// (`remote_changes`), so that followers share one read of the database per poll interval.
 pub struct RemoteView {
-    store: Store,
+    inner: Arc<Inner>,
     snapshot: Arc<Snapshot>,
-    poll: Duration,
+    changes: watch::Receiver<u64>,
+    /// The last change of the feed looked at.
+    seen: u64,
 }
 
 impl Lookup {
@@ -253,11 +259,36 @@ impl Lookup {
                     }
                 }
                 Lookup::Remote(view) => {
-                    tokio::time::sleep(view.poll).await;
-                    match view.store.get(&view.snapshot.record.operation_id).await {
-                        Ok(Some(fresh)) => view.snapshot = Arc::new(fresh),
-                        Ok(None) => return None,
-                        Err(e) => tracing::warn!(error = %e, "could not re-read a remote operation"),
+                    if view.changes.changed().await.is_err() {
+                        return None;
+                    }
+                    let id = view.snapshot.record.operation_id.as_str();
+                    let (changed, lost) = view.inner.feed.since(view.seen);
+                    view.seen = view.inner.feed.current();
+                    if !lost && !changed.iter().any(|(_, changed)| &**changed == id) {
+                        continue;
+                    }
+                    // Taken over by this replica: followed from memory from now on.
+                    let here = view.inner.registry.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+                    if let Some(op) = here {
+                        let changes = op.subscribe();
+                        *self = Lookup::Live(LiveView { op, changes });
+                        continue;
+                    }
+                    // Usually in the read cache, put there by the reader that noticed the change.
+                    let fresh = match view.inner.remote_cache.get(id) {
+                        Some(fresh) => Some(fresh),
+                        None => match view.inner.store.get(id).await {
+                            Ok(stored) => stored.map(Arc::new),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not re-read a remote operation");
+                                continue;
+                            }
+                        },
+                    };
+                    match fresh {
+                        Some(fresh) => view.snapshot = fresh,
+                        None => return None,
                     }
                 }
                 Lookup::Stored(_) => return None,
@@ -469,9 +500,10 @@ impl Orchestrator {
             Lookup::Stored(snapshot)
         } else {
             Lookup::Remote(RemoteView {
-                store: self.inner.store.clone(),
+                inner: self.inner.clone(),
                 snapshot,
-                poll: self.inner.settings.remote_poll_interval,
+                changes: self.inner.feed.subscribe(),
+                seen: self.inner.feed.current(),
             })
         }))
     }
