@@ -1,7 +1,7 @@
 //! The orchestrator: starts operations as tokio tasks with a child cancellation token, keeps the
 //! running ones in a registry (dropped once terminal and stored), answers "where is X?" and
 //! "stop X", persists progress on a throttle, reconciles what a previous run left unfinished, and
-//! shuts down cleanly.
+//! shuts down cleanly. What several replicas on one database add is in `cluster`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -26,8 +26,12 @@ use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
-use crate::ops::store::{Channel, Claimed, IdempotencyKey, Inserted, ListFilter, Standing, Store, StoreError};
+use crate::ops::store::{IdempotencyKey, Inserted, ListFilter, Store, StoreError};
 use crate::time;
+
+mod cluster;
+
+pub use cluster::{ClusterSettings, NodeIdInUse, StartupCheck, claim_node_id};
 
 /// `error_message` of an operation found unfinished at start-up that nobody could re-attach.
 pub const INTERRUPTED: &str = "interrupted: service restarted before the operation finished";
@@ -58,65 +62,6 @@ pub struct Settings {
     pub remote_poll_interval: Duration,
     /// Several replicas share the store (PostgreSQL): leases, takeover, cross-replica cancel.
     pub cluster: Option<ClusterSettings>,
-}
-
-/// How replicas sharing one store coordinate.
-#[derive(Debug, Clone)]
-pub struct ClusterSettings {
-    /// A replica that has not renewed its leases for this long is presumed dead; survivors take
-    /// its operations over.
-    pub lease_timeout: Duration,
-    pub heartbeat_interval: Duration,
-    pub takeover_scan_interval: Duration,
-    /// Cancel intents for this replica's operations are also polled this often (in case an
-    /// announcement was lost).
-    pub cancel_poll_interval: Duration,
-    /// Listen for cancel announcements (PostgreSQL `LISTEN`).
-    pub cancel_notify: bool,
-    /// This process among those that ever ran under this replica's name.
-    pub instance: String,
-}
-
-/// Another process runs under this replica's name.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "another running replica already uses the node id `{0}`: give each replica sharing the database its own \
-     node.id (KTRDR_OPS__NODE__ID)"
-)]
-pub struct NodeIdInUse(pub String);
-
-/// Before a replica starts on a shared database: its name must not be one a live process uses
-/// (both would take each other's operations for their own). A row renewed recently may be a
-/// process killed a moment ago: it is watched for a heartbeat interval before deciding.
-pub async fn claim_node_id(store: &Store, node: &str, cluster: &ClusterSettings) -> Result<(), StartupCheck> {
-    let age = |seen: i64| Duration::from_micros((time::to_micros(&time::now()) - seen).max(0) as u64);
-    if let Some((instance, seen)) = store.replica(node).await?
-        && instance != cluster.instance
-        && age(seen) < cluster.lease_timeout
-    {
-        tracing::info!(node, "this node id was in use a moment ago; checking whether that process is still alive");
-        // Until its next renewal is due, and a little more.
-        tokio::time::sleep(cluster.heartbeat_interval.saturating_sub(age(seen)) + Duration::from_millis(500)).await;
-        if let Some((_, renewed)) = store.replica(node).await?
-            && renewed != seen
-        {
-            return Err(StartupCheck::InUse(NodeIdInUse(node.to_owned())));
-        }
-    }
-    // Free, or its holder is gone: take the name whatever its row says.
-    let now = time::now();
-    if !store.replica_alive(node, &cluster.instance, now, now).await? {
-        return Err(StartupCheck::InUse(NodeIdInUse(node.to_owned())));
-    }
-    Ok(())
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartupCheck {
-    #[error(transparent)]
-    InUse(#[from] NodeIdInUse),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Other replicas' operations as last read, for a short while.
@@ -385,11 +330,7 @@ impl Orchestrator {
         });
         tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         if let Some(cluster) = inner.settings.cluster.clone() {
-            tokio::spawn(heartbeats(inner.clone(), cluster.clone()));
-            tokio::spawn(takeovers(inner.clone(), cluster.clone()));
-            tokio::spawn(cancel_intents(inner.clone(), cluster));
-            tokio::spawn(remote_changes(inner.clone()));
-            tokio::spawn(finish_announcements(inner.clone()));
+            cluster::spawn_background(&inner, cluster);
         }
         Orchestrator { inner }
     }
@@ -592,68 +533,6 @@ impl Orchestrator {
         }
     }
 
-    /// Cancels an operation another replica runs: the intent is stored (and announced); the
-    /// answer waits for the owner to report the work stopped — for a bounded time, after which
-    /// the cancel is recorded here and the owner's stop is left pending.
-    async fn cancel_remote(&self, operation_id: &str, reason: String) -> Result<Cancelled, CancelError> {
-        let inner = &self.inner;
-        let not_found = || CancelError::NotFound(operation_id.to_owned());
-        // Subscribed before the intent is stored, so that the owner's announcement cannot be missed.
-        let mut finished = inner.finished_elsewhere.subscribe();
-        if !inner.store.request_cancel(operation_id, &reason).await? {
-            let stored = inner.store.get(operation_id).await?.ok_or_else(not_found)?;
-            return Err(CancelError::NotCancellable { id: operation_id.to_owned(), status: stored.record.status });
-        }
-        let deadline = Instant::now() + inner.settings.cancel_grace + Duration::from_secs(1);
-        loop {
-            let stored = inner.store.get(operation_id).await?.ok_or_else(not_found)?;
-            let record = &stored.record;
-            if record.status.is_terminal() {
-                inner.remote_cache.forget(operation_id);
-                inner.count(|f| *f.remote_cancels.entry("owner").or_default() += 1);
-                return match record.status {
-                    Status::Cancelled => Ok(Cancelled {
-                        remote_cancelled: record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
-                        work_stopped: true,
-                        snapshot: Arc::new(stored),
-                    }),
-                    status => Err(CancelError::NotCancellable { id: operation_id.to_owned(), status }),
-                };
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(operation_id, "the owner did not stop the operation in time; recording the cancel here");
-                let op = LiveOperation::new(
-                    record.clone(),
-                    stored.job_state.clone(),
-                    Arc::new(DefaultRenderer),
-                    CancellationToken::new(),
-                    inner.feed.clone(),
-                );
-                op.request_cancel(&reason);
-                let snapshot =
-                    op.finish(Outcome::Cancelled { reason: reason.clone() }, true, None).expect("it was unfinished");
-                inner.store.force_finish(&snapshot).await?;
-                inner.remote_cache.forget(operation_id);
-                inner.count(|f| *f.remote_cancels.entry("here").or_default() += 1);
-                return Ok(Cancelled { snapshot, remote_cancelled: false, work_stopped: false });
-            }
-            // Woken by the owner's announcement that it stored the operation finished; read
-            // again every remote_poll_interval all the same, in case the announcement is lost.
-            let announced = async {
-                loop {
-                    match finished.recv().await {
-                        Ok(id) if &*id == operation_id => return,
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
-                    }
-                }
-            };
-            let wait = inner.settings.remote_poll_interval.min(deadline.saturating_duration_since(Instant::now()));
-            let _ = timeout(wait, announced).await;
-        }
-    }
-
     /// At start-up: every operation a previous run left `pending`/`running` is re-attached by
     /// its type, or failed as interrupted. Returns how many of each.
     pub async fn reconcile(&self) -> Result<(usize, usize), StoreError> {
@@ -737,63 +616,7 @@ impl Orchestrator {
 
     /// Stops accepting, cancels everything running, waits for the work to stop and its outcome
     /// to be stored (aborting what ignores the cancel), and flushes the store — within `deadline`.
-    /// With several replicas, a replica that stops hands the operations another can resume (a
-    /// training's host session, a data load) over instead of cancelling them: it stops its copy
-    /// without recording an outcome, then gives up their leases at once, so that the others'
-    /// next takeover scan claims them. Alone, it leaves them to be cancelled as usual.
-    async fn hand_over(&self, within: Duration) {
-        let inner = &self.inner;
-        let Some(cluster) = &inner.settings.cluster else { return };
-        let node = inner.settings.node_id.as_str();
-        match inner.store.others_alive(node, time::now() - cluster.lease_timeout).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot tell whether other replicas are alive; cancelling instead of handing over");
-                return;
-            }
-        }
-        let running: Vec<Arc<LiveOperation>> =
-            inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        let resumable: Vec<Arc<LiveOperation>> = running
-            .into_iter()
-            .filter(|op| {
-                let snapshot = op.snapshot();
-                let record = &snapshot.record;
-                !record.status.is_terminal()
-                    && record.cancellation.is_none()
-                    && inner.types.get(record.operation_type.as_str()).and_then(|t| t.reattach.as_ref()).is_some_and(
-                        |r| r.reattach(record, snapshot.job_state.as_ref(), Resumption::Takeover).is_some(),
-                    )
-            })
-            .collect();
-        if resumable.is_empty() {
-            return;
-        }
-        for op in &resumable {
-            op.abandon();
-        }
-        // Stopped here before anyone starts again elsewhere (a data load saves what it fetched).
-        let settled = futures_util::future::join_all(resumable.iter().map(|op| op.settled()));
-        if timeout(within, settled).await.is_err() {
-            tracing::warn!("handed-over work is slow to stop here");
-        }
-        let latest: Vec<Arc<Snapshot>> = resumable.iter().map(|op| op.snapshot()).collect();
-        if let Err(e) = inner.store.save(latest, node).await {
-            tracing::warn!(error = %e, "could not store the latest progress of handed-over operations");
-        }
-        let ids: Vec<String> = resumable.iter().map(|op| op.id.clone()).collect();
-        match inner.store.release(node, &ids).await {
-            Ok(released) => {
-                inner.count(|f| f.handed_over += released);
-                tracing::info!(operations = released, "handed operations over to the other replicas");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not hand operations over; they are taken over when the lease expires")
-            }
-        }
-    }
-
+    /// With other replicas alive, what they can resume is handed over to them first.
     pub async fn shutdown(&self, deadline: Duration) {
         let inner = &self.inner;
         let end = Instant::now() + deadline;
@@ -987,289 +810,6 @@ async fn flush_progress_periodically(inner: Weak<Inner>) {
         if peak - active >= TRIM_AFTER_RELEASED {
             peak = active;
             tokio::task::spawn_blocking(crate::memory::release_free_memory);
-        }
-    }
-}
-
-/// Renews this replica's leases; an operation another replica took over (this one was paused or
-/// cut off too long) is abandoned here: its work stops and nothing of it is written any more.
-async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
-    let mut tick = tokio::time::interval(cluster.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = inner.root.cancelled() => return,
-        }
-        let now = time::now();
-        let node = inner.settings.node_id.as_str();
-        match inner.store.replica_alive(node, &cluster.instance, now, now - cluster.lease_timeout).await {
-            Ok(true) => {}
-            Ok(false) => tracing::error!("{}", NodeIdInUse(node.to_owned())),
-            Err(e) => tracing::warn!(error = %e, "could not renew this replica's presence"),
-        }
-        let owned = match inner.store.heartbeat(&inner.settings.node_id, now, now + cluster.lease_timeout).await {
-            Ok(owned) => owned,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not renew leases");
-                continue;
-            }
-        };
-        let running: Vec<Arc<LiveOperation>> =
-            inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        for op in running.into_iter().filter(|op| !owned.contains(&op.id)) {
-            match inner.store.standing(&op.id).await {
-                Ok(Some(Standing { owner: Some(owner), .. })) if owner != inner.settings.node_id => {
-                    tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
-                    op.abandon();
-                    inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
-                    op.mark_settled();
-                }
-                // Another replica recorded the cancel it passed on, having waited for this one
-                // in vain: the work (and any host work) stops now.
-                Ok(Some(Standing { finished: true, cancel_reason, .. })) => {
-                    tracing::warn!(operation_id = %op.id, "cancelled elsewhere while this replica was unresponsive; stopping it");
-                    let orchestrator = Orchestrator { inner: inner.clone() };
-                    tokio::spawn(async move {
-                        let _ = orchestrator.cancel(&op.id, cancel_reason).await;
-                    });
-                }
-                // Stored after the renewal read the table: still ours.
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not check an operation's owner"),
-            }
-        }
-    }
-}
-
-/// How many operations one takeover scan claims at a time.
-const TAKEOVER_BATCH: i64 = 50;
-
-/// Takes over the operations of replicas whose leases expired: re-attached or resumed by their
-/// type, or failed as interrupted; the takeover is recorded on the operation.
-async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
-    let mut tick = tokio::time::interval(cluster.takeover_scan_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = inner.root.cancelled() => return,
-        }
-        if !inner.accepting.load(Ordering::Acquire) {
-            return;
-        }
-        // Claimed in batches (other survivors claim other rows meanwhile); a full batch means
-        // there may be more, so claim again at once rather than a scan interval later.
-        loop {
-            let stale_before = time::now() - cluster.lease_timeout;
-            let claimed = match inner.store.claim_stale(&inner.settings.node_id, stale_before, TAKEOVER_BATCH).await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not look for operations to take over");
-                    break;
-                }
-            };
-            let full = claimed.len() as i64 == TAKEOVER_BATCH;
-            for claimed in claimed {
-                take_over(&inner, claimed).await;
-            }
-            if !full {
-                break;
-            }
-        }
-    }
-}
-
-async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
-    let Claimed { stored, previous_owner: previous, cancel_reason } = claimed;
-    let record = &stored.record;
-    let note = format!(
-        "{} took this operation over from {previous}, which had stopped or stopped renewing its lease",
-        inner.settings.node_id
-    );
-    tracing::warn!(operation_id = %record.operation_id, previous_owner = %previous, "taking over an operation");
-    let ty = inner.types.get(record.operation_type.as_str());
-    let job = ty
-        .and_then(|t| t.reattach.as_ref())
-        .and_then(|r| r.reattach(record, stored.job_state.as_ref(), Resumption::Takeover));
-    let renderer = ty.map(|t| t.renderer.clone()).unwrap_or_else(|| Arc::new(DefaultRenderer));
-    let op = LiveOperation::new(
-        record.clone(),
-        stored.job_state.clone(),
-        renderer,
-        inner.root.child_token(),
-        inner.feed.clone(),
-    );
-    inner.remote_cache.forget(&op.id);
-    let Some(job) = job else {
-        // Asked to stop and cannot go on: it ends as asked.
-        let outcome = match cancel_reason {
-            Some(reason) => {
-                op.request_cancel(&reason);
-                Outcome::Cancelled { reason }
-            }
-            None => Outcome::Failed(format!("interrupted: replica {previous} stopped before the operation finished")),
-        };
-        let became = if matches!(outcome, Outcome::Failed(_)) { "failed" } else { "cancelled" };
-        inner.count(|f| *f.taken_over.entry(became).or_default() += 1);
-        if let Some(snapshot) = op.finish(outcome, false, None)
-            && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
-        {
-            tracing::warn!(error = %e, "could not store an interrupted operation");
-        }
-        return;
-    };
-    if let Some(snapshot) = op.edit(|r, _| r.warnings.push(note))
-        && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
-    {
-        tracing::warn!(error = %e, "could not record a takeover");
-    }
-    inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
-    inner.count(|f| *f.taken_over.entry("resumed").or_default() += 1);
-    let id = op.id.clone();
-    spawn(inner.clone(), op, job, record.status == Status::Running);
-    // A cancel asked of the dead replica is carried out here, through the job (which stops its
-    // host work as any cancel does).
-    if let Some(reason) = cancel_reason {
-        let orchestrator = Orchestrator { inner: inner.clone() };
-        tokio::spawn(async move {
-            if let Err(e) = orchestrator.cancel(&id, Some(reason)).await {
-                tracing::debug!(operation_id = %id, error = %e, "a cancel carried over found nothing to do");
-            }
-        });
-    }
-}
-
-/// Brings other replicas' changes into this one's change feed, so that the stream of every
-/// operation's changes shows the whole cluster: while a stream follows the feed, the database is
-/// read every `remote_poll_interval` for operations written elsewhere since the last read.
-async fn remote_changes(inner: Arc<Inner>) {
-    // Reads reach this far back before the newest write seen: a write that commits late with an
-    // earlier `updated_at` (the owner's batching, a clock slightly behind) is still found.
-    const OVERLAP_MICROS: i64 = 2_000_000;
-    const PAGE: i64 = 1000;
-    let mut tick = tokio::time::interval(inner.settings.remote_poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut newest_seen: Option<i64> = None;
-    // The versions already fed, of operations written within the overlap.
-    let mut fed: HashMap<Arc<str>, (i64, u64)> = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = inner.root.cancelled() => return,
-        }
-        if !inner.feed.is_followed() {
-            newest_seen = None;
-            fed.clear();
-            continue;
-        }
-        let mut cursor = newest_seen.unwrap_or_else(|| time::to_micros(&time::now())) - OVERLAP_MICROS;
-        loop {
-            let page = match inner.store.changed_elsewhere(&inner.settings.node_id, cursor, PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read other replicas' changes");
-                    break;
-                }
-            };
-            let full = page.len() as i64 == PAGE;
-            for (written, stored) in page {
-                cursor = cursor.max(written);
-                let id: Arc<str> = Arc::from(stored.record.operation_id.as_str());
-                let version = stored.version();
-                if fed.get(&id).is_some_and(|(_, fed_version)| *fed_version >= version) {
-                    continue;
-                }
-                fed.insert(id.clone(), (written, version));
-                inner.remote_cache.put(&id, Arc::new(stored));
-                inner.feed.push(&id);
-            }
-            if !full {
-                break;
-            }
-        }
-        let newest = newest_seen.map_or(cursor, |n| n.max(cursor));
-        newest_seen = Some(newest);
-        fed.retain(|_, (written, _)| *written >= newest - OVERLAP_MICROS);
-    }
-}
-
-/// Passes on PostgreSQL's announcements of operations stored finished, to the cancels this
-/// replica is waiting on.
-async fn finish_announcements(inner: Arc<Inner>) {
-    let mut announcements = match inner.store.announcements(Channel::Finished).await {
-        Ok(Some(listener)) => listener,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for finished operations; cross-replica cancels will poll");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = inner.root.cancelled() => return,
-            id = announcements.next() => match id {
-                Ok(id) => {
-                    // Nobody waiting is the common case.
-                    let _ = inner.finished_elsewhere.send(Arc::from(id));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the finished-operations announcement connection failed; reconnecting");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
-        }
-    }
-}
-
-/// Cancels this replica's operations whose cancel another replica recorded: woken by
-/// PostgreSQL's announcements, and polling as well (an announcement can be lost).
-async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
-    let orchestrator = Orchestrator { inner: inner.clone() };
-    let act = |id: String, reason: String| {
-        if let Some(op) = orchestrator.live(&id)
-            && op.snapshot().record.cancellation.is_none()
-        {
-            let orchestrator = orchestrator.clone();
-            tokio::spawn(async move {
-                if let Err(e) = orchestrator.cancel(&id, Some(reason)).await {
-                    tracing::debug!(operation_id = %id, error = %e, "a requested cancel found nothing to do");
-                }
-            });
-        }
-    };
-    let mut announcements = None;
-    if cluster.cancel_notify {
-        match inner.store.announcements(Channel::CancelRequested).await {
-            Ok(listener) => announcements = listener,
-            Err(e) => tracing::warn!(error = %e, "cannot listen for cancel announcements; polling only"),
-        }
-    }
-    let mut tick = tokio::time::interval(cluster.cancel_poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let announced = async {
-            match announcements.as_mut() {
-                Some(listener) => listener.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = inner.root.cancelled() => return,
-            id = announced => match id {
-                Ok(id) => {
-                    let reason = inner.store.standing(&id).await.ok().flatten().and_then(|s| s.cancel_reason);
-                    act(id, reason.unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the cancel announcement connection failed; reconnecting");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
-            _ = tick.tick() => match inner.store.requested_cancels(&inner.settings.node_id).await {
-                Ok(intents) => intents.into_iter().for_each(|(id, reason)| act(id, reason)),
-                Err(e) => tracing::warn!(error = %e, "could not poll for cancel intents"),
-            },
         }
     }
 }
