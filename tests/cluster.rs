@@ -116,6 +116,56 @@ impl Cluster {
             .map_or(0.0, |value| value.trim().parse().unwrap())
     }
 
+    /// `DELETE` of the operation on `on`, with a reason or without.
+    async fn cancel(&self, on: &ServiceProcess, id: &str, reason: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.delete(on.url(&format!("/api/v1/operations/{id}")));
+        if let Some(reason) = reason {
+            request = request.json(&json!({ "reason": reason }));
+        }
+        json_of(request.send().await.unwrap()).await
+    }
+
+    /// A three-year backfill of hourly bars of `symbol`, started on `on`.
+    async fn start_load(&self, on: &ServiceProcess, symbol: &str) -> String {
+        let body = json!({ "symbol": symbol, "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" });
+        self.post(on, "/api/v1/data/load", body).await["data"]["operation_id"].as_str().unwrap().to_owned()
+    }
+
+    /// A 30-epoch training of the `long` strategy, started on `on`.
+    async fn start_training(&self, on: &ServiceProcess) -> String {
+        let body = json!({ "symbols": ["EURUSD"], "timeframes": ["1h"], "strategy_name": "long" });
+        self.post(on, "/api/v1/trainings/start", body).await["task_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Until the load has fetched `segments` segments and saved some of them.
+    async fn until_loading(&self, on: &ServiceProcess, load: &str, file: &Path, segments: u64) {
+        self.until(on, load, Duration::from_secs(30), |r| {
+            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= segments && file.exists()
+        })
+        .await;
+    }
+
+    /// Until `on` has recorded that it took the operation over.
+    async fn until_taken_over(&self, on: &ServiceProcess, id: &str, within: Duration) -> Value {
+        self.until(on, id, within, |r| {
+            r["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("took this operation over"))
+        })
+        .await
+    }
+
+    /// The load and the training complete on `on`, the file holding the whole range and the
+    /// training every epoch once, in order (its host session went on).
+    async fn both_finish_on(&self, on: &ServiceProcess, load: &str, file: &Path, training: &str) {
+        let loaded = self.until(on, load, Duration::from_secs(60), finished).await;
+        assert_eq!(status(&loaded), "completed", "{loaded}");
+        assert!(covers(file, "2021-01-05T00:00:00Z", "2023-12-28T00:00:00Z"), "the file holds the whole range");
+        let trained = self.until(on, training, Duration::from_secs(60), finished).await;
+        assert_eq!(status(&trained), "completed", "{trained}");
+        let epochs: Vec<u64> =
+            trained["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+        assert_eq!(epochs, (0..30).collect::<Vec<_>>(), "the host session went on: every epoch once, in order");
+    }
+
     /// The node that owns an operation, as stored.
     async fn owner(&self, id: &str) -> Option<String> {
         let pool = sqlx::PgPool::connect(&self.db.url).await.unwrap();
@@ -228,14 +278,7 @@ async fn a_cancel_on_one_replica_stops_the_work_on_the_replica_running_it() {
     let id = cluster.start_dummy(&a, 1000, 50).await;
     cluster.until(&a, &id, Duration::from_secs(10), |r| status(r) == "running").await;
 
-    let response = cluster
-        .http
-        .delete(b.url(&format!("/api/v1/operations/{id}")))
-        .json(&json!({ "reason": "stopped from node-b" }))
-        .send()
-        .await
-        .unwrap();
-    let (code, answer) = json_of(response).await;
+    let (code, answer) = cluster.cancel(&b, &id, Some("stopped from node-b")).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
     assert_eq!(answer["data"]["cancellation_reason"], "stopped from node-b", "{answer}");
@@ -249,8 +292,7 @@ async fn a_cancel_on_one_replica_stops_the_work_on_the_replica_running_it() {
     assert_eq!(cluster.record(&a, &id).await["progress"]["percentage"], stopped_at, "the work stopped");
 
     // Cancelling it again, anywhere, says it is finished.
-    let (code, again) =
-        json_of(cluster.http.delete(b.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    let (code, again) = cluster.cancel(&b, &id, None).await;
     assert_eq!(code, 400, "{again}");
 }
 
@@ -287,8 +329,7 @@ async fn a_cancel_arrives_by_polling_when_notifications_are_lost() {
     assert!(!cut.is_empty(), "the listening connections of A and C were found and cut");
 
     for (owner, id) in [(&a, &on_a), (&c, &on_c)] {
-        let (code, answer) =
-            json_of(cluster.http.delete(b.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+        let (code, answer) = cluster.cancel(&b, id, None).await;
         assert_eq!(code, 200, "{answer}");
         assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
         assert_eq!(status(&cluster.record(owner, id).await), "cancelled");
@@ -311,60 +352,22 @@ async fn a_survivor_takes_over_the_data_load_and_training_of_a_killed_replica() 
     let cluster = Cluster::new().await;
     let mut a = cluster.replica("node-a", &[]).await;
     let b = cluster.replica("node-b", &[]).await;
-    let load = cluster
-        .post(
-            &a,
-            "/api/v1/data/load",
-            json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" }),
-        )
-        .await["data"]["operation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let training = cluster
-        .post(
-            &a,
-            "/api/v1/trainings/start",
-            json!({ "symbols": ["EURUSD"], "timeframes": ["1h"], "strategy_name": "long" }),
-        )
-        .await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let load = cluster.start_load(&a, "AAPL").await;
+    let training = cluster.start_training(&a).await;
     let file = cluster.data.path().join("AAPL_1h.csv");
-    cluster
-        .until(&a, &load, Duration::from_secs(30), |r| {
-            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 5 && file.exists()
-        })
-        .await;
+    cluster.until_loading(&a, &load, &file, 5).await;
     cluster
         .until(&a, &training, Duration::from_secs(30), |r| r["progress"]["context"]["epoch"].as_u64() >= Some(2))
         .await;
     a.kill9().await;
 
     for id in [&load, &training] {
-        let taken = cluster
-            .until(&b, id, Duration::from_secs(20), |r| {
-                r["warnings"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|w| w.as_str().unwrap().contains("took this operation over"))
-            })
-            .await;
+        let taken = cluster.until_taken_over(&b, id, Duration::from_secs(20)).await;
         assert!(!["failed", "cancelled"].contains(&status(&taken)), "{taken}");
         assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
     }
     assert_eq!(cluster.metric(&b, r#"ktrdr_ops_takeovers_total{outcome="resumed"}"#).await, 2.0);
-    let loaded = cluster.until(&b, &load, Duration::from_secs(60), finished).await;
-    assert_eq!(status(&loaded), "completed", "{loaded}");
-    assert!(covers(&file, "2021-01-05T00:00:00Z", "2023-12-28T00:00:00Z"), "the file holds the whole range");
-
-    let trained = cluster.until(&b, &training, Duration::from_secs(60), finished).await;
-    assert_eq!(status(&trained), "completed", "{trained}");
-    let epochs: Vec<u64> =
-        trained["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
-    assert_eq!(epochs, (0..30).collect::<Vec<_>>(), "the host session went on: every epoch once, in order");
+    cluster.both_finish_on(&b, &load, &file, &training).await;
 }
 
 #[tokio::test]
@@ -407,14 +410,7 @@ async fn a_cancel_the_owner_cannot_hear_is_recorded_and_carried_out_when_it_retu
     a.signal("STOP");
 
     let asked = tokio::time::Instant::now();
-    let response = cluster
-        .http
-        .delete(b.url(&format!("/api/v1/operations/{id}")))
-        .json(&json!({ "reason": "A is not answering" }))
-        .send()
-        .await
-        .unwrap();
-    let (code, answer) = json_of(response).await;
+    let (code, answer) = cluster.cancel(&b, &id, Some("A is not answering")).await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
     assert_eq!(answer["data"]["task_cancelled"], false, "the work is not known to have stopped: {answer}");
@@ -439,32 +435,14 @@ async fn a_cancel_asked_of_a_dead_replica_is_carried_out_by_the_survivor() {
     let mut a = cluster.replica("node-a", &[]).await;
     // B waits long enough for the takeover (lease 2 s) to happen while it waits.
     let b = cluster.replica("node-b", &[("KTRDR_OPS__OPERATIONS__CANCEL_GRACE", "10s")]).await;
-    let load = cluster
-        .post(
-            &a,
-            "/api/v1/data/load",
-            json!({ "symbol": "MSFT", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" }),
-        )
-        .await["data"]["operation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let load = cluster.start_load(&a, "MSFT").await;
     let dummy = cluster.start_dummy(&a, 1000, 50).await;
     let file = cluster.data.path().join("MSFT_1h.csv");
-    cluster
-        .until(&a, &load, Duration::from_secs(30), |r| {
-            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3 && file.exists()
-        })
-        .await;
+    cluster.until_loading(&a, &load, &file, 3).await;
     a.kill9().await;
 
-    let cancel = |id: String| {
-        let (http, url) = (cluster.http.clone(), b.url(&format!("/api/v1/operations/{id}")));
-        async move {
-            json_of(http.delete(url).json(&json!({ "reason": "not needed any more" })).send().await.unwrap()).await
-        }
-    };
-    let (for_load, for_dummy) = tokio::join!(cancel(load.clone()), cancel(dummy.clone()));
+    let reason = Some("not needed any more");
+    let (for_load, for_dummy) = tokio::join!(cluster.cancel(&b, &load, reason), cluster.cancel(&b, &dummy, reason));
     for (code, answer) in [for_load, for_dummy] {
         assert_eq!(code, 200, "{answer}");
         assert_eq!(answer["data"]["status"], "cancelled", "{answer}");
@@ -486,33 +464,11 @@ async fn a_replica_stopped_with_sigterm_hands_its_load_and_training_over() {
     let lease = [("KTRDR_OPS__OPERATIONS__LEASE_TIMEOUT", "60s")];
     let mut a = cluster.replica("node-a", &lease).await;
     let b = cluster.replica("node-b", &lease).await;
-    let load = cluster
-        .post(
-            &a,
-            "/api/v1/data/load",
-            json!({ "symbol": "IBM", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" }),
-        )
-        .await["data"]["operation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let training = cluster
-        .post(
-            &a,
-            "/api/v1/trainings/start",
-            json!({ "symbols": ["EURUSD"], "timeframes": ["1h"], "strategy_name": "long" }),
-        )
-        .await["task_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let load = cluster.start_load(&a, "IBM").await;
+    let training = cluster.start_training(&a).await;
     let dummy = cluster.start_dummy(&a, 1000, 50).await;
     let file = cluster.data.path().join("IBM_1h.csv");
-    cluster
-        .until(&a, &load, Duration::from_secs(30), |r| {
-            r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3 && file.exists()
-        })
-        .await;
+    cluster.until_loading(&a, &load, &file, 3).await;
     cluster
         .until(&a, &training, Duration::from_secs(30), |r| r["progress"]["context"]["epoch"].as_u64() >= Some(2))
         .await;
@@ -520,15 +476,7 @@ async fn a_replica_stopped_with_sigterm_hands_its_load_and_training_over() {
     a.signal("TERM");
     assert!(a.wait(Duration::from_secs(20)).await.success(), "A stops cleanly");
     for id in [&load, &training] {
-        let taken = cluster
-            .until(&b, id, Duration::from_secs(10), |r| {
-                r["warnings"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|w| w.as_str().unwrap().contains("took this operation over"))
-            })
-            .await;
+        let taken = cluster.until_taken_over(&b, id, Duration::from_secs(10)).await;
         assert!(!finished(&taken) || status(&taken) == "completed", "{taken}");
         assert_eq!(cluster.owner(id).await.as_deref(), Some("node-b"));
     }
@@ -538,14 +486,7 @@ async fn a_replica_stopped_with_sigterm_hands_its_load_and_training_over() {
     let stopped = cluster.record(&b, &dummy).await;
     assert_eq!(status(&stopped), "cancelled", "{stopped}");
 
-    let loaded = cluster.until(&b, &load, Duration::from_secs(60), finished).await;
-    assert_eq!(status(&loaded), "completed", "{loaded}");
-    assert!(covers(&file, "2021-01-05T00:00:00Z", "2023-12-28T00:00:00Z"), "the file holds the whole range");
-    let trained = cluster.until(&b, &training, Duration::from_secs(60), finished).await;
-    assert_eq!(status(&trained), "completed", "{trained}");
-    let epochs: Vec<u64> =
-        trained["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
-    assert_eq!(epochs, (0..30).collect::<Vec<_>>(), "the host session went on: every epoch once, in order");
+    cluster.both_finish_on(&b, &load, &file, &training).await;
 }
 
 #[tokio::test]
