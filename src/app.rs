@@ -269,7 +269,9 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             );
             shutdown.cancelled().await;
             let end = Instant::now() + deadline;
-            tracing::info!("shutting down: cancelling running operations");
+            tracing::info!(
+                "shutting down: stopping running operations (handed over to other replicas where they can go on)"
+            );
             // Cancelling the operations also ends long-polls and event streams, so the HTTP
             // side can drain while the outcomes are stored.
             orchestrator.shutdown(deadline).await;
