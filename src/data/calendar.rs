@@ -1,6 +1,6 @@
 //! Market calendars: which instruments are forex, New York time (US daylight-saving rules since
 //! 1967, no tz database needed), the NYSE holiday calendar with its observed-day rules, the NYSE
-//! session (09:30–16:00 New York, Mon–Fri) and forex's 24/5 week (Sunday 17:00 to Friday 17:00
+//! session (09:30–16:00 New York, Mon–Fri; 13:00 on early-close days) and forex's 24/5 week (Sunday 17:00 to Friday 17:00
 //! New York). Used by gap analysis and by the IB simulator, and the timestamps at which bars exist.
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc, Weekday};
@@ -139,6 +139,23 @@ pub fn nyse_holiday(date: NaiveDate) -> Option<&'static str> {
     fixed.into_iter().chain(floating).find(|(d, _)| *d == date).map(|(_, name)| name)
 }
 
+/// Why NYSE closes early (13:00 New York) on `date`, if it does: the day after Thanksgiving, and
+/// 3 July and 24 December when they fall on Monday to Thursday (on a Friday they are the observed
+/// holiday, or the holiday follows a weekend).
+pub fn nyse_early_close(date: NaiveDate) -> Option<&'static str> {
+    let year = date.year();
+    let monday_to_thursday = matches!(date.weekday(), Weekday::Mon | Weekday::Tue | Weekday::Wed | Weekday::Thu);
+    if date == nth_weekday(year, 11, Weekday::Thu, 4) + Duration::days(1) {
+        Some("the day after Thanksgiving")
+    } else if (date.month(), date.day()) == (7, 3) && monday_to_thursday {
+        Some("the eve of Independence Day")
+    } else if (date.month(), date.day()) == (12, 24) && monday_to_thursday {
+        Some("Christmas Eve")
+    } else {
+        None
+    }
+}
+
 pub fn is_weekend(date: NaiveDate) -> bool {
     matches!(date.weekday(), Weekday::Sat | Weekday::Sun)
 }
@@ -147,9 +164,11 @@ pub fn is_nyse_trading_day(date: NaiveDate) -> bool {
     !is_weekend(date) && nyse_holiday(date).is_none()
 }
 
-/// The regular NYSE session of `date` in UTC, `None` on weekends and holidays.
+/// The regular NYSE session of `date` in UTC (ending at 13:00 New York on early-close days),
+/// `None` on weekends and holidays.
 pub fn nyse_session(date: NaiveDate) -> Option<(Timestamp, Timestamp)> {
-    is_nyse_trading_day(date).then(|| (new_york_to_utc(date, 9, 30), new_york_to_utc(date, 16, 0)))
+    let close = if nyse_early_close(date).is_some() { 13 } else { 16 };
+    is_nyse_trading_day(date).then(|| (new_york_to_utc(date, 9, 30), new_york_to_utc(date, close, 0)))
 }
 
 /// Forex trades from Sunday 17:00 to Friday 17:00 New York time.
@@ -322,6 +341,21 @@ mod tests {
     }
 
     #[test]
+    fn the_session_ends_at_1300_on_early_close_days() {
+        // Friday after Thanksgiving 2024 (EST), Wednesday 3 July 2024 and Tuesday 24 December 2024.
+        assert_eq!(nyse_session(d(2024, 11, 29)).unwrap().1, t("2024-11-29T18:00:00Z"));
+        assert_eq!(nyse_session(d(2024, 7, 3)).unwrap().1, t("2024-07-03T17:00:00Z"));
+        assert_eq!(nyse_session(d(2024, 12, 24)).unwrap().1, t("2024-12-24T18:00:00Z"));
+        // 3 July 2026 is a Friday: the observed Independence Day, closed all day.
+        assert!(nyse_session(d(2026, 7, 3)).is_none());
+        // 24 December 2021 was a Friday: the observed Christmas Day.
+        assert!(nyse_session(d(2021, 12, 24)).is_none());
+        // 3 July 2025 (Thursday) closes early; 2 July 2024 does not.
+        assert_eq!(nyse_early_close(d(2025, 7, 3)), Some("the eve of Independence Day"));
+        assert_eq!(nyse_session(d(2024, 7, 2)).unwrap().1, t("2024-07-02T20:00:00Z"));
+    }
+
+    #[test]
     fn forex_trades_sunday_evening_to_friday_evening() {
         assert!(forex_open(t("2024-01-08T03:00:00Z")), "Monday 03:00 UTC");
         assert!(!forex_open(t("2024-01-06T12:00:00Z")), "Saturday");
@@ -343,7 +377,11 @@ mod tests {
     fn bars_exist_only_when_the_market_trades() {
         let week =
             bar_times(InstrumentKind::Stock, Timeframe::H1, t("2024-07-01T00:00:00Z"), t("2024-07-07T23:59:00Z"));
-        assert_eq!(week.len(), 4 * 7, "four trading days of seven hourly bars (no 4 July)");
+        assert_eq!(
+            week.len(),
+            3 * 7 + 4,
+            "three days of seven hourly bars, four on 3 July (13:00 close), none on 4 July"
+        );
         assert!(week.iter().all(|b| b.date_naive() != d(2024, 7, 4)));
         assert_eq!(week[0], t("2024-07-01T13:30:00Z"));
         let daily =

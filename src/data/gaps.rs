@@ -120,6 +120,25 @@ mod tests {
     }
 
     #[test]
+    fn the_afternoon_of_an_early_close_is_not_a_hole() {
+        // Hourly bars as IB has them: Wednesday 27 November 2024 to 16:00, Friday 29th (after
+        // Thanksgiving) to 13:00 New York, then Monday 2 December.
+        let bars = [
+            "2024-11-27T20:30:00Z",
+            "2024-11-29T14:30:00Z",
+            "2024-11-29T15:30:00Z",
+            "2024-11-29T16:30:00Z",
+            "2024-11-29T17:30:00Z",
+            "2024-12-02T14:30:00Z",
+        ]
+        .map(s);
+        assert_eq!(
+            classes(&bars, Timeframe::H1, InstrumentKind::Stock),
+            vec![GapClass::ExpectedHoliday, GapClass::ExpectedWeekend]
+        );
+    }
+
+    #[test]
     fn a_forex_weekend_is_expected_and_a_weekday_hole_is_not() {
         let hourly = series(InstrumentKind::Forex, Timeframe::H1, "2024-01-05", "2024-01-09");
         assert_eq!(classes(&hourly, Timeframe::H1, InstrumentKind::Forex), vec![GapClass::ExpectedWeekend]);
