@@ -30,8 +30,8 @@ pub enum JobError {
 pub type JobResult = Result<Value, JobError>;
 
 /// The work of one operation. `run` must race [`JobContext::cancelled`] at every await point
-/// that can take long, so a cancel stops it in microseconds; what it must keep (e.g. data
-/// already fetched) it saves before returning [`JobError::Cancelled`].
+/// that can take long, so a cancel stops it in microseconds; what it must keep (work already
+/// done) it saves before returning [`JobError::Cancelled`].
 pub trait Job: Send + 'static {
     fn run(self, ctx: JobContext) -> impl Future<Output = JobResult> + Send + 'static;
 }
@@ -49,8 +49,8 @@ impl BoxedJob {
     }
 }
 
-/// Picks up an operation this service was running when it last stopped (e.g. a training that
-/// is still going on its host). Returning `None` fails the operation as interrupted.
+/// Picks up an operation this service was running when it last stopped (e.g. remote work that
+/// is still going on). Returning `None` fails the operation as interrupted.
 pub trait Reattach: Send + Sync + 'static {
     fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>, cause: Resumption) -> Option<BoxedJob>;
 }
@@ -203,7 +203,7 @@ impl JobContext {
         self.op.edit(|r, _| r.errors.push(message));
     }
 
-    /// Changes the operation's `metrics` (e.g. appends an epoch).
+    /// Changes the operation's domain `metrics` (the domain decides their shape).
     pub fn metrics(&self, change: impl FnOnce(&mut Map<String, Value>)) {
         self.op.edit(|r, _| {
             let metrics = r.metrics.get_or_insert_with(|| Value::Object(Map::new()));
@@ -214,7 +214,7 @@ impl JobContext {
         });
     }
 
-    /// Stores resume state durably before returning (e.g. the id of a host session, so that a
+    /// Stores resume state durably before returning (e.g. the id of remote work, so that a
     /// restarted service can re-attach).
     pub async fn save_state(&self, state: Value) -> Result<(), JobError> {
         let Some(snapshot) = self.op.edit(|_, job_state| *job_state = Some(state)) else {

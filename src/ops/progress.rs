@@ -62,7 +62,7 @@ pub struct StepView<'a> {
     /// 1-based step number; 0 before the first step.
     pub number: u32,
     pub steps_total: u32,
-    /// The latest detail within the step (`segment 2/3 ...`, `waiting for ...`).
+    /// The latest detail within the step (`part 2/3 ...`, `waiting for ...`).
     pub detail: Option<&'a str>,
     pub context: &'a Map<String, Value>,
 }

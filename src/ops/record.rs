@@ -122,7 +122,7 @@ pub struct OperationRecord {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub errors: Vec<String>,
-    /// Per type: see data-load.md §6 and training.md §3.
+    /// Shaped by each operation type.
     #[schema(value_type = Option<Object>)]
     pub result_summary: Option<Value>,
     #[schema(value_type = Option<Object>)]

@@ -142,8 +142,8 @@ impl Orchestrator {
         }
     }
 
-    /// With several replicas, a replica that stops hands the operations another can resume (a
-    /// training's host session, a data load) over instead of cancelling them: it stops its copy
+    /// With several replicas, a replica that stops hands the operations another can resume (their
+    /// type can take them over) to the others instead of cancelling them: it stops its copy
     /// without recording an outcome, then gives up their leases at once, so that the others'
     /// next takeover scan claims them. Alone, it leaves them to be cancelled as usual.
     pub(super) async fn hand_over(&self, within: Duration) {
@@ -178,7 +178,8 @@ impl Orchestrator {
         for op in &resumable {
             op.abandon();
         }
-        // Stopped here before anyone starts again elsewhere (a data load saves what it fetched).
+        // Stopped here before anyone starts again elsewhere (a job saves what it must keep as it
+        // stops).
         let settled = futures_util::future::join_all(resumable.iter().map(|op| op.settled()));
         if timeout(within, settled).await.is_err() {
             tracing::warn!("handed-over work is slow to stop here");
