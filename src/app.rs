@@ -208,9 +208,12 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         None
     };
     let config = Arc::new(config);
-    // Well within a lease, so that a frozen replica's locks are gone before its lease is.
-    let stuck_transaction_timeout = (config.operations.lease_timeout.0 / 2).max(Duration::from_millis(500));
-    let store = Store::open(&config.database.url, config.database.max_connections, stuck_transaction_timeout).await?;
+    let store = Store::open(
+        &config.database.url,
+        config.database.max_connections,
+        config.operations.stuck_transaction_timeout(),
+    )
+    .await?;
     let hosts = build_hosts(&config).map_err(StartError::Hosts)?;
     let data = DataService {
         repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),

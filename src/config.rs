@@ -104,6 +104,14 @@ pub struct OperationsConfig {
     pub remote_cache_ttl: HumanDuration,
 }
 
+impl OperationsConfig {
+    /// How long PostgreSQL lets a session of ours sit idle inside a transaction: well within a
+    /// lease, so that a frozen replica's row locks are gone before its lease is.
+    pub fn stuck_transaction_timeout(&self) -> std::time::Duration {
+        (self.lease_timeout.0 / 2).max(std::time::Duration::from_millis(500))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {

@@ -376,7 +376,7 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    match Store::open(&config.database.url, 1, config.operations.lease_timeout.0).await {
+    match Store::open(&config.database.url, 1, config.operations.stuck_transaction_timeout()).await {
         Ok(store) => {
             println!("ktrdr-ops: {} database is up to date", store.kind());
             ExitCode::SUCCESS

@@ -68,42 +68,43 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 
     let hosts: [&HostClient; 2] = [state.hosts.ib.host(), state.hosts.training.host()];
+    // One copy of each host's counters, read once for all four families.
+    let stats: Vec<_> = hosts.iter().map(|host| (host.name(), host.stats())).collect();
     e.family("ktrdr_ops_host_requests_total", "counter", "Requests to host services, by host, method and endpoint.");
-    for host in hosts {
-        for (method, endpoint, s) in host.stats() {
+    for (host, endpoints) in &stats {
+        for (method, endpoint, s) in endpoints {
             e.sample(
                 "ktrdr_ops_host_requests_total",
-                &[("host", host.name()), ("method", &method), ("endpoint", endpoint)],
+                &[("host", *host), ("method", method), ("endpoint", endpoint)],
                 s.requests as f64,
             );
         }
     }
     e.family("ktrdr_ops_host_request_errors_total", "counter", "Failed host requests, by host, endpoint and class.");
-    for host in hosts {
-        for (method, endpoint, s) in host.stats() {
+    for (host, endpoints) in &stats {
+        for (method, endpoint, s) in endpoints {
             for (class, n) in &s.errors {
-                let labels =
-                    [("host", host.name()), ("method", method.as_str()), ("endpoint", endpoint), ("class", class)];
+                let labels = [("host", *host), ("method", method.as_str()), ("endpoint", endpoint), ("class", class)];
                 e.sample("ktrdr_ops_host_request_errors_total", &labels, *n as f64);
             }
         }
     }
     e.family("ktrdr_ops_host_request_retries_total", "counter", "Host requests repeated after a transient failure.");
-    for host in hosts {
-        for (method, endpoint, s) in host.stats() {
+    for (host, endpoints) in &stats {
+        for (method, endpoint, s) in endpoints {
             e.sample(
                 "ktrdr_ops_host_request_retries_total",
-                &[("host", host.name()), ("method", &method), ("endpoint", endpoint)],
+                &[("host", *host), ("method", method), ("endpoint", endpoint)],
                 s.retries as f64,
             );
         }
     }
     e.family("ktrdr_ops_host_request_duration_seconds", "histogram", "Host request latency, by host and endpoint.");
-    for host in hosts {
-        for (method, endpoint, s) in host.stats() {
+    for (host, endpoints) in &stats {
+        for (method, endpoint, s) in endpoints {
             e.histogram(
                 "ktrdr_ops_host_request_duration_seconds",
-                &[("host", host.name()), ("method", &method), ("endpoint", endpoint)],
+                &[("host", *host), ("method", method), ("endpoint", endpoint)],
                 &s.latency,
             );
         }

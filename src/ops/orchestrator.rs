@@ -214,8 +214,7 @@ impl Lookup {
                         continue;
                     }
                     // Taken over by this replica: followed from memory from now on.
-                    let here = view.inner.registry.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
-                    if let Some(op) = here {
+                    if let Some(op) = view.inner.live(id) {
                         let changes = op.subscribe();
                         *self = Lookup::Live(LiveView { op, changes });
                         continue;
@@ -279,6 +278,33 @@ impl Inner {
     /// Updates the figures kept for metrics.
     fn count(&self, change: impl FnOnce(&mut Figures)) {
         change(&mut self.figures.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The operation, if it runs (or waits to run) in this process.
+    fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).get(operation_id).cloned()
+    }
+
+    /// Every operation running (or waiting to run) in this process, now.
+    fn running(&self) -> Vec<Arc<LiveOperation>> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// The job that picks a stored unfinished operation up again, if its type can.
+    fn reattach(&self, stored: &Snapshot, cause: Resumption) -> Option<BoxedJob> {
+        let ty = self.types.get(stored.record.operation_type.as_str())?;
+        ty.reattach.as_ref()?.reattach(&stored.record, stored.job_state.as_ref(), cause)
+    }
+
+    /// A stored unfinished operation brought back to life in this process (not yet registered),
+    /// rendered by its type.
+    fn revive(&self, stored: &Snapshot, token: CancellationToken) -> Arc<LiveOperation> {
+        let renderer = self
+            .types
+            .get(stored.record.operation_type.as_str())
+            .map(|t| t.renderer.clone())
+            .unwrap_or_else(|| Arc::new(DefaultRenderer));
+        LiveOperation::new(stored.record.clone(), stored.job_state.clone(), renderer, token, self.feed.clone())
     }
 }
 
@@ -381,7 +407,18 @@ impl Orchestrator {
     }
 
     fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
-        self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).get(operation_id).cloned()
+        self.inner.live(operation_id)
+    }
+
+    /// Cancels in the background (for cancels that nobody waits on: one passed on by another
+    /// replica, or carried over from a dead one).
+    fn cancel_in_background(&self, operation_id: String, reason: Option<String>) {
+        let orchestrator = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = orchestrator.cancel(&operation_id, reason).await {
+                tracing::debug!(operation_id, error = %e, "a cancel found nothing to do");
+            }
+        });
     }
 
     /// Stores a new `pending` operation, then starts its job in the background.
@@ -415,7 +452,7 @@ impl Orchestrator {
             }
         }
         inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(id, op.clone());
-        *inner.figures.lock().unwrap_or_else(|e| e.into_inner()).started.entry(ty.name.to_owned()).or_default() += 1;
+        inner.count(|f| *f.started.entry(ty.name.to_owned()).or_default() += 1);
         spawn(inner.clone(), op.clone(), job, false);
         Ok(Submitted::Started(op.snapshot()))
     }
@@ -467,6 +504,10 @@ impl Orchestrator {
     /// (api.md §4). Work that ignores its token past the grace period is aborted.
     pub async fn cancel(&self, operation_id: &str, reason: Option<String>) -> Result<Cancelled, CancelError> {
         let inner = &self.inner;
+        let reason = reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned());
         let Some(op) = self.live(operation_id) else {
             return match inner.store.get(operation_id).await? {
                 None => Err(CancelError::NotFound(operation_id.to_owned())),
@@ -475,22 +516,12 @@ impl Orchestrator {
                 }
                 Some(_) => match self.live(operation_id) {
                     // Stored a moment before it entered the registry: try again with it.
-                    Some(_) => Box::pin(self.cancel(operation_id, reason)).await,
-                    None if inner.settings.cluster.is_some() => {
-                        let reason = reason
-                            .map(|r| r.trim().to_owned())
-                            .filter(|r| !r.is_empty())
-                            .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned());
-                        self.cancel_remote(operation_id, reason).await
-                    }
+                    Some(_) => Box::pin(self.cancel(operation_id, Some(reason))).await,
+                    None if inner.settings.cluster.is_some() => self.cancel_remote(operation_id, reason).await,
                     None => Err(CancelError::NotLocal(operation_id.to_owned())),
                 },
             };
         };
-        let reason = reason
-            .map(|r| r.trim().to_owned())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| DEFAULT_CANCEL_REASON.to_owned());
         match op.request_cancel(&reason) {
             CancelRequest::Terminal(status) => {
                 return Err(CancelError::NotCancellable { id: op.id.clone(), status });
@@ -515,14 +546,12 @@ impl Orchestrator {
             op.settled().await;
         }
         let snapshot = op.snapshot();
-        inner
-            .figures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cancel_latency
-            .entry(snapshot.record.operation_type.clone())
-            .or_insert_with(|| Histogram::new(FAST_BUCKETS))
-            .observe(asked.elapsed().as_secs_f64());
+        inner.count(|f| {
+            f.cancel_latency
+                .entry(snapshot.record.operation_type.clone())
+                .or_insert_with(|| Histogram::new(FAST_BUCKETS))
+                .observe(asked.elapsed().as_secs_f64())
+        });
         match snapshot.record.status {
             Status::Cancelled => Ok(Cancelled {
                 remote_cancelled: snapshot.record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
@@ -540,36 +569,18 @@ impl Orchestrator {
         let owner = (!inner.settings.reconcile_all).then_some(inner.settings.node_id.as_str());
         let (mut reattached, mut failed) = (0, 0);
         for stored in inner.store.unfinished(owner).await? {
-            let record = &stored.record;
-            let ty = inner.types.get(record.operation_type.as_str());
             // Whatever name this node had before, what it finds is its own now.
-            inner.store.adopt(&record.operation_id, &inner.settings.node_id).await?;
-            let job = ty
-                .and_then(|t| t.reattach.as_ref())
-                .and_then(|r| r.reattach(record, stored.job_state.as_ref(), Resumption::Restart));
-            match (ty, job) {
-                (Some(ty), Some(job)) => {
-                    let op = LiveOperation::new(
-                        record.clone(),
-                        stored.job_state.clone(),
-                        ty.renderer.clone(),
-                        inner.root.child_token(),
-                        inner.feed.clone(),
-                    );
+            inner.store.adopt(&stored.record.operation_id, &inner.settings.node_id).await?;
+            match inner.reattach(&stored, Resumption::Restart) {
+                Some(job) => {
+                    let op = inner.revive(&stored, inner.root.child_token());
                     inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
                     tracing::info!(operation_id = %op.id, "re-attached an operation left running by the previous run");
-                    spawn(inner.clone(), op, job, record.status == Status::Running);
+                    spawn(inner.clone(), op, job, stored.record.status == Status::Running);
                     reattached += 1;
                 }
-                _ => {
-                    let renderer = ty.map(|t| t.renderer.clone()).unwrap_or_else(|| Arc::new(DefaultRenderer));
-                    let op = LiveOperation::new(
-                        record.clone(),
-                        stored.job_state.clone(),
-                        renderer,
-                        CancellationToken::new(),
-                        inner.feed.clone(),
-                    );
+                None => {
+                    let op = inner.revive(&stored, CancellationToken::new());
                     if let Some(snapshot) = op.finish(Outcome::Failed(INTERRUPTED.to_owned()), false, None) {
                         inner.store.save(vec![snapshot], &inner.settings.node_id).await?;
                     }
@@ -588,7 +599,7 @@ impl Orchestrator {
     pub async fn sweep(&self, now: time::Timestamp, retention: Duration) -> Result<(u64, u64), StoreError> {
         let (operations, keys) =
             self.inner.store.sweep(now - retention, now - self.inner.settings.idempotency_ttl).await?;
-        self.inner.figures.lock().unwrap_or_else(|e| e.into_inner()).swept += operations;
+        self.inner.count(|f| f.swept += operations);
         if operations + keys > 0 {
             tracing::info!(operations, keys, "retention: deleted old finished operations and idempotency keys");
         }
@@ -626,7 +637,7 @@ impl Orchestrator {
         inner.tasks.close();
         let grace = inner.settings.cancel_grace.min(deadline / 2);
         if timeout(grace, inner.tasks.wait()).await.is_err() {
-            let stuck: Vec<_> = inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            let stuck = inner.running();
             tracing::warn!(operations = stuck.len(), "aborting work that ignored the shutdown");
             for op in stuck {
                 if let Some(handle) = op.abort.get() {

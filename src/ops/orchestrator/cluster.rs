@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use super::{CancelError, Cancelled, DEFAULT_CANCEL_REASON, Inner, Orchestrator, spawn};
 use crate::ops::job::Resumption;
 use crate::ops::live::LiveOperation;
-use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
 use crate::ops::store::{Channel, Claimed, Standing, Store, StoreError};
@@ -110,13 +109,7 @@ impl Orchestrator {
             }
             if Instant::now() >= deadline {
                 tracing::warn!(operation_id, "the owner did not stop the operation in time; recording the cancel here");
-                let op = LiveOperation::new(
-                    record.clone(),
-                    stored.job_state.clone(),
-                    Arc::new(DefaultRenderer),
-                    CancellationToken::new(),
-                    inner.feed.clone(),
-                );
+                let op = inner.revive(&stored, CancellationToken::new());
                 op.request_cancel(&reason);
                 let snapshot =
                     op.finish(Outcome::Cancelled { reason: reason.clone() }, true, None).expect("it was unfinished");
@@ -158,18 +151,14 @@ impl Orchestrator {
                 return;
             }
         }
-        let running: Vec<Arc<LiveOperation>> =
-            inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        let resumable: Vec<Arc<LiveOperation>> = running
+        let resumable: Vec<Arc<LiveOperation>> = inner
+            .running()
             .into_iter()
             .filter(|op| {
                 let snapshot = op.snapshot();
-                let record = &snapshot.record;
-                !record.status.is_terminal()
-                    && record.cancellation.is_none()
-                    && inner.types.get(record.operation_type.as_str()).and_then(|t| t.reattach.as_ref()).is_some_and(
-                        |r| r.reattach(record, snapshot.job_state.as_ref(), Resumption::Takeover).is_some(),
-                    )
+                !snapshot.is_terminal()
+                    && snapshot.record.cancellation.is_none()
+                    && inner.reattach(&snapshot, Resumption::Takeover).is_some()
             })
             .collect();
         if resumable.is_empty() {
@@ -234,9 +223,7 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
                 continue;
             }
         };
-        let running: Vec<Arc<LiveOperation>> =
-            inner.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        for op in running.into_iter().filter(|op| !owned.contains(&op.id)) {
+        for op in inner.running().into_iter().filter(|op| !owned.contains(&op.id)) {
             match inner.store.standing(&op.id).await {
                 Ok(Some(Standing { owner: Some(owner), .. })) if owner != inner.settings.node_id => {
                     tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
@@ -248,10 +235,7 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
                 // in vain: the work (and any host work) stops now.
                 Ok(Some(Standing { finished: true, cancel_reason, .. })) => {
                     tracing::warn!(operation_id = %op.id, "cancelled elsewhere while this replica was unresponsive; stopping it");
-                    let orchestrator = Orchestrator { inner: inner.clone() };
-                    tokio::spawn(async move {
-                        let _ = orchestrator.cancel(&op.id, cancel_reason).await;
-                    });
+                    Orchestrator { inner: inner.clone() }.cancel_in_background(op.id.clone(), cancel_reason);
                 }
                 // Stored after the renewal read the table: still ours.
                 Ok(_) => {}
@@ -301,24 +285,13 @@ async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
 
 async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
     let Claimed { stored, previous_owner: previous, cancel_reason } = claimed;
-    let record = &stored.record;
     let note = format!(
         "{} took this operation over from {previous}, which had stopped or stopped renewing its lease",
         inner.settings.node_id
     );
-    tracing::warn!(operation_id = %record.operation_id, previous_owner = %previous, "taking over an operation");
-    let ty = inner.types.get(record.operation_type.as_str());
-    let job = ty
-        .and_then(|t| t.reattach.as_ref())
-        .and_then(|r| r.reattach(record, stored.job_state.as_ref(), Resumption::Takeover));
-    let renderer = ty.map(|t| t.renderer.clone()).unwrap_or_else(|| Arc::new(DefaultRenderer));
-    let op = LiveOperation::new(
-        record.clone(),
-        stored.job_state.clone(),
-        renderer,
-        inner.root.child_token(),
-        inner.feed.clone(),
-    );
+    tracing::warn!(operation_id = %stored.record.operation_id, previous_owner = %previous, "taking over an operation");
+    let job = inner.reattach(&stored, Resumption::Takeover);
+    let op = inner.revive(&stored, inner.root.child_token());
     inner.remote_cache.forget(&op.id);
     let Some(job) = job else {
         // Asked to stop and cannot go on: it ends as asked.
@@ -346,16 +319,11 @@ async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
     inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
     inner.count(|f| *f.taken_over.entry("resumed").or_default() += 1);
     let id = op.id.clone();
-    spawn(inner.clone(), op, job, record.status == Status::Running);
+    spawn(inner.clone(), op, job, stored.record.status == Status::Running);
     // A cancel asked of the dead replica is carried out here, through the job (which stops its
-    // host work as any cancel does).
+    // remote work as any cancel does).
     if let Some(reason) = cancel_reason {
-        let orchestrator = Orchestrator { inner: inner.clone() };
-        tokio::spawn(async move {
-            if let Err(e) = orchestrator.cancel(&id, Some(reason)).await {
-                tracing::debug!(operation_id = %id, error = %e, "a cancel carried over found nothing to do");
-            }
-        });
+        Orchestrator { inner: inner.clone() }.cancel_in_background(id, Some(reason));
     }
 }
 
@@ -449,12 +417,7 @@ async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
         if let Some(op) = orchestrator.live(&id)
             && op.snapshot().record.cancellation.is_none()
         {
-            let orchestrator = orchestrator.clone();
-            tokio::spawn(async move {
-                if let Err(e) = orchestrator.cancel(&id, Some(reason)).await {
-                    tracing::debug!(operation_id = %id, error = %e, "a requested cancel found nothing to do");
-                }
-            });
+            orchestrator.cancel_in_background(id, Some(reason));
         }
     };
     let mut announcements = None;
