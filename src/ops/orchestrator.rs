@@ -738,7 +738,7 @@ fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_runni
 /// from the registry, waiters woken; then the remote stop, if cancelled work was on a host.
 async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, forced: bool) {
     if op.is_abandoned() {
-        // The replica that took it over records the outcome; its host work is not stopped.
+        // The replica that took it over records the outcome; its remote work is not stopped.
         inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
         op.mark_settled();
         return;

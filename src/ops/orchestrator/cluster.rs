@@ -232,7 +232,7 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
                     op.mark_settled();
                 }
                 // Another replica recorded the cancel it passed on, having waited for this one
-                // in vain: the work (and any host work) stops now.
+                // in vain: the work (and any remote work) stops now.
                 Ok(Some(Standing { finished: true, cancel_reason, .. })) => {
                     tracing::warn!(operation_id = %op.id, "cancelled elsewhere while this replica was unresponsive; stopping it");
                     Orchestrator { inner: inner.clone() }.cancel_in_background(op.id.clone(), cancel_reason);
