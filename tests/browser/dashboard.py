@@ -82,11 +82,15 @@ def main():
             page.goto(BASE + "/")
             page.wait_for_function("() => performance.getEntriesByName('operations-painted').length > 0",
                                    timeout=15000)
+            # The first screenful paints first; the rows below it follow in the next task.
+            page.wait_for_function("() => performance.getEntriesByName('operations-complete').length > 0",
+                                   timeout=15000)
             timing = page.evaluate("""() => {
                 const nav = performance.getEntriesByType("navigation")[0];
                 return {
                     painted: performance.getEntriesByName("operations-painted")[0].startTime,
                     rendered: performance.getEntriesByName("operations-rendered")[0].startTime,
+                    complete: performance.getEntriesByName("operations-complete")[0].startTime,
                     loaded: nav.loadEventEnd,
                     rows: document.querySelectorAll("#rows tr").length,
                 };
@@ -94,7 +98,7 @@ def main():
             after_load = timing["painted"] - timing["loaded"]
             print(f"first paint of the list with {timing['rows']} operations: {after_load:.0f} ms after load "
                   f"({timing['painted']:.0f} ms after navigation started; page loaded at {timing['loaded']:.0f} ms, "
-                  f"list rendered at {timing['rendered']:.0f} ms)")
+                  f"first rows rendered at {timing['rendered']:.0f} ms, all rows at {timing['complete']:.0f} ms)")
             check(timing["rows"] >= 1000, f"{timing['rows']} rows")
             # The target is 300 ms; CI machines vary, so the test allows 1 s and prints the figure.
             check(after_load <= 1000, f"the list painted {after_load:.0f} ms after load")
