@@ -56,6 +56,7 @@ async fn main() {
         retry: RetryPolicy { attempts: 3, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) },
         health_timeout: Duration::from_secs(1),
         health_ttl: Duration::from_secs(5),
+        stall_notice: Duration::from_secs(10),
         bearer: None,
     })
     .unwrap();

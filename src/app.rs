@@ -160,6 +160,7 @@ fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSett
         },
         health_timeout: hosts.health_timeout.0,
         health_ttl: hosts.health_ttl.0,
+        stall_notice: hosts.stall_notice.0,
         bearer: None,
     }
 }
@@ -223,6 +224,8 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             segment_attempts: config.data.segment_attempts.max(1),
             retry_base_delay: config.data.retry_base_delay.0,
             tail_default_lookback: config.data.tail_default_lookback.0,
+            wait_for_gateway: config.data.wait_for_gateway,
+            stall_notice: config.hosts.stall_notice.0,
         },
     };
     let training = TrainingService {

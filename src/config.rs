@@ -69,6 +69,7 @@ pub struct DataConfig {
     pub retry_base_delay: HumanDuration,
     pub tail_default_lookback: HumanDuration,
     pub frame_cache_rows: usize,
+    pub wait_for_gateway: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +129,7 @@ pub struct HostsConfig {
     pub retry_max_delay: HumanDuration,
     pub health_timeout: HumanDuration,
     pub health_ttl: HumanDuration,
+    pub stall_notice: HumanDuration,
     pub ib: IbHostConfig,
     pub training: TrainingHostConfig,
 }
@@ -197,6 +199,9 @@ pub struct SimConfig {
     pub training_batches: u32,
     pub training_fail_at_epoch: u32,
     pub training_ignore_cancel: bool,
+    pub gateway_connected: bool,
+    pub gateway_hang_ms: u64,
+    pub training_status_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -188,6 +188,12 @@ struct SimKnobArgs {
     /// Acknowledge training stops but keep training (sim.training_ignore_cancel).
     #[arg(long)]
     sim_ignore_cancel: bool,
+    /// Start with the IB gateway disconnected: data calls hang, then fail (sim.gateway_connected).
+    #[arg(long)]
+    sim_gateway_down: bool,
+    /// How long data calls hang while the gateway is down, in milliseconds (sim.gateway_hang_ms).
+    #[arg(long, value_name = "N")]
+    sim_gateway_hang_ms: Option<u64>,
 }
 
 impl SimKnobArgs {
@@ -199,6 +205,10 @@ impl SimKnobArgs {
         if self.sim_ignore_cancel {
             sources.set("sim.training_ignore_cancel", Some("true"));
         }
+        if self.sim_gateway_down {
+            sources.set("sim.gateway_connected", Some("false"));
+        }
+        sources.set("sim.gateway_hang_ms", self.sim_gateway_hang_ms);
     }
 }
 

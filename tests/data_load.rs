@@ -387,3 +387,197 @@ async fn under_ibs_pacing_rules_the_simulator_sees_no_violation() {
     let waited = began.elapsed();
     assert!(waited >= Duration::from_secs(9), "the window rule held requests back: {waited:?}");
 }
+
+/// The simulator's IB gateway goes down or comes back (`POST /sim/gateway`).
+async fn switch_gateway(app: &TestApp, connected: bool) {
+    let response =
+        app.http.post(format!("{}/sim/gateway", app.ib_url())).json(&json!({ "connected": connected })).send().await;
+    assert_eq!(response.unwrap().status(), 200);
+}
+
+/// Polls the record until `check` holds (at most `within`).
+async fn until(app: &TestApp, id: &str, within: Duration, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let record = app.record(id).await;
+        if check(&record) {
+            return record;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never happened: {record}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn step(record: &Value) -> &str {
+    record["progress"]["current_step"].as_str().unwrap_or("")
+}
+
+const GATEWAY_DOWN: &str = "the IB host reports its gateway is not connected — start or log in to TWS/IB Gateway";
+
+#[tokio::test]
+async fn with_the_gateway_down_a_load_fails_within_two_seconds_naming_the_cause() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.gateway_connected = false;
+        c.sim.gateway_hang_ms = 300_000;
+    })
+    .await;
+    let (_, health) = app.get("/api/v1/health").await;
+    assert_eq!(health["hosts"]["ib"]["reachable"], true, "the host itself answers: {health}");
+    assert_eq!(health["hosts"]["ib"]["gateway_connected"], false, "{health}");
+
+    let began = std::time::Instant::now();
+    let id =
+        load(&app, json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "tail", "start_date": "2024-01-01" })).await;
+    let record = finished(&app, &id).await;
+    let took = began.elapsed();
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error_message"], GATEWAY_DOWN, "{record}");
+    assert!(took < Duration::from_secs(2), "failed after {took:?}");
+    assert_eq!(app.ib_stats().await["requests"]["/data/validate"], Value::Null, "no data call was made");
+
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("\nktrdr_ops_ib_gateway_connected 0\n"), "{metrics}");
+    switch_gateway(&app, true).await;
+    // Health reuses the host's answer for health_ttl; a load asks afresh when it must.
+    let id =
+        load(&app, json!({ "symbol": "AAPL", "timeframe": "1d", "mode": "tail", "start_date": "2024-01-01" })).await;
+    let record = finished(&app, &id).await;
+    assert!(["completed", "failed"].contains(&record["status"].as_str().unwrap()), "{record}");
+}
+
+#[tokio::test]
+async fn waiting_for_the_gateway_a_load_waits_in_its_step_is_cancellable_and_completes_when_it_is_back() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.gateway_connected = false;
+        c.sim.gateway_hang_ms = 300_000;
+        c.data.wait_for_gateway = true;
+    })
+    .await;
+    let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "tail",
+                       "start_date": "2024-01-01", "end_date": "2024-02-29" });
+    let waiting = load(&app, body.clone()).await;
+    let cancelled =
+        load(&app, json!({ "symbol": "MSFT", "timeframe": "1h", "mode": "tail", "start_date": "2024-01-01" })).await;
+    for id in [&waiting, &cancelled] {
+        let record = until(&app, id, Duration::from_secs(10), "waiting for the gateway", |r| {
+            step(r).contains("waiting for the IB gateway to connect")
+        })
+        .await;
+        assert_eq!(record["status"], "running", "{record}");
+    }
+    let began = std::time::Instant::now();
+    let (status, answer) = app.delete(&format!("/api/v1/operations/{cancelled}")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(began.elapsed() < Duration::from_millis(500), "DELETE took {:?}", began.elapsed());
+    assert_eq!(app.record(&cancelled).await["status"], "cancelled");
+
+    // Seconds count up while it waits.
+    until(&app, &waiting, Duration::from_secs(10), "a second waited", |r| step(r).contains(", 2 s so far")).await;
+    switch_gateway(&app, true).await;
+    let record = finished(&app, &waiting).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(record["result_summary"]["rows_downloaded"].as_u64().unwrap() > 0, "{record}");
+    let warnings = record["warnings"].to_string();
+    assert!(warnings.contains("s for the IB gateway to connect"), "{warnings}");
+}
+
+#[tokio::test]
+async fn when_the_host_finally_answers_not_found_the_gateway_is_named_with_the_hosts_words() {
+    let app = TestApp::spawn_with_sim(|c| c.sim.gateway_hang_ms = 300).await;
+    // A first load leaves the gateway's state cached as connected…
+    let id =
+        load(&app, json!({ "symbol": "AAPL", "timeframe": "1d", "mode": "tail", "start_date": "2024-01-01" })).await;
+    assert_eq!(finished(&app, &id).await["status"], "completed");
+    // …so the next one goes straight to the host, which hangs and says the symbol is unknown.
+    switch_gateway(&app, false).await;
+    let id =
+        load(&app, json!({ "symbol": "MSFT", "timeframe": "1d", "mode": "tail", "start_date": "2024-01-01" })).await;
+    let record = finished(&app, &id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    let message = record["error_message"].as_str().unwrap();
+    assert!(message.starts_with(GATEWAY_DOWN), "{message}");
+    assert!(message.contains("Symbol MSFT not found"), "the host's own words are kept: {message}");
+}
+
+#[tokio::test]
+async fn a_gateway_lost_mid_load_is_found_when_the_call_stalls_and_the_load_fails_keeping_its_bars() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.latency_ms = 30;
+        c.sim.gateway_hang_ms = 300_000;
+        c.hosts.stall_notice = ktrdr_ops::time::HumanDuration(Duration::from_millis(500));
+    })
+    .await;
+    let body = json!({ "symbol": "AAPL", "timeframe": "1m", "mode": "backfill",
+                       "start_date": "2024-01-02", "end_date": "2024-03-29" });
+    let id = load(&app, body).await;
+    until(&app, &id, Duration::from_secs(20), "a few segments", |r| {
+        r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3
+    })
+    .await;
+    switch_gateway(&app, false).await;
+    let switched = std::time::Instant::now();
+    let record = until(&app, &id, Duration::from_secs(10), "the stall noticed", |r| {
+        step(r).contains("no answer from the IB host for") || r["status"] != "running"
+    })
+    .await;
+    assert!(step(&record).contains("attempt 1 of 1, giving up at 60 s"), "{record}");
+    let record = finished(&app, &id).await;
+    let took = switched.elapsed();
+    assert_eq!(record["status"], "failed", "{record}");
+    assert!(record["error_message"].as_str().unwrap().starts_with(GATEWAY_DOWN), "{record}");
+    assert!(took < Duration::from_secs(4), "failed {took:?} after the gateway went down");
+    let warnings = record["warnings"].to_string();
+    assert!(warnings.contains("no answer from the IB host") && warnings.contains("abandoned"), "{warnings}");
+    let saved = read_csv(&cache_file(&app, "AAPL_1m.csv")).unwrap();
+    assert!(!saved.is_empty(), "the segments fetched before are kept");
+}
+
+#[tokio::test]
+async fn a_stalled_host_call_shows_in_the_step_and_the_stream_and_a_cancel_abandons_it_at_once() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.latency_ms = 30_000;
+        c.hosts.stall_notice = ktrdr_ops::time::HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    let id =
+        load(&app, json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "tail", "start_date": "2024-01-01" })).await;
+    let began = std::time::Instant::now();
+    let (events, _) = common::read_sse_until(
+        &app.http,
+        &app.url(&format!("/api/v1/operations/{id}/events")),
+        None,
+        Duration::from_secs(5),
+        |events| {
+            events.iter().any(|e| e.data["progress"]["current_step"].as_str().unwrap_or("").contains("no answer from"))
+        },
+    )
+    .await;
+    let noticed = began.elapsed();
+    let last = events.last().expect("events arrived");
+    let step_text = last.data["progress"]["current_step"].as_str().unwrap();
+    assert!(
+        step_text.contains("no answer from the IB host for 1 s — attempt 1 of 3, giving up at 60 s"),
+        "{step_text}"
+    );
+    assert!(noticed < Duration::from_millis(2500), "noticed after {noticed:?}");
+
+    let began = std::time::Instant::now();
+    let (status, answer) = app.delete(&format!("/api/v1/operations/{id}")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(began.elapsed() < Duration::from_millis(500), "DELETE took {:?}", began.elapsed());
+    let record = app.record(&id).await;
+    assert_eq!(record["status"], "cancelled");
+    let warnings = record["warnings"].to_string();
+    assert!(
+        warnings.contains("no answer from the IB host") && warnings.contains("the call was abandoned"),
+        "{warnings}"
+    );
+    // The simulator saw the client hang up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.ib_stats().await["dropped_requests"].as_u64().unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the host call was not abandoned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ktrdr_ops_host_stalls_total{host=\"ib\"} 1"), "{metrics}");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ktrdr_ops::config::Config;
 use ktrdr_ops::data::timeframe::Timeframe;
-use ktrdr_ops::hosts::ib::IbError;
+use ktrdr_ops::hosts::ib::{Gateway, IbError};
 use ktrdr_ops::hosts::training::{HostStatus, PollError, Protocol, StartError, StartRequest};
 use ktrdr_ops::hosts::{Call, HostClient, HostErrorKind, HostSettings, Hosts, RetryPolicy};
 use ktrdr_ops::sim::ib::IbKnobs;
@@ -137,6 +137,51 @@ async fn ib_errors_are_classified_from_the_hosts_own_answers() {
 }
 
 #[tokio::test]
+async fn the_simulated_gateway_goes_down_and_comes_back_as_the_real_one_does() {
+    let rig = ib_rig(IbKnobs { gateway_connected: false, gateway_hang_ms: 400, ..IbKnobs::default() }).await;
+    let ib = &rig.hosts.ib;
+    // The host itself is healthy; only the detailed health tells.
+    assert!(ib.host().health().await.reachable);
+    assert_eq!(ib.health_detailed(&no_token()).await.unwrap()["ib_gateway_connected"], false);
+    assert_eq!(ib.gateway(true).await, Gateway::Disconnected);
+    // Data calls hang, then answer 200 with success: false and "not found".
+    let began = Instant::now();
+    let bars =
+        ib.historical("AAPL", "1h", t("2024-01-02T00:00:00Z"), t("2024-01-05T00:00:00Z"), &no_token(), |_| {}).await;
+    assert!(began.elapsed() >= Duration::from_millis(400), "{:?}", began.elapsed());
+    assert!(matches!(&bars, Err(IbError::UnknownSymbol(m)) if m == "Symbol AAPL not found"), "{bars:?}");
+    assert!(matches!(ib.validate("AAPL", &["1h"], &no_token()).await, Err(IbError::UnknownSymbol(_))));
+    assert_eq!(ib.head_timestamp("AAPL", "1h", None, &no_token()).await.unwrap(), None);
+
+    let switched = rig
+        .http
+        .post(format!("{}/sim/gateway", rig.sims.ib_url()))
+        .json(&json!({ "connected": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(switched.status(), 200);
+    // The last answer is reused for health_ttl unless a fresh one is asked for.
+    assert_eq!(ib.gateway(false).await, Gateway::Disconnected);
+    assert_eq!(ib.gateway(true).await, Gateway::Connected);
+    assert!(ib.validate("AAPL", &["1h"], &no_token()).await.unwrap().is_valid);
+    let bad =
+        rig.http.post(format!("{}/sim/gateway", rig.sims.ib_url())).json(&json!({ "up": 1 })).send().await.unwrap();
+    assert_eq!(bad.status(), 422);
+}
+
+#[tokio::test]
+async fn a_host_without_detailed_health_leaves_the_gateway_unknown() {
+    let (url, _) = always_503().await;
+    let ib = ktrdr_ops::hosts::ib::IbClient::new(
+        client(&url, 1),
+        Arc::new(ktrdr_ops::hosts::pacing::PacingLimiter::new(None)),
+    );
+    assert_eq!(ib.gateway(true).await, Gateway::Unknown);
+    assert_eq!(ib.gateway(true).await.connected(), None);
+}
+
+#[tokio::test]
 async fn a_pacing_violation_from_the_host_holds_the_client_back() {
     // The sim judges clients by IB's rules; this client does not pace.
     let rig = ib_rig(IbKnobs { pacing: true, ..IbKnobs::default() }).await;
@@ -224,6 +269,7 @@ fn client(url: &str, attempts: u32) -> HostClient {
         retry: RetryPolicy { attempts, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) },
         health_timeout: Duration::from_secs(1),
         health_ttl: Duration::from_secs(5),
+        stall_notice: Duration::from_secs(10),
         bearer: None,
     })
     .unwrap()

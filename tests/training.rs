@@ -205,6 +205,41 @@ async fn a_host_that_ignores_the_stop_is_recorded_honestly(protocol: SimTraining
     assert!(record["cancellation"]["remote"]["acknowledged_at"].is_string());
 }
 
+/// Changes some of the training simulator's knobs, keeping the others.
+async fn training_knobs(app: &TestApp, change: Value) {
+    let url = format!("{}/sim/knobs", app.training_url());
+    let mut knobs: Value = app.http.get(&url).send().await.unwrap().json().await.unwrap();
+    for (key, value) in change.as_object().unwrap() {
+        knobs[key] = value.clone();
+    }
+    assert_eq!(app.http.put(&url).json(&knobs).send().await.unwrap().status(), 200);
+}
+
+async fn a_stalled_training_host_shows_in_the_step_and_is_kept_in_the_warnings(protocol: SimTrainingProtocol) {
+    let rig =
+        rig(protocol, 20, |c| c.hosts.stall_notice = ktrdr_ops::time::HumanDuration(Duration::from_secs(1))).await;
+    rig.write_data("EURUSD", "1h");
+    let id = rig.train(json!({ "strategy_name": "short" })).await;
+    rig.until(&id, "running on the host", |r| r["progress"]["context"]["host_status"] == "running").await;
+    training_knobs(&rig.app, json!({ "status_delay_ms": 2500 })).await;
+    let stalled = rig
+        .until(&id, "the stall shown", |r| {
+            r["progress"]["current_step"].as_str().unwrap_or("").contains("no answer from the training host for 1 s")
+        })
+        .await;
+    let step = stalled["progress"]["current_step"].as_str().unwrap();
+    assert!(step.contains("— attempt 1 of 3, giving up at 60 s"), "{step}");
+    assert_eq!(stalled["status"], "running");
+    training_knobs(&rig.app, json!({ "status_delay_ms": 0 })).await;
+    let record = rig.until(&id, "the end", is_final).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let warnings = record["warnings"].to_string();
+    assert!(
+        warnings.contains("no answer from the training host") && warnings.contains("it answered after"),
+        "{warnings}"
+    );
+}
+
 async fn a_training_on_data_loaded_by_the_service_succeeds_and_one_without_data_fails(protocol: SimTrainingProtocol) {
     let rig = rig(protocol, 5, |_| {}).await;
     let (_, answer) =
@@ -227,6 +262,7 @@ both_generations!(
     cancel_stops_at_once_and_records_the_hosts_acknowledgement,
     a_host_that_ignores_the_stop_is_recorded_honestly,
     a_training_on_data_loaded_by_the_service_succeeds_and_one_without_data_fails,
+    a_stalled_training_host_shows_in_the_step_and_is_kept_in_the_warnings,
 );
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! `GET /api/v1/health`: 200 while the service itself works, with the database's state, each
-//! host's reachability (probed with a short timeout, cached) and the number of active operations
+//! host's reachability (probed with a short timeout, cached), whether the IB host's gateway is
+//! connected, and the number of active operations
 //! (api.md §7).
 
 use std::time::Duration;
@@ -11,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::AppState;
-use crate::api::schemas::{ActiveOperations, Health, HostsHealth, TrainingHealth};
+use crate::api::schemas::{ActiveOperations, Health, HostsHealth, IbHealth, TrainingHealth};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
@@ -32,9 +33,10 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         });
         training.protocol(&token).await.ok().map(|p| p.as_str())
     };
-    let (database, ib, training_health, protocol, replicas) = tokio::join!(
+    let (database, ib, gateway, training_health, protocol, replicas) = tokio::join!(
         store.ping(),
         state.hosts.ib.host().health(),
+        state.hosts.ib.gateway(false),
         training.host().health(),
         protocol,
         state.orchestrator.replicas()
@@ -54,7 +56,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         node_id: state.orchestrator.settings().node_id.clone(),
         replicas: replicas.unwrap_or_default(),
         hosts: HostsHealth {
-            ib,
+            ib: IbHealth { report: ib, gateway_connected: gateway.connected() },
             training: TrainingHealth { report: training_health, protocol: protocol.map(str::to_owned) },
         },
         operations: ActiveOperations { active: state.orchestrator.active_count() as u64 },

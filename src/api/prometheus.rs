@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text format — operations started and finished by type and status,
 //! durations, cancel latency, active operations, host requests, errors and latency by host and
-//! endpoint, IB pacing waits, store write latency. Every name starts with `ktrdr_ops_`.
+//! endpoint, stalled host calls, the IB gateway's state, IB pacing waits, store write latency. Every name starts with `ktrdr_ops_`.
 
 use axum::extract::State;
 use axum::http::HeaderValue;
@@ -68,6 +68,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 
     let hosts: [&HostClient; 2] = [state.hosts.ib.host(), state.hosts.training.host()];
+    e.family(
+        "ktrdr_ops_host_stalls_total",
+        "counter",
+        "Host calls made for an operation that went without an answer for hosts.stall_notice, by host.",
+    );
+    for host in hosts {
+        e.sample("ktrdr_ops_host_stalls_total", &[("host", host.name())], host.stalls() as f64);
+    }
+    // Left out while the IB host does not say (unreachable, or no /health/detailed).
+    if let Some(connected) = state.hosts.ib.gateway(false).await.connected() {
+        e.family(
+            "ktrdr_ops_ib_gateway_connected",
+            "gauge",
+            "1 while the IB host reports its gateway (TWS / IB Gateway) connected, 0 while it reports it down.",
+        );
+        e.sample("ktrdr_ops_ib_gateway_connected", &[], f64::from(u8::from(connected)));
+    }
     // One copy of each host's counters, read once for all four families.
     let stats: Vec<_> = hosts.iter().map(|host| (host.name(), host.stats())).collect();
     e.family("ktrdr_ops_host_requests_total", "counter", "Requests to host services, by host, method and endpoint.");

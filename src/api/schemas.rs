@@ -254,8 +254,18 @@ pub struct Health {
 
 #[derive(Serialize, ToSchema)]
 pub struct HostsHealth {
-    pub ib: HealthReport,
+    pub ib: IbHealth,
     pub training: TrainingHealth,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IbHealth {
+    #[serde(flatten)]
+    pub report: HealthReport,
+    /// Whether the gateway (TWS / IB Gateway) behind the IB host is connected, as the host's
+    /// `/health/detailed` says; `null` when the host did not say. A host can be reachable while
+    /// its gateway is down, and then no data can be loaded.
+    pub gateway_connected: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -100,6 +100,7 @@ impl Client {
             },
             health_timeout: Duration::from_secs(2),
             health_ttl: Duration::ZERO,
+            stall_notice: Duration::from_secs(10),
             bearer: token.filter(|t| !t.is_empty()),
         })?;
         Ok(Self { host, url, json })

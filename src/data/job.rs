@@ -10,10 +10,12 @@ use serde_json::json;
 use crate::data::calendar::{self, InstrumentKind};
 use crate::data::frame::{Bars, to_timestamp};
 use crate::data::gaps::{self, Gap};
+use crate::data::gateway::GatewayGuard;
 use crate::data::plan::{self, Cached, Window};
 use crate::data::repository::Repository;
 use crate::data::request::{LoadSpec, Mode};
 use crate::hosts::ib::{IbClient, IbError};
+use crate::hosts::stall::{StallReporter, observe_stalls};
 use crate::ops::{Job, JobContext, JobError, JobResult, ProgressReporter};
 use crate::time;
 
@@ -27,6 +29,11 @@ pub struct LoadSettings {
     pub retry_base_delay: Duration,
     /// A tail load without a start date and without a cache begins this long before now.
     pub tail_default_lookback: Duration,
+    /// With the IB gateway reported down: wait for it (true) or fail at once (false).
+    pub wait_for_gateway: bool,
+    /// A host call without an answer this long is shown in the step, and makes the load ask
+    /// the IB host about its gateway.
+    pub stall_notice: Duration,
 }
 
 pub struct DataLoadJob {
@@ -56,6 +63,16 @@ struct Downloads {
 
 impl Job for DataLoadJob {
     async fn run(self, ctx: JobContext) -> JobResult {
+        let progress = ctx.progress();
+        let warnings = ctx.progress();
+        let stalls =
+            StallReporter::observer(move |notice| progress.detail(notice), move |summary| warnings.warn(summary));
+        observe_stalls(stalls, self.load(ctx)).await
+    }
+}
+
+impl DataLoadJob {
+    async fn load(self, ctx: JobContext) -> JobResult {
         let began = Instant::now();
         let Self { spec, ib, repository, settings } = self;
         let (symbol, timeframe, mode) = (spec.symbol.clone(), spec.timeframe, spec.mode);
@@ -68,18 +85,21 @@ impl Job for DataLoadJob {
             ("mode".to_owned(), json!(mode.as_str())),
         ]);
         let token = ctx.token().clone();
+        let gateway =
+            GatewayGuard { ib: &ib, ctx: &ctx, wait: settings.wait_for_gateway, stall_notice: settings.stall_notice };
 
         // 1. The symbol, as IB knows it (and its head timestamp, when IB says).
         progress.start_step(format!("Validating symbol {sym}"), 1, 0.0..5.0);
         let mut head = None;
         if mode != Mode::Local {
-            match ib.validate(sym, &[tf], &token).await {
+            let timeframes = [tf];
+            match gateway.call(|| ib.validate(sym, &timeframes, &token)).await {
                 Ok(v) if v.is_valid => head = v.head(tf),
                 Ok(v) => {
                     return Err(JobError::Failed(v.error_message.unwrap_or_else(|| format!("Symbol {sym} not found"))));
                 }
                 Err(IbError::Cancelled) => return Err(JobError::Cancelled),
-                Err(IbError::UnknownSymbol(m)) => return Err(JobError::Failed(m)),
+                Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => return Err(JobError::Failed(m)),
                 Err(e) => return Err(JobError::Failed(format!("could not validate {sym} with the IB host: {e}"))),
             }
         }
@@ -109,9 +129,10 @@ impl Job for DataLoadJob {
         // 3. The range: never before IB's first bar, never after now.
         progress.start_step(format!("Validating date range for {sym}"), 3, 15.0..20.0);
         if mode != Mode::Local && head.is_none() {
-            head = match ib.head_timestamp(sym, tf, None, &token).await {
+            head = match gateway.call(|| ib.head_timestamp(sym, tf, None, &token)).await {
                 Ok(head) => head,
                 Err(IbError::Cancelled) => return Err(JobError::Cancelled),
+                Err(IbError::GatewayDown(m)) => return Err(JobError::Failed(m)),
                 Err(e) => {
                     ctx.warn(format!("head timestamp unknown: {e}"));
                     None
@@ -176,8 +197,7 @@ impl Job for DataLoadJob {
         for (i, segment) in segments.iter().enumerate() {
             let label = format!("segment {}/{n} {} to {}", i + 1, minute(segment.start), minute(segment.end));
             progress.step_progress(i as u64, n as u64, Some(downloads.rows_downloaded), Some(label.clone()));
-            let outcome =
-                fetch_segment(&ib, &spec, *segment, &settings, &progress, &label, &token, &mut downloads).await;
+            let outcome = fetch_segment(&gateway, &spec, *segment, &settings, &progress, &label, &mut downloads).await;
             match outcome {
                 Ok(()) => {}
                 Err(SegmentStop::Cancelled) => {
@@ -249,18 +269,18 @@ enum SegmentStop {
 }
 
 /// Fetches one segment: retries transient errors with backoff (each try through the pacing
-/// limiter), retries after a pacing violation once the limiter allows, clamps to IB's head.
-#[allow(clippy::too_many_arguments)]
+/// limiter), retries after a pacing violation once the limiter allows, clamps to IB's head. A
+/// gateway reported down stops the load (or waits for it, as the guard is set).
 async fn fetch_segment(
-    ib: &IbClient,
+    gateway: &GatewayGuard<'_>,
     spec: &LoadSpec,
     segment: Window,
     settings: &LoadSettings,
     progress: &ProgressReporter,
     label: &str,
-    token: &tokio_util::sync::CancellationToken,
     downloads: &mut Downloads,
 ) -> Result<(), SegmentStop> {
+    let token = gateway.ctx.token();
     const PACING_RETRIES: u32 = 3;
     let (sym, tf) = (spec.symbol.as_str(), spec.timeframe.as_str());
     let mut start = segment.start;
@@ -270,7 +290,8 @@ async fn fetch_segment(
         let on_wait = |left: Duration| {
             progress.detail(format!("{label}: waiting for IB pacing ({} s)", left.as_secs_f64().ceil() as u64))
         };
-        let result = ib.historical(sym, tf, to_timestamp(start), to_timestamp(segment.end), token, on_wait).await;
+        let (from, to) = (to_timestamp(start), to_timestamp(segment.end));
+        let result = gateway.call(|| gateway.ib.historical(sym, tf, from, to, token, on_wait)).await;
         if !matches!(result, Err(IbError::Cancelled)) {
             downloads.requests += 1;
         }
@@ -298,7 +319,7 @@ async fn fetch_segment(
                 return Ok(());
             }
             Err(IbError::Cancelled) => return Err(SegmentStop::Cancelled),
-            Err(IbError::UnknownSymbol(m)) => return Err(SegmentStop::Fatal(m)),
+            Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => return Err(SegmentStop::Fatal(m)),
             Err(IbError::BeforeHead { head, message }) => {
                 let head = head.timestamp();
                 if head > start && head <= segment.end {

@@ -4,6 +4,7 @@
 pub mod calendar;
 pub mod frame;
 pub mod gaps;
+pub mod gateway;
 pub mod job;
 pub mod plan;
 pub mod renderer;

@@ -1,9 +1,10 @@
 //! The IB host service's protocol (hosts.md §1): historical bars (through the pacing limiter),
-//! symbol validation, head timestamps, health. Domain errors arrive as HTTP 200 with
-//! `"success": false`; they are classified here into what a caller can act on.
+//! symbol validation, head timestamps, health and the state of the gateway behind the host.
+//! Domain errors arrive as HTTP 200 with `"success": false`; they are classified here into what a
+//! caller can act on.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -11,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hosts::pacing::{PacingKey, PacingLimiter};
 use crate::hosts::{Call, HostClient, HostError, HostErrorKind, Retry};
+
+/// Said when the IB host reports its gateway disconnected: the cause, and what to do about it.
+pub const GATEWAY_DOWN: &str = "the IB host reports its gateway is not connected — start or log in to TWS/IB Gateway";
 use crate::time::{self, Timestamp};
 
 /// One OHLCV bar.
@@ -45,8 +49,31 @@ pub enum IbError {
     /// The request itself was refused (4xx, unreadable answer): retrying will not help.
     #[error("{0}")]
     Rejected(String),
+    /// The IB host reports its gateway disconnected: nothing IB-side can succeed until it is back.
+    #[error("{0}")]
+    GatewayDown(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+/// What the IB host says of its gateway (`/health/detailed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gateway {
+    Connected,
+    Disconnected,
+    /// The host did not say (no answer in time, or a host without `/health/detailed`).
+    Unknown,
+}
+
+impl Gateway {
+    /// `ib_gateway_connected` as our health endpoint reports it.
+    pub fn connected(self) -> Option<bool> {
+        match self {
+            Gateway::Connected => Some(true),
+            Gateway::Disconnected => Some(false),
+            Gateway::Unknown => None,
+        }
+    }
 }
 
 impl From<HostError> for IbError {
@@ -160,11 +187,42 @@ struct HeadAnswer {
 pub struct IbClient {
     host: HostClient,
     pacing: Arc<PacingLimiter>,
+    /// The last gateway state the host reported, and when.
+    gateway: Arc<Mutex<Option<(Instant, Gateway)>>>,
 }
 
 impl IbClient {
     pub fn new(host: HostClient, pacing: Arc<PacingLimiter>) -> Self {
-        Self { host, pacing }
+        Self { host, pacing, gateway: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Whether the host's gateway is connected, as `/health/detailed` says. The answer is reused
+    /// for the health probes' `health_ttl` unless `fresh` asks for a new one (after a call
+    /// stalled or failed). Asked with the health probes' short timeout: a host too slow to
+    /// answer is `Unknown`, never a reason to wait.
+    pub async fn gateway(&self, fresh: bool) -> Gateway {
+        let settings = self.host.settings();
+        if !fresh
+            && let Some((at, state)) = *self.gateway.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < settings.health_ttl
+        {
+            return state;
+        }
+        let call =
+            Call::get("/health/detailed", "/health/detailed").timeout(settings.health_timeout).retry(Retry::Never);
+        let state = match self.host.json::<Value>(&call, &CancellationToken::new()).await {
+            Ok(body) => match body.get("ib_gateway_connected").and_then(Value::as_bool) {
+                Some(true) => Gateway::Connected,
+                Some(false) => Gateway::Disconnected,
+                None => Gateway::Unknown,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "IB gateway state unknown");
+                Gateway::Unknown
+            }
+        };
+        *self.gateway.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), state));
+        state
     }
 
     pub fn host(&self) -> &HostClient {

@@ -2,15 +2,18 @@
 //! `reqwest::Client` per host, timeouts, cancellation (every call races the caller's token and
 //! drops the request the moment it fires), retries with exponential backoff and jitter only where
 //! repeating is safe, errors that carry the host's own message, a cached health probe and
-//! per-endpoint counters and latency histograms. `ib` and `training` speak the two protocols.
+//! per-endpoint counters and latency histograms, and stalled calls reported to the operation that
+//! made them (`stall`). `ib` and `training` speak the two protocols.
 //! Depends on nothing domain-side.
 
 pub mod ib;
 pub mod pacing;
+pub mod stall;
 pub mod training;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +48,8 @@ pub struct HostSettings {
     pub health_ttl: Duration,
     /// Sent as `Authorization: Bearer …` on every request, when set.
     pub bearer: Option<String>,
+    /// A call without an answer for this long is reported to the operation that made it.
+    pub stall_notice: Duration,
 }
 
 /// Exponential backoff with full jitter.
@@ -326,6 +331,8 @@ struct Inner {
     http: reqwest::Client,
     stats: Mutex<HashMap<(Method, &'static str), EndpointStats>>,
     health: Mutex<Option<(Instant, HealthReport)>>,
+    /// Calls that went without an answer for `stall_notice` (counted once each).
+    stalls: AtomicU64,
 }
 
 impl HostClient {
@@ -340,7 +347,13 @@ impl HostClient {
             .build()
             .map_err(|e| format!("{} host client: {e}", settings.name))?;
         Ok(Self {
-            inner: Arc::new(Inner { settings, http, stats: Mutex::new(HashMap::new()), health: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                stats: Mutex::new(HashMap::new()),
+                health: Mutex::new(None),
+                stalls: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -350,6 +363,10 @@ impl HostClient {
 
     pub fn base_url(&self) -> &str {
         &self.inner.settings.base_url
+    }
+
+    pub fn settings(&self) -> &HostSettings {
+        &self.inner.settings
     }
 
     /// Sends `call`, retrying as its [`Retry`] allows, and returns the 2xx answer. The whole
@@ -376,10 +393,14 @@ impl HostClient {
 
     async fn send_with_retries(&self, call: &Call) -> Result<HostResponse, HostError> {
         let policy = self.inner.settings.retry;
+        let observer = stall::current_observer();
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let result = self.send_once(call).await;
+            let result = match &observer {
+                None => self.send_once(call).await,
+                Some(observer) => self.send_watched(call, observer.clone(), attempt).await,
+            };
             let retry = match &result {
                 Ok(_) => false,
                 Err(e) => {
@@ -400,6 +421,39 @@ impl HostClient {
             tokio::time::sleep(pause).await;
             attempt += 1;
         }
+    }
+
+    /// One attempt, reporting to `observer` if it stalls.
+    async fn send_watched(
+        &self,
+        call: &Call,
+        observer: Arc<dyn stall::StallObserver>,
+        attempt: u32,
+    ) -> Result<HostResponse, HostError> {
+        let settings = &self.inner.settings;
+        // Only calls that are safe to repeat are tried again after a timeout.
+        let attempts = if call.retry == Retry::Safe { settings.retry.attempts.max(1) } else { 1 };
+        let stall = stall::Stall {
+            host: self.name(),
+            request: format!("{} {}", call.method, call.path),
+            waited: Duration::ZERO,
+            attempt,
+            attempts,
+            gives_up_after: call.timeout.unwrap_or(settings.request_timeout),
+        };
+        let count = || {
+            self.inner.stalls.fetch_add(1, Ordering::Relaxed);
+        };
+        // A status error is still an answer; a timeout or a broken connection is not.
+        let answered = |r: &Result<HostResponse, HostError>| {
+            r.as_ref().map_or_else(|e| matches!(e.kind, HostErrorKind::Status(_) | HostErrorKind::Body), |_| true)
+        };
+        stall::watch(self.send_once(call), observer, settings.stall_notice, stall, count, answered).await
+    }
+
+    /// Calls that went without an answer for `stall_notice`, so far.
+    pub fn stalls(&self) -> u64 {
+        self.inner.stalls.load(Ordering::Relaxed)
     }
 
     async fn send_once(&self, call: &Call) -> Result<HostResponse, HostError> {

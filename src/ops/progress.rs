@@ -246,6 +246,13 @@ impl ProgressReporter {
         self.op.edit_progress(|t, p| t.detail(p, detail));
     }
 
+    /// A line kept in the record's `warnings` (e.g. that a host call stalled and how it ended),
+    /// for code that reports through this handle rather than the [`JobContext`](crate::ops::JobContext).
+    pub fn warn(&self, message: impl Into<String>) {
+        let message = message.into();
+        self.op.edit(|r, _| r.warnings.push(message));
+    }
+
     /// Items processed and, when known, the total.
     pub fn items(&self, processed: u64, total: Option<u64>) {
         self.op.edit_progress(|_, p| {

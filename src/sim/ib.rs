@@ -1,7 +1,8 @@
 //! The IB host simulator: every endpoint of hosts.md §1 with the real host's bodies (domain
 //! errors as HTTP 200 with `"success": false`, FastAPI 422s for malformed bodies), deterministic
 //! bars on real calendars, and knobs — latency, transient failures, a failing symbol, IB pacing
-//! emulation — plus `GET /sim/stats` so tests can assert exactly what a client sent.
+//! emulation, a disconnected gateway (`POST /sim/gateway`) — plus `GET /sim/stats` so tests can
+//! assert exactly what a client sent.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,11 @@ pub struct IbKnobs {
     /// Historical requests whose window touches one of these days (`YYYY-MM-DD`) always fail
     /// with a transient error — to make one segment of a load fail.
     pub fail_dates: Vec<String>,
+    /// The IB gateway behind the host. Disconnected, the host behaves as the real one does:
+    /// `/health` healthy, `/health/detailed` disconnected, every data call hanging
+    /// `gateway_hang_ms` before answering 200 `success: false`, "Symbol X not found".
+    pub gateway_connected: bool,
+    pub gateway_hang_ms: u64,
 }
 
 impl Default for IbKnobs {
@@ -60,6 +66,8 @@ impl Default for IbKnobs {
             pacing_scale: 1.0,
             pacing_tolerance_ms: 0,
             fail_dates: Vec::new(),
+            gateway_connected: true,
+            gateway_hang_ms: 30_000,
         }
     }
 }
@@ -134,6 +142,7 @@ impl IbSim {
             .route("/sim/stats", get(stats))
             .route("/sim/reset", post(reset))
             .route("/sim/knobs", put(set_knobs).get(get_knobs))
+            .route("/sim/gateway", post(set_gateway))
             .with_state(self.clone())
     }
 
@@ -157,6 +166,17 @@ impl IbSim {
         if total > 0 {
             tokio::time::sleep(Duration::from_millis(total)).await;
         }
+    }
+
+    /// With the gateway disconnected, holds the call as the real host does and returns the
+    /// "not found" text it then answers with; `None` while the gateway is connected.
+    async fn gateway_down(&self, symbol: &str) -> Option<String> {
+        let knobs = self.knobs();
+        if knobs.gateway_connected {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(knobs.gateway_hang_ms)).await;
+        Some(format!("Symbol {} not found", symbol.to_ascii_uppercase()))
     }
 
     fn known(&self, symbol: &str) -> bool {
@@ -224,12 +244,26 @@ async fn health(State(sim): Sim) -> Json<Value> {
 async fn health_detailed(State(sim): Sim) -> Json<Value> {
     sim.count("/health/detailed");
     let total: u64 = sim.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.values().sum();
+    let connected = sim.knobs().gateway_connected;
+    let last_error = (!connected).then_some("Not connected to IB Gateway");
     Json(json!({
         "healthy": true, "service": "ib-connector", "timestamp": time::format_for_host(&time::now()),
-        "ib_gateway_connected": true, "active_connections": sim.in_flight.load(Ordering::Relaxed),
-        "total_requests": total, "error_count": 0, "last_error": null, "uptime_seconds": 0,
+        "ib_gateway_connected": connected, "active_connections": sim.in_flight.load(Ordering::Relaxed),
+        "total_requests": total, "error_count": u64::from(!connected), "last_error": last_error, "uptime_seconds": 0,
         "connection_pool_status": { "simulated": true },
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayBody {
+    connected: bool,
+}
+
+/// `POST /sim/gateway {"connected": bool}`: the gateway goes down or comes back.
+async fn set_gateway(State(sim): Sim, FastJson(body): FastJson<GatewayBody>) -> Json<Value> {
+    sim.knobs.write().unwrap_or_else(|e| e.into_inner()).gateway_connected = body.connected;
+    Json(json!({ "connected": body.connected }))
 }
 
 #[derive(Deserialize)]
@@ -247,7 +281,10 @@ async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -
     sim.count("/data/historical");
     let mut guard = sim.enter();
     sim.latency().await;
-    let (answer, rows, outcome) = historical_answer(&sim, &body);
+    let (answer, rows, outcome) = match sim.gateway_down(&body.symbol).await {
+        Some(not_found) => (failure(not_found), 0, "gateway down".to_owned()),
+        None => historical_answer(&sim, &body),
+    };
     sim.stats.lock().unwrap_or_else(|e| e.into_inner()).historical.push(HistoricalLog {
         symbol: body.symbol.clone(),
         timeframe: body.timeframe.clone(),
@@ -346,17 +383,39 @@ struct ValidateBody {
     timeframes: Vec<String>,
 }
 
+/// What the validation endpoints answer after a hang while the gateway is down.
+fn validation_failure(not_found: String) -> Json<Value> {
+    Json(json!({
+        "success": false, "is_valid": false, "error_message": &not_found, "contract_info": null,
+        "head_timestamps": {}, "error": not_found,
+    }))
+}
+
 async fn validate(State(sim): Sim, FastJson(body): FastJson<ValidateBody>) -> Json<Value> {
     sim.count("/data/validate");
+    let mut guard = sim.enter();
     sim.latency().await;
-    let timeframes = if body.timeframes.is_empty() { vec!["1h".to_owned()] } else { body.timeframes };
-    Json(sim.validation(&body.symbol, &timeframes))
+    let answer = match sim.gateway_down(&body.symbol).await {
+        Some(not_found) => validation_failure(not_found),
+        None => {
+            let timeframes = if body.timeframes.is_empty() { vec!["1h".to_owned()] } else { body.timeframes };
+            Json(sim.validation(&body.symbol, &timeframes))
+        }
+    };
+    guard.done = true;
+    answer
 }
 
 async fn symbol_info(State(sim): Sim, Path(symbol): Path<String>) -> Json<Value> {
     sim.count("/data/symbol-info");
+    let mut guard = sim.enter();
     sim.latency().await;
-    Json(sim.validation(&symbol, &["1h".to_owned()]))
+    let answer = match sim.gateway_down(&symbol).await {
+        Some(not_found) => validation_failure(not_found),
+        None => Json(sim.validation(&symbol, &["1h".to_owned()])),
+    };
+    guard.done = true;
+    answer
 }
 
 async fn head_timestamp(State(sim): Sim, Query(query): Query<BTreeMap<String, String>>) -> Response {
@@ -365,6 +424,9 @@ async fn head_timestamp(State(sim): Sim, Query(query): Query<BTreeMap<String, St
     let Some(symbol) = query.get("symbol") else {
         return unprocessable(&["query", "symbol"], "field required");
     };
+    if let Some(not_found) = sim.gateway_down(symbol).await {
+        return Json(json!({ "success": false, "timestamp": null, "error": not_found })).into_response();
+    }
     let timestamp = sim.known(symbol).then(|| IbSim::head(symbol));
     Json(json!({ "success": true, "timestamp": timestamp, "error": null })).into_response()
 }

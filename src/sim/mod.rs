@@ -42,6 +42,8 @@ impl SimSettings {
                 pacing_scale: 1.0,
                 pacing_tolerance_ms: 0,
                 fail_dates: Vec::new(),
+                gateway_connected: config.gateway_connected,
+                gateway_hang_ms: config.gateway_hang_ms,
             },
             training_protocol: match config.training_protocol {
                 SimTrainingProtocol::Operations => Protocol::Operations,
@@ -53,6 +55,7 @@ impl SimSettings {
                 batches: config.training_batches,
                 fail_at_epoch: Some(config.training_fail_at_epoch).filter(|e| *e > 0),
                 ignore_cancel: config.training_ignore_cancel,
+                status_delay_ms: config.training_status_delay_ms,
                 ..TrainingKnobs::default()
             },
             data_dir,

@@ -38,6 +38,8 @@ pub struct TrainingKnobs {
     pub max_sessions: usize,
     /// Hold every stop/cancel call this long before answering (the real host may take 30 s).
     pub stop_delay_ms: u64,
+    /// Hold every status answer (session status, operation) this long: a stalled host.
+    pub status_delay_ms: u64,
 }
 
 impl Default for TrainingKnobs {
@@ -50,6 +52,7 @@ impl Default for TrainingKnobs {
             ignore_cancel: false,
             max_sessions: 1,
             stop_delay_ms: 0,
+            status_delay_ms: 0,
         }
     }
 }
@@ -400,6 +403,7 @@ fn operation_body(s: &SimSession) -> Value {
 
 async fn session_status(State(sim): Sim, Path(id): Path<String>) -> Response {
     sim.count("/training/status");
+    status_delay(&sim).await;
     match sim.with_session(&id, |s| session_body(s)) {
         Some(body) => Json(body).into_response(),
         None => detail(StatusCode::NOT_FOUND, format!("Session {id} not found")),
@@ -416,9 +420,17 @@ struct StopBody {
 
 /// Holds a stop call as long as the knobs say.
 async fn stop_delay(sim: &TrainingSim) {
-    let delay = sim.knobs().stop_delay_ms;
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    hold(sim.knobs().stop_delay_ms).await;
+}
+
+/// Holds a status answer as long as the knobs say.
+async fn status_delay(sim: &TrainingSim) {
+    hold(sim.knobs().status_delay_ms).await;
+}
+
+async fn hold(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
@@ -454,6 +466,7 @@ async fn list_operations(State(sim): Sim) -> Json<Value> {
 
 async fn operation(State(sim): Sim, Path(id): Path<String>) -> Response {
     sim.count("/api/v1/operations/{id}");
+    status_delay(&sim).await;
     match sim.with_session(&id, |s| operation_body(s)) {
         Some(body) => Json(json!({ "success": true, "data": body })).into_response(),
         None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),

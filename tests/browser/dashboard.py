@@ -103,6 +103,10 @@ def main():
             # The target is 300 ms; CI machines vary, so the test allows 1 s and prints the figure.
             check(after_load <= 1000, f"the list painted {after_load:.0f} ms after load")
 
+            # The header says how the hosts are, the IB gateway included.
+            page.wait_for_function("() => /gateway connected/.test(document.getElementById('hosts').textContent)",
+                                   timeout=15000)
+
             # Start a load from the form.
             form = page.locator("#load-form")
             form.get_by_label("Symbol", exact=True).fill("AAPL")
