@@ -76,7 +76,8 @@ async fn ctrl_c_cancels_the_operation_on_the_server_and_exits_130() {
         let (_, list) =
             json_of(http.get(service.url("/api/v1/operations?active_only=true")).send().await.unwrap()).await;
         if let Some(row) = list["data"].as_array().and_then(|rows| rows.first())
-            && row["progress_percentage"].as_f64().unwrap_or(0.0) > 30.0
+            && row["current_step"].as_str().unwrap_or_default().starts_with("Downloading")
+            && row["progress_percentage"].as_f64().unwrap_or(0.0) > 5.0
         {
             break row["operation_id"].as_str().unwrap().to_owned();
         }

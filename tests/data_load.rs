@@ -200,7 +200,108 @@ async fn cancelling_in_the_middle_of_downloading_keeps_every_fetched_segment() {
         fetched = fetched.merge(&Bars::from_bars(&Instrument::new("AAPL").bars(Timeframe::H1, t(start), t(end))));
     }
     assert_eq!(file, fetched, "every segment answered before the cancel is on disk, and nothing else");
-    assert!(app.record(&id).await["result_summary"].is_null());
+    // The cancelled load says what it saved and what is still missing.
+    let summary = app.record(&id).await["result_summary"].clone();
+    assert_eq!(summary["rows_after"], file.len(), "{summary}");
+    assert_eq!(summary["segments_fetched"].as_u64().unwrap(), answered.len() as u64, "{summary}");
+    let missing = summary["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 1, "{summary}");
+    assert_eq!(missing[0]["end"], "2024-06-30T00:00:00.000000Z", "{summary}");
+}
+
+/// The historical windows the simulator answered, as `(start, end)`.
+async fn answered_windows(app: &TestApp) -> Vec<(String, String)> {
+    app.ib_windows()
+        .await
+        .into_iter()
+        .filter(|(_, _, outcome)| outcome != "gateway down")
+        .map(|(s, e, _)| (s, e))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_re_run_of_an_interrupted_backfill_covers_the_whole_range_and_fetches_nothing_twice() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    app.ib_knobs(json!({ "latency_ms": 20 })).await;
+    let body = json!({ "symbol": "MSFT", "timeframe": "1m", "mode": "backfill",
+                       "start_date": "2024-01-01", "end_date": "2024-03-31" });
+    let first = load(&app, body.clone()).await;
+    until(&app, &first, Duration::from_secs(20), "a few segments", |r| {
+        r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 5
+    })
+    .await;
+    let (status, _) = app.delete(&format!("/api/v1/operations/{first}")).await;
+    assert_eq!(status, 200);
+    let before = answered_windows(&app).await;
+    app.ib_knobs(json!({ "latency_ms": 0 })).await;
+
+    let second = finished(&app, &load(&app, body.clone()).await).await;
+    assert_eq!(second["status"], "completed", "{second}");
+    let summary = &second["result_summary"];
+    assert!(summary["segments_fetched"].as_u64().unwrap() > 50, "the rest of the quarter was fetched: {summary}");
+    assert_eq!(summary["missing"], json!([]), "{summary}");
+    let all = answered_windows(&app).await;
+    let mut seen = std::collections::HashSet::new();
+    for window in &all {
+        assert!(seen.insert(window.clone()), "{window:?} was fetched twice");
+    }
+    assert!(before.len() >= 5 && all.len() > before.len());
+    let file = read_csv(&cache_file(&app, "MSFT_1m.csv")).unwrap();
+    let whole = expected("MSFT", Timeframe::M1, "2024-01-01T00:00:00Z", "2024-03-31T00:00:00Z");
+    assert_eq!(file, whole, "the cache holds the whole quarter");
+
+    // A third run finds everything complete, holidays included: nothing is asked of the host.
+    let third = finished(&app, &load(&app, body).await).await;
+    assert_eq!(third["status"], "completed");
+    assert_eq!(third["result_summary"]["cache_hit"], true, "{third}");
+    assert_eq!(answered_windows(&app).await.len(), all.len());
+}
+
+#[tokio::test]
+async fn a_backfill_over_a_cache_without_coverage_index_that_ends_early_says_what_it_left_missing() {
+    // A cache written by an older version whose backfill was interrupted: three weeks of a quarter.
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let early = expected("MSFT", Timeframe::H1, "2024-01-01T00:00:00Z", "2024-01-21T23:00:00Z");
+    write_csv_atomic(&cache_file(&app, "MSFT_1h.csv"), &early).unwrap();
+    let body = json!({ "symbol": "MSFT", "timeframe": "1h", "mode": "backfill",
+                       "start_date": "2024-01-01", "end_date": "2024-06-30" });
+    let record = finished(&app, &load(&app, body).await).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let warnings = record["warnings"].to_string();
+    assert!(warnings.contains("backfill fills up to the start of the cache; the cache ends 2024-01-19"), "{warnings}");
+    assert!(warnings.contains("run a `tail` or `full` load for the rest"), "{warnings}");
+    // A full load of the same range then fills it.
+    let body = json!({ "symbol": "MSFT", "timeframe": "1h", "mode": "full",
+                       "start_date": "2024-01-01", "end_date": "2024-06-30" });
+    let record = finished(&app, &load(&app, body).await).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(
+        read_csv(&cache_file(&app, "MSFT_1h.csv")).unwrap(),
+        expected("MSFT", Timeframe::H1, "2024-01-01T00:00:00Z", "2024-06-30T00:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn a_day_the_host_has_no_bars_for_is_fetched_once_not_at_every_load() {
+    // 5 December 2018 (a national day of mourning) is not in our holiday calendar: the first
+    // load asks for it, the host has nothing, and from then on it is known complete.
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let mut bars = Instrument::new("IBM").bars(Timeframe::H1, t("2018-12-03T00:00:00Z"), t("2018-12-07T23:00:00Z"));
+    bars.retain(|b| b.timestamp.date_naive() != t("2018-12-05T00:00:00Z").date_naive());
+    write_csv_atomic(&cache_file(&app, "IBM_1h.csv"), &Bars::from_bars(&bars)).unwrap();
+    app.ib_knobs(json!({ "empty_dates": ["2018-12-05"] })).await;
+    let body = json!({ "symbol": "IBM", "timeframe": "1h", "mode": "full",
+                       "start_date": "2018-12-03T00:00:00Z", "end_date": "2018-12-07T23:00:00Z" });
+    let first = finished(&app, &load(&app, body.clone()).await).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(first["result_summary"]["gaps_found"], 1, "{first}");
+    assert_eq!(first["result_summary"]["gaps_without_data"], 1, "reported as a range without data: {first}");
+    assert_eq!(first["result_summary"]["gaps_filled"], 0, "{first}");
+    let asked = answered_windows(&app).await.len();
+    assert_eq!(asked, 1, "the hole was asked for once");
+    let second = finished(&app, &load(&app, body).await).await;
+    assert_eq!(second["result_summary"]["gaps_found"], 0, "{second}");
+    assert_eq!(answered_windows(&app).await.len(), asked, "and not again");
 }
 
 #[tokio::test]

@@ -1,23 +1,25 @@
 //! The data-load operation (data-load.md): seven steps from validating the symbol to saving the
-//! merged series, fetching only what is missing, through the pacing limiter, with retries,
-//! partial success, periodic crash-safe saves, and a cancel that keeps every fetched bar.
+//! merged series, fetching only what the series' coverage index does not hold as complete,
+//! through the pacing limiter, with retries, partial success, periodic crash-safe saves (the CSV,
+//! then its index), and a cancel that keeps every fetched bar and says what is still missing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::data::calendar::{self, InstrumentKind};
+use crate::data::coverage::Coverage;
 use crate::data::frame::{Bars, to_timestamp};
 use crate::data::gaps::{self, Gap};
 use crate::data::gateway::GatewayGuard;
 use crate::data::plan::{self, Cached, Window};
-use crate::data::repository::Repository;
+use crate::data::repository::{CacheError, Repository};
 use crate::data::request::{LoadSpec, Mode};
 use crate::hosts::ib::{IbClient, IbError};
 use crate::hosts::stall::{StallReporter, observe_stalls};
 use crate::ops::{Job, JobContext, JobError, JobResult, ProgressReporter};
-use crate::time;
+use crate::time::{self, Timestamp};
 
 /// Tunables of data loads (config `[data]`).
 #[derive(Debug, Clone)]
@@ -47,18 +49,91 @@ fn minute(seconds: i64) -> String {
     to_timestamp(seconds).format("%Y-%m-%d %H:%M").to_string()
 }
 
-/// What step 6 did.
+/// Where each step's band of the percentage begins. The quick steps before the plan share the
+/// first 5 %; once the plan is made, the download gets a band as wide as its share of the host
+/// calls (each segment is one, like the validation and the head lookup before it), and the save
+/// the last half percent — so that the percentage moves with the time a load takes, and the ETA
+/// drawn from it is right, whether it fetches one segment or three thousand.
+mod bands {
+    use std::ops::Range;
+
+    pub const VALIDATE: Range<f64> = 0.0..1.0;
+    pub const CACHE: Range<f64> = 1.0..2.0;
+    pub const RANGE: Range<f64> = 2.0..3.0;
+    pub const GAPS: Range<f64> = 3.0..4.0;
+    pub const PLAN: Range<f64> = 4.0..5.0;
+    const SAVE_FROM: f64 = 99.5;
+    /// Host calls made before the download (validation, head timestamp).
+    const CALLS_BEFORE: f64 = 2.0;
+
+    pub fn download(segments: usize) -> Range<f64> {
+        let share_before = CALLS_BEFORE / (CALLS_BEFORE + segments as f64);
+        (100.0 * share_before).clamp(PLAN.end, SAVE_FROM)..SAVE_FROM
+    }
+
+    pub fn save() -> Range<f64> {
+        SAVE_FROM..100.0
+    }
+}
+
+/// What the download did.
 #[derive(Default)]
 struct Downloads {
     /// Fetched since the last save.
     pending: Vec<crate::hosts::ib::Bar>,
+    /// Segments fetched to the end since the last save (complete once saved).
+    done: Vec<Window>,
     rows_downloaded: u64,
     segments_fetched: u64,
     segments_failed: u64,
     requests: u64,
     last_error: Option<String>,
-    /// Ranges (by index) that lost a segment.
-    ranges_with_failures: std::collections::HashSet<usize>,
+    /// Per planned range: bars fetched, and whether a segment of it failed.
+    range_bars: Vec<u64>,
+    range_failed: Vec<bool>,
+}
+
+/// The series as saved: its bars and its coverage index, always written in that order.
+struct Series<'a> {
+    repository: &'a Repository,
+    spec: &'a LoadSpec,
+    bars: Arc<Bars>,
+    coverage: Coverage,
+}
+
+impl Series<'_> {
+    /// Merges what was fetched into the file, then records what is now complete in the index.
+    /// Runs whatever the token says: a cancel keeps what was fetched.
+    async fn save(&mut self, downloads: &mut Downloads) -> Result<(), JobError> {
+        let failed = |e: CacheError| JobError::Failed(e.to_string());
+        if !downloads.pending.is_empty() {
+            let fetched = Bars::from_bars(&downloads.pending);
+            let merged = Arc::new(self.bars.merge(&fetched));
+            self.repository.write(&self.spec.symbol, self.spec.timeframe, merged.clone()).await.map_err(failed)?;
+            downloads.pending.clear();
+            self.bars = merged;
+        }
+        for w in downloads.done.drain(..) {
+            self.coverage.done(w);
+        }
+        self.write_coverage().await
+    }
+
+    async fn write_coverage(&self) -> Result<(), JobError> {
+        self.repository
+            .write_coverage(&self.spec.symbol, self.spec.timeframe, &self.coverage, &self.bars)
+            .await
+            .map_err(|e| JobError::Failed(e.to_string()))
+    }
+}
+
+/// What the load knows once it has read the cache and the host's first bar.
+struct Plan {
+    ranges: Vec<Window>,
+    segments: Vec<Window>,
+    /// Per segment, the range it belongs to.
+    range_of: Vec<usize>,
+    expected_gaps: usize,
 }
 
 impl Job for DataLoadJob {
@@ -74,39 +149,27 @@ impl Job for DataLoadJob {
 impl DataLoadJob {
     async fn load(self, ctx: JobContext) -> JobResult {
         let began = Instant::now();
-        let Self { spec, ib, repository, settings } = self;
-        let (symbol, timeframe, mode) = (spec.symbol.clone(), spec.timeframe, spec.mode);
-        let (sym, tf) = (symbol.as_str(), timeframe.as_str());
-        let kind = calendar::instrument_kind(sym);
+        let (sym, tf, mode) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str(), self.spec.mode);
         let progress = ctx.progress();
         progress.context([
             ("symbol".to_owned(), json!(sym)),
             ("timeframe".to_owned(), json!(tf)),
             ("mode".to_owned(), json!(mode.as_str())),
         ]);
-        let token = ctx.token().clone();
-        let gateway =
-            GatewayGuard { ib: &ib, ctx: &ctx, wait: settings.wait_for_gateway, stall_notice: settings.stall_notice };
+        let gateway = GatewayGuard {
+            ib: &self.ib,
+            ctx: &ctx,
+            wait: self.settings.wait_for_gateway,
+            stall_notice: self.settings.stall_notice,
+        };
 
         // 1. The symbol, as IB knows it (and its head timestamp, when IB says).
-        progress.start_step(format!("Validating symbol {sym}"), 1, 0.0..5.0);
-        let mut head = None;
-        if mode != Mode::Local {
-            let timeframes = [tf];
-            match gateway.call(|| ib.validate(sym, &timeframes, &token)).await {
-                Ok(v) if v.is_valid => head = v.head(tf),
-                Ok(v) => {
-                    return Err(JobError::Failed(v.error_message.unwrap_or_else(|| format!("Symbol {sym} not found"))));
-                }
-                Err(IbError::Cancelled) => return Err(JobError::Cancelled),
-                Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => return Err(JobError::Failed(m)),
-                Err(e) => return Err(JobError::Failed(format!("could not validate {sym} with the IB host: {e}"))),
-            }
-        }
+        progress.start_step(format!("Validating symbol {sym}"), 1, bands::VALIDATE);
+        let mut head = self.validate(&gateway).await?;
 
         // One load per series at a time; the second waits, and says so.
-        let lock = repository.series_lock(&symbol, timeframe);
-        let _series = match lock.clone().try_lock_owned() {
+        let lock = self.repository.series_lock(&self.spec.symbol, self.spec.timeframe);
+        let _series_lock = match lock.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
                 progress.detail(format!("waiting for another load of {sym} {tf} to finish"));
@@ -117,73 +180,49 @@ impl DataLoadJob {
             }
         };
 
-        // 2. The cache.
-        progress.start_step(format!("Loading cached data for {sym} {tf}"), 2, 5.0..15.0);
-        let mut current = repository.read(&symbol, timeframe).await.map_err(|e| JobError::Failed(e.to_string()))?;
-        let rows_before = current.len() as u64;
-        let cached = match (current.ts.first(), current.ts.last()) {
+        // 2. The cache and its coverage index.
+        progress.start_step(format!("Loading cached data for {sym} {tf}"), 2, bands::CACHE);
+        let bars = self
+            .repository
+            .read(&self.spec.symbol, self.spec.timeframe)
+            .await
+            .map_err(|e| JobError::Failed(e.to_string()))?;
+        let coverage = self.repository.read_coverage(&self.spec.symbol, self.spec.timeframe, bars.clone()).await;
+        let rows_before = bars.len() as u64;
+
+        // 3. The range: never before IB's first bar, never after now.
+        progress.start_step(format!("Validating date range for {sym}"), 3, bands::RANGE);
+        if mode != Mode::Local && head.is_none() {
+            head = self.head_timestamp(&gateway).await?;
+        }
+        let cached = match (bars.ts.first(), bars.ts.last()) {
             (Some(first), Some(last)) => Some(Cached { first: *first, last: *last }),
             _ => None,
         };
-
-        // 3. The range: never before IB's first bar, never after now.
-        progress.start_step(format!("Validating date range for {sym}"), 3, 15.0..20.0);
-        if mode != Mode::Local && head.is_none() {
-            head = match gateway.call(|| ib.head_timestamp(sym, tf, None, &token)).await {
-                Ok(head) => head,
-                Err(IbError::Cancelled) => return Err(JobError::Cancelled),
-                Err(IbError::GatewayDown(m)) => return Err(JobError::Failed(m)),
-                Err(e) => {
-                    ctx.warn(format!("head timestamp unknown: {e}"));
-                    None
-                }
-            };
-        }
-        let now = time::now();
-        let end = spec.end.map_or(now, |e| e.min(now)).timestamp();
-        let head_seconds = head.map(|h| h.timestamp());
-        let default_start = match mode {
-            Mode::Tail if cached.is_none() => Some(now.timestamp() - settings.tail_default_lookback.as_secs() as i64),
-            Mode::Tail | Mode::Local => None,
-            Mode::Backfill | Mode::Full => {
-                Some(head_seconds.unwrap_or(now.timestamp() - timeframe.max_span().num_seconds()))
-            }
-        };
-        let mut start = spec.start.map(|s| s.timestamp()).or(default_start);
-        if let (Some(s), Some(h)) = (start, head_seconds)
-            && s < h
-        {
-            progress.detail(format!("start moved to IB's first bar, {}", minute(h)));
-            start = Some(h);
-        }
+        let (start, end) = self.span(head, cached);
 
         // 4. What is missing.
-        progress.start_step(format!("Analyzing data gaps for {sym} ({} mode)", mode.as_str()), 4, 20.0..25.0);
-        let holes: Vec<Gap> = if matches!(mode, Mode::Tail | Mode::Full) && !current.is_empty() {
-            let frame = current.clone();
-            tokio::task::spawn_blocking(move || gaps::find_gaps(&frame.ts, timeframe, kind))
-                .await
-                .map_err(|e| JobError::Failed(format!("gap analysis crashed: {e}")))?
-        } else {
-            Vec::new()
-        };
-        let expected_gaps = holes.iter().filter(|g| !g.class.is_fetched()).count();
-        let ranges = plan::ranges(mode, cached, &holes, start, end, timeframe);
-        if let (Some(first), Some(last)) = (ranges.iter().map(|r| r.start).min(), ranges.iter().map(|r| r.end).max()) {
+        progress.start_step(format!("Analyzing data gaps for {sym} ({} mode)", mode.as_str()), 4, bands::GAPS);
+        let (plan, coverage) = self.plan(&bars, coverage, cached, start, end).await?;
+        self.warn_if_backfill_stops_short(&ctx, &plan, &coverage, end);
+        let mut series = Series { repository: &self.repository, spec: &self.spec, bars, coverage };
+        if let (Some(first), Some(last)) = (plan.ranges.first(), plan.ranges.last()) {
             // A replica that takes this load over fetches what is still missing in this span.
-            ctx.save_state(json!({ "planned": { "start": first, "end": last } })).await?;
+            ctx.save_state(json!({ "planned": { "start": first.start, "end": last.end } })).await?;
+            // What is planned stays "incomplete" in the index until fetched, so that a load
+            // interrupted halfway leaves its unfinished part for the next one to finish.
+            series.write_coverage().await?;
         }
         progress.step_progress(
             1,
             1,
             None,
-            Some(format!("{} missing ranges, {expected_gaps} expected closures", ranges.len())),
+            Some(format!("{} missing ranges, {} expected closures", plan.ranges.len(), plan.expected_gaps)),
         );
 
         // 5. Segments of at most IB's span.
-        let segments = plan::segments(&ranges, timeframe, kind, mode);
-        let n = segments.len();
-        progress.start_step(format!("Creating {n} download segments"), 5, 25.0..30.0);
+        let n = plan.segments.len();
+        progress.start_step(format!("Creating {n} download segments"), 5, bands::PLAN);
         progress.context([
             ("segments_total".to_owned(), json!(n)),
             ("segments_done".to_owned(), json!(0)),
@@ -191,72 +230,222 @@ impl DataLoadJob {
         ]);
 
         // 6. Download, saving as we go.
-        progress.start_step(format!("Downloading {n} segments from IB"), 6, 30.0..90.0);
-        let mut downloads = Downloads::default();
+        progress.start_step(format!("Downloading {n} segments from IB"), 6, bands::download(n));
+        let summary = |series: &Series, downloads: &Downloads| {
+            self.summary(&plan, series, downloads, rows_before, began.elapsed())
+        };
+        let mut downloads = Downloads {
+            range_bars: vec![0; plan.ranges.len()],
+            range_failed: vec![false; plan.ranges.len()],
+            ..Downloads::default()
+        };
         let mut last_save = Instant::now();
-        for (i, segment) in segments.iter().enumerate() {
+        for (i, segment) in plan.segments.iter().enumerate() {
             let label = format!("segment {}/{n} {} to {}", i + 1, minute(segment.start), minute(segment.end));
             progress.step_progress(i as u64, n as u64, Some(downloads.rows_downloaded), Some(label.clone()));
-            let outcome = fetch_segment(&gateway, &spec, *segment, &settings, &progress, &label, &mut downloads).await;
-            match outcome {
-                Ok(()) => {}
-                Err(SegmentStop::Cancelled) => {
-                    save(&repository, &spec, &mut current, &mut downloads.pending).await?;
-                    return Err(JobError::Cancelled);
+            let range = plan.range_of[i];
+            let before = downloads.rows_downloaded;
+            let outcome =
+                fetch_segment(&gateway, &self.spec, *segment, &self.settings, &progress, &label, &mut downloads).await;
+            let stop = match outcome {
+                Ok(()) => {
+                    downloads.done.push(*segment);
+                    downloads.range_bars[range] += downloads.rows_downloaded - before;
+                    None
                 }
-                Err(SegmentStop::Fatal(message)) => {
-                    save(&repository, &spec, &mut current, &mut downloads.pending).await?;
-                    return Err(JobError::Failed(message));
-                }
+                Err(SegmentStop::Cancelled) => Some(JobError::Cancelled),
+                Err(SegmentStop::Fatal(message)) => Some(JobError::Failed(message)),
                 Err(SegmentStop::Failed(message)) => {
                     downloads.segments_failed += 1;
-                    if let Some(range) = ranges.iter().position(|r| r.start <= segment.start && segment.end <= r.end) {
-                        downloads.ranges_with_failures.insert(range);
-                    }
+                    downloads.range_failed[range] = true;
                     ctx.error(format!("{label}: {message}"));
                     downloads.last_error = Some(message);
+                    None
                 }
+            };
+            if let Some(stop) = stop {
+                series.save(&mut downloads).await?;
+                ctx.result_so_far(summary(&series, &downloads));
+                return Err(stop);
             }
             progress.context([
                 ("segments_done".to_owned(), json!(i + 1)),
                 ("bars_fetched".to_owned(), json!(downloads.rows_downloaded)),
             ]);
             progress.step_progress(i as u64 + 1, n as u64, Some(downloads.rows_downloaded), None);
-            if last_save.elapsed() >= settings.save_interval && !downloads.pending.is_empty() {
-                save(&repository, &spec, &mut current, &mut downloads.pending).await?;
+            if last_save.elapsed() >= self.settings.save_interval {
+                series.save(&mut downloads).await?;
+                ctx.result_so_far(summary(&series, &downloads));
                 last_save = Instant::now();
             }
         }
         if n > 0 && downloads.segments_failed == n as u64 {
-            save(&repository, &spec, &mut current, &mut downloads.pending).await?;
+            series.save(&mut downloads).await?;
+            ctx.result_so_far(summary(&series, &downloads));
             let last = downloads.last_error.unwrap_or_default();
             return Err(JobError::Failed(format!("none of the {n} segments could be fetched; the last error: {last}")));
         }
 
         // 7. Merge and save.
-        progress.start_step(format!("Merging and saving {sym} {tf} data"), 7, 90.0..100.0);
-        save(&repository, &spec, &mut current, &mut downloads.pending).await?;
-        let gaps_filled = ranges.len() - downloads.ranges_with_failures.len();
-        Ok(json!({
-            "symbol": sym,
-            "timeframe": tf,
-            "mode": mode.as_str(),
+        progress.start_step(format!("Merging and saving {sym} {tf} data"), 7, bands::save());
+        series.save(&mut downloads).await?;
+        Ok(summary(&series, &downloads))
+    }
+
+    /// Step 1: the symbol as IB knows it, and its first bar when IB says.
+    async fn validate(&self, gateway: &GatewayGuard<'_>) -> Result<Option<Timestamp>, JobError> {
+        if self.spec.mode == Mode::Local {
+            return Ok(None);
+        }
+        let (sym, tf) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str());
+        let timeframes = [tf];
+        match gateway.call(|| self.ib.validate(sym, &timeframes, gateway.ctx.token())).await {
+            Ok(v) if v.is_valid => Ok(v.head(tf)),
+            Ok(v) => Err(JobError::Failed(v.error_message.unwrap_or_else(|| format!("Symbol {sym} not found")))),
+            Err(IbError::Cancelled) => Err(JobError::Cancelled),
+            Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => Err(JobError::Failed(m)),
+            Err(e) => Err(JobError::Failed(format!("could not validate {sym} with the IB host: {e}"))),
+        }
+    }
+
+    /// Step 3, when validation did not say: IB's first bar (unknown is not an error).
+    async fn head_timestamp(&self, gateway: &GatewayGuard<'_>) -> Result<Option<Timestamp>, JobError> {
+        let (sym, tf) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str());
+        match gateway.call(|| self.ib.head_timestamp(sym, tf, None, gateway.ctx.token())).await {
+            Ok(head) => Ok(head),
+            Err(IbError::Cancelled) => Err(JobError::Cancelled),
+            Err(IbError::GatewayDown(m)) => Err(JobError::Failed(m)),
+            Err(e) => {
+                gateway.ctx.warn(format!("head timestamp unknown: {e}"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Step 3: the span asked for, as Unix seconds — never before IB's first bar, never after
+    /// now. The start is `None` only for a tail over a cache without a start date.
+    fn span(&self, head: Option<Timestamp>, cached: Option<Cached>) -> (Option<i64>, i64) {
+        let (mode, timeframe) = (self.spec.mode, self.spec.timeframe);
+        let now = time::now();
+        let end = self.spec.end.map_or(now, |e| e.min(now)).timestamp();
+        let head = head.map(|h| h.timestamp());
+        let default_start = match mode {
+            Mode::Tail if cached.is_none() => {
+                Some(now.timestamp() - self.settings.tail_default_lookback.as_secs() as i64)
+            }
+            Mode::Tail | Mode::Local => None,
+            Mode::Backfill | Mode::Full => Some(head.unwrap_or(now.timestamp() - timeframe.max_span().num_seconds())),
+        };
+        let start = self.spec.start.map(|s| s.timestamp()).or(default_start);
+        match (start, head) {
+            (Some(s), Some(h)) if s < h => (Some(h), end),
+            _ => (start, end),
+        }
+    }
+
+    /// Step 4: the ranges to fetch and their segments, from the coverage index — or, for a cache
+    /// without one, from the bars and the gaps between them — and the index with the plan in it.
+    async fn plan(
+        &self,
+        bars: &Arc<Bars>,
+        coverage: Option<Coverage>,
+        cached: Option<Cached>,
+        start: Option<i64>,
+        end: i64,
+    ) -> Result<(Plan, Coverage), JobError> {
+        let (mode, timeframe) = (self.spec.mode, self.spec.timeframe);
+        let kind = calendar::instrument_kind(self.spec.symbol.as_str());
+        let scan = !bars.is_empty() && (coverage.is_none() || matches!(mode, Mode::Tail | Mode::Full));
+        let holes: Vec<Gap> = if scan {
+            let frame = bars.clone();
+            tokio::task::spawn_blocking(move || gaps::find_gaps(&frame.ts, timeframe, kind))
+                .await
+                .map_err(|e| JobError::Failed(format!("gap analysis crashed: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let mut coverage = coverage.unwrap_or_else(|| Coverage::from_bars(bars, &holes, timeframe));
+        let mut ranges = plan::ranges(mode, cached, &coverage, start, end);
+        let segments = plan::segments(&ranges, timeframe, kind, mode);
+        // Where the market never trades there is nothing to fetch: complete as it is, and no
+        // gap to report (a range that is closed throughout is dropped).
+        for closed in plan::closed_parts(&ranges, &segments) {
+            coverage.done(closed);
+        }
+        ranges.retain(|r| segments.iter().any(|s| r.start <= s.start && s.end <= r.end));
+        for range in &ranges {
+            coverage.planned(*range);
+        }
+        let range_of = segments
+            .iter()
+            .map(|s| ranges.iter().position(|r| r.start <= s.start && s.end <= r.end).unwrap_or(0))
+            .collect();
+        let expected_gaps = holes.iter().filter(|g| !g.class.is_fetched()).count();
+        Ok((Plan { ranges, segments, range_of, expected_gaps }, coverage))
+    }
+
+    /// A backfill fills up to the start of the cache. When the cache ends well before the end of
+    /// the range asked for — a cache left by an interrupted load of an older version, say — that
+    /// part stays missing: the record says so rather than reporting success in silence.
+    fn warn_if_backfill_stops_short(&self, ctx: &JobContext, plan: &Plan, coverage: &Coverage, end: i64) {
+        if self.spec.mode != Mode::Backfill {
+            return;
+        }
+        let complete_until = coverage.complete.windows().last().map(|w| w.end);
+        let planned_until = plan.ranges.last().map(|w| w.end);
+        let Some(reach) = complete_until.max(planned_until) else { return };
+        if end - reach > self.spec.timeframe.max_span().num_seconds() {
+            ctx.warn(format!(
+                "backfill fills up to the start of the cache; the cache ends {} but the range asked for ends {}: \
+                 run a `tail` or `full` load for the rest",
+                minute(reach),
+                minute(end)
+            ));
+        }
+    }
+
+    /// `result_summary`: at the end, and as it stands at each save, so that a cancelled, failed or
+    /// interrupted load still says what it saved and what is still missing.
+    fn summary(
+        &self,
+        plan: &Plan,
+        series: &Series,
+        downloads: &Downloads,
+        rows_before: u64,
+        elapsed: Duration,
+    ) -> Value {
+        let window = |w: &Window| json!({ "start": time::format(&to_timestamp(w.start)), "end": time::format(&to_timestamp(w.end)) });
+        let mut missing = Vec::new();
+        for range in &plan.ranges {
+            missing.extend(series.coverage.incomplete.within(*range).iter().map(window));
+        }
+        let finished =
+            |i: usize| !downloads.range_failed[i] && series.coverage.incomplete.within(plan.ranges[i]).is_empty();
+        let filled = (0..plan.ranges.len()).filter(|&i| finished(i) && downloads.range_bars[i] > 0).count();
+        let without_data = (0..plan.ranges.len()).filter(|&i| finished(i) && downloads.range_bars[i] == 0).count();
+        let bars = &series.bars;
+        json!({
+            "symbol": self.spec.symbol.as_str(),
+            "timeframe": self.spec.timeframe.as_str(),
+            "mode": self.spec.mode.as_str(),
             "rows_before": rows_before,
-            "rows_after": current.len(),
+            "rows_after": bars.len(),
             "rows_downloaded": downloads.rows_downloaded,
-            "cache_hit": segments.is_empty(),
-            "gaps_found": ranges.len(),
-            "gaps_filled": gaps_filled,
-            "gaps_expected": expected_gaps,
+            "cache_hit": plan.segments.is_empty(),
+            "gaps_found": plan.ranges.len(),
+            "gaps_filled": filled,
+            "gaps_without_data": without_data,
+            "gaps_expected": plan.expected_gaps,
             "segments_fetched": downloads.segments_fetched,
             "segments_failed": downloads.segments_failed,
             "ib_requests_made": downloads.requests,
             "partial": downloads.segments_failed > 0,
-            "first_bar": current.first().as_ref().map(time::format),
-            "last_bar": current.last().as_ref().map(time::format),
-            "file": spec.file_name(),
-            "execution_time_seconds": (began.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        }))
+            "missing": missing,
+            "first_bar": bars.first().as_ref().map(time::format),
+            "last_bar": bars.last().as_ref().map(time::format),
+            "file": self.spec.file_name(),
+            "execution_time_seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        })
     }
 }
 
@@ -354,26 +543,4 @@ async fn fetch_segment(
         };
         return Err(SegmentStop::Failed(error));
     }
-}
-
-/// Merges what was fetched into the series and writes it atomically (nothing to do when nothing
-/// was fetched). Runs whatever the token says: a cancel keeps what was fetched.
-async fn save(
-    repository: &Repository,
-    spec: &LoadSpec,
-    current: &mut Arc<Bars>,
-    pending: &mut Vec<crate::hosts::ib::Bar>,
-) -> Result<(), JobError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let fetched = Bars::from_bars(pending);
-    let merged = Arc::new(current.merge(&fetched));
-    repository
-        .write(&spec.symbol, spec.timeframe, merged.clone())
-        .await
-        .map_err(|e| JobError::Failed(e.to_string()))?;
-    pending.clear();
-    *current = merged;
-    Ok(())
 }

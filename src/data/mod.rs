@@ -2,6 +2,7 @@
 //! cache, gap analysis and segmenting, and the data-load operation.
 
 pub mod calendar;
+pub mod coverage;
 pub mod frame;
 pub mod gaps;
 pub mod gateway;

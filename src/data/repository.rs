@@ -3,7 +3,8 @@
 //! spelled `2024-01-02T14:30:00Z`. Read and written with polars (the time column is read as text
 //! and parsed by a fixed-format parser — far faster than generic date inference). Writes are
 //! atomic: a temp file in the same folder, fsync, rename. Loads of one series are serialised by a
-//! per-series lock. Recently read frames are kept in memory while their file is unchanged.
+//! per-series lock. Recently read frames are kept in memory while their file is unchanged. Each
+//! series' coverage index (`coverage.rs`) lives beside its file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,6 +16,7 @@ use std::time::SystemTime;
 use polars::prelude::*;
 use serde::Serialize;
 
+use crate::data::coverage::{self, Coverage};
 use crate::data::frame::Bars;
 use crate::data::request::{Symbol, file_name};
 use crate::data::timeframe::Timeframe;
@@ -153,14 +155,9 @@ pub fn read_csv(path: &Path) -> Result<Bars, String> {
     Ok(bars.normalize())
 }
 
-/// Writes `bars` to `path` atomically: temp file beside it, fsync, rename, fsync the folder. A
-/// reader (or a crash) sees the old file or the new one, never half of one.
+/// Writes `bars` to `path` atomically (see [`write_atomic`]).
 pub fn write_csv_atomic(path: &Path, bars: &Bars) -> Result<u64, String> {
-    let dir = path.parent().ok_or("no parent folder")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or("bad file name")?;
-    let temp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), fastrand::u64(..)));
-    let result = (|| {
+    write_atomic(path, |writer| {
         let n = bars.len();
         let mut text = String::with_capacity(n * 20);
         for ts in &bars.ts {
@@ -172,9 +169,22 @@ pub fn write_csv_atomic(path: &Path, bars: &Bars) -> Result<u64, String> {
             columns.push(Column::new((*name).into(), values.as_slice()));
         }
         let mut df = DataFrame::new(n, columns).map_err(|e| e.to_string())?;
+        CsvWriter::new(writer).include_header(true).finish(&mut df).map_err(|e| e.to_string())
+    })
+}
+
+/// Writes a file atomically: `fill` writes a temp file beside it, which is fsynced and renamed
+/// over `path`, then the folder is fsynced. A reader (or a crash) sees the old file or the new
+/// one, never half of one. Returns the size written.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<(), String>) -> Result<u64, String> {
+    let dir = path.parent().ok_or("no parent folder")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or("bad file name")?;
+    let temp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), fastrand::u64(..)));
+    let result = (|| {
         let file = File::create(&temp).map_err(|e| e.to_string())?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
-        CsvWriter::new(&mut writer).include_header(true).finish(&mut df).map_err(|e| e.to_string())?;
+        fill(&mut writer)?;
         let file = writer.into_inner().map_err(|e| e.to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
         let size = file.metadata().map_err(|e| e.to_string())?.len();
@@ -273,6 +283,49 @@ impl Repository {
     /// The file of a series (the symbol is validated, so this stays inside the folder).
     pub fn path(&self, symbol: &Symbol, timeframe: Timeframe) -> PathBuf {
         self.dir.join(file_name(symbol, timeframe))
+    }
+
+    /// The coverage index of a series, beside its file.
+    pub fn coverage_path(&self, symbol: &Symbol, timeframe: Timeframe) -> PathBuf {
+        self.dir.join(format!("{}_{}.coverage.json", symbol.as_str(), timeframe.as_str()))
+    }
+
+    /// The series' coverage index, if there is one and it describes `bars` (the CSV as read).
+    pub async fn read_coverage(&self, symbol: &Symbol, timeframe: Timeframe, bars: Arc<Bars>) -> Option<Coverage> {
+        let path = self.coverage_path(symbol, timeframe);
+        tokio::task::spawn_blocking(move || {
+            let json = std::fs::read(&path).ok()?;
+            let coverage = coverage::decode(&json, &bars);
+            if coverage.is_none() {
+                tracing::info!(file = %path.display(), "coverage index does not match its CSV; rebuilt from the bars");
+            }
+            coverage
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Writes the series' coverage index atomically, describing `bars` (the CSV as just written).
+    /// Always after the CSV: the index never claims bars the file does not hold.
+    pub async fn write_coverage(
+        &self,
+        symbol: &Symbol,
+        timeframe: Timeframe,
+        coverage: &Coverage,
+        bars: &Bars,
+    ) -> Result<(), CacheError> {
+        let path = self.coverage_path(symbol, timeframe);
+        let json = coverage::encode(coverage, bars);
+        tokio::task::spawn_blocking(move || write_atomic(&path, |w| w.write_all(&json).map_err(|e| e.to_string())))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map(|_| ())
+            .map_err(|reason| CacheError::Write {
+                file: format!("{}_{}.coverage.json", symbol.as_str(), timeframe.as_str()),
+                reason,
+            })
     }
 
     /// The lock that serialises loads of one series.

@@ -203,6 +203,12 @@ impl JobContext {
         self.op.edit(|r, _| r.errors.push(message));
     }
 
+    /// What the work has achieved so far, as `result_summary`: kept if the operation ends
+    /// `cancelled` or `failed` (or is interrupted), replaced by the result if it completes.
+    pub fn result_so_far(&self, summary: Value) {
+        self.op.edit(|r, _| r.result_summary = Some(summary));
+    }
+
     /// Changes the operation's domain `metrics` (the domain decides their shape).
     pub fn metrics(&self, change: impl FnOnce(&mut Map<String, Value>)) {
         self.op.edit(|r, _| {

@@ -48,6 +48,9 @@ pub struct IbKnobs {
     /// Historical requests whose window touches one of these days (`YYYY-MM-DD`) always fail
     /// with a transient error — to make one segment of a load fail.
     pub fail_dates: Vec<String>,
+    /// Days (`YYYY-MM-DD`, UTC) on which the market traded by the calendar but IB has no bars
+    /// (a halt, an unscheduled closure): their bars are left out of every answer.
+    pub empty_dates: Vec<String>,
     /// The IB gateway behind the host. Disconnected, the host behaves as the real one does:
     /// `/health` healthy, `/health/detailed` disconnected, every data call hanging
     /// `gateway_hang_ms` before answering 200 `success: false`, "Symbol X not found".
@@ -66,6 +69,7 @@ impl Default for IbKnobs {
             pacing_scale: 1.0,
             pacing_tolerance_ms: 0,
             fail_dates: Vec::new(),
+            empty_dates: Vec::new(),
             gateway_connected: true,
             gateway_hang_ms: 30_000,
         }
@@ -360,7 +364,8 @@ fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize,
         );
     }
     let end = end.min(time::now());
-    let bars = Instrument::new(&symbol).bars(timeframe, start, end);
+    let mut bars = Instrument::new(&symbol).bars(timeframe, start, end);
+    bars.retain(|b| !knobs.empty_dates.contains(&b.timestamp.format("%Y-%m-%d").to_string()));
     if bars.is_empty() {
         return (failure(format!("No data returned for {symbol} {timeframe}")), 0, "no data".into());
     }

@@ -42,6 +42,7 @@ impl SimSettings {
                 pacing_scale: 1.0,
                 pacing_tolerance_ms: 0,
                 fail_dates: Vec::new(),
+                empty_dates: Vec::new(),
                 gateway_connected: config.gateway_connected,
                 gateway_hang_ms: config.gateway_hang_ms,
             },

@@ -122,7 +122,10 @@ def main():
             def progress():
                 return page.evaluate(f"({PERCENT_JS})('{op_id}')")
 
-            page.wait_for_function(f"({PERCENT_JS})('{op_id}') >= 31", timeout=15000)
+            # Downloading: the bar moves segment by segment from there.
+            page.wait_for_function(
+                "(id) => /Downloading/.test(document.querySelector(`tr[data-id=\"${id}\"] td.step`)?.textContent ?? '')",
+                arg=op_id, timeout=15000)
             seen = progress()
             page.wait_for_function(f"({PERCENT_JS})('{op_id}') > {seen}", timeout=15000)
             print(f"progress bar of {op_id} moved from {seen}% to {progress()}%")
