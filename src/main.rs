@@ -19,12 +19,14 @@ use std::sync::Arc;
     version,
     about = "Long-running data-load and training operations with live progress and cancellation"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    /// The client options, accepted before the subcommand too (`ktrdr-ops --url X ops list`).
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -39,15 +41,11 @@ enum Command {
     Ops {
         #[command(subcommand)]
         command: OpsCommand,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Load market data through a running service, with a progress bar.
     Data {
         #[command(subcommand)]
         command: DataCommand,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Train a strategy through a running service, with a progress bar.
     Train {
@@ -63,8 +61,6 @@ enum Command {
         start: Option<String>,
         #[arg(long, value_name = "DATE")]
         end: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -241,6 +237,31 @@ impl CommonArgs {
     }
 }
 
+/// The command line. The service's options belong before no subcommand or after `serve`; the
+/// client options (global) go anywhere.
+fn parse_command_line() -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    if let Some(sub) = matches.subcommand_name() {
+        let serve_options = ServeArgs::augment_args(clap::Command::new("serve"));
+        let misplaced = serve_options
+            .get_arguments()
+            .find(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine));
+        if let Some(arg) = misplaced {
+            let name = arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"));
+            command
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("{name} is an option of `serve`, not of `{sub}`: write `ktrdr-ops serve {name} …`"),
+                )
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Exit code for configuration errors.
 const EXIT_CONFIG: u8 = 2;
 
@@ -253,7 +274,7 @@ fn load(sources: &Sources) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     ktrdr_ops::memory::limit_arenas();
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -271,7 +292,7 @@ fn main() -> ExitCode {
             runtime.block_on(migrate(config))
         }
         Some(Command::Serve(args)) => run_serve(&runtime, args),
-        Some(Command::Ops { command, client }) => runtime.block_on(run_client(client, |c| async move {
+        Some(Command::Ops { command }) => runtime.block_on(run_client(cli.client, |c| async move {
             match command {
                 OpsCommand::List { status, operation_type, limit } => c.list(status, operation_type, limit).await,
                 OpsCommand::Show { id } => c.show(&id).await,
@@ -279,17 +300,20 @@ fn main() -> ExitCode {
                 OpsCommand::Cancel { id, reason } => c.cancel(&id, reason).await,
             }
         })),
-        Some(Command::Data { command: DataCommand::Load { symbol, timeframe, mode, start, end }, client }) => {
+        Some(Command::Data { command: DataCommand::Load { symbol, timeframe, mode, start, end } }) => {
             let body =
                 json!({ "symbol": symbol, "timeframe": timeframe, "mode": mode, "start_date": start, "end_date": end });
-            runtime.block_on(run_client(client, |c| async move { c.start_and_follow("/api/v1/data/load", body).await }))
+            runtime.block_on(run_client(
+                cli.client,
+                |c| async move { c.start_and_follow("/api/v1/data/load", body).await },
+            ))
         }
-        Some(Command::Train { strategy, symbols, timeframes, start, end, client }) => {
+        Some(Command::Train { strategy, symbols, timeframes, start, end }) => {
             let body = json!({
                 "strategy_name": strategy, "symbols": (!symbols.is_empty()).then_some(symbols),
                 "timeframes": (!timeframes.is_empty()).then_some(timeframes), "start_date": start, "end_date": end,
             });
-            runtime.block_on(run_client(client, |c| async move {
+            runtime.block_on(run_client(cli.client, |c| async move {
                 c.start_and_follow("/api/v1/trainings/start", body).await
             }))
         }

@@ -110,3 +110,30 @@ async fn an_unreachable_server_is_one_clear_line_and_exit_2() {
     assert_eq!(output.status.code(), Some(2), "refused requests are exit 2 too");
     assert!(String::from_utf8_lossy(&output.stderr).contains("symbol"), "{output:?}");
 }
+
+#[tokio::test]
+async fn a_cancel_that_cancelled_exits_0_and_client_options_go_before_the_subcommand_too() {
+    let (service, _db, _data) = service("40").await;
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({ "symbol": "AAPL", "timeframe": "1m", "mode": "backfill",
+                                   "start_date": "2024-01-01", "end_date": "2024-06-30" });
+    let (_, answer) = json_of(http.post(service.url("/api/v1/data/load")).json(&body).send().await.unwrap()).await;
+    let id = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    // Client options before the subcommand, with no KTRDR_API_URL to fall back on.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["--url", &service.base, "--json", "ops", "cancel", &id, "--reason", "scripted"])
+        .env_remove("KTRDR_API_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "a cancel that happened is a success: {output:?}");
+    let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(record["status"], "cancelled");
+    // Cancelling it again is refused by the service: exit 2, one line.
+    let output = cli(&service.base, &["ops", "cancel", &id]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    // The service's own options do not belong to a client command.
+    let output = cli(&service.base, &["--listen", "127.0.0.1:1", "ops", "list"]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--listen is an option of `serve`"), "{output:?}");
+}

@@ -1,7 +1,8 @@
 //! The command-line client of a running service: list, show, watch and cancel operations; start
 //! data loads and trainings and follow them with a progress bar fed by the operation's event
 //! stream. Ctrl-C cancels the operation on the server and waits for it to say `cancelled`.
-//! Exit codes: 0 completed, 1 failed, 130 cancelled, 2 could not ask (unreachable, refused).
+//! Exit codes: 0 completed (and `ops cancel` that cancelled), 1 failed, 130 a followed operation
+//! ended cancelled (Ctrl-C), 2 could not ask (unreachable, refused).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -190,7 +191,8 @@ impl Client {
                 } else {
                     out!("{id}: cancelled ({})", answer["data"]["cancellation_reason"].as_str().unwrap_or(""));
                 }
-                Outcome::Cancelled
+                // The cancel asked for happened: success (130 is for a follow interrupted by Ctrl-C).
+                Outcome::Completed
             }
             Err(e) => self.unusable(e),
         }
@@ -218,7 +220,8 @@ impl Client {
     pub async fn follow(&self, id: &str) -> Outcome {
         let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(1000) };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {percent:>3}% {wide_msg}")
+            // Percentage, ETA and counts always show; the step text is what the width shortens.
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {percent:>3}% {prefix} {wide_msg}")
                 .expect("a valid template")
                 .progress_chars("=> "),
         );
@@ -235,8 +238,8 @@ impl Client {
                         let Ok(record) = serde_json::from_str::<Value>(&event.data) else { continue };
                         let progress = &record["progress"];
                         bar.set_position((progress["percentage"].as_f64().unwrap_or(0.0) * 10.0) as u64);
-                        let eta = progress["eta_seconds"].as_f64().map(|s| format!(" · ETA {}", eta_text(s))).unwrap_or_default();
-                        bar.set_message(format!("{}{eta}", progress["current_step"].as_str().unwrap_or(status_of(&record))));
+                        bar.set_prefix(figures(progress));
+                        bar.set_message(progress["current_step"].as_str().unwrap_or(status_of(&record)).to_owned());
                         last = record;
                         if is_terminal(&last) {
                             break;
@@ -286,6 +289,21 @@ impl Client {
             _ => Outcome::Failed,
         }
     }
+}
+
+/// What the progress line must never lose: the ETA and how far the counted work is
+/// ("ETA 3m12s · 58/2996 segments").
+fn figures(progress: &Value) -> String {
+    let context = &progress["context"];
+    let count = |done: &Value, total: &Value, what: &str| match (done.as_u64(), total.as_u64()) {
+        (Some(done), Some(total)) if total > 0 => Some(format!("{done}/{total} {what}")),
+        _ => None,
+    };
+    let counts = count(&context["segments_done"], &context["segments_total"], "segments")
+        .or_else(|| count(&progress["steps_completed"], &context["total_epochs"], "epochs"))
+        .or_else(|| count(&progress["steps_completed"], &progress["steps_total"], "steps"));
+    let eta = progress["eta_seconds"].as_f64().map(|s| format!("ETA {}", eta_text(s)));
+    [eta, counts].into_iter().flatten().collect::<Vec<_>>().join(" · ")
 }
 
 fn eta_text(seconds: f64) -> String {
