@@ -73,9 +73,16 @@ async fn the_list_filters_pages_and_counts_every_stored_operation() {
     assert_eq!(ids[0], cancelled, "newest first");
     assert_eq!(ids[1], running);
     let row = &all["data"][1];
-    for key in
-        ["operation_type", "status", "created_at", "progress_percentage", "current_step", "symbol", "duration_seconds"]
-    {
+    for key in [
+        "operation_type",
+        "status",
+        "created_at",
+        "progress_percentage",
+        "current_step",
+        "eta_seconds",
+        "symbol",
+        "duration_seconds",
+    ] {
         assert!(row.get(key).is_some(), "summary lacks {key}: {row}");
     }
 

@@ -114,6 +114,8 @@ async fn a_training_relays_live_progress_and_epochs_to_completion(protocol: SimT
         (Some(3), Some(3))
     );
     assert!(messages.iter().any(|m| regex_like(m)), "no relayed epoch message of the expected shape: {messages:?}");
+    let last_step = record["progress"]["current_step"].as_str().unwrap();
+    assert!(last_step.starts_with("Completed"), "a completed training says so: {last_step}");
     let result = &record["result_summary"];
     assert!(result["model_path"].as_str().unwrap().ends_with(".pt"));
     assert_eq!(result["epochs_completed"], 3);

@@ -130,6 +130,7 @@ fn summary(snapshot: &Snapshot) -> OperationSummary {
         created_at: time::format(&r.created_at),
         progress_percentage: r.progress.percentage,
         current_step: r.progress.current_step.clone(),
+        eta_seconds: r.progress.eta_seconds,
         symbol,
         duration_seconds: r.duration_seconds(),
     }

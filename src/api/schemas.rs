@@ -57,6 +57,8 @@ pub struct OperationSummary {
     pub created_at: String,
     pub progress_percentage: f64,
     pub current_step: Option<String>,
+    /// Seconds left by the recent pace, while the operation runs (as in its record's progress).
+    pub eta_seconds: Option<f64>,
     /// The operation's symbol (or first symbol), when it has one.
     pub symbol: Option<String>,
     pub duration_seconds: Option<f64>,

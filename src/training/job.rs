@@ -101,6 +101,8 @@ impl TrainingJob {
                 last.result.clone().unwrap_or_else(|| json!({}))
             }
         };
+        // The record's last words should be the outcome, not the last thing it waited for.
+        progress.start_step("Completed", 3, 100.0..100.0);
         let field = |key: &str| result.get(key).cloned().unwrap_or(Value::Null);
         Ok(json!({
             "model_path": field("model_path"),
