@@ -148,6 +148,29 @@ def main():
             check("Cancellation" in page.locator("#details-body").text_content(),
                   "the details panel shows the cancellation")
             page.screenshot(path=SCREENSHOT, full_page=False)
+
+            # With the details open at 1,400 px and on a 390 px phone, the table fits its card and a
+            # running operation's Cancel button is on screen.
+            running = post("/api/v1/data/load", {"symbol": "MSFT", "timeframe": "1m", "mode": "backfill",
+                                                 "start_date": "2024-01-01", "end_date": "2024-06-30"})
+            running_id = running["data"]["operation_id"]
+            for width, height in [(1400, 900), (390, 844)]:
+                page.set_viewport_size({"width": width, "height": height})
+                button = page.get_by_role("button", name=f"Cancel {running_id}")
+                button.wait_for(state="visible", timeout=15000)
+                box = button.bounding_box()
+                check(box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width + 1,
+                      f"at {width} px the Cancel button is at {box} (off screen)")
+                overflow = page.evaluate("() => { const w = document.querySelector('.table-wrap'); "
+                                         "return w.scrollWidth - w.clientWidth; }")
+                page.screenshot(path=SCREENSHOT.replace(".png", f"-{width}.png"), full_page=False)
+                check(overflow <= 1, f"at {width} px the table is {overflow} px wider than its card")
+                print(f"at {width} px: Cancel at x={box['x']:.0f}..{box['x'] + box['width']:.0f}, table fits its card")
+                page.screenshot(path=SCREENSHOT.replace(".png", f"-{width}.png"), full_page=False)
+            button.click()
+            page.wait_for_function(
+                "(id) => document.querySelector(`tr[data-id=\"${id}\"] td.status`)?.textContent === 'cancelled'",
+                arg=running_id, timeout=15000)
         finally:
             browser.close()
 
