@@ -400,6 +400,29 @@ async fn every_malformed_request_gets_the_error_envelope() {
         assert_eq!(actual, status, "{name}: {body}");
         assert_eq!(assert_envelope(&body), code, "{name}");
     }
+    // Fields are named: a missing one, an unknown one; the size limit is said.
+    let load = app.url("/api/v1/data/load");
+    let (_, body) = common::json_of(http.post(&load).json(&json!({ "timeframe": "1h" })).send().await.unwrap()).await;
+    assert_eq!(body["error"]["details"]["field"], "symbol", "{body}");
+    let unknown = json!({ "symbol": "AAPL", "timeframe": "1h", "bogus": 1 });
+    let (status, body) = common::json_of(http.post(&load).json(&unknown).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (422, Some("bogus")), "{body}");
+    let nested = json!({ "symbol": "AAPL", "timeframe": "1h", "filters": { "trading_hours": true } });
+    let (status, body) = common::json_of(http.post(&load).json(&nested).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (422, Some("filters.trading_hours")), "{body}");
+    let training = json!({ "strategy_name": "x", "epochs": 5 });
+    let (status, body) =
+        common::json_of(http.post(app.url("/api/v1/trainings/start")).json(&training).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (422, Some("epochs")), "{body}");
+    let huge = format!("{{\"x\":\"{}\"}}", "a".repeat(10_000));
+    let response = http.post(&start).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let (_, body) = common::json_of(response).await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("at most 4096 bytes"), "{body}");
+    // What ktrdr's data clients send beyond our fields is still accepted.
+    let ktrdr = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "local", "periodic_save_minutes": 2.0 });
+    let (status, body) = common::json_of(http.post(&load).json(&ktrdr).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+
     // An empty body is fine for the optional-body endpoints.
     let response = http.post(&start).send().await.unwrap();
     assert_eq!(response.status(), 200);

@@ -9,6 +9,10 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 
+/// The largest body the service accepts, put on every request so that a 413 can say it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 /// A JSON object body.
 pub struct ApiJson<T>(pub T);
 
@@ -17,7 +21,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        let limit = req.extensions().get::<BodyLimit>().copied();
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text(), limit))?;
         if !json {
             return Err(unsupported_media_type());
         }
@@ -33,7 +38,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text()))?;
+        let limit = req.extensions().get::<BodyLimit>().copied();
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text(), limit))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
@@ -80,24 +86,46 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return invalid_json(&inner);
         }
+        let message = inner.to_string();
+        // A missing field is reported at the object that lacks it: add its name to the path.
+        let field = match named_field(&message, "missing field `") {
+            Some(name) if path == "." => Some(name.to_owned()),
+            Some(name) => Some(format!("{path}.{name}")),
+            None => (path != ".").then_some(path),
+        };
         let error = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "VALIDATION_ERROR",
-            format!("The request body has a wrong or missing field: {inner}"),
+            format!("The request body has a wrong, missing or unknown field: {message}"),
         );
-        if path == "." { error } else { error.details(serde_json::json!({ "field": path })) }
+        match field {
+            Some(field) => error.details(serde_json::json!({ "field": field })),
+            None => error,
+        }
     })?;
     deserializer.end().map_err(|e| invalid_json(&e))?;
     Ok(value)
+}
+
+/// `name` in serde's "missing field `name`".
+fn named_field<'a>(message: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &message[message.find(marker)? + marker.len()..];
+    rest.split('`').next()
 }
 
 fn invalid_json(e: &serde_json::Error) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "INVALID_JSON", format!("The request body is not valid JSON: {e}"))
 }
 
-fn body_error(status: StatusCode, text: String) -> ApiError {
+fn body_error(status: StatusCode, text: String, limit: Option<BodyLimit>) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "PAYLOAD_TOO_LARGE", "The request body is larger than this service accepts")
+        let message = match limit {
+            Some(BodyLimit(bytes)) => format!(
+                "The request body is larger than this service accepts: at most {bytes} bytes (server.body_limit_bytes)"
+            ),
+            None => "The request body is larger than this service accepts".to_owned(),
+        };
+        ApiError::new(status, "PAYLOAD_TOO_LARGE", message)
     } else {
         ApiError::new(status, "INVALID_BODY", format!("The request body could not be read: {text}"))
     }

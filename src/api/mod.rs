@@ -80,7 +80,8 @@ pub fn router(state: AppState) -> Router {
     let mut router = routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(config.server.body_limit_bytes));
+        .layer(DefaultBodyLimit::max(config.server.body_limit_bytes))
+        .layer(axum::Extension(extract::BodyLimit(config.server.body_limit_bytes)));
     if !config.auth.api_token.is_empty() {
         router = router.layer(auth::BearerAuth::new(&config.auth.api_token));
     }

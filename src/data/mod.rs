@@ -70,6 +70,7 @@ impl Reattach for DataService {
             start_date: text("start_date"),
             end_date: text("end_date"),
             filters: filters.and_then(|f| serde_json::from_value::<Filters>(f).ok()),
+            periodic_save_minutes: None,
         };
         match LoadSpec::from_body(&body, false) {
             Ok(mut spec) => {

@@ -93,14 +93,17 @@ fn names(modes: &[Mode]) -> String {
 /// `filters` of the request (kept in the metadata; `trading_hours_only` drops stock bars
 /// outside the regular session).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Filters {
     pub trading_hours_only: bool,
     pub include_extended: bool,
 }
 
-/// The JSON body of `POST /data/load` and `/data/acquire/download`, as sent.
+/// The JSON body of `POST /data/load` and `/data/acquire/download`, as sent. A field we do not
+/// know is refused (422 naming it) rather than silently ignored — a misspelt `start_dat` would
+/// otherwise load a different range than asked for.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoadBody {
     /// 1–20 characters of `A-Z a-z 0-9 . _ -`.
     #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,19}$")]
@@ -118,6 +121,10 @@ pub struct LoadBody {
     pub end_date: Option<String>,
     #[serde(default)]
     pub filters: Option<Filters>,
+    /// Sent by ktrdr's data clients; accepted and not used (saves follow `data.save_interval`).
+    #[serde(default, skip_serializing)]
+    #[schema(ignore)]
+    pub periodic_save_minutes: Option<f64>,
 }
 
 /// A validated data load.

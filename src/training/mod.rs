@@ -22,8 +22,10 @@ use strategy::Strategy;
 pub const OPERATION_TYPE: &str = "training";
 const MAX_SERIES: usize = 50;
 
-/// The body of `POST /api/v1/trainings/start`, as sent.
+/// The body of `POST /api/v1/trainings/start`, as sent. Unknown fields are refused (422 naming
+/// them); `task_id` and `detailed_analytics` are what ktrdr's clients send beyond what we use.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TrainingBody {
     /// A strategy file's name: `{strategies_dir}/{strategy_name}.yaml`.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
