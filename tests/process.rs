@@ -282,3 +282,51 @@ async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_sessio
     let lines = service.output.lock().unwrap().join("\n");
     assert!(lines.contains("re-attached"), "{lines}");
 }
+
+#[tokio::test]
+async fn a_training_stopped_by_sigterm_records_the_hosts_stop() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    std::fs::write(
+        data.path().join("EURUSD_1h.csv"),
+        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+    )
+    .unwrap();
+    let (_sim, ib_url, training_url) = sim_process(&data_dir, &["--sim-training-pace-ms", "200"], &[]).await;
+    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+    let mut args = serve_args(&db);
+    args.extend(
+        ["--ib-url", &ib_url, "--training-url", &training_url, "--data-dir", &data_dir, "--strategies-dir", strategies]
+            .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let http = reqwest::Client::new();
+    let mut service = ServiceProcess::start(&args, &[]).await;
+    let (_, answer) = json_of(
+        http.post(service.url("/api/v1/trainings/start"))
+            .json(&json!({ "strategy_name": "example_mlp" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = answer["task_id"].as_str().unwrap().to_owned();
+    loop {
+        let r = record(&http, &service, &id).await;
+        if r["progress"]["context"]["host_status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.signal("TERM");
+    assert!(service.wait(Duration::from_secs(20)).await.success());
+
+    let service = ServiceProcess::start(&args, &[]).await;
+    let r = record(&http, &service, &id).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    let remote = &r["cancellation"]["remote"];
+    assert_eq!(remote["host"], "training", "{r}");
+    assert!(remote["acknowledged_at"].is_string(), "the host acknowledged the stop: {r}");
+    assert_eq!(remote["host_final_status"], "cancelled", "and the record says what it did: {r}");
+}

@@ -277,6 +277,9 @@ fn relay(
     progress.step_progress((s.percentage * 10.0).round() as u64, 1000, s.items_processed, Some(message));
 }
 
+/// How long a stop sent while the service shuts down waits to read the host's answer.
+const SHUTDOWN_LOOK: Duration = Duration::from_secs(2);
+
 /// Tells the host to stop the session (retried until acknowledged, bounded), then watches it
 /// for a while and records its final status — a host may acknowledge and train on regardless.
 fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: TrainingSettings) -> RemoteStopHook {
@@ -307,6 +310,15 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
                     pause = pause.saturating_mul(2);
                 }
             }
+        }
+        if report.shutdown().is_cancelled() {
+            // The service is stopping: no long watch, but one quick look so that the record says
+            // what the host did with the stop.
+            let look = CancellationToken::new();
+            if let Ok(Ok(snapshot)) = tokio::time::timeout(SHUTDOWN_LOOK, client.poll(&session, &look)).await {
+                report.final_status(snapshot.host_status.clone()).await;
+            }
+            return;
         }
         let until = Instant::now() + settings.cancel_watch;
         let mut reported: Option<String> = None;
