@@ -14,17 +14,40 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// A fresh, empty database for one test.
+/// A fresh, empty database for one test; a PostgreSQL one is dropped when the test is done.
 pub struct TestDb {
     pub url: String,
     _dir: Option<TempDir>,
+    /// The server's admin URL and the database's name, for PostgreSQL.
+    postgres: Option<(String, String)>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.postgres.take() else { return };
+        // Drop runs inside the test's runtime, which must not be blocked (the test's service may
+        // be opening connections on it): a thread of its own drops the database, FORCE ending
+        // the sessions the service still holds. Best effort — one still running when the test
+        // binary exits is swept by .ci/run.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let Ok(pool) = sqlx::PgPool::connect(&admin).await else { return };
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await {
+                    eprintln!("could not drop the test database {name}: {e}");
+                }
+                pool.close().await;
+            });
+        });
+    }
 }
 
 impl TestDb {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-        TestDb { url, _dir: Some(dir) }
+        TestDb { url, _dir: Some(dir), postgres: None }
     }
 
     /// A new database on the PostgreSQL named by `KTRDR_OPS_TEST_DATABASE_URL`.
@@ -36,7 +59,7 @@ impl TestDb {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
         pool.close().await;
         let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
-        TestDb { url: format!("{base}/{name}"), _dir: None }
+        TestDb { url: format!("{base}/{name}"), _dir: None, postgres: Some((admin.clone(), name)) }
     }
 }
 
