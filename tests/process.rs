@@ -209,6 +209,11 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
     let r = record(&http, &service, &id).await;
     assert_eq!(r["status"], "failed");
     assert_eq!(r["error_message"], "interrupted: service restarted before the operation finished");
+    // What it had saved when it died, and what was still missing.
+    let so_far = &r["result_summary"];
+    let rows = so_far["rows_after"].as_u64().unwrap_or_else(|| panic!("no result_summary: {r}"));
+    assert!(rows > 0 && rows <= saved.len() as u64, "{so_far}");
+    assert!(!so_far["missing"].as_array().unwrap().is_empty(), "{so_far}");
     let mut body = body;
     body["mode"] = json!("full");
     let (_, answer) = json_of(http.post(service.url("/api/v1/data/load")).json(&body).send().await.unwrap()).await;

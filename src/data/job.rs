@@ -265,7 +265,10 @@ impl DataLoadJob {
             };
             if let Some(stop) = stop {
                 series.save(&mut downloads).await?;
-                ctx.result_so_far(summary(&series, &downloads));
+                // The stop is what the record must say; a summary that could not be stored is a warning.
+                if let Err(e) = ctx.result_so_far(summary(&series, &downloads)).await {
+                    ctx.warn(e.to_string());
+                }
                 return Err(stop);
             }
             progress.context([
@@ -275,13 +278,13 @@ impl DataLoadJob {
             progress.step_progress(i as u64 + 1, n as u64, Some(downloads.rows_downloaded), None);
             if last_save.elapsed() >= self.settings.save_interval {
                 series.save(&mut downloads).await?;
-                ctx.result_so_far(summary(&series, &downloads));
+                ctx.result_so_far(summary(&series, &downloads)).await?;
                 last_save = Instant::now();
             }
         }
         if n > 0 && downloads.segments_failed == n as u64 {
             series.save(&mut downloads).await?;
-            ctx.result_so_far(summary(&series, &downloads));
+            ctx.result_so_far(summary(&series, &downloads)).await?;
             let last = downloads.last_error.unwrap_or_default();
             return Err(JobError::Failed(format!("none of the {n} segments could be fetched; the last error: {last}")));
         }

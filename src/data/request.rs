@@ -205,6 +205,7 @@ mod tests {
             start_date: None,
             end_date: None,
             filters: None,
+            periodic_save_minutes: None,
         }
     }
 

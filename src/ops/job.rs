@@ -203,10 +203,17 @@ impl JobContext {
         self.op.edit(|r, _| r.errors.push(message));
     }
 
-    /// What the work has achieved so far, as `result_summary`: kept if the operation ends
-    /// `cancelled` or `failed` (or is interrupted), replaced by the result if it completes.
-    pub fn result_so_far(&self, summary: Value) {
-        self.op.edit(|r, _| r.result_summary = Some(summary));
+    /// What the work has achieved so far, as `result_summary`, stored before returning: kept if
+    /// the operation ends `cancelled` or `failed` (or is interrupted by a crash), replaced by the
+    /// result if it completes.
+    pub async fn result_so_far(&self, summary: Value) -> Result<(), JobError> {
+        let Some(snapshot) = self.op.edit(|r, _| r.result_summary = Some(summary)) else {
+            return Err(JobError::Cancelled);
+        };
+        self.store
+            .save(vec![snapshot], &self.owner)
+            .await
+            .map_err(|e| JobError::Failed(format!("could not store the operation's progress: {e}")))
     }
 
     /// Changes the operation's domain `metrics` (the domain decides their shape).

@@ -132,17 +132,24 @@ impl LiveOperation {
         }
     }
 
-    /// A change to the record's other fields (warnings, metrics, resume state) while it runs.
-    /// Returns `None` (and changes nothing) once terminal.
+    /// A change to the record's other fields (warnings, metrics, resume state) while it runs;
+    /// written with the next throttled progress write, like progress (callers that need it
+    /// durable at once save the snapshot returned). Returns `None` (and changes nothing) once
+    /// terminal.
     pub(crate) fn edit(&self, change: impl FnOnce(&mut OperationRecord, &mut Option<Value>)) -> Option<Arc<Snapshot>> {
-        self.modify(|d| {
-            if d.record.status.is_terminal() {
-                return None;
-            }
-            change(&mut d.record, &mut d.job_state);
-            Some(())
-        })
-        .map(|(_, snapshot)| snapshot)
+        let snapshot = self
+            .modify(|d| {
+                if d.record.status.is_terminal() {
+                    return None;
+                }
+                change(&mut d.record, &mut d.job_state);
+                Some(())
+            })
+            .map(|(_, snapshot)| snapshot);
+        if snapshot.is_some() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        snapshot
     }
 
     /// Takes the progress-changed flag: true when a store write is due.
