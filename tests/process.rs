@@ -234,42 +234,13 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
 
 #[tokio::test]
 async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_session() {
-    let db = TestDb::sqlite();
-    let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    std::fs::write(
-        data.path().join("EURUSD_1h.csv"),
-        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
-    )
-    .unwrap();
-    let (_sim, ib_url, training_url) = sim_process(&data_dir, &["--sim-training-pace-ms", "40"], &[]).await;
-    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
-    let mut args = serve_args(&db);
-    args.extend(
-        ["--ib-url", &ib_url, "--training-url", &training_url, "--data-dir", &data_dir, "--strategies-dir", strategies]
-            .map(str::to_owned),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rig = TrainingRig::start("40").await;
+    let args = rig.args();
     let http = reqwest::Client::new();
 
     let mut service = ServiceProcess::start(&args, &[]).await;
-    let (status, answer) = json_of(
-        http.post(service.url("/api/v1/trainings/start"))
-            .json(&json!({ "strategy_name": "example_mlp" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
-    let id = answer["task_id"].as_str().unwrap().to_owned();
-    loop {
-        let r = record(&http, &service, &id).await;
-        if r["metrics"]["epochs"].as_array().is_some_and(|e| e.len() >= 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let id = start_training_until(&http, &service, |r| r["metrics"]["epochs"].as_array().is_some_and(|e| e.len() >= 2))
+        .await;
     service.kill9().await;
 
     let service = ServiceProcess::start(&args, &[]).await;
@@ -290,40 +261,11 @@ async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_sessio
 
 #[tokio::test]
 async fn a_training_stopped_by_sigterm_records_the_hosts_stop() {
-    let db = TestDb::sqlite();
-    let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    std::fs::write(
-        data.path().join("EURUSD_1h.csv"),
-        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
-    )
-    .unwrap();
-    let (_sim, ib_url, training_url) = sim_process(&data_dir, &["--sim-training-pace-ms", "200"], &[]).await;
-    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
-    let mut args = serve_args(&db);
-    args.extend(
-        ["--ib-url", &ib_url, "--training-url", &training_url, "--data-dir", &data_dir, "--strategies-dir", strategies]
-            .map(str::to_owned),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rig = TrainingRig::start("200").await;
+    let args = rig.args();
     let http = reqwest::Client::new();
     let mut service = ServiceProcess::start(&args, &[]).await;
-    let (_, answer) = json_of(
-        http.post(service.url("/api/v1/trainings/start"))
-            .json(&json!({ "strategy_name": "example_mlp" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let id = answer["task_id"].as_str().unwrap().to_owned();
-    loop {
-        let r = record(&http, &service, &id).await;
-        if r["progress"]["context"]["host_status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let id = start_training_until(&http, &service, |r| r["progress"]["context"]["host_status"] == "running").await;
     service.signal("TERM");
     assert!(service.wait(Duration::from_secs(20)).await.success());
 
@@ -334,4 +276,70 @@ async fn a_training_stopped_by_sigterm_records_the_hosts_stop() {
     assert_eq!(remote["host"], "training", "{r}");
     assert!(remote["acknowledged_at"].is_string(), "the host acknowledged the stop: {r}");
     assert_eq!(remote["host_final_status"], "cancelled", "and the record says what it did: {r}");
+}
+
+/// The simulators in a process of their own (they outlive a killed service), EURUSD 1h data on
+/// disk, and the arguments of a service using them.
+struct TrainingRig {
+    _db: TestDb,
+    _data: tempfile::TempDir,
+    _sim: tokio::process::Child,
+    args: Vec<String>,
+}
+
+impl TrainingRig {
+    async fn start(training_pace_ms: &str) -> Self {
+        let db = TestDb::sqlite();
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().display().to_string();
+        std::fs::write(
+            data.path().join("EURUSD_1h.csv"),
+            "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+        )
+        .unwrap();
+        let (sim, ib_url, training_url) =
+            sim_process(&data_dir, &["--sim-training-pace-ms", training_pace_ms], &[]).await;
+        let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+        let mut args = serve_args(&db);
+        args.extend(
+            [
+                "--ib-url",
+                &ib_url,
+                "--training-url",
+                &training_url,
+                "--data-dir",
+                &data_dir,
+                "--strategies-dir",
+                strategies,
+            ]
+            .map(str::to_owned),
+        );
+        TrainingRig { _db: db, _data: data, _sim: sim, args }
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
+/// Starts the example training and waits until its record satisfies `ready`; its id.
+async fn start_training_until(
+    http: &reqwest::Client,
+    service: &ServiceProcess,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> String {
+    let (status, answer) = json_of(
+        http.post(service.url("/api/v1/trainings/start"))
+            .json(&json!({ "strategy_name": "example_mlp" }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["task_id"].as_str().unwrap().to_owned();
+    while !ready(&record(http, service, &id).await) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    id
 }

@@ -17,7 +17,7 @@ use crate::data::plan::{self, Cached, Window};
 use crate::data::repository::{CacheError, Repository};
 use crate::data::request::{LoadSpec, Mode};
 use crate::hosts::ib::{IbClient, IbError};
-use crate::hosts::stall::{StallReporter, observe_stalls};
+use crate::hosts::stall::observe_stalls;
 use crate::ops::{Job, JobContext, JobError, JobResult, ProgressReporter};
 use crate::time::{self, Timestamp};
 
@@ -138,11 +138,8 @@ struct Plan {
 
 impl Job for DataLoadJob {
     async fn run(self, ctx: JobContext) -> JobResult {
-        let progress = ctx.progress();
-        let warnings = ctx.progress();
-        let stalls =
-            StallReporter::observer(move |notice| progress.detail(notice), move |summary| warnings.warn(summary));
-        observe_stalls(stalls, self.load(ctx)).await
+        // Stalled host calls show in the step and stay in the warnings.
+        observe_stalls(Arc::new(ctx.progress()), self.load(ctx)).await
     }
 }
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::ops::ProgressReporter;
+
 /// How often a stalled call repeats its notice after the first.
 const REPEAT: Duration = Duration::from_secs(5);
 
@@ -93,34 +95,15 @@ pub trait StallObserver: Send + Sync {
     fn ended(&self, stall: &Stall, end: StallEnd);
 }
 
-/// An observer made of two callbacks: one shows the live notice (an operation's step), the other
-/// keeps the summary once the stall is over (its warnings).
-pub struct StallReporter<N, S> {
-    notice: N,
-    summary: S,
-}
-
-impl<N, S> StallReporter<N, S>
-where
-    N: Fn(String) + Send + Sync + 'static,
-    S: Fn(String) + Send + Sync + 'static,
-{
-    pub fn observer(notice: N, summary: S) -> Arc<dyn StallObserver> {
-        Arc::new(Self { notice, summary })
-    }
-}
-
-impl<N, S> StallObserver for StallReporter<N, S>
-where
-    N: Fn(String) + Send + Sync,
-    S: Fn(String) + Send + Sync,
-{
+/// An operation's progress is the usual observer: the notice is its step's detail, the summary
+/// one of its warnings.
+impl StallObserver for ProgressReporter {
     fn stalled(&self, stall: &Stall) {
-        (self.notice)(stall.notice());
+        self.detail(stall.notice());
     }
 
     fn ended(&self, stall: &Stall, end: StallEnd) {
-        (self.summary)(stall.summary(end));
+        self.warn(stall.summary(end));
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::hosts::stall::{StallReporter, observe_stalls};
+use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationRecord, ProgressReporter, Reattach, RemoteStopHook,
@@ -50,11 +50,8 @@ fn failed(message: impl Into<String>) -> JobError {
 
 impl Job for TrainingJob {
     async fn run(self, ctx: JobContext) -> JobResult {
-        let progress = ctx.progress();
-        let warnings = ctx.progress();
-        let stalls =
-            StallReporter::observer(move |notice| progress.detail(notice), move |summary| warnings.warn(summary));
-        observe_stalls(stalls, self.train(ctx)).await
+        // Stalled host calls show in the step and stay in the warnings.
+        observe_stalls(Arc::new(ctx.progress()), self.train(ctx)).await
     }
 }
 
