@@ -44,6 +44,7 @@ async fn main() {
         training_protocol: Protocol::Operations,
         training: TrainingKnobs::default(),
         data_dir: data.path().to_owned(),
+        models_dir: None,
     };
     let sims = Simulators::start(settings, loopback, loopback).await.unwrap();
     let url = format!("{}/health", sims.ib_url());

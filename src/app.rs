@@ -12,6 +12,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::catalog::Catalog;
 use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
 use crate::data::DataService;
 use crate::data::job::LoadSettings;
@@ -200,7 +201,8 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let simulators = if options.with_simulators {
         let _ = std::fs::create_dir_all(&config.data.dir);
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let settings = SimSettings::from_config(&config.sim, config.data.dir.clone());
+        let settings =
+            SimSettings::from_config(&config.sim, config.data.dir.clone(), config.training.models_dir.clone());
         let simulators = Simulators::start(settings, loopback, loopback).await.map_err(StartError::Simulators)?;
         config.hosts.ib.url = simulators.ib_url();
         config.hosts.training.url = simulators.training_url();
@@ -260,6 +262,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         hosts: hosts.clone(),
         data,
         training,
+        catalog: Catalog::new(config.training.strategies_dir.clone(), config.training.models_dir.clone()),
         config: config.clone(),
         openapi: Default::default(),
     });

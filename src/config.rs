@@ -76,6 +76,7 @@ pub struct DataConfig {
 #[serde(deny_unknown_fields)]
 pub struct TrainingConfig {
     pub strategies_dir: PathBuf,
+    pub models_dir: PathBuf,
     pub start_timeout: HumanDuration,
     pub poll_min: HumanDuration,
     pub poll_max: HumanDuration,

@@ -5,11 +5,13 @@
 pub mod api;
 /// The composition root.
 pub mod app;
+/// The strategy and model catalog: strategy files listed, validated, resolved to features; trained models.
+pub mod catalog;
 /// The command-line client of a running service.
 pub mod cli;
 /// Typed, layered, validated settings.
 pub mod config;
-/// Market data: timeframes, calendars (and, later, the data-load operation).
+/// Market data: timeframes, calendars, the cache and its coverage index, the data-load operation.
 pub mod data;
 /// The reference operation used by tests, demos and benchmarks.
 pub mod dummy;

@@ -355,7 +355,8 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
     };
     telemetry::init(config.log.format, &config.log.filter);
     runtime.block_on(async move {
-        let settings = SimSettings::from_config(&config.sim, config.data.dir.clone());
+        let settings =
+            SimSettings::from_config(&config.sim, config.data.dir.clone(), config.training.models_dir.clone());
         match Simulators::start(settings, config.sim.ib_listen, config.sim.training_listen).await {
             Ok(simulators) => {
                 println!(

@@ -5,6 +5,7 @@
 //! catching are layers here.
 
 mod auth;
+mod catalog;
 mod dashboard;
 mod data;
 mod dummy;
@@ -33,6 +34,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::data::DataService;
 use crate::hosts::Hosts;
@@ -47,6 +49,7 @@ pub struct AppState {
     pub hosts: Hosts,
     pub data: DataService,
     pub training: TrainingService,
+    pub catalog: Catalog,
     pub config: Arc<Config>,
     /// The OpenAPI document, serialised once.
     pub openapi: openapi::Document,
@@ -63,6 +66,7 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
         .merge(operations::router())
         .merge(timed(data::router()))
         .merge(timed(trainings::router()))
+        .merge(timed(catalog::router()))
         .merge(timed(dummy::router()))
         .merge(timed(health::router()))
         .merge(prometheus::router())

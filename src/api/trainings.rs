@@ -13,6 +13,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, ApiPath as Path};
 use crate::api::schemas::{ErrorEnvelope, Performance, TrainingStarted};
 use crate::api::{AppState, idempotency_key, replayed};
+use crate::catalog::validate;
 use crate::ops::{OperationSpec, Status, Submitted};
 use crate::training::{self, TrainingBody, TrainingSpec};
 
@@ -43,6 +44,7 @@ async fn start(
     let spec = tokio::task::spawn_blocking(move || TrainingSpec::from_body(&checked, &dir))
         .await
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error", &e))??;
+    refuse_invalid_v3(&spec)?;
     let operation = OperationSpec {
         operation_type: training::OPERATION_TYPE,
         metadata: spec.metadata(),
@@ -68,6 +70,27 @@ async fn start(
         estimated_duration_minutes: None,
     });
     Ok(replayed(answer.into_response(), replay))
+}
+
+/// A v3 strategy with validation errors would fail on the host after the data is read and the
+/// GPU allocated: refused here with the same issues as `POST /strategies/validate/{name}`.
+/// Older strategy shapes pass — the sessions-generation hosts train them.
+fn refuse_invalid_v3(spec: &TrainingSpec) -> Result<(), ApiError> {
+    let Ok(value) = serde_yaml_ng::from_str::<serde_json::Value>(&spec.strategy.yaml) else { return Ok(()) };
+    if !validate::looks_like_v3(&value) {
+        return Ok(());
+    }
+    let issues: Vec<_> = validate::validate(&value).into_iter().filter(|i| i.is_error()).collect();
+    if issues.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = issues.iter().map(|i| format!("  - {}", i.message)).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "STRATEGY_INVALID",
+        format!("Strategy '{}' does not validate:\n{}", spec.strategy.name, lines.join("\n")),
+    )
+    .details(json!({ "field": "strategy_name", "issues": issues })))
 }
 
 /// A completed training's metrics.

@@ -28,10 +28,12 @@ pub struct SimSettings {
     pub training: TrainingKnobs,
     /// Where the training simulator looks for `{SYMBOL}_{TF}.csv` (the service's data dir).
     pub data_dir: PathBuf,
+    /// Where the training simulator writes the model folders of completed trainings.
+    pub models_dir: Option<PathBuf>,
 }
 
 impl SimSettings {
-    pub fn from_config(config: &SimConfig, data_dir: PathBuf) -> Self {
+    pub fn from_config(config: &SimConfig, data_dir: PathBuf, models_dir: PathBuf) -> Self {
         Self {
             ib: IbKnobs {
                 latency_ms: config.latency_ms,
@@ -60,6 +62,7 @@ impl SimSettings {
                 ..TrainingKnobs::default()
             },
             data_dir,
+            models_dir: Some(models_dir),
         }
     }
 }
@@ -82,7 +85,8 @@ impl Simulators {
         training_listen: SocketAddr,
     ) -> std::io::Result<Self> {
         let ib = IbSim::new(settings.ib);
-        let training = TrainingSim::new(settings.training_protocol, settings.data_dir, settings.training);
+        let training =
+            TrainingSim::new(settings.training_protocol, settings.data_dir, settings.models_dir, settings.training);
         let ib_listener = TcpListener::bind(ib_listen).await?;
         let training_listener = TcpListener::bind(training_listen).await?;
         let (ib_addr, training_addr) = (ib_listener.local_addr()?, training_listener.local_addr()?);

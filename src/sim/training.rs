@@ -78,6 +78,8 @@ struct SimSession {
     symbols: Vec<String>,
     timeframes: Vec<String>,
     model_type: String,
+    /// The strategy's name (its YAML `name`, or the file a sessions-generation start names).
+    strategy: String,
     abort: Option<AbortHandle>,
 }
 
@@ -93,6 +95,8 @@ struct Stats {
 pub struct TrainingSim {
     protocol: Protocol,
     data_dir: PathBuf,
+    /// Where completed trainings leave their model folders, as ktrdr's hosts do.
+    models_dir: Option<PathBuf>,
     knobs: RwLock<TrainingKnobs>,
     sessions: Mutex<BTreeMap<String, SimSession>>,
     stats: Mutex<Stats>,
@@ -105,10 +109,11 @@ fn detail(status: StatusCode, text: impl Into<String>) -> Response {
 }
 
 impl TrainingSim {
-    pub fn new(protocol: Protocol, data_dir: PathBuf, knobs: TrainingKnobs) -> Arc<Self> {
+    pub fn new(protocol: Protocol, data_dir: PathBuf, models_dir: Option<PathBuf>, knobs: TrainingKnobs) -> Arc<Self> {
         Arc::new(Self {
             protocol,
             data_dir,
+            models_dir,
             knobs: RwLock::new(knobs),
             sessions: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(Stats::default()),
@@ -218,9 +223,16 @@ impl TrainingSim {
                 return;
             }
         }
+        let model_path = match self.save_model(&id).await {
+            Ok(path) => path,
+            Err(e) => {
+                self.end(&id, "failed", Some(format!("Training failed: could not save the model: {e}")), None);
+                return;
+            }
+        };
         let result = self.with_session(&id, |s| {
             json!({
-                "model_path": format!("models/sim/{}_{}.pt", s.model_type, s.id),
+                "model_path": model_path.clone().unwrap_or_else(|| format!("models/sim/{}_{}.pt", s.model_type, s.id)),
                 "training_metrics": { "final_train_loss": s.epochs.last().and_then(|e| e.get("train_loss")).cloned(), "epochs_trained": s.epochs.len() },
                 "test_metrics": { "test_accuracy": 0.81, "test_loss": 0.42, "precision": 0.8, "recall": 0.79, "f1_score": 0.795 },
                 "model_info": { "model_type": s.model_type, "parameters_count": 12_345 },
@@ -228,6 +240,18 @@ impl TrainingSim {
             })
         });
         self.end(&id, "completed", None, result);
+    }
+
+    /// Writes the session's model folder in ktrdr's layout — `{models_dir}/{strategy}/{tf}_v{N}/`
+    /// with `metadata.json`, `metrics.json` and small weights, and the `{tf}_latest` link — into a
+    /// temporary folder renamed into place, so a reader never sees half of one. Its path, or
+    /// `None` without a models folder.
+    async fn save_model(&self, id: &str) -> std::io::Result<Option<String>> {
+        let Some(models_dir) = self.models_dir.clone() else { return Ok(None) };
+        let Some(session) = self.with_session(id, |s| s.clone()) else { return Ok(None) };
+        tokio::task::spawn_blocking(move || model_folder::write(&models_dir, &session).map(Some))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     fn end(&self, id: &str, status: &str, error: Option<String>, result: Option<Value>) {
@@ -271,21 +295,20 @@ fn epochs_in_yaml(text: &str) -> Option<u32> {
 async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
     sim.count("/training/start");
     let knobs = sim.knobs();
-    let (task_id, symbols, timeframes, epochs, model_type) = match sim.protocol {
+    let (task_id, symbols, timeframes, epochs, model_type, strategy) = match sim.protocol {
         Protocol::Operations => {
             let Some(yaml) = body.get("strategy_yaml").and_then(Value::as_str) else {
                 return crate::sim::fastapi::unprocessable(&["body", "strategy_yaml"], "field required");
             };
-            let model_type = serde_yaml_ng::from_str::<Value>(yaml)
-                .ok()
-                .and_then(|v| v.pointer("/model/type").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| "mlp".into());
+            let parsed = serde_yaml_ng::from_str::<Value>(yaml).ok();
+            let text = |pointer: &str| parsed.as_ref().and_then(|v| v.pointer(pointer)).and_then(Value::as_str);
             (
                 body.get("task_id").and_then(Value::as_str).map(str::to_owned),
                 body.get("symbols"),
                 body.get("timeframes"),
                 epochs_in_yaml(yaml),
-                model_type,
+                text("/model/type").unwrap_or("mlp").to_owned(),
+                text("/name").unwrap_or("unnamed").to_owned(),
             )
         }
         Protocol::Sessions => {
@@ -294,7 +317,13 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
             };
             let epochs = body.pointer("/training_configuration/epochs").and_then(Value::as_u64).map(|e| e as u32);
             let model_type = model.get("model_type").and_then(Value::as_str).unwrap_or("mlp").to_owned();
-            (None, model.get("symbols"), model.get("timeframes"), epochs, model_type)
+            // `strategies/neuro_mean_reversion.yaml` → `neuro_mean_reversion`
+            let strategy = model
+                .get("strategy_config")
+                .and_then(Value::as_str)
+                .and_then(|p| std::path::Path::new(p).file_stem())
+                .map_or_else(|| "unnamed".to_owned(), |s| s.to_string_lossy().into_owned());
+            (None, model.get("symbols"), model.get("timeframes"), epochs, model_type, strategy)
         }
     };
     let list = |v: Option<&Value>| -> Vec<String> {
@@ -347,6 +376,7 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
                 symbols,
                 timeframes,
                 model_type,
+                strategy,
                 abort: None,
             },
         );
@@ -532,4 +562,83 @@ async fn crash(State(sim): Sim) -> StatusCode {
     }
     sim.stats.lock().unwrap_or_else(|e| e.into_inner()).crashes += 1;
     StatusCode::NO_CONTENT
+}
+
+/// ktrdr's model folder layout, as the training hosts write it.
+mod model_folder {
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+
+    use super::SimSession;
+    use crate::time;
+
+    /// `{models_dir}/{strategy}/{timeframe}_v{N}` (N = the highest there + 1), written whole
+    /// under a temporary name and renamed into place; `{timeframe}_latest` then points at it.
+    pub(super) fn write(models_dir: &Path, s: &SimSession) -> std::io::Result<String> {
+        let strategy_dir = models_dir.join(safe(&s.strategy));
+        std::fs::create_dir_all(&strategy_dir)?;
+        let timeframe = s.timeframes.first().cloned().unwrap_or_default();
+        let prefix = format!("{timeframe}_v");
+        let temp = strategy_dir.join(format!(".{}.{}.tmp", safe(&s.id), fastrand::u64(..)));
+        std::fs::create_dir_all(&temp)?;
+        let result = (|| {
+            let metric = |key: &str| s.epochs.last().and_then(|e| e.get(key)).cloned().unwrap_or(Value::Null);
+            let best =
+                |key: &str| s.epochs.iter().filter_map(|e| e.get(key).and_then(Value::as_f64)).fold(f64::NAN, f64::max);
+            let created_at = time::now().format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+            let metadata = json!({
+                "strategy_name": s.strategy, "symbol": s.symbols.first(), "timeframe": timeframe,
+                "created_at": created_at, "is_trained": true, "model_type": s.model_type,
+                "model_version": "pure_fuzzy_v1", "architecture_type": s.model_type, "input_size": 6,
+                "pytorch_version": "simulated",
+                "training_summary": { "epochs": s.epochs.len(), "final_accuracy": metric("train_accuracy"), "best_val_accuracy": best("val_accuracy") },
+            });
+            let metrics = json!({
+                "epochs_trained": s.epochs.len(), "final_train_loss": metric("train_loss"),
+                "final_train_accuracy": metric("train_accuracy"), "best_train_accuracy": best("train_accuracy"),
+                "final_val_loss": metric("val_loss"), "final_val_accuracy": metric("val_accuracy"),
+                "best_val_accuracy": best("val_accuracy"), "training_time": 0.0, "history": s.epochs,
+                "test_accuracy": 0.81, "test_loss": 0.42, "precision": 0.8, "recall": 0.79, "f1_score": 0.795,
+                "symbols": s.symbols,
+            });
+            std::fs::write(temp.join("metadata.json"), serde_json::to_vec_pretty(&metadata)?)?;
+            std::fs::write(temp.join("metrics.json"), serde_json::to_vec_pretty(&metrics)?)?;
+            std::fs::write(temp.join("model.pt"), b"simulated weights")?;
+            // Two trainings of one strategy may finish at once: the loser takes the next number.
+            for _ in 0..100 {
+                let next = next_version(&strategy_dir, &prefix);
+                let folder = format!("{prefix}{next}");
+                if std::fs::rename(&temp, strategy_dir.join(&folder)).is_ok() {
+                    let latest = strategy_dir.join(format!("{timeframe}_latest"));
+                    let _ = std::fs::remove_file(&latest);
+                    #[cfg(unix)]
+                    std::os::unix::fs::symlink(&folder, &latest)?;
+                    return Ok(strategy_dir.join(folder).display().to_string());
+                }
+            }
+            Err(std::io::Error::other("no free model version"))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+        result
+    }
+
+    fn next_version(dir: &Path, prefix: &str) -> u32 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix)?.parse::<u32>().ok())
+            .max()
+            .map_or(1, |n| n + 1)
+    }
+
+    /// A name usable as one path component.
+    fn safe(name: &str) -> String {
+        let cleaned: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '_' }).collect();
+        if cleaned.is_empty() { "unnamed".to_owned() } else { cleaned }
+    }
 }

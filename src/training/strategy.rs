@@ -42,17 +42,15 @@ fn strings(value: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// `{mode: single, symbol: X}` / `{mode: multi_symbol, list: [..]}` (and the timeframe twins), or
-/// a plain list.
-fn selection(value: Option<&Value>, single_key: &str) -> Vec<String> {
+/// `{mode: single, symbol: X}` / `{mode: multi_symbol, symbols: [..]}` (or `list: [..]`), and
+/// the timeframe twins, or a plain list.
+fn selection(value: Option<&Value>, single_key: &str, plural_key: &str) -> Vec<String> {
     match value {
-        Some(Value::Object(map)) => {
-            let mut found = strings(map.get(single_key));
-            if found.is_empty() {
-                found = strings(map.get("list"));
-            }
-            found
-        }
+        Some(Value::Object(map)) => [single_key, plural_key, "list"]
+            .iter()
+            .map(|key| strings(map.get(*key)))
+            .find(|found| !found.is_empty())
+            .unwrap_or_default(),
         other => strings(other),
     }
 }
@@ -66,11 +64,11 @@ impl Strategy {
             return Err(Invalid::new("strategy_name", format!("strategy `{name}` must be a YAML mapping")));
         }
         let data = value.get("training_data");
-        let mut symbols = selection(data.and_then(|d| d.get("symbols")), "symbol");
+        let mut symbols = selection(data.and_then(|d| d.get("symbols")), "symbol", "symbols");
         if symbols.is_empty() {
             symbols = strings(value.get("symbols"));
         }
-        let mut timeframes = selection(data.and_then(|d| d.get("timeframes")), "timeframe");
+        let mut timeframes = selection(data.and_then(|d| d.get("timeframes")), "timeframe", "timeframes");
         if timeframes.is_empty() {
             timeframes = strings(value.get("timeframes"));
         }
