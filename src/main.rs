@@ -47,6 +47,14 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// The strategies of a running service (`strategies validate NAME` checks one; exit 1 when it
+    /// does not validate).
+    Strategies {
+        #[command(subcommand)]
+        command: Option<StrategiesCommand>,
+    },
+    /// The trained models of a running service.
+    Models,
     /// Train a strategy through a running service, with a progress bar.
     Train {
         /// A strategy name (`strategies/{STRATEGY}.yaml` on the service).
@@ -98,6 +106,12 @@ enum OpsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum StrategiesCommand {
+    /// Validate a strategy file: its shape, its references, its indicator types.
+    Validate { name: String },
 }
 
 #[derive(Subcommand)]
@@ -317,6 +331,13 @@ fn main() -> ExitCode {
                 c.start_and_follow("/api/v1/trainings/start", body).await
             }))
         }
+        Some(Command::Strategies { command }) => runtime.block_on(run_client(cli.client, |c| async move {
+            match command {
+                None => c.strategies().await,
+                Some(StrategiesCommand::Validate { name }) => c.validate_strategy(&name).await,
+            }
+        })),
+        Some(Command::Models) => runtime.block_on(run_client(cli.client, |c| async move { c.models().await })),
         Some(Command::Sim(args)) => run_sim(&runtime, args),
         None => run_serve(&runtime, cli.serve),
     }

@@ -324,6 +324,23 @@ async fn a_simulated_training_shows_up_as_a_trained_strategy_and_a_model_and_a_b
     }
 
     rig.write("broken", &GOOD.replace("name: good", "name: broken").replace("indicator: rsi_14", "indicator: rsi_99"));
+
+    // The command-line client shows the same (a child process: the service runs on this runtime).
+    let cli = |args: &'static [&'static str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops")).args(["--url", &rig.app.base]).args(args).output()
+    };
+    let list = cli(&["strategies"]).await.unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.lines().any(|l| l.starts_with("example_mlp") && l.contains("trained") && l.contains("1,2")), "{text}");
+    let models = cli(&["models"]).await.unwrap();
+    let text = String::from_utf8_lossy(&models.stdout);
+    assert!(text.contains("example_mlp/1h_v2") && text.contains("81.0%"), "{text}");
+    assert_eq!(cli(&["strategies", "validate", "example_mlp"]).await.unwrap().status.code(), Some(0));
+    let invalid = cli(&["strategies", "validate", "broken"]).await.unwrap();
+    assert_eq!(invalid.status.code(), Some(1), "a strategy that does not validate exits 1");
+    let text = String::from_utf8_lossy(&invalid.stdout);
+    assert!(text.contains("error [fuzzy_sets.rsi_momentum.indicator]: "), "{text}");
+
     let (status, answer) = rig.app.post("/api/v1/trainings/start", json!({ "strategy_name": "broken" })).await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["code"], "STRATEGY_INVALID");

@@ -22,6 +22,8 @@ macro_rules! out {
     }};
 }
 
+mod catalog;
+
 /// Where the service is and how to talk to it.
 pub struct Client {
     host: HostClient,
