@@ -107,6 +107,13 @@ def main():
             page.wait_for_function("() => /gateway connected/.test(document.getElementById('hosts').textContent)",
                                    timeout=15000)
 
+            # The strategies: the shipped example validates from its button.
+            page.get_by_role("button", name="Validate").first.wait_for(timeout=15000)
+            page.locator('tr[data-strategy="example_mlp"]').get_by_role("button", name="Validate").click()
+            page.wait_for_function("() => /is valid/.test(document.getElementById('validation').textContent)",
+                                   timeout=15000)
+            print(f"strategies view: {page.locator('#validation').text_content().strip()}")
+
             # Start a load from the form.
             form = page.locator("#load-form")
             form.get_by_label("Symbol", exact=True).fill("AAPL")
