@@ -52,7 +52,8 @@ async fn main() {
         .args(["--strategies-dir", &strategies.display().to_string()])
         .env("KTRDR_OPS__TRAINING__MODELS_DIR", &models)
         .env("RUST_LOG", "warn,ktrdr_ops::app=info");
-    let Service { base, .. } = Service::start(command, None).await;
+    let service = Service::start(command, None).await;
+    let base = service.base.clone();
     let http = reqwest::Client::new();
     println!("catalog: {count} strategy files, {} model folders", count * per);
     for (what, path) in [("strategies", "/api/v1/strategies"), ("models", "/api/v1/models")] {

@@ -95,6 +95,8 @@ async fn local_mode_reads_the_cache_without_calling_any_host() {
     assert_eq!(record["result_summary"]["cache_hit"], true);
     let stats = app.ib_stats().await;
     assert_eq!(stats["requests"], json!({}), "no host call at all: {stats}");
+    let files: Vec<_> = std::fs::read_dir(app.data_dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(files, vec![std::ffi::OsString::from("MSFT_1d.csv")], "and nothing written");
 }
 
 /// A cache of February 2024 with Monday the 12th missing.

@@ -5,6 +5,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -92,14 +94,15 @@ impl From<NameError> for ApiError {
 
 /// Strategies of the strategies folder, by file name; files that do not parse carry `error`.
 #[utoipa::path(get, path = "/api/v1/strategies", tag = "catalog", responses((status = 200, body = StrategyList)))]
-async fn list_strategies(State(state): State<AppState>) -> Result<Json<StrategyList>, ApiError> {
-    let strategies = blocking(&state, |c| c.list()).await?;
-    Ok(Json(StrategyList { success: true, strategies }))
+async fn list_strategies(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Serialised where it is built, off the async threads, from the cached files.
+    let body = blocking(&state, |c| c.list_json()).await?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The same list (ktrdr's clients ask with the slash).
 #[utoipa::path(get, path = "/api/v1/strategies/", tag = "catalog", responses((status = 200, body = StrategyList)))]
-async fn list_strategies_slash(state: State<AppState>) -> Result<Json<StrategyList>, ApiError> {
+async fn list_strategies_slash(state: State<AppState>) -> Result<Response, ApiError> {
     list_strategies(state).await
 }
 
@@ -117,12 +120,12 @@ async fn strategy(
     Query(query): Query<VersionQuery>,
 ) -> Result<Json<StrategyInfo>, ApiError> {
     let wanted = name.clone();
-    let found = blocking(&state, move |c| c.list().into_iter().find(|s| s.name == wanted)).await?;
+    let found = blocking(&state, move |c| c.list().into_iter().find(|s| s.base.name == wanted)).await?;
     let info = found.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "STRATEGY_NOT_FOUND", format!("Strategy '{name}' not found"))
     })?;
     if let Some(version) = query.version
-        && !info.available_versions.contains(&version)
+        && !info.models.available_versions.contains(&version)
     {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -17,9 +17,9 @@ use serde_json::{Map, Value, json};
 
 use crate::catalog::models::{ModelFolders, ModelInfo};
 
-/// A strategy as the list shows it (catalog.md §1).
+/// What a strategy file says of itself: the part of a list entry that depends on the file only.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct StrategyInfo {
+pub struct StrategyBase {
     pub name: String,
     pub description: String,
     pub symbol: String,
@@ -29,36 +29,47 @@ pub struct StrategyInfo {
     pub indicators: Vec<Value>,
     #[schema(value_type = Object)]
     pub fuzzy_config: Value,
-    /// `trained` when a model folder exists for it, else `untrained`.
-    pub training_status: String,
-    pub available_versions: Vec<u32>,
-    pub latest_version: Option<u32>,
-    pub latest_training_date: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub latest_metrics: Option<Value>,
     /// Why the file could not be read as a strategy; absent when it could.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
+/// What the models folder says of a strategy.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StrategyModels {
+    /// `trained` when a model folder exists for it, else `untrained`.
+    pub training_status: &'static str,
+    pub available_versions: Vec<u32>,
+    pub latest_version: Option<u32>,
+    pub latest_training_date: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub latest_metrics: Option<Value>,
+}
+
+/// A strategy as the list shows it (catalog.md §1).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StrategyInfo {
+    #[serde(flatten)]
+    pub base: StrategyBase,
+    #[serde(flatten)]
+    pub models: StrategyModels,
+}
+
+/// A list entry borrowing the file's part from the cache (the list is serialised without copying it).
+#[derive(Serialize)]
+struct StrategyRow<'a> {
+    #[serde(flatten)]
+    base: &'a StrategyBase,
+    #[serde(flatten)]
+    models: StrategyModels,
+}
+
 /// A strategy file, parsed.
 #[derive(Debug, Clone)]
 pub struct StrategyFile {
-    /// The file stem.
-    pub stem: String,
     pub parsed: Result<Value, String>,
-}
-
-impl StrategyFile {
-    /// `name` in the YAML, else the file stem.
-    pub fn name(&self) -> String {
-        self.parsed
-            .as_ref()
-            .ok()
-            .and_then(|v| v.get("name"))
-            .and_then(Value::as_str)
-            .map_or_else(|| self.stem.clone(), str::to_owned)
-    }
+    /// Its list entry's own part, worked out once.
+    pub base: StrategyBase,
 }
 
 /// Why a strategy name cannot be used.
@@ -118,6 +129,10 @@ impl Catalog {
     /// One strategy file, parsed (from the cache while the file is unchanged).
     fn read(&self, path: &Path) -> Option<Arc<StrategyFile>> {
         let (modified, len) = stamp(path)?;
+        self.read_stamped(path, modified, len)
+    }
+
+    fn read_stamped(&self, path: &Path, modified: SystemTime, len: u64) -> Option<Arc<StrategyFile>> {
         if let Some((m, l, file)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).strategies.get(path)
             && *m == modified
             && *l == len
@@ -129,7 +144,8 @@ impl Catalog {
             .map_err(|e| format!("cannot read the file: {e}"))
             .and_then(|text| serde_yaml_ng::from_str::<Value>(&text).map_err(|e| format!("not valid YAML: {e}")))
             .and_then(|v| if v.is_object() { Ok(v) } else { Err("not a YAML mapping".to_owned()) });
-        let file = Arc::new(StrategyFile { stem, parsed });
+        let base = base(&stem, &parsed);
+        let file = Arc::new(StrategyFile { parsed, base });
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -141,22 +157,37 @@ impl Catalog {
     /// Every `*.yaml` of the strategies folder (not recursive), parsed, by file name.
     fn files(&self) -> Vec<Arc<StrategyFile>> {
         let Ok(entries) = std::fs::read_dir(&self.strategies_dir) else { return Vec::new() };
-        let mut paths: Vec<PathBuf> = entries
+        // One stat per file (through links, as reading it does).
+        let mut found: Vec<(PathBuf, SystemTime, u64)> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml") && p.is_file())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .filter_map(|p| {
+                let meta = std::fs::metadata(&p).ok().filter(std::fs::Metadata::is_file)?;
+                Some((p, meta.modified().ok()?, meta.len()))
+            })
             .collect();
-        paths.sort();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.strategies.retain(|p, _| paths.contains(p));
-        drop(cache);
-        paths.iter().filter_map(|p| self.read(p)).collect()
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let present: std::collections::HashSet<&PathBuf> = found.iter().map(|f| &f.0).collect();
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).strategies.retain(|p, _| present.contains(p));
+        found.iter().filter_map(|(p, modified, len)| self.read_stamped(p, *modified, *len)).collect()
     }
 
     /// The strategies list (blocking: call from `spawn_blocking`).
     pub fn list(&self) -> Vec<StrategyInfo> {
+        self.files().iter().map(|f| StrategyInfo { base: f.base.clone(), models: self.models_of(&f.base) }).collect()
+    }
+
+    /// The strategies list as the JSON answer, serialised from the cache (blocking).
+    pub fn list_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Answer<'a> {
+            success: bool,
+            strategies: Vec<StrategyRow<'a>>,
+        }
         let files = self.files();
-        files.iter().map(|f| self.info(f)).collect()
+        let strategies = files.iter().map(|f| StrategyRow { base: &f.base, models: self.models_of(&f.base) }).collect();
+        serde_json::to_vec(&Answer { success: true, strategies }).expect("the list serialises")
     }
 
     /// The parsed file of `name` (blocking).
@@ -170,56 +201,65 @@ impl Catalog {
         self.models.list()
     }
 
-    fn info(&self, file: &StrategyFile) -> StrategyInfo {
-        let name = file.name();
-        let (value, error) = match &file.parsed {
-            Ok(v) => (v.clone(), None),
-            Err(e) => (Value::Null, Some(e.clone())),
-        };
-        let first = |v: Option<&Value>| match v {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(a)) => a.first().and_then(Value::as_str).unwrap_or_default().to_owned(),
-            _ => String::new(),
-        };
-        let v3 = |key: &str, single: &str| {
-            let s = value.get("training_data").and_then(|d| d.get(key));
-            let one = first(s.and_then(|s| s.get(single)));
-            if one.is_empty() { first(s.and_then(|s| s.get(key).or_else(|| s.get("list")))) } else { one }
-        };
-        let legacy = |key: &str| first(value.get("data").and_then(|d| d.get(key)));
-        let pick = |a: String, b: String| if a.is_empty() { b } else { a };
-        let symbol = pick(legacy("symbols"), v3("symbols", "symbol"));
-        let timeframe = pick(legacy("timeframes"), v3("timeframes", "timeframe"));
-        let indicators = match value.get("indicators") {
-            Some(Value::Array(list)) => list.clone(),
-            Some(Value::Object(map)) => map
-                .iter()
-                .map(|(id, definition)| {
-                    let mut entry = Map::new();
-                    entry.insert("id".into(), json!(id));
-                    if let Some(fields) = definition.as_object() {
-                        entry.extend(fields.clone());
-                    }
-                    Value::Object(entry)
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let versions = self.models.versions(&name, &symbol, &timeframe);
+    /// What the models folder holds for a strategy: ktrdr's versions are the models trained on
+    /// the strategy's own symbol and timeframe.
+    fn models_of(&self, base: &StrategyBase) -> StrategyModels {
+        let all = self.models.of_strategy(&base.name);
+        let versions: Vec<_> =
+            all.iter().filter(|m| m.symbol == base.symbol && m.timeframe == base.timeframe).collect();
         let latest = versions.last();
-        StrategyInfo {
-            description: value.get("description").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            symbol,
-            timeframe,
-            indicators,
-            fuzzy_config: value.get("fuzzy_sets").cloned().filter(Value::is_object).unwrap_or_else(|| json!({})),
-            training_status: if self.models.has_any(&name) { "trained" } else { "untrained" }.to_owned(),
+        StrategyModels {
+            training_status: if all.is_empty() { "untrained" } else { "trained" },
             available_versions: versions.iter().map(|m| m.version).collect(),
             latest_version: latest.map(|m| m.version),
             latest_training_date: latest.and_then(|m| m.created_at.clone()),
             latest_metrics: latest.and_then(|m| m.test_metrics.clone()),
-            error,
-            name,
         }
+    }
+}
+
+/// A file's part of its list entry: `name` (the YAML's, else the file stem), description,
+/// symbol and timeframe (legacy `data` lists, else v3 `training_data`), indicators, fuzzy sets.
+fn base(stem: &str, parsed: &Result<Value, String>) -> StrategyBase {
+    let null = Value::Null;
+    let (value, error) = match parsed {
+        Ok(v) => (v, None),
+        Err(e) => (&null, Some(e.clone())),
+    };
+    let first = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a.first().and_then(Value::as_str).unwrap_or_default().to_owned(),
+        _ => String::new(),
+    };
+    let v3 = |key: &str, single: &str| {
+        let s = value.get("training_data").and_then(|d| d.get(key));
+        let one = first(s.and_then(|s| s.get(single)));
+        if one.is_empty() { first(s.and_then(|s| s.get(key).or_else(|| s.get("list")))) } else { one }
+    };
+    let legacy = |key: &str| first(value.get("data").and_then(|d| d.get(key)));
+    let pick = |a: String, b: String| if a.is_empty() { b } else { a };
+    let indicators = match value.get("indicators") {
+        Some(Value::Array(list)) => list.clone(),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(id, definition)| {
+                let mut entry = Map::new();
+                entry.insert("id".into(), json!(id));
+                if let Some(fields) = definition.as_object() {
+                    entry.extend(fields.clone());
+                }
+                Value::Object(entry)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    StrategyBase {
+        name: value.get("name").and_then(Value::as_str).map_or_else(|| stem.to_owned(), str::to_owned),
+        description: value.get("description").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        symbol: pick(legacy("symbols"), v3("symbols", "symbol")),
+        timeframe: pick(legacy("timeframes"), v3("timeframes", "timeframe")),
+        indicators,
+        fuzzy_config: value.get("fuzzy_sets").cloned().filter(Value::is_object).unwrap_or_else(|| json!({})),
+        error,
     }
 }

@@ -288,7 +288,10 @@ impl DataLoadJob {
 
         // 7. Merge and save.
         progress.start_step(format!("Merging and saving {sym} {tf} data"), 7, bands::save());
-        series.save(&mut downloads).await?;
+        // A local load only reads: it leaves the folder as it found it.
+        if mode != Mode::Local {
+            series.save(&mut downloads).await?;
+        }
         Ok(summary(&series, &downloads))
     }
 
