@@ -2,6 +2,8 @@
 //! envelope — the strategies list (v3 files included, unreadable ones listed with their error),
 //! one strategy, its validation, its features, and the trained models.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,7 +22,7 @@ use crate::api::schemas::ErrorEnvelope;
 use crate::catalog::features::Feature;
 use crate::catalog::models::ModelInfo;
 use crate::catalog::validate::{self, Issue, KNOWN_INDICATORS};
-use crate::catalog::{Catalog, NameError, StrategyInfo};
+use crate::catalog::{Catalog, NameError, StrategyFile, StrategyInfo};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -149,8 +151,7 @@ async fn validate_strategy(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Validation>, ApiError> {
-    let file_name = name.clone();
-    let file = blocking(&state, move |c| c.file(&file_name)).await??;
+    let file = strategy_file(&state, &name).await?;
     let issues = match &file.parsed {
         Ok(value) => validate::validate(value),
         Err(e) => vec![Issue {
@@ -163,8 +164,14 @@ async fn validate_strategy(
     Ok(Json(validation(name, issues)))
 }
 
+/// `{name}.yaml`, parsed: 400 for a name that is not a plain file name, 404 for no such file.
+async fn strategy_file(state: &AppState, name: &str) -> Result<Arc<StrategyFile>, ApiError> {
+    let name = name.to_owned();
+    Ok(blocking(state, move |c| c.file(&name)).await??)
+}
+
 /// ktrdr's validation answer.
-pub fn validation(name: String, issues: Vec<Issue>) -> Validation {
+fn validation(name: String, issues: Vec<Issue>) -> Validation {
     Validation {
         success: true,
         valid: !issues.iter().any(Issue::is_error),
@@ -188,8 +195,7 @@ async fn strategy_features(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Features>, ApiError> {
-    let file_name = name.clone();
-    let file = blocking(&state, move |c| c.file(&file_name)).await??;
+    let file = strategy_file(&state, &name).await?;
     let value: &Value = file.parsed.as_ref().map_err(|e| not_v3(&name, e))?;
     let issues = validate::validate(value);
     let errors: Vec<&Issue> = issues.iter().filter(|i| i.is_error()).collect();

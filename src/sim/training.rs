@@ -244,8 +244,8 @@ impl TrainingSim {
 
     /// Writes the session's model folder in ktrdr's layout — `{models_dir}/{strategy}/{tf}_v{N}/`
     /// with `metadata.json`, `metrics.json` and small weights, and the `{tf}_latest` link — into a
-    /// temporary folder renamed into place, so a reader never sees half of one. Its path, or
-    /// `None` without a models folder.
+    /// temporary folder renamed into place, so a reader never sees half of one. The weights'
+    /// path, or `None` without a models folder.
     async fn save_model(&self, id: &str) -> std::io::Result<Option<String>> {
         let Some(models_dir) = self.models_dir.clone() else { return Ok(None) };
         let Some(session) = self.with_session(id, |s| s.clone()) else { return Ok(None) };
@@ -614,7 +614,7 @@ mod model_folder {
                     let _ = std::fs::remove_file(&latest);
                     #[cfg(unix)]
                     std::os::unix::fs::symlink(&folder, &latest)?;
-                    return Ok(strategy_dir.join(folder).display().to_string());
+                    return Ok(strategy_dir.join(folder).join("model.pt").display().to_string());
                 }
             }
             Err(std::io::Error::other("no free model version"))

@@ -69,6 +69,7 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.database.url = db.url.clone();
     config.data.dir = data_dir.to_owned();
+    config.training.models_dir = data_dir.join("models");
     config.node.id = "test-node".into();
     config
 }
