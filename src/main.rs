@@ -55,6 +55,9 @@ enum Command {
     },
     /// The trained models of a running service.
     Models,
+    /// Whether a running service and its database are well: exit 0, else 1 (2: unreachable).
+    /// Made for container health checks.
+    Health,
     /// Train a strategy through a running service, with a progress bar.
     Train {
         /// A strategy name (`strategies/{STRATEGY}.yaml` on the service).
@@ -338,6 +341,7 @@ fn main() -> ExitCode {
             }
         })),
         Some(Command::Models) => runtime.block_on(run_client(cli.client, |c| async move { c.models().await })),
+        Some(Command::Health) => runtime.block_on(run_client(cli.client, |c| async move { c.health().await })),
         Some(Command::Sim(args)) => run_sim(&runtime, args),
         None => run_serve(&runtime, cli.serve),
     }

@@ -105,7 +105,14 @@ async fn an_unreachable_server_is_one_clear_line_and_exit_2() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("cannot reach the service at http://{closed}")), "{stderr}");
 
+    let output = cli(&format!("http://{closed}"), &["health"]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2), "health of an unreachable service: {output:?}");
+
     let (service, _db, _data) = service("0").await;
+    let output = cli(&service.base, &["health"]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("ok · database ok · ib reachable, gateway connected · training reachable"), "{text}");
     let output = cli(&service.base, &["data", "load", "../etc", "1h"]).output().await.unwrap();
     assert_eq!(output.status.code(), Some(2), "refused requests are exit 2 too");
     assert!(String::from_utf8_lossy(&output.stderr).contains("symbol"), "{output:?}");

@@ -162,6 +162,39 @@ impl Client {
         Outcome::Completed
     }
 
+    /// `health`: exit 0 while the service answers that it and its database are well (for
+    /// container health checks: no curl needed), 1 when it answers otherwise, 2 when it cannot be
+    /// asked.
+    pub async fn health(&self) -> Outcome {
+        let answer = match self.get("/api/v1/health".to_owned()).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        if self.json {
+            self.print(&answer);
+        } else {
+            let host = |name: &str| {
+                let h = &answer["hosts"][name];
+                let state = if h["reachable"] == true { "reachable" } else { "unreachable" };
+                match h["gateway_connected"].as_bool() {
+                    Some(connected) => {
+                        format!("{name} {state}, gateway {}", if connected { "connected" } else { "NOT connected" })
+                    }
+                    None => format!("{name} {state}"),
+                }
+            };
+            out!(
+                "{} · database {} · {} · {} · {} active",
+                answer["status"].as_str().unwrap_or("unknown"),
+                answer["database"].as_str().unwrap_or("unknown"),
+                host("ib"),
+                host("training"),
+                answer["operations"]["active"]
+            );
+        }
+        if answer["status"] == "ok" && answer["database"] == "ok" { Outcome::Completed } else { Outcome::Failed }
+    }
+
     /// `ops show ID`
     pub async fn show(&self, id: &str) -> Outcome {
         match self.get(format!("/api/v1/operations/{id}")).await {
