@@ -1,0 +1,120 @@
+//! Reading one operation by id, wherever it is: from memory while this replica runs it, through
+//! the store (and this replica's change feed) while another does, or as stored once finished —
+//! and waiting for its next version.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Inner;
+use crate::ops::live::LiveOperation;
+use crate::ops::snapshot::Snapshot;
+
+/// An operation found by id: running here, running on another replica, or finished.
+pub enum Lookup {
+    /// Running in this process: followed from memory.
+    Live(LiveView),
+    /// Running on another replica: followed through the store.
+    Remote(RemoteView),
+    /// Finished (it will not change status again).
+    Stored(Arc<Snapshot>),
+}
+
+/// A running operation, for readers that want to follow its changes.
+pub struct LiveView {
+    pub(super) op: Arc<LiveOperation>,
+    pub(super) changes: watch::Receiver<u64>,
+}
+
+impl LiveView {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.op.snapshot()
+    }
+}
+
+/// An operation another replica runs: its stored version, followed through this replica's
+/// change feed — while anyone follows the feed, one reader brings every other replica's writes in
+/// (`remote_changes`), so that followers share one read of the database per poll interval.
+pub struct RemoteView {
+    pub(super) inner: Arc<Inner>,
+    pub(super) snapshot: Arc<Snapshot>,
+    pub(super) changes: watch::Receiver<u64>,
+    /// The last change of the feed looked at.
+    pub(super) seen: u64,
+}
+
+impl Lookup {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self {
+            Lookup::Live(view) => view.snapshot(),
+            Lookup::Remote(view) => view.snapshot.clone(),
+            Lookup::Stored(snapshot) => snapshot.clone(),
+        }
+    }
+
+    /// Waits for a version above `after` and returns it; `None` once the operation can change no
+    /// more (it is terminal and at or below `after`).
+    pub async fn newer_than(&mut self, after: u64) -> Option<Arc<Snapshot>> {
+        loop {
+            let snapshot = self.snapshot();
+            if snapshot.version() > after {
+                return Some(snapshot);
+            }
+            if snapshot.is_terminal() {
+                return None;
+            }
+            match self {
+                Lookup::Live(view) => {
+                    // The sender lives as long as the operation; an error means it has nothing more.
+                    if view.changes.changed().await.is_err() {
+                        let last = view.snapshot();
+                        return (last.version() > after).then_some(last);
+                    }
+                }
+                Lookup::Remote(view) => {
+                    if view.changes.changed().await.is_err() {
+                        return None;
+                    }
+                    let id = view.snapshot.record.operation_id.as_str();
+                    let (changed, lost) = view.inner.feed.since(view.seen);
+                    view.seen = view.inner.feed.current();
+                    if !lost && !changed.iter().any(|(_, changed)| &**changed == id) {
+                        continue;
+                    }
+                    // Taken over by this replica: followed from memory from now on.
+                    if let Some(op) = view.inner.live(id) {
+                        let changes = op.subscribe();
+                        *self = Lookup::Live(LiveView { op, changes });
+                        continue;
+                    }
+                    // Usually in the read cache, put there by the reader that noticed the change.
+                    let fresh = match view.inner.remote_cache.get(id) {
+                        Some(fresh) => Some(fresh),
+                        None => match view.inner.store.get(id).await {
+                            Ok(stored) => stored.map(Arc::new),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not re-read a remote operation");
+                                continue;
+                            }
+                        },
+                    };
+                    match fresh {
+                        Some(fresh) => view.snapshot = fresh,
+                        None => return None,
+                    }
+                }
+                Lookup::Stored(_) => return None,
+            }
+        }
+    }
+
+    /// Waits until the version is above `since`, the operation is terminal, or `wait` passed;
+    /// then returns the latest snapshot.
+    pub async fn wait_newer(&mut self, since: u64, wait: Duration) -> Arc<Snapshot> {
+        match tokio::time::timeout(wait, self.newer_than(since)).await {
+            Ok(Some(snapshot)) => snapshot,
+            _ => self.snapshot(),
+        }
+    }
+}

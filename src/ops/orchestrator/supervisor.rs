@@ -1,0 +1,173 @@
+//! The supervisor of each operation: one tracked task that waits for a slot, runs the job and
+//! stores its outcome whatever the job did — returned, failed, cancelled, aborted or panicked —
+//! then has the remote work stopped; and the throttled writer of progress.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Weak};
+
+use futures_util::FutureExt;
+use futures_util::future::{AbortHandle, Abortable, Aborted};
+use tracing::Instrument;
+
+use super::{DEFAULT_CANCEL_REASON, Inner, SHUTDOWN_REASON};
+use crate::metrics::{Histogram, SLOW_BUCKETS};
+use crate::ops::job::{BoxedJob, JobContext, JobError, RemoteStopReport};
+use crate::ops::live::LiveOperation;
+use crate::ops::record::{Outcome, Status};
+use crate::ops::snapshot::Snapshot;
+
+/// Runs one operation in one tracked task: waits for a slot if its type has a limit, moves it
+/// to `running`, runs the job, and stores the outcome whatever happened to the job — returned,
+/// failed, cancelled, aborted or panicked.
+pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_running: bool) {
+    // A root span: an operation outlives the request that started it.
+    let span = tracing::info_span!(parent: None, "operation", operation_id = %op.id);
+    let tasks = inner.tasks.clone();
+    let supervisor = async move {
+        if op.token.is_cancelled() {
+            finish(&inner, &op, Outcome::Cancelled { reason: SHUTDOWN_REASON.to_owned() }, false).await;
+            return;
+        }
+        // Holding the slot for as long as the work runs.
+        let _slot = match inner.slots.get(op.snapshot().record.operation_type.as_str()) {
+            Some(slots) if !already_running => {
+                let slots = slots.clone();
+                if slots.available_permits() == 0 {
+                    op.edit_progress(|tracker, progress| {
+                        tracker.detail(
+                            progress,
+                            "waiting for a free slot (the concurrency limit of this type is reached)".to_owned(),
+                        )
+                    });
+                }
+                tokio::select! {
+                    permit = slots.acquire_owned() => permit.ok(),
+                    _ = op.token.cancelled() => {
+                        finish(&inner, &op, Outcome::Cancelled { reason: SHUTDOWN_REASON.to_owned() }, false).await;
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if !already_running {
+            match op.start() {
+                Ok(snapshot) => {
+                    let _ = inner.store.save_later(vec![snapshot], &inner.settings.node_id).await;
+                }
+                Err(_) => return,
+            }
+        }
+        let ctx = JobContext { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
+        // The work runs inside this task (one task per operation), abortable from a cancel
+        // that outlives its grace period, and with panics caught so an outcome is always stored.
+        let (abort, registration) = AbortHandle::new_pair();
+        let _ = op.abort.set(abort);
+        let work = Abortable::new(AssertUnwindSafe(job.start(ctx)).catch_unwind(), registration);
+        let (outcome, forced) = match work.await {
+            Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
+            Ok(Ok(Err(JobError::Failed(message)))) => (Outcome::Failed(message), false),
+            Ok(Ok(Err(JobError::Cancelled))) => {
+                (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, false)
+            }
+            Err(Aborted) => (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, true),
+            Ok(Err(_panic)) => {
+                tracing::error!("the operation's work panicked");
+                (Outcome::Failed("internal error: the operation's work crashed".to_owned()), false)
+            }
+        };
+        finish(&inner, &op, outcome, forced).await;
+    };
+    tasks.spawn(supervisor.instrument(span));
+}
+
+/// The one way an operation ends: terminal state in memory (first outcome wins), stored, dropped
+/// from the registry, waiters woken; then the remote stop, if cancelled work was on a host.
+async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, forced: bool) {
+    if op.is_abandoned() {
+        // The replica that took it over records the outcome; its remote work is not stopped.
+        inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+        op.mark_settled();
+        return;
+    }
+    let hook = op.take_remote_stop();
+    let remote_host = hook.as_ref().map(|h| h.host.clone());
+    let Some(snapshot) = op.finish(outcome, forced, remote_host) else {
+        return;
+    };
+    if let Err(e) = inner.store.save(vec![snapshot.clone()], &inner.settings.node_id).await {
+        tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
+    }
+    inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+    op.mark_settled();
+    tracing::info!(status = %snapshot.record.status, "operation finished");
+    {
+        let r = &snapshot.record;
+        let mut figures = inner.figures.lock().unwrap_or_else(|e| e.into_inner());
+        *figures.finished.entry((r.operation_type.clone(), r.status.as_str())).or_default() += 1;
+        if let Some(seconds) = r.duration_seconds() {
+            figures
+                .durations
+                .entry(r.operation_type.clone())
+                .or_insert_with(|| Histogram::new(SLOW_BUCKETS))
+                .observe(seconds);
+        }
+    }
+    if let (Status::Cancelled, Some(hook)) = (snapshot.record.status, hook) {
+        let report = RemoteStopReport {
+            op: op.clone(),
+            store: inner.store.clone(),
+            owner: inner.settings.node_id.clone(),
+            reason: snapshot.record.error_message.clone().unwrap_or_default(),
+            shutdown: inner.root.clone(),
+        };
+        inner.tasks.spawn((hook.run)(report).in_current_span());
+    }
+}
+
+/// Writes the progress of every operation that changed since the last write, in chunks so that
+/// a state change queued meanwhile waits for one chunk at most.
+pub(super) async fn flush_progress(inner: &Inner) {
+    const CHUNK: usize = 256;
+    let changed: Vec<Arc<Snapshot>> = inner
+        .registry
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|op| op.take_dirty())
+        .map(|op| op.snapshot())
+        .collect();
+    for chunk in changed.chunks(CHUNK) {
+        if let Err(e) = inner.store.save_progress(chunk.to_vec(), &inner.settings.node_id).await {
+            tracing::warn!(error = %e, "could not queue progress writes");
+            return;
+        }
+    }
+}
+
+pub(super) async fn flush_progress_periodically(inner: Weak<Inner>) {
+    /// Once this many operations have left the registry, freed memory is handed back to the OS.
+    const TRIM_AFTER_RELEASED: usize = 1_000;
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(strong.settings.persist_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = strong.stop_flusher.clone();
+    drop(strong);
+    let mut peak = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        flush_progress(&inner).await;
+        let active = inner.registry.read().unwrap_or_else(|e| e.into_inner()).len();
+        peak = peak.max(active);
+        if peak - active >= TRIM_AFTER_RELEASED {
+            peak = active;
+            tokio::task::spawn_blocking(crate::memory::release_free_memory);
+        }
+    }
+}
