@@ -227,7 +227,6 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             retry_base_delay: config.data.retry_base_delay.0,
             tail_default_lookback: config.data.tail_default_lookback.0,
             wait_for_gateway: config.data.wait_for_gateway,
-            stall_notice: config.hosts.stall_notice.0,
         },
     };
     let training = TrainingService {

@@ -76,11 +76,11 @@ async fn start(
 /// GPU allocated: refused here with the same issues as `POST /strategies/validate/{name}`.
 /// Older strategy shapes pass — the sessions-generation hosts train them.
 fn refuse_invalid_v3(spec: &TrainingSpec) -> Result<(), ApiError> {
-    let Ok(value) = serde_yaml_ng::from_str::<serde_json::Value>(&spec.strategy.yaml) else { return Ok(()) };
-    if !validate::looks_like_v3(&value) {
+    let value = &spec.strategy.parsed;
+    if !validate::looks_like_v3(value) {
         return Ok(());
     }
-    let issues: Vec<_> = validate::validate(&value).into_iter().filter(|i| i.is_error()).collect();
+    let issues: Vec<_> = validate::validate(value).into_iter().filter(|i| i.is_error()).collect();
     if issues.is_empty() {
         return Ok(());
     }

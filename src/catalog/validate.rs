@@ -5,6 +5,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::training::strategy::{selection, strings};
+
 /// Indicator types a training host knows, lower case, sorted.
 pub const KNOWN_INDICATORS: &[&str] = &[
     "adline",
@@ -151,8 +153,8 @@ fn shape(root: &Map<String, Value>, issues: &mut Vec<Issue>) {
         }
     }
     if let Some(data) = root.get("training_data").and_then(Value::as_object) {
-        selection(data, "symbols", "symbol", issues);
-        selection(data, "timeframes", "timeframe", issues);
+        selection_shape(data, "symbols", "symbol", issues);
+        selection_shape(data, "timeframes", "timeframe", issues);
         if let Some(history) = data.get("history_required")
             && history.as_u64().is_none_or(|h| h < 50)
         {
@@ -193,7 +195,7 @@ fn shape(root: &Map<String, Value>, issues: &mut Vec<Issue>) {
 }
 
 /// `symbols: {mode, symbol | symbols}` (and the timeframe twin).
-fn selection(data: &Map<String, Value>, key: &str, single: &str, issues: &mut Vec<Issue>) {
+fn selection_shape(data: &Map<String, Value>, key: &str, single: &str, issues: &mut Vec<Issue>) {
     let path = format!("training_data.{key}");
     match data.get(key) {
         None => issues.push(Issue::error(&path, format!("Missing required field: {path}"))),
@@ -252,22 +254,9 @@ fn nn_input_shape(path: &str, input: &Value, issues: &mut Vec<Issue>) {
     }
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The timeframes the strategy trains on.
+/// The timeframes the strategy trains on (read as a training reads them).
 pub fn training_timeframes(root: &Map<String, Value>) -> Vec<String> {
-    let t = root.get("training_data").and_then(|d| d.get("timeframes"));
-    let mut found = strings(t.and_then(|t| t.get("timeframe")));
-    if found.is_empty() {
-        found = strings(t.and_then(|t| t.get("timeframes").or_else(|| t.get("list"))));
-    }
-    found
+    selection(root.get("training_data").and_then(|d| d.get("timeframes")), "timeframe", "timeframes")
 }
 
 /// Whether `reference` (`id` or `id.output`) names an indicator (and one of its outputs).

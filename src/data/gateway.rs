@@ -23,11 +23,14 @@ pub struct GatewayGuard<'a> {
     pub ctx: &'a JobContext,
     /// Wait for a disconnected gateway instead of failing.
     pub wait: bool,
-    /// A call without an answer this long makes us ask about the gateway.
-    pub stall_notice: Duration,
 }
 
 impl GatewayGuard<'_> {
+    /// A call without an answer this long is a stall (the host client reports it too).
+    fn stall_notice(&self) -> Duration {
+        self.ib.host().settings().stall_notice
+    }
+
     /// Returns once the gateway is not reported down: at once, or — in wait mode — when it is
     /// back. Fails with [`IbError::GatewayDown`] (not waiting) or [`IbError::Cancelled`].
     pub async fn ready(&self, fresh: bool) -> Result<(), IbError> {
@@ -77,7 +80,7 @@ impl GatewayGuard<'_> {
                 outcome = call() => outcome,
                 () = self.down_while_stalled() => {
                     Err(IbError::GatewayDown(format!("{GATEWAY_DOWN} (the IB host had not answered for {} s)",
-                        self.stall_notice.as_secs())))
+                        self.stall_notice().as_secs())))
                 }
             };
             let error = match outcome {
@@ -109,12 +112,13 @@ impl GatewayGuard<'_> {
     async fn down_while_stalled(&self) {
         // A little after the stall notice, so that the stall shows in the step (and the record's
         // warnings) before the call is abandoned.
-        tokio::time::sleep(self.stall_notice.mul_f64(1.1)).await;
+        let notice = self.stall_notice();
+        tokio::time::sleep(notice.mul_f64(1.1)).await;
         loop {
             if self.ib.gateway(true).await == Gateway::Disconnected {
                 return;
             }
-            tokio::time::sleep(STALLED_CHECK_EVERY.min(self.stall_notice.max(Duration::from_millis(100)))).await;
+            tokio::time::sleep(STALLED_CHECK_EVERY.min(notice.max(Duration::from_millis(100)))).await;
         }
     }
 }

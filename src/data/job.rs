@@ -33,9 +33,6 @@ pub struct LoadSettings {
     pub tail_default_lookback: Duration,
     /// With the IB gateway reported down: wait for it (true) or fail at once (false).
     pub wait_for_gateway: bool,
-    /// A host call without an answer this long is shown in the step, and makes the load ask
-    /// the IB host about its gateway.
-    pub stall_notice: Duration,
 }
 
 pub struct DataLoadJob {
@@ -153,12 +150,7 @@ impl DataLoadJob {
             ("timeframe".to_owned(), json!(tf)),
             ("mode".to_owned(), json!(mode.as_str())),
         ]);
-        let gateway = GatewayGuard {
-            ib: &self.ib,
-            ctx: &ctx,
-            wait: self.settings.wait_for_gateway,
-            stall_notice: self.settings.stall_notice,
-        };
+        let gateway = GatewayGuard { ib: &self.ib, ctx: &ctx, wait: self.settings.wait_for_gateway };
 
         // 1. The symbol, as IB knows it (and its head timestamp, when IB says).
         progress.start_step(format!("Validating symbol {sym}"), 1, bands::VALIDATE);

@@ -14,6 +14,8 @@ pub struct Strategy {
     pub name: String,
     /// The file's text, sent unchanged to the operations-generation host.
     pub yaml: String,
+    /// The same, parsed (validated before a training starts).
+    pub parsed: Value,
     pub symbols: Vec<String>,
     pub timeframes: Vec<String>,
     pub epochs: Option<u32>,
@@ -34,7 +36,7 @@ pub fn validate_name(name: &str) -> Result<(), Invalid> {
     }
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
+pub(crate) fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
@@ -44,7 +46,7 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 
 /// `{mode: single, symbol: X}` / `{mode: multi_symbol, symbols: [..]}` (or `list: [..]`), and
 /// the timeframe twins, or a plain list.
-fn selection(value: Option<&Value>, single_key: &str, plural_key: &str) -> Vec<String> {
+pub(crate) fn selection(value: Option<&Value>, single_key: &str, plural_key: &str) -> Vec<String> {
     match value {
         Some(Value::Object(map)) => [single_key, plural_key, "list"]
             .iter()
@@ -78,7 +80,7 @@ impl Strategy {
             .and_then(Value::as_u64)
             .map(|e| e as u32);
         let model_type = value.pointer("/model/type").and_then(Value::as_str).unwrap_or("mlp").to_owned();
-        Ok(Strategy { name: name.to_owned(), yaml, symbols, timeframes, epochs, model_type })
+        Ok(Strategy { name: name.to_owned(), yaml, parsed: value, symbols, timeframes, epochs, model_type })
     }
 
     /// Reads `{dir}/{name}.yaml`; a missing file is `STRATEGY_NOT_FOUND`.
