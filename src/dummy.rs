@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use crate::invalid::Invalid;
-use crate::ops::{DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType};
+use crate::ops::{DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType, Steps};
 
 pub const OPERATION_TYPE: &str = "dummy";
 const MAX_ITERATIONS: u32 = 1_000_000;
 const MAX_INTERVAL_MS: u64 = 3_600_000;
 
 pub fn operation_type() -> OperationType {
-    OperationType { name: OPERATION_TYPE, steps_total: 1, renderer: Arc::new(DefaultRenderer), reattach: None }
+    OperationType::of::<DummyJob>(Arc::new(DefaultRenderer))
 }
 
 /// The body of `POST /api/v1/dummy/start`; every field optional.
@@ -60,11 +60,25 @@ impl DummyParams {
         }
         Ok(())
     }
+}
 
-    pub fn metadata(&self) -> Map<String, Value> {
-        let mut metadata = Map::new();
-        metadata.insert("parameters".into(), json!(self));
-        metadata
+/// The operation's `metadata`: `{"parameters": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DummyRequest {
+    pub parameters: DummyParams,
+}
+
+/// The one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DummyStep {
+    Run,
+}
+
+impl Steps for DummyStep {
+    const ALL: &'static [Self] = &[DummyStep::Run];
+
+    fn band(self) -> std::ops::Range<f64> {
+        0.0..100.0
     }
 }
 
@@ -73,11 +87,21 @@ pub struct DummyJob {
 }
 
 impl Job for DummyJob {
-    async fn run(self, ctx: JobContext) -> JobResult {
+    const TYPE: &'static str = OPERATION_TYPE;
+    type Request = DummyRequest;
+    /// Nothing to re-attach to: an interrupted dummy operation stays interrupted.
+    type State = ();
+    type Step = DummyStep;
+
+    fn summary(_: &DummyRequest) -> Option<String> {
+        None
+    }
+
+    async fn run(self, ctx: JobContext<Self>) -> JobResult {
         {
             let DummyParams { iterations, interval_ms } = self.params;
             let progress = ctx.progress();
-            progress.start_step("Running dummy task", 1, 0.0..100.0);
+            ctx.step(DummyStep::Run, "Running dummy task");
             progress.items(0, Some(u64::from(iterations)));
             let interval = Duration::from_millis(interval_ms);
             for i in 1..=iterations {

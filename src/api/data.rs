@@ -21,8 +21,7 @@ use crate::api::{AppState, idempotency_key, replayed};
 use crate::data::frame::Bars;
 use crate::data::repository::{CacheError, push_ts};
 use crate::data::request::{LoadBody, LoadSpec, Symbol, parse_timeframe};
-use crate::data::{self};
-use crate::ops::{OperationSpec, Submitted};
+use crate::ops::Submitted;
 use crate::time;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -55,12 +54,8 @@ async fn start(
     download_only: bool,
 ) -> Result<(String, bool, LoadSpec), ApiError> {
     let spec = LoadSpec::from_body(body, download_only)?;
-    let operation = OperationSpec {
-        operation_type: data::OPERATION_TYPE,
-        metadata: spec.metadata(),
-        idempotency: idempotency_key(headers, scope, body)?,
-    };
-    let submitted = state.orchestrator.submit(operation, state.data.job(spec.clone())).await?;
+    let idempotency = idempotency_key(headers, scope, body)?;
+    let submitted = state.orchestrator.submit(state.data.job(spec.clone()), &spec, idempotency).await?;
     Ok(match submitted {
         Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false, spec),
         Submitted::Existing(id) => (id, true, spec),

@@ -11,8 +11,8 @@ use crate::api::error::ApiError;
 use crate::api::extract::OptionalJson;
 use crate::api::schemas::{ErrorEnvelope, Started, StartedData};
 use crate::api::{AppState, idempotency_key, replayed};
-use crate::dummy::{self, DummyJob, DummyParams};
-use crate::ops::{BoxedJob, OperationSpec, Submitted};
+use crate::dummy::{DummyJob, DummyParams, DummyRequest};
+use crate::ops::Submitted;
 
 const PATH: &str = "/api/v1/dummy/start";
 
@@ -40,12 +40,9 @@ async fn start(
 ) -> Result<Response, ApiError> {
     let params = params.unwrap_or_default();
     params.validate()?;
-    let spec = OperationSpec {
-        operation_type: dummy::OPERATION_TYPE,
-        metadata: params.metadata(),
-        idempotency: idempotency_key(&headers, PATH, &params)?,
-    };
-    let submitted = state.orchestrator.submit(spec, BoxedJob::new(DummyJob { params })).await?;
+    let idempotency = idempotency_key(&headers, PATH, &params)?;
+    let request = DummyRequest { parameters: params.clone() };
+    let submitted = state.orchestrator.submit(DummyJob { params }, &request, idempotency).await?;
     let (operation_id, replay) = match submitted {
         Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false),
         Submitted::Existing(id) => (id, true),

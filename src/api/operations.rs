@@ -108,21 +108,13 @@ async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> 
         offset,
     };
     let (operations, total_count, active_count) = state.orchestrator.list(&filter).await?;
-    let data = operations.iter().map(|s| summary(s)).collect();
+    let data = operations.iter().map(|s| summary(s, state.orchestrator.summary(&s.record))).collect();
     Ok(Json(OperationList { success: true, data, total_count, active_count }).into_response())
 }
 
-/// A list row (api.md §3).
-fn summary(snapshot: &Snapshot) -> OperationSummary {
+/// A list row (api.md §3); `symbol` is the job's own one-line summary.
+fn summary(snapshot: &Snapshot, symbol: Option<String>) -> OperationSummary {
     let r = &snapshot.record;
-    let symbol = r
-        .metadata
-        .get("symbol")
-        .and_then(|s| s.as_str())
-        .or_else(|| {
-            r.metadata.get("symbols").and_then(|s| s.as_array()).and_then(|s| s.first()).and_then(|s| s.as_str())
-        })
-        .map(str::to_owned);
     OperationSummary {
         operation_id: r.operation_id.clone(),
         operation_type: r.operation_type.clone(),

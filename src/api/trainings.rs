@@ -14,7 +14,7 @@ use crate::api::extract::{ApiJson, ApiPath as Path};
 use crate::api::schemas::{ErrorEnvelope, Performance, TrainingStarted};
 use crate::api::{AppState, idempotency_key, replayed};
 use crate::catalog::validate;
-use crate::ops::{OperationSpec, Status, Submitted};
+use crate::ops::{Status, Submitted};
 use crate::training::{self, TrainingBody, TrainingSpec};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -45,15 +45,12 @@ async fn start(
         .await
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error", &e))??;
     refuse_invalid_v3(&spec)?;
-    let operation = OperationSpec {
-        operation_type: training::OPERATION_TYPE,
-        metadata: spec.metadata(),
-        idempotency: idempotency_key(&headers, "POST /api/v1/trainings/start", &body)?,
-    };
-    let (task_id, replay) = match state.orchestrator.submit(operation, state.training.job(&spec)).await? {
-        Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false),
-        Submitted::Existing(id) => (id, true),
-    };
+    let idempotency = idempotency_key(&headers, "POST /api/v1/trainings/start", &body)?;
+    let (task_id, replay) =
+        match state.orchestrator.submit(state.training.job(&spec), &spec.request(), idempotency).await? {
+            Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false),
+            Submitted::Existing(id) => (id, true),
+        };
     let answer = Json(TrainingStarted {
         success: true,
         task_id,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::hosts::ib::{GATEWAY_DOWN, Gateway, IbClient, IbError};
-use crate::ops::JobContext;
+use crate::ops::OperationHandle;
 
 /// The longest pause between two checks while waiting for the gateway.
 const MAX_CHECK_PAUSE: Duration = Duration::from_secs(10);
@@ -20,7 +20,7 @@ const STALLED_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Guards one load's IB calls.
 pub struct GatewayGuard<'a> {
     pub ib: &'a IbClient,
-    pub ctx: &'a JobContext,
+    pub ctx: &'a OperationHandle,
     /// Wait for a disconnected gateway instead of failing.
     pub wait: bool,
 }

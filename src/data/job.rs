@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::data::calendar::{self, InstrumentKind};
@@ -18,7 +19,7 @@ use crate::data::repository::{CacheError, Repository};
 use crate::data::request::{LoadSpec, Mode};
 use crate::hosts::ib::{IbClient, IbError};
 use crate::hosts::stall::observe_stalls;
-use crate::ops::{Job, JobContext, JobError, JobResult, ProgressReporter};
+use crate::ops::{Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Steps};
 use crate::time::{self, Timestamp};
 
 /// Tunables of data loads (config `[data]`).
@@ -46,31 +47,66 @@ fn minute(seconds: i64) -> String {
     to_timestamp(seconds).format("%Y-%m-%d %H:%M").to_string()
 }
 
-/// Where each step's band of the percentage begins. The quick steps before the plan share the
-/// first 5 %; once the plan is made, the download gets a band as wide as its share of the host
-/// calls (each segment is one, like the validation and the head lookup before it), and the save
-/// the last half percent — so that the percentage moves with the time a load takes, and the ETA
-/// drawn from it is right, whether it fetches one segment or three thousand.
-mod bands {
-    use std::ops::Range;
+/// The seven steps of a load (data-load.md), each with its band of the percentage. The quick
+/// steps before the plan share the first 5 %; once the plan is made, the download gets a band
+/// as wide as its share of the host calls (each segment is one, like the validation and the head
+/// lookup before it), and the save the last half percent — so that the percentage moves with the
+/// time a load takes, and the ETA drawn from it is right, whether it fetches one segment or
+/// three thousand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadStep {
+    ValidateSymbol,
+    ReadCache,
+    ValidateRange,
+    AnalyzeGaps,
+    CreateSegments,
+    Download,
+    Save,
+}
 
-    pub const VALIDATE: Range<f64> = 0.0..1.0;
-    pub const CACHE: Range<f64> = 1.0..2.0;
-    pub const RANGE: Range<f64> = 2.0..3.0;
-    pub const GAPS: Range<f64> = 3.0..4.0;
-    pub const PLAN: Range<f64> = 4.0..5.0;
+impl LoadStep {
     const SAVE_FROM: f64 = 99.5;
     /// Host calls made before the download (validation, head timestamp).
     const CALLS_BEFORE: f64 = 2.0;
 
-    pub fn download(segments: usize) -> Range<f64> {
-        let share_before = CALLS_BEFORE / (CALLS_BEFORE + segments as f64);
-        (100.0 * share_before).clamp(PLAN.end, SAVE_FROM)..SAVE_FROM
+    /// The download's band once the number of segments is known.
+    fn download_band(segments: usize) -> std::ops::Range<f64> {
+        let share_before = Self::CALLS_BEFORE / (Self::CALLS_BEFORE + segments as f64);
+        let plan_end = LoadStep::CreateSegments.band().end;
+        (100.0 * share_before).clamp(plan_end, Self::SAVE_FROM)..Self::SAVE_FROM
     }
+}
 
-    pub fn save() -> Range<f64> {
-        SAVE_FROM..100.0
+impl Steps for LoadStep {
+    const ALL: &'static [Self] = &[
+        LoadStep::ValidateSymbol,
+        LoadStep::ReadCache,
+        LoadStep::ValidateRange,
+        LoadStep::AnalyzeGaps,
+        LoadStep::CreateSegments,
+        LoadStep::Download,
+        LoadStep::Save,
+    ];
+
+    fn band(self) -> std::ops::Range<f64> {
+        match self {
+            LoadStep::Download => Self::download_band(0),
+            LoadStep::Save => Self::SAVE_FROM..100.0,
+            // The first five: one percent each.
+            quick => {
+                let from = f64::from(quick.number() - 1);
+                from..from + 1.0
+            }
+        }
     }
+}
+
+/// What a replica that takes a load over needs: the span this load planned to fill (stored once
+/// the plan is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadState {
+    pub planned: Window,
 }
 
 /// What the download did.
@@ -134,14 +170,23 @@ struct Plan {
 }
 
 impl Job for DataLoadJob {
-    async fn run(self, ctx: JobContext) -> JobResult {
+    const TYPE: &'static str = super::OPERATION_TYPE;
+    type Request = LoadSpec;
+    type State = LoadState;
+    type Step = LoadStep;
+
+    fn summary(spec: &LoadSpec) -> Option<String> {
+        Some(spec.symbol.as_str().to_owned())
+    }
+
+    async fn run(self, ctx: JobContext<Self>) -> JobResult {
         // Stalled host calls show in the step and stay in the warnings.
         observe_stalls(Arc::new(ctx.progress()), self.load(ctx)).await
     }
 }
 
 impl DataLoadJob {
-    async fn load(self, ctx: JobContext) -> JobResult {
+    async fn load(self, ctx: JobContext<Self>) -> JobResult {
         let began = Instant::now();
         let (sym, tf, mode) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str(), self.spec.mode);
         let progress = ctx.progress();
@@ -153,7 +198,7 @@ impl DataLoadJob {
         let gateway = GatewayGuard { ib: &self.ib, ctx: &ctx, wait: self.settings.wait_for_gateway };
 
         // 1. The symbol, as IB knows it (and its head timestamp, when IB says).
-        progress.start_step(format!("Validating symbol {sym}"), 1, bands::VALIDATE);
+        ctx.step(LoadStep::ValidateSymbol, format!("Validating symbol {sym}"));
         let mut head = self.validate(&gateway).await?;
 
         // One load per series at a time; the second waits, and says so.
@@ -170,7 +215,7 @@ impl DataLoadJob {
         };
 
         // 2. The cache and its coverage index.
-        progress.start_step(format!("Loading cached data for {sym} {tf}"), 2, bands::CACHE);
+        ctx.step(LoadStep::ReadCache, format!("Loading cached data for {sym} {tf}"));
         let bars = self
             .repository
             .read(&self.spec.symbol, self.spec.timeframe)
@@ -180,7 +225,7 @@ impl DataLoadJob {
         let rows_before = bars.len() as u64;
 
         // 3. The range: never before IB's first bar, never after now.
-        progress.start_step(format!("Validating date range for {sym}"), 3, bands::RANGE);
+        ctx.step(LoadStep::ValidateRange, format!("Validating date range for {sym}"));
         if mode != Mode::Local && head.is_none() {
             head = self.head_timestamp(&gateway).await?;
         }
@@ -191,13 +236,13 @@ impl DataLoadJob {
         let (start, end) = self.span(head, cached);
 
         // 4. What is missing.
-        progress.start_step(format!("Analyzing data gaps for {sym} ({} mode)", mode.as_str()), 4, bands::GAPS);
+        ctx.step(LoadStep::AnalyzeGaps, format!("Analyzing data gaps for {sym} ({} mode)", mode.as_str()));
         let (plan, coverage) = self.plan(&bars, coverage, cached, start, end).await?;
         self.warn_if_backfill_stops_short(&ctx, &plan, &coverage, end);
         let mut series = Series { repository: &self.repository, spec: &self.spec, bars, coverage };
         if let (Some(first), Some(last)) = (plan.ranges.first(), plan.ranges.last()) {
             // A replica that takes this load over fetches what is still missing in this span.
-            ctx.save_state(json!({ "planned": { "start": first.start, "end": last.end } })).await?;
+            ctx.save_state(&LoadState { planned: Window { start: first.start, end: last.end } }).await?;
             // What is planned stays "incomplete" in the index until fetched, so that a load
             // interrupted halfway leaves its unfinished part for the next one to finish.
             series.write_coverage().await?;
@@ -211,7 +256,7 @@ impl DataLoadJob {
 
         // 5. Segments of at most IB's span.
         let n = plan.segments.len();
-        progress.start_step(format!("Creating {n} download segments"), 5, bands::PLAN);
+        ctx.step(LoadStep::CreateSegments, format!("Creating {n} download segments"));
         progress.context([
             ("segments_total".to_owned(), json!(n)),
             ("segments_done".to_owned(), json!(0)),
@@ -219,7 +264,7 @@ impl DataLoadJob {
         ]);
 
         // 6. Download, saving as we go.
-        progress.start_step(format!("Downloading {n} segments from IB"), 6, bands::download(n));
+        ctx.step_within(LoadStep::Download, format!("Downloading {n} segments from IB"), LoadStep::download_band(n));
         let summary = |series: &Series, downloads: &Downloads| {
             self.summary(&plan, series, downloads, rows_before, began.elapsed())
         };
@@ -279,7 +324,7 @@ impl DataLoadJob {
         }
 
         // 7. Merge and save.
-        progress.start_step(format!("Merging and saving {sym} {tf} data"), 7, bands::save());
+        ctx.step(LoadStep::Save, format!("Merging and saving {sym} {tf} data"));
         // A local load only reads: it leaves the folder as it found it.
         if mode != Mode::Local {
             series.save(&mut downloads).await?;
@@ -382,7 +427,7 @@ impl DataLoadJob {
     /// A backfill fills up to the start of the cache. When the cache ends well before the end of
     /// the range asked for — a cache left by an interrupted load of an older version, say — that
     /// part stays missing: the record says so rather than reporting success in silence.
-    fn warn_if_backfill_stops_short(&self, ctx: &JobContext, plan: &Plan, coverage: &Coverage, end: i64) {
+    fn warn_if_backfill_stops_short(&self, ctx: &OperationHandle, plan: &Plan, coverage: &Coverage, end: i64) {
         if self.spec.mode != Mode::Backfill {
             return;
         }
@@ -481,7 +526,7 @@ async fn fetch_segment(
         }
         let error = match result {
             Ok(mut bars) => {
-                if spec.filters.trading_hours_only
+                if spec.parameters.filters.trading_hours_only
                     && spec.timeframe.is_intraday()
                     && calendar::instrument_kind(sym) == InstrumentKind::Stock
                 {

@@ -15,12 +15,10 @@ pub mod timeframe;
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::ops::{BoxedJob, OperationRecord, OperationType, Reattach, Resumption};
-use job::{DataLoadJob, LoadSettings};
+use crate::ops::{OperationType, Reattach, Resumption};
+use job::{DataLoadJob, LoadSettings, LoadState};
 use repository::Repository;
-use request::{Filters, LoadBody, LoadSpec};
+use request::LoadSpec;
 
 pub const OPERATION_TYPE: &str = "data_load";
 
@@ -34,21 +32,11 @@ pub struct DataService {
 
 impl DataService {
     pub fn operation_type(&self) -> OperationType {
-        OperationType {
-            name: OPERATION_TYPE,
-            steps_total: 7,
-            renderer: Arc::new(renderer::DataRenderer),
-            reattach: Some(Arc::new(self.clone())),
-        }
+        OperationType::of::<DataLoadJob>(Arc::new(renderer::DataRenderer)).reattached_by(self.clone())
     }
 
-    pub fn job(&self, spec: LoadSpec) -> BoxedJob {
-        BoxedJob::new(DataLoadJob {
-            spec,
-            ib: self.ib.clone(),
-            repository: self.repository.clone(),
-            settings: self.settings.clone(),
-        })
+    pub fn job(&self, spec: LoadSpec) -> DataLoadJob {
+        DataLoadJob { spec, ib: self.ib.clone(), repository: self.repository.clone(), settings: self.settings.clone() }
     }
 }
 
@@ -56,39 +44,18 @@ impl DataService {
 /// load is incremental, so what the dead replica saved is kept and only the rest is fetched.
 /// After a restart of this same service the load is reported interrupted instead (its caller
 /// decides whether to load again).
-impl Reattach for DataService {
-    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>, cause: Resumption) -> Option<BoxedJob> {
+impl Reattach<DataLoadJob> for DataService {
+    fn reattach(&self, mut spec: LoadSpec, state: Option<LoadState>, cause: Resumption) -> Option<DataLoadJob> {
         if cause != Resumption::Takeover {
             return None;
         }
-        let text = |key: &str| record.metadata.get(key).and_then(Value::as_str).map(str::to_owned);
-        let filters = record.metadata.get("parameters").and_then(|p| p.get("filters")).cloned();
-        let body = LoadBody {
-            symbol: text("symbol")?,
-            timeframe: text("timeframe")?,
-            mode: text("mode"),
-            start_date: text("start_date"),
-            end_date: text("end_date"),
-            filters: filters.and_then(|f| serde_json::from_value::<Filters>(f).ok()),
-            periodic_save_minutes: None,
-        };
-        match LoadSpec::from_body(&body, false) {
-            Ok(mut spec) => {
-                // The dead replica may have fetched the oldest part first, so the request's own
-                // mode could now find nothing to do: fill whatever is missing in the span it planned.
-                let planned = job_state.and_then(|state| state.get("planned"));
-                let second = |key: &str| planned.and_then(|p| p.get(key)).and_then(Value::as_i64);
-                if let (Some(start), Some(end)) = (second("start"), second("end")) {
-                    spec.mode = request::Mode::Full;
-                    spec.start = Some(frame::to_timestamp(start));
-                    spec.end = Some(frame::to_timestamp(end));
-                }
-                Some(self.job(spec))
-            }
-            Err(e) => {
-                tracing::warn!(operation_id = %record.operation_id, error = %e, "cannot resume a data load from its metadata");
-                None
-            }
+        // The dead replica may have fetched the oldest part first, so the request's own mode
+        // could now find nothing to do: fill whatever is missing in the span it planned.
+        if let Some(LoadState { planned }) = state {
+            spec.mode = request::Mode::Full;
+            spec.start = Some(frame::to_timestamp(planned.start));
+            spec.end = Some(frame::to_timestamp(planned.end));
         }
+        Some(self.job(spec))
     }
 }

@@ -3,7 +3,7 @@
 //! back-to-back segments no longer than IB's maximum span, leaving out segments in which the
 //! market never trades, ordered newest first for `tail` and oldest first otherwise.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::calendar::{self, InstrumentKind};
 use crate::data::coverage::{Coverage, Spans};
@@ -12,7 +12,7 @@ use crate::data::request::Mode;
 use crate::data::timeframe::Timeframe;
 
 /// An inclusive range of Unix seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     pub start: i64,
     pub end: i64,

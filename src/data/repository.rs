@@ -6,11 +6,12 @@
 //! per-series lock. Recently read frames are kept in memory while their file is unchanged. Each
 //! series' coverage index (`coverage.rs`) lives beside its file.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use polars::prelude::*;
@@ -330,7 +331,7 @@ impl Repository {
 
     /// The lock that serialises loads of one series.
     pub fn series_lock(&self, symbol: &Symbol, timeframe: Timeframe) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.locks.lock();
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry(file_name(symbol, timeframe)).or_default().clone()
     }
@@ -341,7 +342,7 @@ impl Repository {
         let Some((modified, len)) = file_stamp(&path) else {
             return Ok(Arc::new(Bars::default()));
         };
-        if let Some(bars) = self.frames.lock().unwrap_or_else(|e| e.into_inner()).get(&path, modified, len) {
+        if let Some(bars) = self.frames.lock().get(&path, modified, len) {
             return Ok(bars);
         }
         let file = path.clone();
@@ -351,13 +352,7 @@ impl Repository {
             .and_then(|r| r)
             .map_err(|reason| CacheError::Unreadable { file: file_name(symbol, timeframe), reason })?;
         let bars = Arc::new(bars);
-        self.frames.lock().unwrap_or_else(|e| e.into_inner()).put(
-            path,
-            modified,
-            len,
-            bars.clone(),
-            self.max_cached_rows,
-        );
+        self.frames.lock().put(path, modified, len, bars.clone(), self.max_cached_rows);
         Ok(bars)
     }
 
@@ -371,7 +366,7 @@ impl Repository {
             .and_then(|r| r)
             .map_err(|reason| CacheError::Write { file: file_name(symbol, timeframe), reason })?;
         if let Some((modified, len)) = file_stamp(&path) {
-            self.frames.lock().unwrap_or_else(|e| e.into_inner()).put(path, modified, len, bars, self.max_cached_rows);
+            self.frames.lock().put(path, modified, len, bars, self.max_cached_rows);
         }
         Ok(size)
     }

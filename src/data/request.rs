@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
 
 use crate::data::timeframe::Timeframe;
 use crate::invalid::Invalid;
@@ -40,6 +40,15 @@ impl Symbol {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Read back from stored metadata: validated again, so a hand-edited record cannot name a file
+/// outside the data folder either.
+impl<'de> Deserialize<'de> for Symbol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Symbol::parse(&text).map_err(|e| serde::de::Error::custom(e.message))
     }
 }
 
@@ -127,14 +136,25 @@ pub struct LoadBody {
     pub periodic_save_minutes: Option<f64>,
 }
 
-/// A validated data load.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated data load. As JSON it is the operation's `metadata` (api.md), which is how a
+/// replica that takes the load over reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadSpec {
     pub symbol: Symbol,
     pub timeframe: Timeframe,
     pub mode: Mode,
+    #[serde(rename = "start_date", with = "time::rfc3339::option")]
     pub start: Option<Timestamp>,
+    #[serde(rename = "end_date", with = "time::rfc3339::option")]
     pub end: Option<Timestamp>,
+    #[serde(default)]
+    pub parameters: LoadParameters,
+}
+
+/// `metadata.parameters` of a load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadParameters {
+    #[serde(default)]
     pub filters: Filters,
 }
 
@@ -168,19 +188,8 @@ impl LoadSpec {
                 format!("start_date ({}) is after end_date ({})", time::format(&s), time::format(&e)),
             ));
         }
-        Ok(LoadSpec { symbol, timeframe, mode, start, end, filters: body.filters.unwrap_or_default() })
-    }
-
-    /// The operation's `metadata`.
-    pub fn metadata(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("symbol".into(), json!(self.symbol.as_str()));
-        m.insert("timeframe".into(), json!(self.timeframe.as_str()));
-        m.insert("mode".into(), json!(self.mode.as_str()));
-        m.insert("start_date".into(), json!(self.start.as_ref().map(time::format)));
-        m.insert("end_date".into(), json!(self.end.as_ref().map(time::format)));
-        m.insert("parameters".into(), json!({ "filters": self.filters }));
-        m
+        let parameters = LoadParameters { filters: body.filters.unwrap_or_default() };
+        Ok(LoadSpec { symbol, timeframe, mode, start, end, parameters })
     }
 
     /// `{SYMBOL}_{tf}.csv`
@@ -238,5 +247,23 @@ mod tests {
         let spec = LoadSpec::from_body(&b, true).unwrap();
         assert_eq!(spec.mode, Mode::Tail);
         assert_eq!(spec.file_name(), "AAPL_1h.csv");
+    }
+
+    #[test]
+    fn metadata_written_by_earlier_versions_reads_back_as_the_same_request() {
+        // As `LoadSpec::metadata()` wrote it by hand before the request became a typed one.
+        let stored = json!({
+            "symbol": "AAPL", "timeframe": "1h", "mode": "tail",
+            "start_date": "2024-03-01T00:00:00.000000Z", "end_date": null,
+            "parameters": { "filters": { "trading_hours_only": true, "include_extended": false } },
+        });
+        let spec: LoadSpec = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(spec.symbol.as_str(), "AAPL");
+        assert_eq!(spec.mode, Mode::Tail);
+        assert!(spec.parameters.filters.trading_hours_only);
+        assert_eq!(serde_json::to_value(&spec).unwrap(), stored, "the wire shape of metadata is unchanged");
+        let escaping =
+            json!({ "symbol": "../etc", "timeframe": "1h", "mode": "tail", "start_date": null, "end_date": null });
+        assert!(serde_json::from_value::<LoadSpec>(escaping).is_err());
     }
 }

@@ -1,11 +1,16 @@
-//! What a domain plugs into the core: the [`Job`] trait (the work of one operation), the
-//! [`JobContext`] it runs with (progress, cancellation, warnings, durable resume state, a
-//! remote-stop hook) and the [`OperationType`] a domain registers by name.
+//! What a domain plugs into the core: the typed [`Job`] contract (the request an operation was
+//! started with, the state it needs to re-attach, its named [`Steps`]), the [`JobContext`] it
+//! runs with (progress, cancellation, warnings, durable state, a remote-stop hook), and the
+//! [`OperationType`] that erases a job's types so that the core stores and lists plain JSON.
 
 use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::{Deref, Range};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -29,30 +34,62 @@ pub enum JobError {
 
 pub type JobResult = Result<Value, JobError>;
 
-/// The work of one operation. `run` must race [`JobContext::cancelled`] at every await point
-/// that can take long, so a cancel stops it in microseconds; what it must keep (work already
-/// done) it saves before returning [`JobError::Cancelled`].
-pub trait Job: Send + 'static {
-    fn run(self, ctx: JobContext) -> impl Future<Output = JobResult> + Send + 'static;
+/// A job's named steps, in order: `progress.steps_total` is their count, and each step owns a
+/// band of the percentage.
+pub trait Steps: Copy + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Every step, in the order the job goes through them.
+    const ALL: &'static [Self];
+
+    /// The part of the percentage this step covers (a job may narrow it when it knows more,
+    /// see [`JobContext::step_within`]).
+    fn band(self) -> Range<f64>;
+
+    /// 1-based, as `progress.current_step_number`.
+    fn number(self) -> u32 {
+        Self::ALL.iter().position(|s| *s == self).map_or(0, |i| i as u32 + 1)
+    }
+}
+
+/// The work of one operation, with the types the core stores for it.
+///
+/// `run` must race [`JobContext::cancelled`] at every await point that can take long, so a
+/// cancel stops it in microseconds; what it must keep (work already done) it saves before
+/// returning [`JobError::Cancelled`].
+pub trait Job: Send + Sized + 'static {
+    /// Appears in ids (`op_{TYPE}_...`) and in `operation_type`.
+    const TYPE: &'static str;
+    /// What the operation was started with: stored as its `metadata` (api.md), so its serde
+    /// shape is the wire shape.
+    type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What a later run needs to re-attach to the work (e.g. the id of a host session), stored
+    /// durably with the operation and given back to [`Reattach::reattach`].
+    type State: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Step: Steps;
+
+    /// One line for list rows (their `symbol` column): what the operation works on.
+    fn summary(request: &Self::Request) -> Option<String>;
+
+    fn run(self, ctx: JobContext<Self>) -> impl Future<Output = JobResult> + Send + 'static;
 }
 
 /// A job ready to start, type-erased.
-pub struct BoxedJob(Box<dyn FnOnce(JobContext) -> BoxFuture<JobResult> + Send>);
+pub struct BoxedJob(Box<dyn FnOnce(OperationHandle) -> BoxFuture<JobResult> + Send>);
 
 impl BoxedJob {
     pub fn new<J: Job>(job: J) -> Self {
-        BoxedJob(Box::new(move |ctx| Box::pin(job.run(ctx))))
+        BoxedJob(Box::new(move |handle| Box::pin(job.run(JobContext { handle, job: PhantomData }))))
     }
 
-    pub(crate) fn start(self, ctx: JobContext) -> BoxFuture<JobResult> {
-        (self.0)(ctx)
+    pub(crate) fn start(self, handle: OperationHandle) -> BoxFuture<JobResult> {
+        (self.0)(handle)
     }
 }
 
 /// Picks up an operation this service was running when it last stopped (e.g. remote work that
-/// is still going on). Returning `None` fails the operation as interrupted.
-pub trait Reattach: Send + Sync + 'static {
-    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>, cause: Resumption) -> Option<BoxedJob>;
+/// is still going on), from its request and the state it stored. `None` fails the operation as
+/// interrupted.
+pub trait Reattach<J: Job>: Send + Sync + 'static {
+    fn reattach(&self, request: J::Request, state: Option<J::State>, cause: Resumption) -> Option<J>;
 }
 
 /// Why an unfinished operation is being picked up.
@@ -64,15 +101,84 @@ pub enum Resumption {
     Takeover,
 }
 
-/// A kind of operation, registered by its domain. The core has no list of domains.
+type ErasedReattach = dyn Fn(&OperationRecord, Option<&Value>, Resumption) -> Option<BoxedJob> + Send + Sync;
+
+/// A kind of operation, registered by its domain. The core has no list of domains: it knows a
+/// type by its name and reaches the job's types only through the functions kept here.
 #[derive(Clone)]
 pub struct OperationType {
-    /// Appears in ids (`op_{name}_...`) and in `operation_type`.
     pub name: &'static str,
     /// `progress.steps_total` at the start.
     pub steps_total: u32,
     pub renderer: Arc<dyn Renderer>,
-    pub reattach: Option<Arc<dyn Reattach>>,
+    summary: fn(&Map<String, Value>) -> Option<String>,
+    reattach: Option<Arc<ErasedReattach>>,
+}
+
+/// A stored `metadata` or job state read back as the job's type.
+fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {
+    T::deserialize(value)
+}
+
+fn decode_request<J: Job>(metadata: &Map<String, Value>) -> Result<J::Request, serde_json::Error> {
+    J::Request::deserialize(metadata.clone().into_deserializer())
+}
+
+impl OperationType {
+    /// The type of job `J`, drawn by `renderer`; without re-attach (an unfinished operation of
+    /// this type is failed as interrupted after a restart).
+    pub fn of<J: Job>(renderer: Arc<dyn Renderer>) -> Self {
+        OperationType {
+            name: J::TYPE,
+            steps_total: J::Step::ALL.len() as u32,
+            renderer,
+            summary: |metadata| decode_request::<J>(metadata).ok().and_then(|r| J::summary(&r)),
+            reattach: None,
+        }
+    }
+
+    /// Unfinished operations of this type are picked up by `reattach`.
+    pub fn reattached_by<J: Job>(mut self, reattach: impl Reattach<J>) -> Self {
+        assert_eq!(self.name, J::TYPE, "a re-attach registered for another job type");
+        self.reattach = Some(Arc::new(move |record: &OperationRecord, state: Option<&Value>, cause| {
+            let request = decode_request::<J>(&record.metadata)
+                .map_err(|e| tracing::warn!(operation_id = %record.operation_id, error = %e, "cannot read the request of an unfinished operation"))
+                .ok()?;
+            let state = match state.filter(|s| !s.is_null()).map(decode::<J::State>).transpose() {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(operation_id = %record.operation_id, error = %e, "cannot read the state of an unfinished operation");
+                    return None;
+                }
+            };
+            reattach.reattach(request, state, cause).map(BoxedJob::new)
+        }));
+        self
+    }
+
+    /// The list row's one-line summary of an operation of this type.
+    pub fn summary(&self, record: &OperationRecord) -> Option<String> {
+        (self.summary)(&record.metadata)
+    }
+
+    /// The job that picks this stored unfinished operation up again, if the type can.
+    pub(crate) fn reattach(
+        &self,
+        record: &OperationRecord,
+        state: Option<&Value>,
+        cause: Resumption,
+    ) -> Option<BoxedJob> {
+        self.reattach.as_ref()?(record, state, cause)
+    }
+}
+
+/// The `metadata` of a new operation: its request as JSON.
+pub(crate) fn request_metadata<J: Job>(request: &J::Request) -> Map<String, Value> {
+    match serde_json::to_value(request) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => panic!("the request of a `{}` job must serialise as an object, not {other}", J::TYPE),
+        Err(e) => panic!("the request of a `{}` job cannot be serialised: {e}", J::TYPE),
+    }
 }
 
 /// Tells a remote host to stop the work an operation started there. Run in the background after
@@ -150,30 +256,22 @@ impl RemoteStopReport {
     }
 }
 
-/// Everything a running job may touch.
-pub struct JobContext {
+/// Everything a running job may touch, whatever its type (helpers such as the stall observer
+/// and the gateway guard take this); [`JobContext`] adds the typed parts.
+pub struct OperationHandle {
     pub(crate) op: Arc<LiveOperation>,
     pub(crate) store: Store,
     pub(crate) owner: String,
 }
 
-impl JobContext {
+impl OperationHandle {
     pub fn operation_id(&self) -> &str {
         &self.op.id
-    }
-
-    pub fn metadata(&self) -> Map<String, Value> {
-        self.op.snapshot().record.metadata.clone()
     }
 
     /// The operation's `metrics` as they stand (a re-attached job continues from them).
     pub fn current_metrics(&self) -> Option<Value> {
         self.op.snapshot().record.metrics.clone()
-    }
-
-    /// The resume state saved by an earlier run of this operation (re-attach after a restart).
-    pub fn job_state(&self) -> Option<Value> {
-        self.op.snapshot().job_state.clone()
     }
 
     pub fn progress(&self) -> ProgressReporter {
@@ -227,9 +325,44 @@ impl JobContext {
         });
     }
 
-    /// Stores resume state durably before returning (e.g. the id of remote work, so that a
+    /// Registers what to run on the host when this operation is cancelled after it started
+    /// remote work. Replaces an earlier hook.
+    pub fn on_cancel(&self, hook: RemoteStopHook) {
+        self.op.set_remote_stop(hook);
+    }
+}
+
+/// The context of a running job of type `J`: the operation's handle, plus its typed steps and
+/// state.
+pub struct JobContext<J> {
+    handle: OperationHandle,
+    job: PhantomData<fn() -> J>,
+}
+
+impl<J> Deref for JobContext<J> {
+    type Target = OperationHandle;
+
+    fn deref(&self) -> &OperationHandle {
+        &self.handle
+    }
+}
+
+impl<J: Job> JobContext<J> {
+    /// Starts `step` with its own band of the percentage.
+    pub fn step(&self, step: J::Step, message: impl Into<String>) {
+        self.progress().start_step(message, step.number(), step.band());
+    }
+
+    /// Starts `step` in a band the job worked out (e.g. from how much there is to do).
+    pub fn step_within(&self, step: J::Step, message: impl Into<String>, band: Range<f64>) {
+        self.progress().start_step(message, step.number(), band);
+    }
+
+    /// Stores the job's state durably before returning (e.g. the id of remote work, so that a
     /// restarted service can re-attach).
-    pub async fn save_state(&self, state: Value) -> Result<(), JobError> {
+    pub async fn save_state(&self, state: &J::State) -> Result<(), JobError> {
+        let state = serde_json::to_value(state)
+            .map_err(|e| JobError::Failed(format!("could not encode the operation's state: {e}")))?;
         let Some(snapshot) = self.op.edit(|_, job_state| *job_state = Some(state)) else {
             return Err(JobError::Cancelled);
         };
@@ -237,11 +370,5 @@ impl JobContext {
             .save(vec![snapshot], &self.owner)
             .await
             .map_err(|e| JobError::Failed(format!("could not store the operation's state: {e}")))
-    }
-
-    /// Registers what to run on the host when this operation is cancelled after it started
-    /// remote work. Replaces an earlier hook.
-    pub fn on_cancel(&self, hook: RemoteStopHook) {
-        self.op.set_remote_stop(hook);
     }
 }

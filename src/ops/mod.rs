@@ -13,13 +13,13 @@ pub mod snapshot;
 pub mod store;
 
 pub use job::{
-    BoxedJob, Job, JobContext, JobError, JobResult, OperationType, Reattach, RemoteStopHook, RemoteStopReport,
-    Resumption,
+    BoxedJob, Job, JobContext, JobError, JobResult, OperationHandle, OperationType, Reattach, RemoteStopHook,
+    RemoteStopReport, Resumption, Steps,
 };
 pub use orchestrator::{
-    CancelError, Lookup, NodeIdInUse, OperationSpec, Orchestrator, Settings, StartupCheck, SubmitError, Submitted,
+    CancelError, Lookup, NodeIdInUse, Orchestrator, Settings, StartupCheck, SubmitError, Submitted,
 };
 pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};
 pub use record::{OperationRecord, Status};
 pub use snapshot::Snapshot;
-pub use store::{IdempotencyKey, ListFilter, Store, StoreError};
+pub use store::{Backend, IdempotencyKey, ListFilter, Store, StoreError};

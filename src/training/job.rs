@@ -7,16 +7,19 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::hosts::stall::observe_stalls;
+use crate::hosts::training::Protocol;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{
-    BoxedJob, Job, JobContext, JobError, JobResult, OperationRecord, ProgressReporter, Reattach, RemoteStopHook,
-    RemoteStopReport, Resumption,
+    Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, RemoteStopHook,
+    RemoteStopReport, Resumption, Steps,
 };
+use crate::training::TrainingRequest;
 
 /// Tunables of trainings (config `[training]`).
 #[derive(Debug, Clone)]
@@ -48,15 +51,53 @@ fn failed(message: impl Into<String>) -> JobError {
     JobError::Failed(message.into())
 }
 
+/// The steps of a training; epochs are counted in `steps_completed` as the host reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingStep {
+    Start,
+    Train,
+    FetchResult,
+}
+
+impl Steps for TrainingStep {
+    const ALL: &'static [Self] = &[TrainingStep::Start, TrainingStep::Train, TrainingStep::FetchResult];
+
+    fn band(self) -> std::ops::Range<f64> {
+        match self {
+            TrainingStep::Start => 0.0..5.0,
+            TrainingStep::Train => 5.0..95.0,
+            TrainingStep::FetchResult => 95.0..100.0,
+        }
+    }
+}
+
+/// The host session a training follows, stored once the host has accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingState {
+    pub session_id: String,
+    pub protocol: Protocol,
+}
+
 impl Job for TrainingJob {
-    async fn run(self, ctx: JobContext) -> JobResult {
+    const TYPE: &'static str = super::OPERATION_TYPE;
+    type Request = TrainingRequest;
+    type State = TrainingState;
+    type Step = TrainingStep;
+
+    /// The first symbol.
+    fn summary(request: &TrainingRequest) -> Option<String> {
+        request.symbols.first().cloned()
+    }
+
+    async fn run(self, ctx: JobContext<Self>) -> JobResult {
         // Stalled host calls show in the step and stay in the warnings.
         observe_stalls(Arc::new(ctx.progress()), self.train(ctx)).await
     }
 }
 
 impl TrainingJob {
-    async fn train(self, ctx: JobContext) -> JobResult {
+    async fn train(self, ctx: JobContext<Self>) -> JobResult {
         let Self { request, session, total_epochs, client, settings } = self;
         let progress = ctx.progress();
         let token = ctx.token().clone();
@@ -75,9 +116,9 @@ impl TrainingJob {
                     ("timeframes".to_owned(), json!(request.timeframes)),
                     ("total_epochs".to_owned(), json!(total_epochs)),
                 ]);
-                progress.start_step("Starting training on the host", 1, 0.0..5.0);
+                ctx.step(TrainingStep::Start, "Starting training on the host");
                 let session = start(&client, &request, &settings, &ctx, &progress, &token).await?;
-                ctx.save_state(json!({ "session_id": session.id, "protocol": session.protocol })).await?;
+                ctx.save_state(&TrainingState { session_id: session.id.clone(), protocol: session.protocol }).await?;
                 ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone()));
                 session
             }
@@ -86,10 +127,10 @@ impl TrainingJob {
             ("host_session_id".to_owned(), json!(session.id)),
             ("host_protocol".to_owned(), json!(session.protocol)),
         ]);
-        progress.start_step("Training", 2, 5.0..95.0);
+        ctx.step(TrainingStep::Train, "Training");
         let last = follow(&client, &session, total_epochs, &settings, &ctx, &progress, &token).await?;
 
-        progress.start_step("Fetching the result", 3, 95.0..100.0);
+        ctx.step(TrainingStep::FetchResult, "Fetching the result");
         let result = match client.result(&session, &token).await {
             Ok(result) => result.or(last.result.clone()).unwrap_or_else(|| json!({})),
             Err(PollError::Cancelled) => return Err(JobError::Cancelled),
@@ -99,7 +140,7 @@ impl TrainingJob {
             }
         };
         // The record's last words should be the outcome, not the last thing it waited for.
-        progress.start_step("Completed", 3, 100.0..100.0);
+        ctx.step_within(TrainingStep::FetchResult, "Completed", 100.0..100.0);
         let field = |key: &str| result.get(key).cloned().unwrap_or(Value::Null);
         Ok(json!({
             "model_path": field("model_path"),
@@ -118,7 +159,7 @@ async fn start(
     client: &Arc<TrainingClient>,
     request: &StartRequest,
     settings: &TrainingSettings,
-    ctx: &JobContext,
+    ctx: &OperationHandle,
     progress: &ProgressReporter,
     token: &CancellationToken,
 ) -> Result<Session, JobError> {
@@ -171,7 +212,7 @@ async fn follow(
     session: &Session,
     total_epochs: Option<u32>,
     settings: &TrainingSettings,
-    ctx: &JobContext,
+    ctx: &OperationHandle,
     progress: &ProgressReporter,
     token: &CancellationToken,
 ) -> Result<HostSnapshot, JobError> {
@@ -232,7 +273,7 @@ fn relay(
     s: &HostSnapshot,
     total_epochs: Option<u32>,
     recorded: &mut BTreeSet<u32>,
-    ctx: &JobContext,
+    ctx: &OperationHandle,
     progress: &ProgressReporter,
 ) {
     let total = s.total_epochs.or(total_epochs).unwrap_or(0);
@@ -349,20 +390,15 @@ pub struct TrainingReattach {
     pub settings: TrainingSettings,
 }
 
-impl Reattach for TrainingReattach {
-    fn reattach(&self, record: &OperationRecord, job_state: Option<&Value>, _cause: Resumption) -> Option<BoxedJob> {
-        let session: Session = serde_json::from_value(json!({
-            "id": job_state?.get("session_id")?,
-            "protocol": job_state?.get("protocol")?,
-        }))
-        .ok()?;
-        let total = record.progress.context.get("total_epochs").and_then(Value::as_u64).map(|e| e as u32);
-        Some(BoxedJob::new(TrainingJob {
+impl Reattach<TrainingJob> for TrainingReattach {
+    fn reattach(&self, request: TrainingRequest, state: Option<TrainingState>, _: Resumption) -> Option<TrainingJob> {
+        let TrainingState { session_id, protocol } = state?;
+        Some(TrainingJob {
             request: None,
-            session: Some(session),
-            total_epochs: total.filter(|t| *t > 0),
+            session: Some(Session { id: session_id, protocol }),
+            total_epochs: request.parameters.epochs.filter(|t| *t > 0),
             client: self.client.clone(),
             settings: self.settings.clone(),
-        }))
+        })
     }
 }

@@ -9,12 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
 
 use crate::data::request::{Symbol, parse_timeframe};
 use crate::hosts::training::{StartRequest, TrainingClient};
 use crate::invalid::Invalid;
-use crate::ops::{BoxedJob, OperationType};
+use crate::ops::OperationType;
 use crate::time;
 use job::{TrainingJob, TrainingReattach, TrainingSettings};
 use strategy::Strategy;
@@ -41,6 +40,28 @@ pub struct TrainingBody {
     /// Accepted for ktrdr compatibility; the operation id is the task id.
     #[serde(default)]
     pub task_id: Option<String>,
+    #[serde(default)]
+    pub detailed_analytics: bool,
+}
+
+/// A training as the operation's `metadata` stores it (api.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRequest {
+    pub strategy_name: String,
+    pub symbols: Vec<String>,
+    pub timeframes: Vec<String>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub model_type: String,
+    pub parameters: TrainingParameters,
+}
+
+/// `metadata.parameters` of a training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TrainingParameters {
+    /// From the strategy, when it says.
+    #[serde(default)]
+    pub epochs: Option<u32>,
     #[serde(default)]
     pub detailed_analytics: bool,
 }
@@ -122,19 +143,20 @@ impl TrainingSpec {
         })
     }
 
-    pub fn metadata(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("strategy_name".into(), json!(self.strategy.name));
-        m.insert("symbols".into(), json!(self.symbols));
-        m.insert("timeframes".into(), json!(self.timeframes));
-        m.insert("start_date".into(), json!(self.start_date));
-        m.insert("end_date".into(), json!(self.end_date));
-        m.insert("model_type".into(), json!(self.strategy.model_type));
-        m.insert(
-            "parameters".into(),
-            json!({ "epochs": self.strategy.epochs, "detailed_analytics": self.detailed_analytics }),
-        );
-        m
+    /// What the operation stores as its `metadata`.
+    pub fn request(&self) -> TrainingRequest {
+        TrainingRequest {
+            strategy_name: self.strategy.name.clone(),
+            symbols: self.symbols.clone(),
+            timeframes: self.timeframes.clone(),
+            start_date: self.start_date.clone(),
+            end_date: self.end_date.clone(),
+            model_type: self.strategy.model_type.clone(),
+            parameters: TrainingParameters {
+                epochs: self.strategy.epochs,
+                detailed_analytics: self.detailed_analytics,
+            },
+        }
     }
 }
 
@@ -148,16 +170,12 @@ pub struct TrainingService {
 
 impl TrainingService {
     pub fn operation_type(&self) -> OperationType {
-        OperationType {
-            name: OPERATION_TYPE,
-            steps_total: 1,
-            renderer: Arc::new(renderer::TrainingRenderer),
-            reattach: Some(Arc::new(TrainingReattach { client: self.client.clone(), settings: self.settings.clone() })),
-        }
+        OperationType::of::<TrainingJob>(Arc::new(renderer::TrainingRenderer))
+            .reattached_by(TrainingReattach { client: self.client.clone(), settings: self.settings.clone() })
     }
 
     /// The job of a new training (its operation id becomes the host's task id when it runs).
-    pub fn job(&self, spec: &TrainingSpec) -> BoxedJob {
+    pub fn job(&self, spec: &TrainingSpec) -> TrainingJob {
         let request = StartRequest {
             task_id: String::new(),
             strategy_name: spec.strategy.name.clone(),
@@ -169,12 +187,12 @@ impl TrainingService {
             model_type: spec.strategy.model_type.clone(),
             epochs: spec.strategy.epochs,
         };
-        BoxedJob::new(TrainingJob {
+        TrainingJob {
             request: Some(request),
             session: None,
             total_epochs: spec.strategy.epochs,
             client: self.client.clone(),
             settings: self.settings.clone(),
-        })
+        }
     }
 }

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::{DEFAULT_CANCEL_REASON, Inner, SHUTDOWN_REASON};
 use crate::metrics::{Histogram, SLOW_BUCKETS};
-use crate::ops::job::{BoxedJob, JobContext, JobError, RemoteStopReport};
+use crate::ops::job::{BoxedJob, JobError, OperationHandle, RemoteStopReport};
 use crate::ops::live::LiveOperation;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
@@ -58,12 +58,13 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
                 Err(_) => return,
             }
         }
-        let ctx = JobContext { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
+        let handle =
+            OperationHandle { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
         // The work runs inside this task (one task per operation), abortable from a cancel
         // that outlives its grace period, and with panics caught so an outcome is always stored.
         let (abort, registration) = AbortHandle::new_pair();
         let _ = op.abort.set(abort);
-        let work = Abortable::new(AssertUnwindSafe(job.start(ctx)).catch_unwind(), registration);
+        let work = Abortable::new(AssertUnwindSafe(job.start(handle)).catch_unwind(), registration);
         let (outcome, forced) = match work.await {
             Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
             Ok(Ok(Err(JobError::Failed(message)))) => (Outcome::Failed(message), false),
@@ -86,7 +87,7 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
 async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, forced: bool) {
     if op.is_abandoned() {
         // The replica that took it over records the outcome; its remote work is not stopped.
-        inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+        inner.registry.write().remove(&op.id);
         op.mark_settled();
         return;
     }
@@ -98,12 +99,12 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     if let Err(e) = inner.store.save(vec![snapshot.clone()], &inner.settings.node_id).await {
         tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
     }
-    inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+    inner.registry.write().remove(&op.id);
     op.mark_settled();
     tracing::info!(status = %snapshot.record.status, "operation finished");
     {
         let r = &snapshot.record;
-        let mut figures = inner.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut figures = inner.figures.lock();
         *figures.finished.entry((r.operation_type.clone(), r.status.as_str())).or_default() += 1;
         if let Some(seconds) = r.duration_seconds() {
             figures
@@ -129,14 +130,8 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
 /// a state change queued meanwhile waits for one chunk at most.
 pub(super) async fn flush_progress(inner: &Inner) {
     const CHUNK: usize = 256;
-    let changed: Vec<Arc<Snapshot>> = inner
-        .registry
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .filter(|op| op.take_dirty())
-        .map(|op| op.snapshot())
-        .collect();
+    let changed: Vec<Arc<Snapshot>> =
+        inner.registry.read().values().filter(|op| op.take_dirty()).map(|op| op.snapshot()).collect();
     for chunk in changed.chunks(CHUNK) {
         if let Err(e) = inner.store.save_progress(chunk.to_vec(), &inner.settings.node_id).await {
             tracing::warn!(error = %e, "could not queue progress writes");
@@ -163,7 +158,7 @@ pub(super) async fn flush_progress_periodically(inner: Weak<Inner>) {
         }
         let Some(inner) = inner.upgrade() else { return };
         flush_progress(&inner).await;
-        let active = inner.registry.read().unwrap_or_else(|e| e.into_inner()).len();
+        let active = inner.registry.read().len();
         peak = peak.max(active);
         if peak - active >= TRIM_AFTER_RELEASED {
             peak = active;
