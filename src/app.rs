@@ -115,7 +115,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
         idempotency_ttl: config.operations.idempotency_ttl.0,
         node_id: config.node_id(),
         // An embedded SQLite database has exactly one node.
-        reconcile_all: store.kind() == "sqlite",
+        reconcile_all: !store.backend().shared_by_replicas(),
         max_concurrent: config
             .operations
             .max_concurrent
@@ -126,7 +126,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
         remote_cache_ttl: config.operations.remote_cache_ttl.0,
         remote_poll_interval: config.operations.remote_poll_interval.0,
         // Only PostgreSQL is shared by several replicas.
-        cluster: (store.kind() == "postgres").then_some(ClusterSettings {
+        cluster: store.backend().shared_by_replicas().then_some(ClusterSettings {
             lease_timeout: config.operations.lease_timeout.0,
             heartbeat_interval: config.operations.heartbeat_interval.0,
             takeover_scan_interval: config.operations.takeover_scan_interval.0,
@@ -142,7 +142,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
 /// is then never older than `progress_persist_interval`.
 fn persist_interval(config: &Config, store: &Store) -> Duration {
     let configured = config.operations.progress_persist_interval.0;
-    if store.kind() != "postgres" {
+    if !store.backend().shared_by_replicas() {
         return configured;
     }
     configured.saturating_sub(config.operations.remote_cache_ttl.0).max(configured / 2)

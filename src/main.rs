@@ -438,7 +438,7 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
 async fn migrate(config: Config) -> ExitCode {
     match Store::open(&config.database.url, 1, config.operations.stuck_transaction_timeout()).await {
         Ok(store) => {
-            println!("ktrdr-ops: {} database is up to date", store.kind());
+            println!("ktrdr-ops: {} database is up to date", store.backend().as_str());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -52,7 +52,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         database: database.into(),
-        database_kind: store.kind().into(),
+        database_kind: store.backend().as_str().into(),
         node_id: state.orchestrator.settings().node_id.clone(),
         replicas: replicas.unwrap_or_default(),
         hosts: HostsHealth {

@@ -141,7 +141,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     e.family("ktrdr_ops_store_write_duration_seconds", "histogram", "Store write transactions (batches of writes).");
     e.histogram(
         "ktrdr_ops_store_write_duration_seconds",
-        &[("backend", state.orchestrator.store().kind())],
+        &[("backend", state.orchestrator.store().backend().as_str())],
         &writes.transactions,
     );
     e.family("ktrdr_ops_store_rows_written_total", "counter", "Operation rows written to the store.");

@@ -7,9 +7,10 @@ pub mod features;
 pub mod models;
 pub mod validate;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -133,7 +134,7 @@ impl Catalog {
     }
 
     fn read_stamped(&self, path: &Path, modified: SystemTime, len: u64) -> Option<Arc<StrategyFile>> {
-        if let Some((m, l, file)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).strategies.get(path)
+        if let Some((m, l, file)) = self.cache.lock().strategies.get(path)
             && *m == modified
             && *l == len
         {
@@ -146,11 +147,7 @@ impl Catalog {
             .and_then(|v| if v.is_object() { Ok(v) } else { Err("not a YAML mapping".to_owned()) });
         let base = base(&stem, &parsed);
         let file = Arc::new(StrategyFile { parsed, base });
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .strategies
-            .insert(path.to_owned(), (modified, len, file.clone()));
+        self.cache.lock().strategies.insert(path.to_owned(), (modified, len, file.clone()));
         Some(file)
     }
 
@@ -169,7 +166,7 @@ impl Catalog {
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let present: std::collections::HashSet<&PathBuf> = found.iter().map(|f| &f.0).collect();
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).strategies.retain(|p, _| present.contains(p));
+        self.cache.lock().strategies.retain(|p, _| present.contains(p));
         found.iter().filter_map(|(p, modified, len)| self.read_stamped(p, *modified, *len)).collect()
     }
 

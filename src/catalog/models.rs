@@ -3,9 +3,10 @@
 //! `metadata.json` and `metrics.json`, and a `{timeframe}_latest` link to the newest. A folder's
 //! two files are read once and reused while the folder is unchanged.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -75,7 +76,7 @@ impl ModelFolders {
     pub fn of_strategy(&self, strategy: &str) -> Models {
         let dir = self.dir.join(strategy);
         let Some(stamp) = modified(&dir) else { return Arc::default() };
-        if let Some((at, list)) = self.listed.lock().unwrap_or_else(|e| e.into_inner()).get(&dir)
+        if let Some((at, list)) = self.listed.lock().get(&dir)
             && *at == stamp
         {
             return list.clone();
@@ -95,7 +96,7 @@ impl ModelFolders {
         let complete = out.len() == folders.len() && out.iter().all(|m| m.has_metrics);
         let out = Arc::new(out);
         if complete {
-            self.listed.lock().unwrap_or_else(|e| e.into_inner()).insert(dir, (stamp, out.clone()));
+            self.listed.lock().insert(dir, (stamp, out.clone()));
         }
         out
     }
@@ -103,13 +104,13 @@ impl ModelFolders {
     /// One folder, from what was read while it is unchanged.
     fn entry(&self, strategy: &str, path: &Path) -> Option<Arc<ModelEntry>> {
         let stamp = modified(path)?;
-        if let Some((at, entry)) = self.read.lock().unwrap_or_else(|e| e.into_inner()).get(path)
+        if let Some((at, entry)) = self.read.lock().get(path)
             && *at == stamp
         {
             return entry.clone();
         }
         let entry = read_entry(strategy, path).map(Arc::new);
-        self.read.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_owned(), (stamp, entry.clone()));
+        self.read.lock().insert(path.to_owned(), (stamp, entry.clone()));
         entry
     }
 

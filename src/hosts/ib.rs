@@ -3,7 +3,8 @@
 //! Domain errors arrive as HTTP 200 with `"success": false`; they are classified here into what a
 //! caller can act on.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -203,7 +204,7 @@ impl IbClient {
     pub async fn gateway(&self, fresh: bool) -> Gateway {
         let settings = self.host.settings();
         if !fresh
-            && let Some((at, state)) = *self.gateway.lock().unwrap_or_else(|e| e.into_inner())
+            && let Some((at, state)) = *self.gateway.lock()
             && at.elapsed() < settings.health_ttl
         {
             return state;
@@ -221,7 +222,7 @@ impl IbClient {
                 Gateway::Unknown
             }
         };
-        *self.gateway.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), state));
+        *self.gateway.lock() = Some((Instant::now(), state));
         state
     }
 

@@ -13,10 +13,11 @@ pub mod sse;
 pub mod stall;
 pub mod training;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -471,7 +472,7 @@ impl HostClient {
     }
 
     fn observe(&self, call: &Call, elapsed: Duration, error: Option<&HostErrorKind>, retries: u64) {
-        let mut stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = self.inner.stats.lock();
         let entry = stats.entry((call.method.clone(), call.endpoint)).or_default();
         entry.observe(elapsed, error);
         entry.retries += retries;
@@ -479,7 +480,7 @@ impl HostClient {
 
     /// Per-endpoint counters and latencies so far: `(method, endpoint, stats)`.
     pub fn stats(&self) -> Vec<(String, &'static str, EndpointStats)> {
-        let stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = self.inner.stats.lock();
         let mut out: Vec<_> = stats.iter().map(|((m, e), s)| (m.to_string(), *e, s.clone())).collect();
         out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         out
@@ -488,7 +489,7 @@ impl HostClient {
     /// `GET /health` with a short timeout, reused for `health_ttl`.
     pub async fn health(&self) -> HealthReport {
         let settings = &self.inner.settings;
-        if let Some((at, report)) = &*self.inner.health.lock().unwrap_or_else(|e| e.into_inner())
+        if let Some((at, report)) = &*self.inner.health.lock()
             && at.elapsed() < settings.health_ttl
         {
             return report.clone();
@@ -515,7 +516,7 @@ impl HostClient {
                 body: None,
             },
         };
-        *self.inner.health.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), report.clone()));
+        *self.inner.health.lock() = Some((Instant::now(), report.clone()));
         report
     }
 }

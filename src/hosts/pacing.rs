@@ -3,8 +3,8 @@
 //! acquires a slot here first; waiting is cancellable and reported (for progress) as it counts
 //! down. Uses tokio's clock, so tests drive it with paused time.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -117,7 +117,7 @@ impl PacingLimiter {
         loop {
             let now = Instant::now();
             let wait = {
-                let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+                let mut history = self.history.lock();
                 let earliest = earliest(rules, &mut history, key, now);
                 if earliest <= now {
                     record(&mut history, key, now);
@@ -152,7 +152,7 @@ impl PacingLimiter {
             return Ok(());
         };
         let now = Instant::now();
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.history.lock();
         let earliest = earliest(rules, &mut history, key, now);
         if earliest > now + tolerance {
             return Err(earliest - now);
@@ -165,7 +165,7 @@ impl PacingLimiter {
     pub fn penalize(&self) {
         let Some(rules) = &self.rules else { return };
         let until = Instant::now() + rules.violation_backoff;
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.history.lock();
         history.hold_until = Some(history.hold_until.map_or(until, |h| h.max(until)));
     }
 

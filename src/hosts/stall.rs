@@ -179,7 +179,7 @@ pub(crate) async fn watch<T>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use super::*;
 
@@ -188,10 +188,10 @@ mod tests {
 
     impl StallObserver for Seen {
         fn stalled(&self, stall: &Stall) {
-            self.0.lock().unwrap().push(stall.notice());
+            self.0.lock().push(stall.notice());
         }
         fn ended(&self, stall: &Stall, end: StallEnd) {
-            self.0.lock().unwrap().push(stall.summary(end));
+            self.0.lock().push(stall.summary(end));
         }
     }
 
@@ -215,7 +215,7 @@ mod tests {
         };
         let answer = watch(slow, seen.clone(), Duration::from_secs(10), stall(), || {}, |_| true).await;
         assert_eq!(answer, "answer");
-        let seen = seen.0.lock().unwrap().clone();
+        let seen = seen.0.lock().clone();
         assert_eq!(
             seen,
             vec![
@@ -233,7 +233,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(9)).await;
         };
         watch(quick, seen.clone(), Duration::from_secs(10), stall(), || panic!("not a stall"), |_| true).await;
-        assert!(seen.0.lock().unwrap().is_empty());
+        assert!(seen.0.lock().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -242,7 +242,7 @@ mod tests {
         let never = std::future::pending::<()>();
         let waiting = watch(never, seen.clone(), Duration::from_secs(10), stall(), || {}, |_| true);
         assert!(tokio::time::timeout(Duration::from_secs(12), waiting).await.is_err());
-        let seen = seen.0.lock().unwrap().clone();
+        let seen = seen.0.lock().clone();
         assert_eq!(seen.len(), 2);
         assert!(seen[1].ends_with("the call was abandoned after 12.0 s"), "{}", seen[1]);
     }

@@ -2,7 +2,7 @@
 //! start, poll (into one [`HostSnapshot`] shape), stop, result. `auto` probes the host once
 //! (`GET /api/v1/operations` answering 200 means the operations generation) and remembers.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -308,7 +308,7 @@ impl TrainingClient {
 
     /// The protocol already known (configured, or probed earlier).
     pub fn known_protocol(&self) -> Option<Protocol> {
-        *self.detected.lock().unwrap_or_else(|e| e.into_inner())
+        *self.detected.lock()
     }
 
     /// The protocol to speak, probing once under `auto`. A host that cannot be reached is not
@@ -324,7 +324,7 @@ impl TrainingClient {
             Err(e) => return Err(e),
         };
         tracing::info!(protocol = protocol.as_str(), choice = ?self.choice, "training host protocol detected");
-        *self.detected.lock().unwrap_or_else(|e| e.into_inner()) = Some(protocol);
+        *self.detected.lock() = Some(protocol);
         Ok(protocol)
     }
 

@@ -2,8 +2,9 @@
 //! last few thousand changes, so that a stream following all operations (the dashboard's) can
 //! resume after `Last-Event-ID` and coalesce bursts to the latest version of each.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -27,7 +28,7 @@ impl Default for ChangeFeed {
 impl ChangeFeed {
     /// Records that operation `id` changed; returns the change's sequence number.
     pub fn push(&self, id: &Arc<str>) -> u64 {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.recent.lock();
         recent.0 += 1;
         let seq = recent.0;
         if recent.1.len() == KEPT {
@@ -56,7 +57,7 @@ impl ChangeFeed {
     /// The operations that changed after `seq`, each once with its last sequence number, in the
     /// order of those numbers; and whether changes were lost (older than what is kept).
     pub fn since(&self, seq: u64) -> (Vec<(u64, Arc<str>)>, bool) {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = self.recent.lock();
         let lost = recent.1.front().is_some_and(|(first, _)| *first > seq + 1);
         let mut latest: Vec<(u64, Arc<str>)> = Vec::new();
         for (s, id) in recent.1.iter().filter(|(s, _)| *s > seq) {

@@ -3,8 +3,9 @@
 //! record, change it and publish the copy, so one record per operation stays resident), a version
 //! channel that wakes long-polls and SSE streams, and the operation's cancellation token.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use futures_util::future::AbortHandle;
@@ -95,7 +96,7 @@ impl LiveOperation {
 
     fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         // A panic inside an edit leaves plain data behind; keep serving it.
-        mutex.lock().unwrap_or_else(|e| e.into_inner())
+        mutex.lock()
     }
 
     /// Copies the current record, lets `change` edit the copy (returning `None` to drop it), then

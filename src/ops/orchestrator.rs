@@ -3,12 +3,12 @@
 //! "stop X", persists progress on a throttle, reconciles what a previous run left unfinished, and
 //! shuts down cleanly. What several replicas on one database add is in `cluster`.
 
+use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::metrics::{FAST_BUCKETS, Histogram};
 use crate::ops::feed::ChangeFeed;
-use crate::ops::job::{BoxedJob, OperationType, Resumption};
+use crate::ops::job::{BoxedJob, Job, OperationType, Resumption, request_metadata};
 use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
@@ -68,7 +68,7 @@ pub struct Settings {
 /// Other replicas' operations as last read, for a short while.
 struct RemoteCache {
     ttl: Duration,
-    entries: std::sync::Mutex<HashMap<String, (Instant, Arc<Snapshot>)>>,
+    entries: parking_lot::Mutex<HashMap<String, (Instant, Arc<Snapshot>)>>,
 }
 
 impl RemoteCache {
@@ -76,7 +76,7 @@ impl RemoteCache {
     const TIDY_ABOVE: usize = 10_000;
 
     fn get(&self, id: &str) -> Option<Arc<Snapshot>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.entries.lock();
         entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, s)| s.clone())
     }
 
@@ -84,7 +84,7 @@ impl RemoteCache {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock();
         if entries.len() > Self::TIDY_ABOVE {
             entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
         }
@@ -92,15 +92,8 @@ impl RemoteCache {
     }
 
     fn forget(&self, id: &str) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.entries.lock().remove(id);
     }
-}
-
-/// What to start.
-pub struct OperationSpec {
-    pub operation_type: &'static str,
-    pub metadata: Map<String, Value>,
-    pub idempotency: Option<IdempotencyKey>,
 }
 
 pub enum Submitted {
@@ -157,10 +150,14 @@ struct Inner {
     registry: RwLock<HashMap<String, Arc<LiveOperation>>>,
     /// Parent of every operation's token: cancelling it stops everything (shutdown).
     root: CancellationToken,
+    /// Every operation's supervisor, remote stop and background cancel: shutdown waits for them.
     tasks: TaskTracker,
+    /// The service's loops (progress flusher, retention sweeper, the cluster's loops): they end
+    /// on shutdown, which waits for them.
+    loops: TaskTracker,
     accepting: AtomicBool,
     stop_flusher: CancellationToken,
-    figures: std::sync::Mutex<Figures>,
+    figures: parking_lot::Mutex<Figures>,
     feed: Arc<ChangeFeed>,
     remote_cache: RemoteCache,
     /// Operations other replicas stored finished, as PostgreSQL announces them.
@@ -170,23 +167,23 @@ struct Inner {
 impl Inner {
     /// Updates the figures kept for metrics.
     fn count(&self, change: impl FnOnce(&mut Figures)) {
-        change(&mut self.figures.lock().unwrap_or_else(|e| e.into_inner()));
+        change(&mut self.figures.lock());
     }
 
     /// The operation, if it runs (or waits to run) in this process.
     fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
-        self.registry.read().unwrap_or_else(|e| e.into_inner()).get(operation_id).cloned()
+        self.registry.read().get(operation_id).cloned()
     }
 
     /// Every operation running (or waiting to run) in this process, now.
     fn running(&self) -> Vec<Arc<LiveOperation>> {
-        self.registry.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.registry.read().values().cloned().collect()
     }
 
     /// The job that picks a stored unfinished operation up again, if its type can.
     fn reattach(&self, stored: &Snapshot, cause: Resumption) -> Option<BoxedJob> {
         let ty = self.types.get(stored.record.operation_type.as_str())?;
-        ty.reattach.as_ref()?.reattach(&stored.record, stored.job_state.as_ref(), cause)
+        ty.reattach(&stored.record, stored.job_state.as_ref(), cause)
     }
 
     /// A stored unfinished operation brought back to life in this process (not yet registered),
@@ -240,14 +237,15 @@ impl Orchestrator {
             registry: RwLock::new(HashMap::new()),
             root: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            loops: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             stop_flusher: CancellationToken::new(),
-            figures: std::sync::Mutex::new(Figures::default()),
+            figures: parking_lot::Mutex::new(Figures::default()),
             feed: Arc::new(ChangeFeed::default()),
             remote_cache,
             finished_elsewhere: tokio::sync::broadcast::channel(1024).0,
         });
-        tokio::spawn(flush_progress_periodically(Arc::downgrade(&inner)));
+        inner.loops.spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         if let Some(cluster) = inner.settings.cluster.clone() {
             cluster::spawn_background(&inner, cluster);
         }
@@ -274,7 +272,7 @@ impl Orchestrator {
 
     /// Counts and latencies so far.
     pub fn figures(&self) -> Figures {
-        self.inner.figures.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.figures.lock().clone()
     }
 
     /// The names of the replicas sharing this one's database that are alive (this one included);
@@ -288,7 +286,7 @@ impl Orchestrator {
     /// Operations running or waiting here, by type.
     pub fn active_by_type(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        for op in self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).values() {
+        for op in self.inner.registry.read().values() {
             *out.entry(op.snapshot().record.operation_type.clone()).or_default() += 1;
         }
         out
@@ -296,7 +294,7 @@ impl Orchestrator {
 
     /// Operations running (or waiting to run) in this process.
     pub fn active_count(&self) -> usize {
-        self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner.registry.read().len()
     }
 
     fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
@@ -307,25 +305,33 @@ impl Orchestrator {
     /// replica, or carried over from a dead one).
     fn cancel_in_background(&self, operation_id: String, reason: Option<String>) {
         let orchestrator = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             if let Err(e) = orchestrator.cancel(&operation_id, reason).await {
                 tracing::debug!(operation_id, error = %e, "a cancel found nothing to do");
             }
         });
     }
 
-    /// Stores a new `pending` operation, then starts its job in the background.
-    pub async fn submit(&self, spec: OperationSpec, job: BoxedJob) -> Result<Submitted, SubmitError> {
+    /// The list row's one-line summary of an operation (by its type; `None` for a type this
+    /// service does not run).
+    pub fn summary(&self, record: &crate::ops::record::OperationRecord) -> Option<String> {
+        self.inner.types.get(record.operation_type.as_str())?.summary(record)
+    }
+
+    /// Stores a new `pending` operation started with `request`, then runs `job` in the background.
+    pub async fn submit<J: Job>(
+        &self,
+        job: J,
+        request: &J::Request,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Submitted, SubmitError> {
         let inner = &self.inner;
         if !inner.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        let ty = inner
-            .types
-            .get(spec.operation_type)
-            .ok_or_else(|| SubmitError::UnknownType(spec.operation_type.to_owned()))?;
+        let ty = inner.types.get(J::TYPE).ok_or_else(|| SubmitError::UnknownType(J::TYPE.to_owned()))?;
         let not_before = time::now() - inner.settings.idempotency_ttl;
-        if let Some(key) = &spec.idempotency
+        if let Some(key) = &idempotency
             && let Some((operation_id, fingerprint)) =
                 inner.store.find_idempotency(&key.scope, &key.key, not_before).await?
         {
@@ -333,20 +339,20 @@ impl Orchestrator {
         }
 
         let id = format!("op_{}_{}", ty.name, Uuid::now_v7().simple());
-        let record =
-            crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), spec.metadata, ty.steps_total);
+        let metadata = request_metadata::<J>(request);
+        let record = crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), metadata, ty.steps_total);
         let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token(), inner.feed.clone());
-        let idempotency = spec.idempotency.clone().map(|key| (key, not_before));
-        match inner.store.insert(op.snapshot(), &inner.settings.node_id, idempotency).await? {
+        let keyed = idempotency.clone().map(|key| (key, not_before));
+        match inner.store.insert(op.snapshot(), &inner.settings.node_id, keyed).await? {
             Inserted::New => {}
             Inserted::Existing { operation_id, fingerprint } => {
-                let key = spec.idempotency.as_ref().expect("only keyed inserts find an existing operation");
+                let key = idempotency.as_ref().expect("only keyed inserts find an existing operation");
                 return existing(key, operation_id, fingerprint);
             }
         }
-        inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(id, op.clone());
+        inner.registry.write().insert(id, op.clone());
         inner.count(|f| *f.started.entry(ty.name.to_owned()).or_default() += 1);
-        spawn(inner.clone(), op.clone(), job, false);
+        spawn(inner.clone(), op.clone(), BoxedJob::new(job), false);
         Ok(Submitted::Started(op.snapshot()))
     }
 
@@ -467,7 +473,7 @@ impl Orchestrator {
             match inner.reattach(&stored, Resumption::Restart) {
                 Some(job) => {
                     let op = inner.revive(&stored, inner.root.child_token());
-                    inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
+                    inner.registry.write().insert(op.id.clone(), op.clone());
                     tracing::info!(operation_id = %op.id, "re-attached an operation left running by the previous run");
                     spawn(inner.clone(), op, job, stored.record.status == Status::Running);
                     reattached += 1;
@@ -503,7 +509,7 @@ impl Orchestrator {
     pub fn sweep_periodically(&self, retention: Duration, every: Duration) {
         let orchestrator = self.clone();
         let shutdown = self.inner.root.clone();
-        tokio::spawn(async move {
+        self.inner.loops.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -542,6 +548,10 @@ impl Orchestrator {
             }
         }
         inner.stop_flusher.cancel();
+        inner.loops.close();
+        if tokio::time::timeout_at(end, inner.loops.wait()).await.is_err() {
+            tracing::error!("shutdown deadline passed with background loops still running");
+        }
         flush_progress(inner).await;
         if let Err(e) = inner.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");

@@ -4,9 +4,10 @@
 //! emulation, a disconnected gateway (`POST /sim/gateway`) — plus `GET /sim/stats` so tests can
 //! assert exactly what a client sent.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -151,11 +152,11 @@ impl IbSim {
     }
 
     fn knobs(&self) -> IbKnobs {
-        self.knobs.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.knobs.read().clone()
     }
 
     fn count(&self, endpoint: &str) {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.entry(endpoint.to_owned()).or_default() += 1;
+        *self.stats.lock().requests.entry(endpoint.to_owned()).or_default() += 1;
     }
 
     fn enter(&self) -> InFlight<'_> {
@@ -247,7 +248,7 @@ async fn health(State(sim): Sim) -> Json<Value> {
 
 async fn health_detailed(State(sim): Sim) -> Json<Value> {
     sim.count("/health/detailed");
-    let total: u64 = sim.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.values().sum();
+    let total: u64 = sim.stats.lock().requests.values().sum();
     let connected = sim.knobs().gateway_connected;
     let last_error = (!connected).then_some("Not connected to IB Gateway");
     Json(json!({
@@ -266,7 +267,7 @@ struct GatewayBody {
 
 /// `POST /sim/gateway {"connected": bool}`: the gateway goes down or comes back.
 async fn set_gateway(State(sim): Sim, FastJson(body): FastJson<GatewayBody>) -> Json<Value> {
-    sim.knobs.write().unwrap_or_else(|e| e.into_inner()).gateway_connected = body.connected;
+    sim.knobs.write().gateway_connected = body.connected;
     Json(json!({ "connected": body.connected }))
 }
 
@@ -289,7 +290,7 @@ async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -
         Some(not_found) => (failure(not_found), 0, "gateway down".to_owned()),
         None => historical_answer(&sim, &body),
     };
-    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).historical.push(HistoricalLog {
+    sim.stats.lock().historical.push(HistoricalLog {
         symbol: body.symbol.clone(),
         timeframe: body.timeframe.clone(),
         start: body.start.clone(),
@@ -315,14 +316,8 @@ fn historical_answer(sim: &IbSim, body: &HistoricalBody) -> (Json<Value>, usize,
             contract: symbol.clone(),
             request: format!("{symbol}|{}|{}|{}", body.timeframe, body.start, body.end),
         };
-        if sim
-            .pacing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_acquire(&key, Duration::from_millis(knobs.pacing_tolerance_ms))
-            .is_err()
-        {
-            sim.stats.lock().unwrap_or_else(|e| e.into_inner()).pacing_violations += 1;
+        if sim.pacing.lock().try_acquire(&key, Duration::from_millis(knobs.pacing_tolerance_ms)).is_err() {
+            sim.stats.lock().pacing_violations += 1;
             return (
                 failure("Historical Market Data Service error message:Pacing violation (error 162)"),
                 0,
@@ -437,7 +432,7 @@ async fn head_timestamp(State(sim): Sim, Query(query): Query<BTreeMap<String, St
 }
 
 async fn stats(State(sim): Sim) -> Json<Value> {
-    let stats = sim.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let stats = sim.stats.lock();
     Json(json!({
         "requests": stats.requests,
         "historical": stats.historical,
@@ -448,9 +443,9 @@ async fn stats(State(sim): Sim) -> Json<Value> {
 }
 
 async fn reset(State(sim): Sim) -> StatusCode {
-    *sim.stats.lock().unwrap_or_else(|e| e.into_inner()) = Stats::default();
+    *sim.stats.lock() = Stats::default();
     let rules = PacingRules::ib().scaled(sim.knobs().pacing_scale);
-    *sim.pacing.lock().unwrap_or_else(|e| e.into_inner()) = PacingLimiter::new(Some(rules));
+    *sim.pacing.lock() = PacingLimiter::new(Some(rules));
     sim.dropped.store(0, Ordering::Relaxed);
     StatusCode::NO_CONTENT
 }
@@ -461,7 +456,7 @@ async fn get_knobs(State(sim): Sim) -> Json<IbKnobs> {
 
 async fn set_knobs(State(sim): Sim, FastJson(knobs): FastJson<IbKnobs>) -> Json<IbKnobs> {
     let rules = PacingRules::ib().scaled(knobs.pacing_scale);
-    *sim.pacing.lock().unwrap_or_else(|e| e.into_inner()) = PacingLimiter::new(Some(rules));
-    *sim.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs.clone();
+    *sim.pacing.lock() = PacingLimiter::new(Some(rules));
+    *sim.knobs.write() = knobs.clone();
     Json(knobs)
 }

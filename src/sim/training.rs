@@ -5,9 +5,10 @@
 //! defect), and a crash that forgets every session. It checks its data directory as the real
 //! host does: a missing `{SYMBOL}_{TF}.csv` fails the session.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -143,15 +144,15 @@ impl TrainingSim {
     }
 
     fn knobs(&self) -> TrainingKnobs {
-        self.knobs.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.knobs.read().clone()
     }
 
     fn count(&self, endpoint: &str) {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()).requests.entry(endpoint.to_owned()).or_default() += 1;
+        *self.stats.lock().requests.entry(endpoint.to_owned()).or_default() += 1;
     }
 
     fn with_session<R>(&self, id: &str, f: impl FnOnce(&mut SimSession) -> R) -> Option<R> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id).map(f)
+        self.sessions.lock().get_mut(id).map(f)
     }
 
     fn word(&self, status: &str) -> String {
@@ -279,8 +280,7 @@ impl TrainingSim {
 
 async fn health(State(sim): Sim) -> Json<Value> {
     sim.count("/health");
-    let current =
-        sim.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().find(|s| !s.finished).map(|s| s.id.clone());
+    let current = sim.sessions.lock().values().find(|s| !s.finished).map(|s| s.id.clone());
     Json(json!({
         "healthy": true, "service": "training-worker", "status": "operational",
         "worker_status": if current.is_some() { "busy" } else { "idle" }, "current_operation": current,
@@ -342,14 +342,14 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
     }
     let id = task_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     {
-        let mut sessions = sim.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = sim.sessions.lock();
         if sessions.contains_key(&id) {
             return detail(StatusCode::CONFLICT, format!("Operation {id} already exists"));
         }
         let active = sessions.values().filter(|s| !s.finished).count();
         if active >= knobs.max_sessions {
             drop(sessions);
-            sim.stats.lock().unwrap_or_else(|e| e.into_inner()).busy_rejections += 1;
+            sim.stats.lock().busy_rejections += 1;
             return detail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -383,7 +383,7 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
             },
         );
     }
-    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).starts += 1;
+    sim.stats.lock().starts += 1;
     let handle = tokio::spawn(sim.clone().run(id.clone()));
     sim.with_session(&id, |s| s.abort = Some(handle.abort_handle()));
     let mut answer = json!({
@@ -469,7 +469,7 @@ async fn hold(ms: u64) {
 async fn session_stop(State(sim): Sim, FastJson(body): FastJson<StopBody>) -> Response {
     sim.count("/training/stop");
     stop_delay(&sim).await;
-    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).stops += 1;
+    sim.stats.lock().stops += 1;
     match sim.with_session(&body.session_id, |s| s.stop_requested = true) {
         Some(()) => Json(json!({
             "session_id": body.session_id, "status": "stopped",
@@ -491,8 +491,7 @@ async fn session_result(State(sim): Sim, Path(id): Path<String>) -> Response {
 
 async fn list_operations(State(sim): Sim) -> Json<Value> {
     sim.count("/api/v1/operations");
-    let data: Vec<Value> =
-        sim.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().map(operation_body).collect();
+    let data: Vec<Value> = sim.sessions.lock().values().map(operation_body).collect();
     Json(json!({ "success": true, "data": data, "total_count": data.len() }))
 }
 
@@ -512,7 +511,7 @@ async fn cancel_operation(
 ) -> Response {
     sim.count("/api/v1/operations/{id}/cancel");
     stop_delay(&sim).await;
-    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).stops += 1;
+    sim.stats.lock().stops += 1;
     let cancelled = sim.with_session(&id, |s| {
         s.stop_requested = true;
         if !s.finished {
@@ -531,11 +530,10 @@ async fn cancel_operation(
 }
 
 async fn stats(State(sim): Sim) -> Json<Value> {
-    let stats = sim.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let stats = sim.stats.lock();
     let sessions: Vec<Value> = sim
         .sessions
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .values()
         .map(|s| json!({ "id": s.id, "status": s.status, "finished": s.finished, "stop_requested": s.stop_requested, "epochs": s.epochs.len() }))
         .collect();
@@ -550,18 +548,18 @@ async fn get_knobs(State(sim): Sim) -> Json<TrainingKnobs> {
 }
 
 async fn set_knobs(State(sim): Sim, FastJson(knobs): FastJson<TrainingKnobs>) -> Json<TrainingKnobs> {
-    *sim.knobs.write().unwrap_or_else(|e| e.into_inner()) = knobs.clone();
+    *sim.knobs.write() = knobs.clone();
     Json(knobs)
 }
 
 /// Forgets every session, as a restarted host would.
 async fn crash(State(sim): Sim) -> StatusCode {
-    let sessions = std::mem::take(&mut *sim.sessions.lock().unwrap_or_else(|e| e.into_inner()));
+    let sessions = std::mem::take(&mut *sim.sessions.lock());
     for session in sessions.values() {
         if let Some(abort) = &session.abort {
             abort.abort();
         }
     }
-    sim.stats.lock().unwrap_or_else(|e| e.into_inner()).crashes += 1;
+    sim.stats.lock().crashes += 1;
     StatusCode::NO_CONTENT
 }

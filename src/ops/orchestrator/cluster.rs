@@ -192,11 +192,11 @@ impl Orchestrator {
 
 /// Starts the replica's background loops.
 pub(super) fn spawn_background(inner: &Arc<Inner>, cluster: ClusterSettings) {
-    tokio::spawn(heartbeats(inner.clone(), cluster.clone()));
-    tokio::spawn(takeovers(inner.clone(), cluster.clone()));
-    tokio::spawn(cancel_intents(inner.clone(), cluster));
-    tokio::spawn(remote_changes(inner.clone()));
-    tokio::spawn(finish_announcements(inner.clone()));
+    inner.loops.spawn(heartbeats(inner.clone(), cluster.clone()));
+    inner.loops.spawn(takeovers(inner.clone(), cluster.clone()));
+    inner.loops.spawn(cancel_intents(inner.clone(), cluster));
+    inner.loops.spawn(remote_changes(inner.clone()));
+    inner.loops.spawn(finish_announcements(inner.clone()));
 }
 
 /// Renews this replica's leases; an operation another replica took over (this one was paused or
@@ -228,7 +228,7 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
                 Ok(Some(Standing { owner: Some(owner), .. })) if owner != inner.settings.node_id => {
                     tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
                     op.abandon();
-                    inner.registry.write().unwrap_or_else(|e| e.into_inner()).remove(&op.id);
+                    inner.registry.write().remove(&op.id);
                     op.mark_settled();
                 }
                 // Another replica recorded the cancel it passed on, having waited for this one
@@ -316,7 +316,7 @@ async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
     {
         tracing::warn!(error = %e, "could not record a takeover");
     }
-    inner.registry.write().unwrap_or_else(|e| e.into_inner()).insert(op.id.clone(), op.clone());
+    inner.registry.write().insert(op.id.clone(), op.clone());
     inner.count(|f| *f.taken_over.entry("resumed").or_default() += 1);
     let id = op.id.clone();
     spawn(inner.clone(), op, job, stored.record.status == Status::Running);

@@ -7,7 +7,8 @@
 mod postgres;
 mod sqlite;
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -153,6 +154,29 @@ pub enum Inserted {
     },
 }
 
+/// The database behind the store. SQLite serves one replica; PostgreSQL several (leases,
+/// takeover, cross-replica cancel need it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// As `/health` and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Whether several replicas can share this database.
+    pub fn shared_by_replicas(self) -> bool {
+        self == Backend::Postgres
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<StoreInner>,
@@ -164,9 +188,11 @@ struct StoreInner {
     writes: mpsc::Sender<WriteCmd>,
     /// Throttled progress: written when no state change waits.
     progress: mpsc::Sender<WriteCmd>,
-    kind: &'static str,
-    /// Stops the store's background tasks when the last handle goes.
+    backend: Backend,
+    /// Stops the store's background tasks (on [`Store::close`], or when the last handle goes).
     closed: tokio_util::sync::CancellationToken,
+    /// The writer and the SQLite checkpointer, so that closing can wait for them.
+    tasks: tokio_util::task::TaskTracker,
     writes_seen: Arc<Mutex<WriteFigures>>,
 }
 
@@ -194,23 +220,32 @@ impl Store {
         max_connections: u32,
         stuck_transaction_timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let (readers, writer, kind) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (readers, writer, backend) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = postgres::open(url, max_connections, stuck_transaction_timeout).await?;
-            (Db::Postgres(pool.clone()), Db::Postgres(pool), "postgres")
+            (Db::Postgres(pool.clone()), Db::Postgres(pool), Backend::Postgres)
         } else {
             let (readers, writer) = sqlite::open(url, max_connections).await?;
-            (Db::Sqlite(readers), Db::Sqlite(writer), "sqlite")
+            (Db::Sqlite(readers), Db::Sqlite(writer), Backend::Sqlite)
         };
         let (writes, urgent) = mpsc::channel(16 * MAX_BATCH);
         let (progress, background) = mpsc::channel(64);
         let writes_seen =
             Arc::new(Mutex::new(WriteFigures { transactions: Histogram::new(FAST_BUCKETS), rows: 0, failures: 0 }));
-        tokio::spawn(writer_loop(writer, urgent, background, writes_seen.clone()));
         let closed = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(writer_loop(writer, urgent, background, writes_seen.clone(), closed.clone()));
         if let Db::Sqlite(pool) = &readers {
-            tokio::spawn(sqlite::checkpoint_periodically(pool.clone(), closed.clone()));
+            tasks.spawn(sqlite::checkpoint_periodically(pool.clone(), closed.clone()));
         }
-        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, kind, closed, writes_seen }) })
+        tasks.close();
+        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, backend, closed, tasks, writes_seen }) })
+    }
+
+    /// Writes what is queued, stops the writer and the checkpointer, and waits for them. Every
+    /// handle's later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        self.inner.closed.cancel();
+        self.inner.tasks.wait().await;
     }
 
     /// Deletes terminal operations last written before `finished_before` and Idempotency-Keys
@@ -228,12 +263,11 @@ impl Store {
 
     /// Write transactions so far (for metrics).
     pub fn write_figures(&self) -> WriteFigures {
-        self.inner.writes_seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.writes_seen.lock().clone()
     }
 
-    /// `sqlite` or `postgres`.
-    pub fn kind(&self) -> &'static str {
-        self.inner.kind
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
     }
 
     async fn send(&self, cmd: WriteCmd) -> Result<(), StoreError> {

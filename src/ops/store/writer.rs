@@ -40,8 +40,10 @@ pub(super) async fn writer_loop(
     mut urgent: mpsc::Receiver<WriteCmd>,
     mut background: mpsc::Receiver<WriteCmd>,
     figures: Arc<Mutex<WriteFigures>>,
+    closed: tokio_util::sync::CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut closing = false;
     // A progress command that did not fit into the previous batch.
     let mut carried: Option<WriteCmd> = None;
     loop {
@@ -53,6 +55,13 @@ pub(super) async fn writer_loop(
                     biased;
                     Some(cmd) = urgent.recv() => cmd,
                     Some(cmd) = background.recv() => cmd,
+                    // Closing: take no more commands, write those already queued, then end.
+                    _ = closed.cancelled(), if !closing => {
+                        closing = true;
+                        urgent.close();
+                        background.close();
+                        continue;
+                    }
                     else => return,
                 },
             },
@@ -78,7 +87,7 @@ pub(super) async fn writer_loop(
         let began = std::time::Instant::now();
         let outcome = apply(&db, &batch).await;
         {
-            let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
+            let mut f = figures.lock();
             f.transactions.observe(began.elapsed().as_secs_f64());
             match &outcome {
                 Ok(_) => f.rows += rows as u64,
