@@ -3,7 +3,7 @@
 //! cannot leave the folder, and a training run by the simulator shows up as a trained strategy
 //! and a model.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The command-line client against a running service (`serve --sim`, as a process): a load
 //! followed to the end, Ctrl-C cancelling on the server, JSON output, an unreachable server.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

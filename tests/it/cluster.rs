@@ -3,7 +3,7 @@
 //! and without notifications), takeover after kill -9, and fencing of a replica that was paused
 //! past its lease.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

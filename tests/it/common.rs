@@ -105,6 +105,20 @@ impl TestApp {
         .await
     }
 
+    /// With the simulators, on a database that already holds operations.
+    pub async fn spawn_on_with_sim(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+        let options = app::Options { with_simulators: true };
+        Self::start(
+            db,
+            |c| {
+                c.hosts.ib.pacing = ktrdr_ops::config::PacingMode::Off;
+                tweak(c)
+            },
+            options,
+        )
+        .await
+    }
+
     async fn start(db: TestDb, tweak: impl FnOnce(&mut Config), options: app::Options) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&db, data_dir.path());

@@ -1,7 +1,7 @@
 //! Data loads end to end: the real service with the IB simulator in-process, over real sockets.
 //! The simulator's request log proves exactly which windows each mode asked for.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The operations API end to end: the real server on port 0 with SQLite in a temp dir, driven
 //! over real sockets.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The binary as users run it: a child process killed with -9, stopped with SIGTERM, given bad
 //! config, asked for its version, migrating a database.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

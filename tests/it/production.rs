@@ -1,7 +1,7 @@
 //! The production surface: the OpenAPI document against the routes served, Prometheus metrics,
 //! bearer auth, per-type concurrency limits, request timeouts, CORS and retention.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The store suite, run on SQLite always and on PostgreSQL when `KTRDR_OPS_TEST_DATABASE_URL`
 //! names a server (`.ci/run` sets it; without it these show as ignored, with the reason).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! progress, a busy host, failures, a host that forgets its sessions, cancel with the remote
 //! chain recorded (also against a host that ignores stops), validation, and data on disk.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
