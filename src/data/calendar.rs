@@ -1,9 +1,10 @@
-//! Market calendars: which instruments are forex, New York time (US daylight-saving rules since
-//! 1967, no tz database needed), the NYSE holiday calendar with its observed-day rules, the NYSE
+//! Market calendars: which instruments are forex, New York time (America/New_York from the tz
+//! database), the NYSE holiday calendar with its observed-day rules, the NYSE
 //! session (09:30–16:00 New York, Mon–Fri; 13:00 on early-close days) and forex's 24/5 week (Sunday 17:00 to Friday 17:00
 //! New York). Used by gap analysis and by the IB simulator, and the timestamps at which bars exist.
 
-use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc, Weekday};
+use chrono::{Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc, Weekday};
+use chrono_tz::America::New_York;
 
 use crate::data::timeframe::Timeframe;
 use crate::time::Timestamp;
@@ -42,46 +43,23 @@ fn last_weekday(year: i32, month: u32, weekday: Weekday) -> NaiveDate {
         .unwrap_or_else(|| nth_weekday(year, month, weekday, 4))
 }
 
-/// True when US Eastern daylight time is in effect at 12:00 on `date`.
-fn eastern_dst(date: NaiveDate) -> bool {
-    let year = date.year();
-    let (start, end) = if year >= 2007 {
-        (nth_weekday(year, 3, Weekday::Sun, 2), nth_weekday(year, 11, Weekday::Sun, 1))
-    } else if year >= 1987 {
-        (nth_weekday(year, 4, Weekday::Sun, 1), last_weekday(year, 10, Weekday::Sun))
-    } else {
-        (last_weekday(year, 4, Weekday::Sun), last_weekday(year, 10, Weekday::Sun))
-    };
-    date >= start && date < end
-}
-
-/// New York's offset from UTC, in hours, on `date` (at midday; changes happen at 02:00).
-fn new_york_offset_hours(date: NaiveDate) -> i64 {
-    if eastern_dst(date) { -4 } else { -5 }
-}
-
-/// A New York wall-clock time on `date` as UTC (for session times, far from the 02:00 switch).
+/// A New York wall-clock time on `date` as UTC (for session times, far from the 02:00 switch:
+/// a time the switch skips is read as after it, a repeated one as its first occurrence).
 pub fn new_york_to_utc(date: NaiveDate, hour: u32, minute: u32) -> Timestamp {
     let local = date.and_hms_opt(hour, minute, 0).expect("valid wall-clock time");
-    Utc.from_utc_datetime(&(local - Duration::hours(new_york_offset_hours(date))))
+    match New_York.from_local_datetime(&local) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+        LocalResult::None => New_York
+            .from_local_datetime(&(local + Duration::hours(1)))
+            .earliest()
+            .expect("an hour after a skipped time exists")
+            .with_timezone(&Utc),
+    }
 }
 
 /// `ts` as New York wall-clock time.
 pub fn utc_to_new_york(ts: Timestamp) -> NaiveDateTime {
-    let standard = ts.naive_utc() - Duration::hours(5);
-    let date = standard.date();
-    let year = date.year();
-    // The switches happen at 02:00 local standard time (start) and 02:00 daylight time (end).
-    let (start, end) = if year >= 2007 {
-        (nth_weekday(year, 3, Weekday::Sun, 2), nth_weekday(year, 11, Weekday::Sun, 1))
-    } else if year >= 1987 {
-        (nth_weekday(year, 4, Weekday::Sun, 1), last_weekday(year, 10, Weekday::Sun))
-    } else {
-        (last_weekday(year, 4, Weekday::Sun), last_weekday(year, 10, Weekday::Sun))
-    };
-    let dst_start = start.and_hms_opt(2, 0, 0).expect("02:00");
-    let dst_end = end.and_hms_opt(1, 0, 0).expect("01:00 standard = 02:00 daylight");
-    if standard >= dst_start && standard < dst_end { standard + Duration::hours(1) } else { standard }
+    ts.with_timezone(&New_York).naive_local()
 }
 
 /// Western Easter Sunday (anonymous Gregorian algorithm).
@@ -338,6 +316,24 @@ mod tests {
         assert_eq!(utc_to_new_york(t("2024-03-10T07:00:00Z")).hour(), 3);
         assert_eq!(utc_to_new_york(t("2024-11-03T05:59:00Z")).hour(), 1);
         assert_eq!(utc_to_new_york(t("2024-11-03T06:00:00Z")).hour(), 1);
+    }
+
+    #[test]
+    fn every_trading_session_1990_to_2035_opens_at_0930_new_york_time_by_the_tz_database() {
+        let mut sessions = 0;
+        for date in d(1990, 1, 1).iter_days().take_while(|d| *d < d_end()) {
+            let Some((open, close)) = nyse_session(date) else { continue };
+            let (open, close) = (open.with_timezone(&New_York), close.with_timezone(&New_York));
+            assert_eq!((open.date_naive(), open.hour(), open.minute()), (date, 9, 30), "{date}");
+            let closes_at = if nyse_early_close(date).is_some() { 13 } else { 16 };
+            assert_eq!((close.hour(), close.minute()), (closes_at, 0), "{date}");
+            sessions += 1;
+        }
+        assert!(sessions > 11_000, "{sessions} sessions");
+    }
+
+    fn d_end() -> NaiveDate {
+        d(2036, 1, 1)
     }
 
     #[test]
