@@ -21,7 +21,7 @@ use crate::dummy;
 use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
 use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
-use crate::hosts::{HostClient, HostSettings, Hosts, RetryPolicy};
+use crate::hosts::{ClientBuildError, HostClient, HostSettings, Hosts, RetryPolicy};
 use crate::ops::orchestrator::{ClusterSettings, claim_node_id};
 use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, StoreError};
 use crate::sim::{SimSettings, Simulators};
@@ -36,8 +36,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the host simulators: {0}")]
     Simulators(std::io::Error),
-    #[error("{0}")]
-    Hosts(String),
+    #[error(transparent)]
+    Hosts(#[from] ClientBuildError),
     #[error(transparent)]
     NodeIdInUse(#[from] NodeIdInUse),
 }
@@ -167,7 +167,7 @@ fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSett
 }
 
 /// One pooled client per host, built once.
-pub fn build_hosts(config: &Config) -> Result<Hosts, String> {
+pub fn build_hosts(config: &Config) -> Result<Hosts, ClientBuildError> {
     let hosts = &config.hosts;
     let rules = &hosts.ib.pacing_rules;
     let pacing = match hosts.ib.pacing {
@@ -217,7 +217,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         config.operations.stuck_transaction_timeout(),
     )
     .await?;
-    let hosts = build_hosts(&config).map_err(StartError::Hosts)?;
+    let hosts = build_hosts(&config)?;
     let data = DataService {
         repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),
         ib: hosts.ib.clone(),

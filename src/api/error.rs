@@ -37,9 +37,14 @@ impl ApiError {
         Invalid::new(field, message).into()
     }
 
-    /// A 500/503 whose cause is logged here, never sent to the client.
-    pub fn internal(status: StatusCode, code: &'static str, public: &str, cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, code, "{public}");
+    /// A 500/503 whose cause (with its sources) is logged here, never sent to the client.
+    pub fn internal(
+        status: StatusCode,
+        code: &'static str,
+        public: &str,
+        cause: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        tracing::error!(error = cause, code, "{public}");
         Self::new(status, code, public)
     }
 }

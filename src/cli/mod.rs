@@ -105,7 +105,8 @@ impl Client {
             health_ttl: Duration::ZERO,
             stall_notice: Duration::from_secs(10),
             bearer: token.filter(|t| !t.is_empty()),
-        })?;
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Self { host, url, json })
     }
 

@@ -138,7 +138,7 @@ impl Series<'_> {
     /// Merges what was fetched into the file, then records what is now complete in the index.
     /// Runs whatever the token says: a cancel keeps what was fetched.
     async fn save(&mut self, downloads: &mut Downloads) -> Result<(), JobError> {
-        let failed = |e: CacheError| JobError::Failed(e.to_string());
+        let failed = |e: CacheError| JobError::failed_by(e.to_string(), e);
         if !downloads.pending.is_empty() {
             let fetched = Bars::from_bars(&downloads.pending);
             let merged = Arc::new(self.bars.merge(&fetched));
@@ -156,7 +156,7 @@ impl Series<'_> {
         self.repository
             .write_coverage(&self.spec.symbol, self.spec.timeframe, &self.coverage, &self.bars)
             .await
-            .map_err(|e| JobError::Failed(e.to_string()))
+            .map_err(|e| JobError::failed_by(e.to_string(), e))
     }
 }
 
@@ -220,7 +220,7 @@ impl DataLoadJob {
             .repository
             .read(&self.spec.symbol, self.spec.timeframe)
             .await
-            .map_err(|e| JobError::Failed(e.to_string()))?;
+            .map_err(|e| JobError::failed_by(e.to_string(), e))?;
         let coverage = self.repository.read_coverage(&self.spec.symbol, self.spec.timeframe, bars.clone()).await;
         let rows_before = bars.len() as u64;
 
@@ -288,7 +288,7 @@ impl DataLoadJob {
                     None
                 }
                 Err(SegmentStop::Cancelled) => Some(JobError::Cancelled),
-                Err(SegmentStop::Fatal(message)) => Some(JobError::Failed(message)),
+                Err(SegmentStop::Fatal(message)) => Some(JobError::failed(message)),
                 Err(SegmentStop::Failed(message)) => {
                     downloads.segments_failed += 1;
                     downloads.range_failed[range] = true;
@@ -320,7 +320,7 @@ impl DataLoadJob {
             series.save(&mut downloads).await?;
             ctx.result_so_far(summary(&series, &downloads)).await?;
             let last = downloads.last_error.unwrap_or_default();
-            return Err(JobError::Failed(format!("none of the {n} segments could be fetched; the last error: {last}")));
+            return Err(JobError::failed(format!("none of the {n} segments could be fetched; the last error: {last}")));
         }
 
         // 7. Merge and save.
@@ -341,10 +341,10 @@ impl DataLoadJob {
         let timeframes = [tf];
         match gateway.call(|| self.ib.validate(sym, &timeframes, gateway.ctx.token())).await {
             Ok(v) if v.is_valid => Ok(v.head(tf)),
-            Ok(v) => Err(JobError::Failed(v.error_message.unwrap_or_else(|| format!("Symbol {sym} not found")))),
+            Ok(v) => Err(JobError::failed(v.error_message.unwrap_or_else(|| format!("Symbol {sym} not found")))),
             Err(IbError::Cancelled) => Err(JobError::Cancelled),
-            Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => Err(JobError::Failed(m)),
-            Err(e) => Err(JobError::Failed(format!("could not validate {sym} with the IB host: {e}"))),
+            Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => Err(JobError::failed(m)),
+            Err(e) => Err(JobError::failed_by(format!("could not validate {sym} with the IB host: {e}"), e)),
         }
     }
 
@@ -354,7 +354,7 @@ impl DataLoadJob {
         match gateway.call(|| self.ib.head_timestamp(sym, tf, None, gateway.ctx.token())).await {
             Ok(head) => Ok(head),
             Err(IbError::Cancelled) => Err(JobError::Cancelled),
-            Err(IbError::GatewayDown(m)) => Err(JobError::Failed(m)),
+            Err(IbError::GatewayDown(m)) => Err(JobError::failed(m)),
             Err(e) => {
                 gateway.ctx.warn(format!("head timestamp unknown: {e}"));
                 Ok(None)
@@ -400,7 +400,7 @@ impl DataLoadJob {
             let frame = bars.clone();
             tokio::task::spawn_blocking(move || gaps::find_gaps(&frame.ts, timeframe, kind))
                 .await
-                .map_err(|e| JobError::Failed(format!("gap analysis crashed: {e}")))?
+                .map_err(|e| JobError::failed_by(format!("gap analysis crashed: {e}"), e))?
         } else {
             Vec::new()
         };

@@ -305,8 +305,17 @@ struct Inner {
     stalls: AtomicU64,
 }
 
+/// The HTTP client of a host could not be built (e.g. no TLS backend for an `https://` URL).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the {host} host client: {source}")]
+pub struct ClientBuildError {
+    pub host: &'static str,
+    #[source]
+    pub source: reqwest::Error,
+}
+
 impl HostClient {
-    pub fn new(settings: HostSettings) -> Result<Self, String> {
+    pub fn new(settings: HostSettings) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
@@ -315,7 +324,7 @@ impl HostClient {
             // Host services run beside the service; a proxy from the environment would only get in the way.
             .no_proxy()
             .build()
-            .map_err(|e| format!("{} host client: {e}", settings.name))?;
+            .map_err(|source| ClientBuildError { host: settings.name, source })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,

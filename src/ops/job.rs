@@ -22,14 +22,34 @@ use crate::time;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// What caused a failure, kept for the logs (the record keeps the message).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// How a job ends, besides success (whose value becomes `result_summary`).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JobError {
-    #[error("{0}")]
-    Failed(String),
+    /// `message` becomes the operation's `error_message`, so it says what happened in words a
+    /// user understands; `cause` is the error behind it, if any.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The job saw its token fire and stopped.
     #[error("cancelled")]
     Cancelled,
+}
+
+impl JobError {
+    pub fn failed(message: impl Into<String>) -> Self {
+        JobError::Failed { message: message.into(), cause: None }
+    }
+
+    /// Fails with `message`, keeping `cause` as the error's source.
+    pub fn failed_by(message: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        JobError::Failed { message: message.into(), cause: Some(Arc::new(cause)) }
+    }
 }
 
 pub type JobResult = Result<Value, JobError>;
@@ -311,7 +331,7 @@ impl OperationHandle {
         self.store
             .save(vec![snapshot], &self.owner)
             .await
-            .map_err(|e| JobError::Failed(format!("could not store the operation's progress: {e}")))
+            .map_err(|e| JobError::failed_by(format!("could not store the operation's progress: {e}"), e))
     }
 
     /// Changes the operation's domain `metrics` (the domain decides their shape).
@@ -362,13 +382,13 @@ impl<J: Job> JobContext<J> {
     /// restarted service can re-attach).
     pub async fn save_state(&self, state: &J::State) -> Result<(), JobError> {
         let state = serde_json::to_value(state)
-            .map_err(|e| JobError::Failed(format!("could not encode the operation's state: {e}")))?;
+            .map_err(|e| JobError::failed_by(format!("could not encode the operation's state: {e}"), e))?;
         let Some(snapshot) = self.op.edit(|_, job_state| *job_state = Some(state)) else {
             return Err(JobError::Cancelled);
         };
         self.store
             .save(vec![snapshot], &self.owner)
             .await
-            .map_err(|e| JobError::Failed(format!("could not store the operation's state: {e}")))
+            .map_err(|e| JobError::failed_by(format!("could not store the operation's state: {e}"), e))
     }
 }

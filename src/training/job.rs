@@ -48,7 +48,7 @@ pub struct TrainingJob {
 }
 
 fn failed(message: impl Into<String>) -> JobError {
-    JobError::Failed(message.into())
+    JobError::failed(message)
 }
 
 /// The steps of a training; epochs are counted in `steps_completed` as the host reports them.

@@ -67,7 +67,12 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
         let work = Abortable::new(AssertUnwindSafe(job.start(handle)).catch_unwind(), registration);
         let (outcome, forced) = match work.await {
             Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
-            Ok(Ok(Err(JobError::Failed(message)))) => (Outcome::Failed(message), false),
+            Ok(Ok(Err(JobError::Failed { message, cause }))) => {
+                if let Some(cause) = cause {
+                    tracing::warn!(error = &*cause as &dyn std::error::Error, "the operation failed: {message}");
+                }
+                (Outcome::Failed(message), false)
+            }
             Ok(Ok(Err(JobError::Cancelled))) => {
                 (Outcome::Cancelled { reason: DEFAULT_CANCEL_REASON.to_owned() }, false)
             }

@@ -79,19 +79,43 @@ const MAX_BATCH_ROWS: usize = 512;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database: {0}")]
-    Open(String),
+    /// `database` names it without its password.
+    #[error("cannot open the database {database}: {source}")]
+    Open {
+        database: String,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    #[error("cannot create the database's folder {}: {source}", folder.display())]
+    Folder {
+        folder: std::path::PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
     #[error("database error: {0}")]
-    Database(String),
-    #[error("stored operation {0} is unreadable: {1}")]
-    Corrupt(String, String),
+    Database(#[source] Arc<sqlx::Error>),
+    #[error("stored operation {id} is unreadable: {source}")]
+    Corrupt {
+        id: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
     #[error("the store is shutting down")]
     Closed,
 }
 
+// The causes are shared (`Arc`) because one failed batch answers every write in it.
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::Database(Arc::new(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(Arc::new(e))
     }
 }
 
@@ -467,11 +491,11 @@ where
     let record: String = row.try_get("record")?;
     let job_state: Option<String> = row.try_get("job_state")?;
     let record: OperationRecord =
-        serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(id.clone(), e.to_string()))?;
+        serde_json::from_str(&record).map_err(|source| StoreError::Corrupt { id: id.clone(), source: Arc::new(source) })?;
     let job_state = job_state
         .map(|s| serde_json::from_str::<Value>(&s))
         .transpose()
-        .map_err(|e| StoreError::Corrupt(id, e.to_string()))?;
+        .map_err(|source| StoreError::Corrupt { id, source: Arc::new(source) })?;
     Ok(Snapshot::new(record, job_state))
 }
 

@@ -12,7 +12,7 @@ pub(super) async fn open(
     max_connections: u32,
     stuck_transaction_timeout: Duration,
 ) -> Result<PgPool, StoreError> {
-    let opening = |e: sqlx::Error| StoreError::Open(format!("{}: {e}", redact(url)));
+    let opening = |source: sqlx::Error| StoreError::Open { database: redact(url), source: source.into() };
     let options = url.parse::<PgConnectOptions>().map_err(opening)?.options([(
         "idle_in_transaction_session_timeout",
         format!("{}ms", stuck_transaction_timeout.as_millis().max(1)),
@@ -23,7 +23,7 @@ pub(super) async fn open(
         .connect_with(options)
         .await
         .map_err(opening)?;
-    super::POSTGRES_MIGRATIONS.run(&pool).await.map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
+    super::POSTGRES_MIGRATIONS.run(&pool).await?;
     Ok(pool)
 }
 

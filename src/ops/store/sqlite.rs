@@ -11,8 +11,9 @@ use super::StoreError;
 
 /// Returns `(readers, writer)`.
 pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool, SqlitePool), StoreError> {
+    let opening = |source: sqlx::Error| StoreError::Open { database: url.to_owned(), source: source.into() };
     let options = SqliteConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Open(format!("{url}: {e}")))?
+        .map_err(opening)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         // NORMAL in WAL mode is durable against process crashes (the case that matters for
@@ -24,7 +25,7 @@ pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool,
         && !parent.as_os_str().is_empty()
     {
         std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", parent.display())))?;
+            .map_err(|source| StoreError::Folder { folder: parent.to_owned(), source: source.into() })?;
     }
     // The writer never checkpoints (a checkpoint fsyncs the database and would stall every
     // queued write behind it); `checkpoint_periodically` does it from a reader instead.
@@ -35,13 +36,13 @@ pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool,
         .max_lifetime(None)
         .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
         .await
-        .map_err(|e| StoreError::Open(format!("{url}: {e}")))?;
-    super::SQLITE_MIGRATIONS.run(&writer).await.map_err(|e| StoreError::Open(format!("migrations: {e}")))?;
+        .map_err(opening)?;
+    super::SQLITE_MIGRATIONS.run(&writer).await?;
     let readers = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .connect_with(options)
         .await
-        .map_err(|e| StoreError::Open(format!("{url}: {e}")))?;
+        .map_err(opening)?;
     Ok((readers, writer))
 }
 
