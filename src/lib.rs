@@ -5,6 +5,8 @@
 pub mod api;
 /// The composition root.
 pub mod app;
+/// The one backoff policy of every retry and wait loop.
+pub mod backoff;
 /// The strategy and model catalog: strategy files listed, validated, resolved to features; trained models.
 pub mod catalog;
 /// The command-line client of a running service.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::hosts::ib::{GATEWAY_DOWN, Gateway, IbClient, IbError};
 use crate::ops::OperationHandle;
 
@@ -42,8 +43,8 @@ impl GatewayGuard<'_> {
         }
         let progress = self.ctx.progress();
         let began = Instant::now();
-        let mut pause = Duration::from_secs(1);
-        let mut next_check = began + pause;
+        let mut checks = Backoff::exponential(Duration::from_secs(1), MAX_CHECK_PAUSE).pauses();
+        let mut next_check = began + checks.next_pause();
         loop {
             progress.detail(format!("waiting for the IB gateway to connect, {} s so far", began.elapsed().as_secs()));
             // The text counts seconds; the checks back off.
@@ -61,8 +62,7 @@ impl GatewayGuard<'_> {
                 progress.detail(format!("the IB gateway is connected again after {waited} s"));
                 return Ok(());
             }
-            pause = (pause * 2).min(MAX_CHECK_PAUSE);
-            next_check = Instant::now() + pause;
+            next_check = Instant::now() + checks.next_pause();
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::backoff::Backoff;
 use crate::data::calendar::{self, InstrumentKind};
 use crate::data::coverage::Coverage;
 use crate::data::frame::{Bars, to_timestamp};
@@ -34,6 +35,16 @@ pub struct LoadSettings {
     pub tail_default_lookback: Duration,
     /// With the IB gateway reported down: wait for it (true) or fail at once (false).
     pub wait_for_gateway: bool,
+}
+
+impl LoadSettings {
+    /// The longest pause between two tries of a segment.
+    const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+    /// Pauses between tries of a segment: doubling from `retry_base_delay`.
+    fn retry_backoff(&self) -> Backoff {
+        Backoff::exponential(self.retry_base_delay, Self::MAX_RETRY_DELAY)
+    }
 }
 
 pub struct DataLoadJob {
@@ -571,7 +582,7 @@ async fn fetch_segment(
                 message
             }
             Err(IbError::Transient(message)) if attempts < settings.segment_attempts => {
-                let pause = settings.retry_base_delay.saturating_mul(2u32.saturating_pow(attempts - 1));
+                let pause = settings.retry_backoff().delay(attempts);
                 progress
                     .detail(format!("{label}: retrying in {} s after: {message}", pause.as_secs_f64().ceil() as u64));
                 tokio::select! {

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::metrics::{FAST_BUCKETS, Histogram};
 use crate::time::{self, Timestamp};
 
@@ -55,7 +56,7 @@ pub struct HostSettings {
     pub stall_notice: Duration,
 }
 
-/// Exponential backoff with full jitter.
+/// How often a host call is tried, and the pauses between: exponential with full jitter.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Total tries, the first included.
@@ -65,11 +66,8 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The pause before try `attempt + 1` (attempt ≥ 1): random in `[0, min(max, base·2^(attempt-1))]`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling =
-            self.base_delay.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(self.max_delay);
-        ceiling.mul_f64(fastrand::f64())
+    pub fn backoff(&self) -> Backoff {
+        Backoff::exponential(self.base_delay, self.max_delay).full_jitter()
     }
 }
 
@@ -374,6 +372,7 @@ impl HostClient {
         let policy = self.inner.settings.retry;
         let observer = stall::current_observer();
         let mut attempt = 1;
+        let mut pauses = policy.backoff().pauses();
         loop {
             let started = Instant::now();
             let result = match &observer {
@@ -395,7 +394,7 @@ impl HostClient {
             if !retry {
                 return result;
             }
-            let pause = policy.delay(attempt);
+            let pause = pauses.next_pause();
             tracing::debug!(host = self.name(), path = %call.path, attempt, ?pause, "retrying host call");
             tokio::time::sleep(pause).await;
             attempt += 1;
@@ -548,16 +547,5 @@ mod tests {
             "No data returned for AAPL 1h"
         );
         assert_eq!(host_message(b"Bad Gateway"), "Bad Gateway");
-    }
-
-    #[test]
-    fn backoff_grows_exponentially_within_its_cap() {
-        let policy =
-            RetryPolicy { attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(300) };
-        for _ in 0..100 {
-            assert!(policy.delay(1) <= Duration::from_millis(100));
-            assert!(policy.delay(2) <= Duration::from_millis(200));
-            assert!(policy.delay(5) <= Duration::from_millis(300));
-        }
     }
 }

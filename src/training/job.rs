@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::Protocol;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
@@ -173,7 +174,7 @@ async fn start(
         ctx.on_cancel(remote_stop(client.clone(), session, settings.clone()));
     }
     let deadline = Instant::now() + settings.start_timeout;
-    let mut pause = Duration::from_secs(1);
+    let mut pauses = BUSY_HOST.pauses();
     loop {
         match client.start(request, token).await {
             Ok(session) => return Ok(session),
@@ -185,11 +186,9 @@ async fn start(
                     )));
                 }
                 progress.detail("waiting for a free training host");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = token.cancelled() => return Err(JobError::Cancelled),
+                if !pauses.sleep(token).await {
+                    return Err(JobError::Cancelled);
                 }
-                pause = pause.mul_f64(1.5).min(Duration::from_secs(15));
             }
             Err(StartError::Cancelled) => return Err(JobError::Cancelled),
             Err(StartError::Duplicate(m)) => {
@@ -224,7 +223,8 @@ async fn follow(
         .and_then(|e| e.as_array().cloned())
         .map(|list| list.iter().filter_map(|e| e.get("epoch").and_then(Value::as_u64)).map(|e| e as u32).collect())
         .unwrap_or_default();
-    let mut interval = settings.poll_min;
+    // Polls come at `poll_min` while the session changes, slowing down while it does not.
+    let mut pauses = Backoff::exponential(settings.poll_min, settings.poll_max).factor(1.5).pauses();
     let mut errors = 0;
     let mut previous = None;
     loop {
@@ -232,11 +232,9 @@ async fn follow(
             Ok(snapshot) => {
                 errors = 0;
                 let now = fingerprint(&snapshot);
-                interval = if previous != Some(now) {
-                    settings.poll_min
-                } else {
-                    interval.mul_f64(1.5).min(settings.poll_max)
-                };
+                if previous != Some(now) {
+                    pauses.reset();
+                }
                 previous = Some(now);
                 relay(&snapshot, total_epochs, &mut recorded, ctx, progress);
                 match snapshot.status {
@@ -258,12 +256,10 @@ async fn follow(
                     return Err(lost(&e));
                 }
                 progress.detail(format!("host unreachable, retrying ({errors}/{})", settings.poll_errors));
-                interval = interval.mul_f64(1.5).min(settings.poll_max);
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = token.cancelled() => return Err(JobError::Cancelled),
+        if !pauses.sleep(token).await {
+            return Err(JobError::Cancelled);
         }
     }
 }
@@ -315,6 +311,11 @@ fn relay(
     progress.step_progress((s.percentage * 10.0).round() as u64, 1000, s.items_processed, Some(message));
 }
 
+/// Pauses between tries to start a training on a busy host.
+const BUSY_HOST: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(15)).factor(1.5);
+/// Pauses between tries to deliver a stop.
+const STOP_RETRY: Backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30));
+
 /// How long a stop sent while the service shuts down waits to read the host's answer.
 const SHUTDOWN_LOOK: Duration = Duration::from_secs(2);
 
@@ -324,7 +325,7 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
     RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
         // The stop must go out even while the service shuts down; each try is bounded by its timeout.
         let unstoppable = CancellationToken::new();
-        let mut pause = Duration::from_millis(500);
+        let mut pauses = STOP_RETRY.pauses();
         for attempt in 1..=settings.stop_attempts.max(1) {
             report.attempt().await;
             match client.stop(&session, report.reason(), &unstoppable).await {
@@ -341,11 +342,8 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
                     return;
                 }
                 Err(_) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = report.shutdown().cancelled() => {}
-                    }
-                    pause = pause.saturating_mul(2);
+                    // Shutting down cuts the pause short, not the next try.
+                    pauses.sleep(report.shutdown()).await;
                 }
             }
         }
