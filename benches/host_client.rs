@@ -49,17 +49,24 @@ async fn main() {
     let sims = Simulators::start(settings, loopback, loopback).await.unwrap();
     let url = format!("{}/health", sims.ib_url());
 
-    let host = HostClient::new(HostSettings {
-        name: "ib",
-        base_url: sims.ib_url(),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(60),
-        retry: RetryPolicy { attempts: 3, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) },
-        health_timeout: Duration::from_secs(1),
-        health_ttl: Duration::from_secs(5),
-        stall_notice: Duration::from_secs(10),
-        bearer: None,
-    })
+    let host = HostClient::new(
+        HostSettings {
+            name: "ib",
+            base_url: sims.ib_url(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(60),
+            retry: RetryPolicy {
+                attempts: 3,
+                base_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(5),
+            },
+            health_timeout: Duration::from_secs(1),
+            health_ttl: Duration::from_secs(5),
+            stall_notice: Duration::from_secs(10),
+            bearer: None,
+        },
+        Default::default(),
+    )
     .unwrap();
     let bare = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build().unwrap();
     let fresh = reqwest::Client::builder().no_proxy().tcp_nodelay(true).pool_max_idle_per_host(0).build().unwrap();

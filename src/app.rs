@@ -22,6 +22,7 @@ use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
 use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
 use crate::hosts::{ClientBuildError, HostClient, HostSettings, Hosts, RetryPolicy};
+use crate::metrics::Metrics;
 use crate::ops::orchestrator::{ClusterSettings, claim_node_id};
 use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, StoreError};
 use crate::sim::{SimSettings, Simulators};
@@ -126,7 +127,8 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
         remote_cache_ttl: config.operations.remote_cache_ttl.0,
         remote_poll_interval: config.operations.remote_poll_interval.0,
         // Only PostgreSQL is shared by several replicas.
-        cluster: store.backend().shared_by_replicas().then_some(ClusterSettings {
+        cluster: store.replicas().map(|replicas| ClusterSettings {
+            replicas,
             lease_timeout: config.operations.lease_timeout.0,
             heartbeat_interval: config.operations.heartbeat_interval.0,
             takeover_scan_interval: config.operations.takeover_scan_interval.0,
@@ -167,7 +169,7 @@ fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSett
 }
 
 /// One pooled client per host, built once.
-pub fn build_hosts(config: &Config) -> Result<Hosts, ClientBuildError> {
+pub fn build_hosts(config: &Config, metrics: &Metrics) -> Result<Hosts, ClientBuildError> {
     let hosts = &config.hosts;
     let rules = &hosts.ib.pacing_rules;
     let pacing = match hosts.ib.pacing {
@@ -183,7 +185,7 @@ pub fn build_hosts(config: &Config) -> Result<Hosts, ClientBuildError> {
         }),
     };
     let ib = IbClient::new(
-        HostClient::new(host_settings("ib", &hosts.ib.url, hosts))?,
+        HostClient::new(host_settings("ib", &hosts.ib.url, hosts), metrics.clone())?,
         Arc::new(PacingLimiter::new(pacing)),
     );
     let choice = match hosts.training.protocol {
@@ -191,7 +193,8 @@ pub fn build_hosts(config: &Config) -> Result<Hosts, ClientBuildError> {
         ProtocolSetting::Operations => ProtocolChoice::Fixed(Protocol::Operations),
         ProtocolSetting::Sessions => ProtocolChoice::Fixed(Protocol::Sessions),
     };
-    let training = TrainingClient::new(HostClient::new(host_settings("training", &hosts.training.url, hosts))?, choice);
+    let training_host = HostClient::new(host_settings("training", &hosts.training.url, hosts), metrics.clone())?;
+    let training = TrainingClient::new(training_host, choice);
     Ok(Hosts { ib, training: Arc::new(training) })
 }
 
@@ -211,13 +214,15 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         None
     };
     let config = Arc::new(config);
+    let metrics = Metrics::default();
     let store = Store::open(
         &config.database.url,
         config.database.max_connections,
         config.operations.stuck_transaction_timeout(),
+        &metrics,
     )
     .await?;
-    let hosts = build_hosts(&config)?;
+    let hosts = build_hosts(&config, &metrics)?;
     let data = DataService {
         repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),
         ib: hosts.ib.clone(),
@@ -243,12 +248,13 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     };
     let settings = orchestrator_settings(&config, &store);
     if let Some(cluster) = &settings.cluster {
-        claim_node_id(&store, &settings.node_id, cluster).await?;
+        claim_node_id(&settings.node_id, cluster).await?;
     }
     let orchestrator = Orchestrator::new(
         store.clone(),
         settings,
         vec![dummy::operation_type(), data.operation_type(), training.operation_type()],
+        metrics,
     );
     orchestrator.reconcile().await?;
     orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);

@@ -436,7 +436,8 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    match Store::open(&config.database.url, 1, config.operations.stuck_transaction_timeout()).await {
+    let metrics = ktrdr_ops::metrics::Metrics::default();
+    match Store::open(&config.database.url, 1, config.operations.stuck_transaction_timeout(), &metrics).await {
         Ok(store) => {
             println!("ktrdr-ops: {} database is up to date", store.backend().as_str());
             ExitCode::SUCCESS

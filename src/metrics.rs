@@ -1,86 +1,156 @@
-//! Small building blocks for Prometheus metrics: a fixed-bucket histogram and a writer of the
-//! text exposition format. Components keep their own figures with these; `GET /metrics` renders.
+//! The service's metrics, recorded through the `metrics` facade into a Prometheus recorder
+//! (`metrics-exporter-prometheus`) that belongs to one service: not the process-wide recorder,
+//! so that several services in one process (the tests) keep their own figures. Components record
+//! as things happen; `GET /metrics` renders. Every name starts with `ktrdr_ops_`.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Latency buckets (seconds) for fast things: store writes, cancel latency, host calls.
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio_util::sync::CancellationToken;
+
+/// Latency buckets (seconds) for fast things: HTTP requests, store writes, cancel latency, host calls.
 pub const FAST_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Duration buckets (seconds) for whole operations.
 pub const SLOW_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
 
-#[derive(Debug, Clone)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Per bucket (not cumulative), plus one for everything above the last bound.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+pub const BUILD_INFO: &str = "ktrdr_ops_build_info";
+pub const OPERATIONS_STARTED: &str = "ktrdr_ops_operations_started_total";
+pub const OPERATIONS_FINISHED: &str = "ktrdr_ops_operations_finished_total";
+pub const OPERATION_DURATION: &str = "ktrdr_ops_operation_duration_seconds";
+pub const CANCEL_LATENCY: &str = "ktrdr_ops_cancel_latency_seconds";
+pub const OPERATIONS_ACTIVE: &str = "ktrdr_ops_operations_active";
+pub const OPERATIONS_DELETED: &str = "ktrdr_ops_operations_deleted_total";
+pub const TAKEOVERS: &str = "ktrdr_ops_takeovers_total";
+pub const HANDED_OVER: &str = "ktrdr_ops_handed_over_total";
+pub const REMOTE_CANCELS: &str = "ktrdr_ops_remote_cancels_total";
+pub const HOST_STALLS: &str = "ktrdr_ops_host_stalls_total";
+pub const IB_GATEWAY_CONNECTED: &str = "ktrdr_ops_ib_gateway_connected";
+pub const HOST_REQUESTS: &str = "ktrdr_ops_host_requests_total";
+pub const HOST_REQUEST_ERRORS: &str = "ktrdr_ops_host_request_errors_total";
+pub const HOST_REQUEST_RETRIES: &str = "ktrdr_ops_host_request_retries_total";
+pub const HOST_REQUEST_DURATION: &str = "ktrdr_ops_host_request_duration_seconds";
+pub const IB_PACING_WAITS: &str = "ktrdr_ops_ib_pacing_waits_total";
+pub const IB_PACING_WAIT_SECONDS: &str = "ktrdr_ops_ib_pacing_wait_seconds_total";
+pub const STORE_WRITE_DURATION: &str = "ktrdr_ops_store_write_duration_seconds";
+pub const STORE_ROWS_WRITTEN: &str = "ktrdr_ops_store_rows_written_total";
+pub const STORE_WRITE_FAILURES: &str = "ktrdr_ops_store_write_failures_total";
+pub const HTTP_REQUEST_DURATION: &str = "ktrdr_ops_http_request_duration_seconds";
+
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
-    }
+/// Every family with its help text: described up front, so that `# HELP` and `# TYPE` appear
+/// from the first sample on.
+const FAMILIES: &[(&str, Kind, &str)] = &[
+    (BUILD_INFO, Kind::Gauge, "The running version."),
+    (OPERATIONS_STARTED, Kind::Counter, "Operations started, by type."),
+    (OPERATIONS_FINISHED, Kind::Counter, "Operations finished, by type and final status."),
+    (OPERATION_DURATION, Kind::Histogram, "Start to end of finished operations, by type."),
+    (CANCEL_LATENCY, Kind::Histogram, "A cancel request until the work had stopped, by type."),
+    (OPERATIONS_ACTIVE, Kind::Gauge, "Operations pending or running on this replica, by type."),
+    (OPERATIONS_DELETED, Kind::Counter, "Finished operations deleted by retention."),
+    (TAKEOVERS, Kind::Counter, "Operations taken over from replicas that stopped, by what became of them."),
+    (HANDED_OVER, Kind::Counter, "Operations handed over to other replicas on stopping."),
+    (
+        REMOTE_CANCELS,
+        Kind::Counter,
+        "Cancels of operations other replicas run, by who recorded the end (owner, or here after waiting in vain).",
+    ),
+    (
+        HOST_STALLS,
+        Kind::Counter,
+        "Host calls made for an operation that went without an answer for hosts.stall_notice, by host.",
+    ),
+    (
+        IB_GATEWAY_CONNECTED,
+        Kind::Gauge,
+        "1 while the IB host reports its gateway (TWS / IB Gateway) connected, 0 while it reports it down.",
+    ),
+    (HOST_REQUESTS, Kind::Counter, "Requests to host services, by host, method and endpoint."),
+    (HOST_REQUEST_ERRORS, Kind::Counter, "Failed host requests, by host, endpoint and class."),
+    (HOST_REQUEST_RETRIES, Kind::Counter, "Host requests repeated after a transient failure."),
+    (HOST_REQUEST_DURATION, Kind::Histogram, "Host request latency, by host and endpoint."),
+    (IB_PACING_WAITS, Kind::Counter, "IB historical requests that waited for the pacing limiter."),
+    // A gauge only because the facade's counters count whole numbers; it only grows.
+    (IB_PACING_WAIT_SECONDS, Kind::Gauge, "Time spent waiting for the IB pacing limiter, in seconds (only grows)."),
+    (STORE_WRITE_DURATION, Kind::Histogram, "Store write transactions (batches of writes)."),
+    (STORE_ROWS_WRITTEN, Kind::Counter, "Operation rows written to the store."),
+    (STORE_WRITE_FAILURES, Kind::Counter, "Store write transactions that failed."),
+    (HTTP_REQUEST_DURATION, Kind::Histogram, "HTTP requests served, by method, matched route and status."),
+];
 
-    pub fn observe(&mut self, value: f64) {
-        let bucket = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
-        self.counts[bucket] += 1;
-        self.sum += value;
-        self.count += 1;
-    }
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
+/// One service's metrics. Cheap to clone; a component built without one (a test, the CLI)
+/// records into a [`Metrics::default`] nobody renders.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
 }
 
-/// Writes the Prometheus text format. Label values are escaped.
-#[derive(Default)]
-pub struct Exposition {
-    out: String,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-impl Exposition {
-    /// `# HELP` and `# TYPE` lines of a metric family.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    pub fn sample(&mut self, name: &str, pairs: &[(&str, &str)], value: f64) {
-        let _ = writeln!(self.out, "{name}{} {value}", labels(pairs));
-    }
-
-    pub fn histogram(&mut self, name: &str, pairs: &[(&str, &str)], h: &Histogram) {
-        let mut cumulative = 0;
-        for (i, bound) in h.bounds.iter().enumerate() {
-            cumulative += h.counts[i];
-            let le = bound.to_string();
-            let mut with_le = pairs.to_vec();
-            with_le.push(("le", &le));
-            let _ = writeln!(self.out, "{name}_bucket{} {cumulative}", labels(&with_le));
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(FAST_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OPERATION_DURATION.to_owned()), SLOW_BUCKETS))
+            .expect("the bucket lists are not empty")
+            .build_recorder();
+        for (name, kind, help) in FAMILIES {
+            let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, None, help),
+            }
         }
-        let mut with_le = pairs.to_vec();
-        with_le.push(("le", "+Inf"));
-        let _ = writeln!(self.out, "{name}_bucket{} {}", labels(&with_le), h.count);
-        let _ = writeln!(self.out, "{name}_sum{} {}", labels(pairs), h.sum);
-        let _ = writeln!(self.out, "{name}_count{} {}", labels(pairs), h.count);
+        let handle = recorder.handle();
+        let metrics = Metrics { recorder: Arc::new(recorder), handle };
+        metrics.gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
+        metrics
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+    Key::from_parts(name, labels)
+}
+
+impl Metrics {
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &METADATA)
     }
 
-    pub fn finish(self) -> String {
-        self.out
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder.register_histogram(&key(name, labels), &METADATA)
+    }
+
+    /// The Prometheus text exposition of everything recorded so far.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds the histogram samples recorded since the last time into their buckets, every
+    /// `every` until `stop` fires (without it, samples pile up between scrapes).
+    pub async fn upkeep(self, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.handle.run_upkeep(),
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 }
 
@@ -88,19 +158,33 @@ impl Exposition {
 mod tests {
     use super::*;
 
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     #[test]
-    fn histograms_render_cumulative_buckets() {
-        let mut h = Histogram::new(&[0.1, 1.0]);
-        for v in [0.05, 0.5, 0.5, 5.0] {
-            h.observe(v);
-        }
-        let mut e = Exposition::default();
-        e.family("x_seconds", "histogram", "test");
-        e.histogram("x_seconds", &[("type", "a\"b")], &h);
-        let text = e.finish();
-        assert!(text.contains("x_seconds_bucket{type=\"a\\\"b\",le=\"0.1\"} 1\n"), "{text}");
-        assert!(text.contains("x_seconds_bucket{type=\"a\\\"b\",le=\"1\"} 3\n"));
-        assert!(text.contains("x_seconds_bucket{type=\"a\\\"b\",le=\"+Inf\"} 4\n"));
-        assert!(text.contains("x_seconds_count{type=\"a\\\"b\"} 4\n"));
+    fn figures_render_with_their_names_labels_help_and_buckets() {
+        let metrics = Metrics::default();
+        metrics.counter(OPERATIONS_STARTED, &[("type", "dummy")]).increment(2);
+        metrics.histogram(OPERATION_DURATION, &[("type", "dummy")]).record(42.0);
+        metrics.histogram(CANCEL_LATENCY, &[("type", "dummy")]).record(0.0003);
+        let text = metrics.render();
+        assert!(text.contains("# HELP ktrdr_ops_operations_started_total Operations started, by type."), "{text}");
+        assert!(text.contains("# TYPE ktrdr_ops_operations_started_total counter"), "{text}");
+        assert_eq!(sample(&text, r#"ktrdr_ops_operations_started_total{type="dummy"}"#), Some(2.0));
+        assert_eq!(sample(&text, r#"ktrdr_ops_build_info{version="0.1.0"}"#), Some(1.0));
+        // Whole operations by the slow buckets, the rest by the fast ones.
+        assert_eq!(sample(&text, r#"ktrdr_ops_operation_duration_seconds_bucket{type="dummy",le="60"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"ktrdr_ops_operation_duration_seconds_bucket{type="dummy",le="15"}"#), Some(0.0));
+        assert_eq!(sample(&text, r#"ktrdr_ops_cancel_latency_seconds_bucket{type="dummy",le="0.0005"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"ktrdr_ops_cancel_latency_seconds_count{type="dummy"}"#), Some(1.0));
+    }
+
+    #[test]
+    fn two_services_in_one_process_keep_their_own_figures() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.counter(OPERATIONS_DELETED, &[]).increment(3);
+        assert_eq!(sample(&a.render(), OPERATIONS_DELETED), Some(3.0));
+        assert_eq!(sample(&b.render(), OPERATIONS_DELETED), None);
     }
 }

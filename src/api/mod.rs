@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, OriginalUri, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -38,6 +38,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::data::DataService;
 use crate::hosts::Hosts;
+use crate::metrics::Metrics;
 use crate::ops::{IdempotencyKey, Orchestrator};
 use crate::training::TrainingService;
 use error::ApiError;
@@ -81,9 +82,12 @@ pub fn router(state: AppState) -> Router {
     let json = serde_json::to_vec(&document).expect("the OpenAPI document serialises");
     let _ = state.openapi.set(bytes::Bytes::from(json));
     let config = state.config.clone();
+    let metrics = state.orchestrator.metrics().clone();
     let mut router = routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        // On every route (where the matched route is known) and the fallbacks.
+        .layer(middleware::from_fn_with_state(metrics, record_duration))
         .layer(DefaultBodyLimit::max(config.server.body_limit_bytes))
         .layer(axum::Extension(extract::BodyLimit(config.server.body_limit_bytes)));
     if !config.auth.api_token.is_empty() {
@@ -100,6 +104,23 @@ pub fn router(state: AppState) -> Router {
             |req: &Request<_>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
         ))
         .with_state(state)
+}
+
+/// Records how long each request took to answer (until its head: a stream's body goes on), by
+/// method, matched route and status.
+async fn record_duration(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let began = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let labels = [
+        ("method", method.as_str()),
+        ("route", route.as_ref().map_or("unmatched", MatchedPath::as_str)),
+        ("status", status.as_str()),
+    ];
+    metrics.histogram(crate::metrics::HTTP_REQUEST_DURATION, &labels).record(began.elapsed().as_secs_f64());
+    response
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {

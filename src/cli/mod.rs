@@ -91,21 +91,24 @@ impl Client {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("`{url}` is not an http:// URL"));
         }
-        let host = HostClient::new(HostSettings {
-            name: "ktrdr-ops",
-            base_url: url.clone(),
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(60),
-            retry: RetryPolicy {
-                attempts: 1,
-                base_delay: Duration::from_millis(100),
-                max_delay: Duration::from_secs(1),
+        let host = HostClient::new(
+            HostSettings {
+                name: "ktrdr-ops",
+                base_url: url.clone(),
+                connect_timeout: Duration::from_secs(3),
+                request_timeout: Duration::from_secs(60),
+                retry: RetryPolicy {
+                    attempts: 1,
+                    base_delay: Duration::from_millis(100),
+                    max_delay: Duration::from_secs(1),
+                },
+                health_timeout: Duration::from_secs(2),
+                health_ttl: Duration::ZERO,
+                stall_notice: Duration::from_secs(10),
+                bearer: token.filter(|t| !t.is_empty()),
             },
-            health_timeout: Duration::from_secs(2),
-            health_ttl: Duration::ZERO,
-            stall_notice: Duration::from_secs(10),
-            bearer: token.filter(|t| !t.is_empty()),
-        })
+            crate::metrics::Metrics::default(),
+        )
         .map_err(|e| e.to_string())?;
         Ok(Self { host, url, json })
     }

@@ -14,10 +14,8 @@ pub mod stall;
 pub mod training;
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,8 +26,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::metrics::{FAST_BUCKETS, Histogram};
+use crate::metrics::Metrics;
 use crate::time::{self, Timestamp};
+use metrics::Counter;
 
 /// The two host services, as the rest of the service sees them.
 #[derive(Clone)]
@@ -254,37 +253,15 @@ pub struct HealthReport {
     pub body: Option<Value>,
 }
 
-/// Counters and a latency histogram for one endpoint of one host.
-#[derive(Debug, Clone)]
-pub struct EndpointStats {
-    pub requests: u64,
-    /// Failures by class: `connect`, `timeout`, `4xx`, `5xx`, `body`, `cancelled`.
-    pub errors: HashMap<&'static str, u64>,
-    pub retries: u64,
-    pub latency: Histogram,
-}
-
-impl Default for EndpointStats {
-    fn default() -> Self {
-        Self { requests: 0, errors: HashMap::new(), retries: 0, latency: Histogram::new(FAST_BUCKETS) }
-    }
-}
-
-impl EndpointStats {
-    fn observe(&mut self, elapsed: Duration, error: Option<&HostErrorKind>) {
-        self.requests += 1;
-        self.latency.observe(elapsed.as_secs_f64());
-        if let Some(kind) = error {
-            let class = match kind {
-                HostErrorKind::Connect => "connect",
-                HostErrorKind::Timeout => "timeout",
-                HostErrorKind::Status(s) if *s < 500 => "4xx",
-                HostErrorKind::Status(_) => "5xx",
-                HostErrorKind::Body => "body",
-                HostErrorKind::Cancelled => "cancelled",
-            };
-            *self.errors.entry(class).or_default() += 1;
-        }
+/// The class of a failed host request, as its metric names it.
+fn error_class(kind: &HostErrorKind) -> &'static str {
+    match kind {
+        HostErrorKind::Connect => "connect",
+        HostErrorKind::Timeout => "timeout",
+        HostErrorKind::Status(s) if *s < 500 => "4xx",
+        HostErrorKind::Status(_) => "5xx",
+        HostErrorKind::Body => "body",
+        HostErrorKind::Cancelled => "cancelled",
     }
 }
 
@@ -297,10 +274,10 @@ pub struct HostClient {
 struct Inner {
     settings: HostSettings,
     http: reqwest::Client,
-    stats: Mutex<HashMap<(Method, &'static str), EndpointStats>>,
+    metrics: Metrics,
     health: Mutex<Option<(Instant, HealthReport)>>,
     /// Calls that went without an answer for `stall_notice` (counted once each).
-    stalls: AtomicU64,
+    stalls: Counter,
 }
 
 /// The HTTP client of a host could not be built (e.g. no TLS backend for an `https://` URL).
@@ -313,7 +290,8 @@ pub struct ClientBuildError {
 }
 
 impl HostClient {
-    pub fn new(settings: HostSettings) -> Result<Self, ClientBuildError> {
+    /// A client recording its requests, errors, retries, latencies and stalls into `metrics`.
+    pub fn new(settings: HostSettings, metrics: Metrics) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
@@ -323,15 +301,8 @@ impl HostClient {
             .no_proxy()
             .build()
             .map_err(|source| ClientBuildError { host: settings.name, source })?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                settings,
-                http,
-                stats: Mutex::new(HashMap::new()),
-                health: Mutex::new(None),
-                stalls: AtomicU64::new(0),
-            }),
-        })
+        let stalls = metrics.counter(crate::metrics::HOST_STALLS, &[("host", settings.name)]);
+        Ok(Self { inner: Arc::new(Inner { settings, http, stalls, metrics, health: Mutex::new(None) }) })
     }
 
     pub fn name(&self) -> &'static str {
@@ -419,9 +390,7 @@ impl HostClient {
             attempts,
             gives_up_after: call.timeout.unwrap_or(settings.request_timeout),
         };
-        let count = || {
-            self.inner.stalls.fetch_add(1, Ordering::Relaxed);
-        };
+        let count = || self.inner.stalls.increment(1);
         // A status error is still an answer; a timeout or a broken connection is not.
         let answered = |r: &Result<HostResponse, HostError>| {
             r.as_ref().map_or_else(|e| matches!(e.kind, HostErrorKind::Status(_) | HostErrorKind::Body), |_| true)
@@ -429,9 +398,9 @@ impl HostClient {
         stall::watch(self.send_once(call), observer, settings.stall_notice, stall, count, answered).await
     }
 
-    /// Calls that went without an answer for `stall_notice`, so far.
-    pub fn stalls(&self) -> u64 {
-        self.inner.stalls.load(Ordering::Relaxed)
+    /// Where this client records its figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     async fn send_once(&self, call: &Call) -> Result<HostResponse, HostError> {
@@ -480,18 +449,16 @@ impl HostClient {
     }
 
     fn observe(&self, call: &Call, elapsed: Duration, error: Option<&HostErrorKind>, retries: u64) {
-        let mut stats = self.inner.stats.lock();
-        let entry = stats.entry((call.method.clone(), call.endpoint)).or_default();
-        entry.observe(elapsed, error);
-        entry.retries += retries;
-    }
-
-    /// Per-endpoint counters and latencies so far: `(method, endpoint, stats)`.
-    pub fn stats(&self) -> Vec<(String, &'static str, EndpointStats)> {
-        let stats = self.inner.stats.lock();
-        let mut out: Vec<_> = stats.iter().map(|((m, e), s)| (m.to_string(), *e, s.clone())).collect();
-        out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-        out
+        let metrics = &self.inner.metrics;
+        let labels = [("host", self.name()), ("method", call.method.as_str()), ("endpoint", call.endpoint)];
+        metrics.counter(crate::metrics::HOST_REQUESTS, &labels).increment(1);
+        metrics.histogram(crate::metrics::HOST_REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+        metrics.counter(crate::metrics::HOST_REQUEST_RETRIES, &labels).increment(retries);
+        if let Some(kind) = error {
+            let [host, method, endpoint] = labels;
+            let labels = [host, method, endpoint, ("class", error_class(kind))];
+            metrics.counter(crate::metrics::HOST_REQUEST_ERRORS, &labels).increment(1);
+        }
     }
 
     /// `GET /health` with a short timeout, reused for `health_ttl`.

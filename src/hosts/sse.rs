@@ -56,7 +56,11 @@ impl HostClient {
         stream::once(connected).flatten()
     }
 
-    async fn open_event_stream(&self, call: &Call, last_event_id: Option<&str>) -> Result<reqwest::Response, HostError> {
+    async fn open_event_stream(
+        &self,
+        call: &Call,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, HostError> {
         let url = format!("{}{}", self.inner.settings.base_url.trim_end_matches('/'), call.path);
         let mut request =
             self.inner.http.get(url).header("accept", "text/event-stream").timeout(Duration::from_secs(365 * 86_400));

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::metrics::{FAST_BUCKETS, Histogram};
+use crate::metrics::{self, Metrics};
 use crate::ops::feed::ChangeFeed;
 use crate::ops::job::{BoxedJob, Job, OperationType, Resumption, request_metadata};
 use crate::ops::live::{CancelRequest, LiveOperation};
@@ -38,6 +38,9 @@ pub use cluster::{ClusterSettings, NodeIdInUse, StartupCheck, claim_node_id};
 pub const INTERRUPTED: &str = "interrupted: service restarted before the operation finished";
 /// `error_message` of an operation stopped by a service shutdown.
 pub const SHUTDOWN_REASON: &str = "Operation cancelled: service shutting down";
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// `error_message` of an operation cancelled without a reason.
 pub const DEFAULT_CANCEL_REASON: &str = "Operation cancelled by user";
 
@@ -157,7 +160,7 @@ struct Inner {
     loops: TaskTracker,
     accepting: AtomicBool,
     stop_flusher: CancellationToken,
-    figures: parking_lot::Mutex<Figures>,
+    metrics: Metrics,
     feed: Arc<ChangeFeed>,
     remote_cache: RemoteCache,
     /// Operations other replicas stored finished, as PostgreSQL announces them.
@@ -165,11 +168,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// Updates the figures kept for metrics.
-    fn count(&self, change: impl FnOnce(&mut Figures)) {
-        change(&mut self.figures.lock());
-    }
-
     /// The operation, if it runs (or waits to run) in this process.
     fn live(&self, operation_id: &str) -> Option<Arc<LiveOperation>> {
         self.registry.read().get(operation_id).cloned()
@@ -198,32 +196,14 @@ impl Inner {
     }
 }
 
-/// Counts and latencies of operations, for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct Figures {
-    /// By operation type.
-    pub started: BTreeMap<String, u64>,
-    /// By (operation type, final status).
-    pub finished: BTreeMap<(String, &'static str), u64>,
-    /// Start to end, by operation type.
-    pub durations: BTreeMap<String, Histogram>,
-    /// A cancel request until the work stopped, by operation type.
-    pub cancel_latency: BTreeMap<String, Histogram>,
-    /// Terminal operations deleted by retention.
-    pub swept: u64,
-    /// Operations taken over from other replicas, by what became of them (`resumed`, `failed`,
-    /// `cancelled`).
-    pub taken_over: BTreeMap<&'static str, u64>,
-    /// Operations handed over to other replicas when this one stopped.
-    pub handed_over: u64,
-    /// Cancels passed on to the replica running the operation, by who recorded the end (`owner`,
-    /// or `here` after waiting for the owner in vain).
-    pub remote_cancels: BTreeMap<&'static str, u64>,
-}
-
 impl Orchestrator {
-    /// Builds the orchestrator for these operation types and starts its progress flusher.
-    pub fn new(store: Store, settings: Settings, types: Vec<OperationType>) -> Self {
+    /// Builds the orchestrator for these operation types and starts its progress flusher;
+    /// it records its figures into `metrics`.
+    pub fn new(store: Store, settings: Settings, types: Vec<OperationType>, metrics: Metrics) -> Self {
+        for ty in &types {
+            // Every type's series exists from the start, at zero.
+            metrics.counter(metrics::OPERATIONS_STARTED, &[("type", ty.name)]).increment(0);
+        }
         let slots = types
             .iter()
             .filter_map(|t| settings.max_concurrent.get(t.name).map(|n| (t.name, Arc::new(Semaphore::new(*n)))))
@@ -240,12 +220,13 @@ impl Orchestrator {
             loops: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             stop_flusher: CancellationToken::new(),
-            figures: parking_lot::Mutex::new(Figures::default()),
+            metrics,
             feed: Arc::new(ChangeFeed::default()),
             remote_cache,
             finished_elsewhere: tokio::sync::broadcast::channel(1024).0,
         });
         inner.loops.spawn(flush_progress_periodically(Arc::downgrade(&inner)));
+        inner.loops.spawn(inner.metrics.clone().upkeep(METRICS_UPKEEP, inner.root.clone()));
         if let Some(cluster) = inner.settings.cluster.clone() {
             cluster::spawn_background(&inner, cluster);
         }
@@ -270,9 +251,14 @@ impl Orchestrator {
         &self.inner.feed
     }
 
-    /// Counts and latencies so far.
-    pub fn figures(&self) -> Figures {
-        self.inner.figures.lock().clone()
+    /// Where this orchestrator records its figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The names of the operation types this service runs.
+    pub fn operation_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.inner.types.keys().copied()
     }
 
     /// The names of the replicas sharing this one's database that are alive (this one included);
@@ -280,7 +266,7 @@ impl Orchestrator {
     pub async fn replicas(&self) -> Result<Vec<String>, StoreError> {
         let inner = &self.inner;
         let Some(cluster) = &inner.settings.cluster else { return Ok(vec![inner.settings.node_id.clone()]) };
-        inner.store.replicas_alive(time::now() - cluster.lease_timeout).await
+        cluster.replicas.replicas_alive(time::now() - cluster.lease_timeout).await
     }
 
     /// Operations running or waiting here, by type.
@@ -351,7 +337,7 @@ impl Orchestrator {
             }
         }
         inner.registry.write().insert(id, op.clone());
-        inner.count(|f| *f.started.entry(ty.name.to_owned()).or_default() += 1);
+        inner.metrics.counter(metrics::OPERATIONS_STARTED, &[("type", ty.name)]).increment(1);
         spawn(inner.clone(), op.clone(), BoxedJob::new(job), false);
         Ok(Submitted::Started(op.snapshot()))
     }
@@ -445,12 +431,8 @@ impl Orchestrator {
             op.settled().await;
         }
         let snapshot = op.snapshot();
-        inner.count(|f| {
-            f.cancel_latency
-                .entry(snapshot.record.operation_type.clone())
-                .or_insert_with(|| Histogram::new(FAST_BUCKETS))
-                .observe(asked.elapsed().as_secs_f64())
-        });
+        let kind = snapshot.record.operation_type.as_str();
+        inner.metrics.histogram(metrics::CANCEL_LATENCY, &[("type", kind)]).record(asked.elapsed().as_secs_f64());
         match snapshot.record.status {
             Status::Cancelled => Ok(Cancelled {
                 remote_cancelled: snapshot.record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
@@ -498,7 +480,7 @@ impl Orchestrator {
     pub async fn sweep(&self, now: time::Timestamp, retention: Duration) -> Result<(u64, u64), StoreError> {
         let (operations, keys) =
             self.inner.store.sweep(now - retention, now - self.inner.settings.idempotency_ttl).await?;
-        self.inner.count(|f| f.swept += operations);
+        self.inner.metrics.counter(metrics::OPERATIONS_DELETED, &[]).increment(operations);
         if operations + keys > 0 {
             tracing::info!(operations, keys, "retention: deleted old finished operations and idempotency keys");
         }
@@ -557,7 +539,7 @@ impl Orchestrator {
             tracing::error!(error = %e, "final store flush failed");
         }
         if let Some(cluster) = &inner.settings.cluster
-            && let Err(e) = inner.store.replica_gone(&inner.settings.node_id, &cluster.instance).await
+            && let Err(e) = cluster.replicas.replica_gone(&inner.settings.node_id, &cluster.instance).await
         {
             tracing::warn!(error = %e, "could not record that this replica stopped");
         }

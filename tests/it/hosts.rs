@@ -43,7 +43,7 @@ async fn rig(protocol: Protocol, ib: IbKnobs, training: TrainingKnobs, pacing: b
     if !pacing {
         config.hosts.ib.pacing = ktrdr_ops::config::PacingMode::Off;
     }
-    let hosts = ktrdr_ops::app::build_hosts(&config).unwrap();
+    let hosts = ktrdr_ops::app::build_hosts(&config, &Default::default()).unwrap();
     Rig { sims, hosts, http: reqwest::Client::new(), _data: data }
 }
 
@@ -262,17 +262,20 @@ async fn always_503() -> (String, Arc<AtomicU64>) {
 }
 
 fn client(url: &str, attempts: u32) -> HostClient {
-    HostClient::new(HostSettings {
-        name: "test",
-        base_url: url.to_owned(),
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(5),
-        retry: RetryPolicy { attempts, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) },
-        health_timeout: Duration::from_secs(1),
-        health_ttl: Duration::from_secs(5),
-        stall_notice: Duration::from_secs(10),
-        bearer: None,
-    })
+    HostClient::new(
+        HostSettings {
+            name: "test",
+            base_url: url.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy { attempts, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) },
+            health_timeout: Duration::from_secs(1),
+            health_ttl: Duration::from_secs(5),
+            stall_notice: Duration::from_secs(10),
+            bearer: None,
+        },
+        Default::default(),
+    )
     .unwrap()
 }
 
@@ -290,16 +293,22 @@ async fn reads_are_retried_but_a_non_idempotent_post_is_not_repeated() {
     hits.store(0, Ordering::SeqCst);
     host.send(&Call::post("/start", "/start", &json!({})), &no_token()).await.unwrap_err();
     assert_eq!(hits.load(Ordering::SeqCst), 1, "a POST reached the host once and is not silently repeated");
-    let stats = host.stats();
-    let get = stats.iter().find(|(m, e, _)| m == "GET" && *e == "/x").unwrap();
-    assert_eq!((get.2.requests, get.2.retries, get.2.errors["5xx"]), (3, 2, 3));
+    let figures = host.metrics().render();
+    let sample = |series: &str| figures.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok());
+    let get = r#"{host="test",method="GET",endpoint="/x"}"#;
+    assert_eq!(sample(&format!("ktrdr_ops_host_requests_total{get}")), Some(3.0), "{figures}");
+    assert_eq!(sample(&format!("ktrdr_ops_host_request_retries_total{get}")), Some(2.0));
+    let failed = r#"{host="test",method="GET",endpoint="/x",class="5xx"}"#;
+    assert_eq!(sample(&format!("ktrdr_ops_host_request_errors_total{failed}")), Some(3.0));
 
     // Nothing listens here: connection refused is retried even for a POST (it never arrived).
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let host = client(&format!("http://{closed}"), 2);
     let error = host.send(&Call::post("/start", "/start", &json!({})), &no_token()).await.unwrap_err();
     assert_eq!(error.kind, HostErrorKind::Connect);
-    assert_eq!(host.stats()[0].2.requests, 2);
+    let figures = host.metrics().render();
+    let post = r#"ktrdr_ops_host_requests_total{host="test",method="POST",endpoint="/start"} "#;
+    assert!(figures.lines().any(|l| l.strip_prefix(post) == Some("2")), "{figures}");
     assert!(!host.health().await.reachable);
 }
 

@@ -118,7 +118,10 @@ async fn metrics_appear_and_move_after_operations_and_a_cancel() {
     let scrape = || async { app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap() };
     let before = scrape().await;
     assert!(before.contains("# TYPE ktrdr_ops_operations_started_total counter"));
-    assert!(before.lines().filter(|l| !l.starts_with('#')).all(|l| l.starts_with("ktrdr_ops_")), "{before}");
+    assert!(
+        before.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).all(|l| l.starts_with("ktrdr_ops_")),
+        "{before}"
+    );
 
     let done = app.start_dummy(2, 5).await;
     app.wait_for_status(&done, "completed", Duration::from_secs(5)).await;
@@ -146,6 +149,14 @@ async fn metrics_appear_and_move_after_operations_and_a_cancel() {
     assert!(metric(&after, "ktrdr_ops_store_rows_written_total") > 0.0);
     assert!(after.contains("ktrdr_ops_store_write_duration_seconds_count{backend=\"sqlite\"}"));
     assert!(after.contains("ktrdr_ops_ib_pacing_waits_total 0"));
+    // Requests by matched route: the id is not in the label; a path no route matches is "unmatched".
+    let get_op =
+        r#"ktrdr_ops_http_request_duration_seconds_count{method="GET",route="/api/v1/operations/{id}",status="200"}"#;
+    assert!(metric(&after, get_op) >= 3.0, "{after}");
+    assert_eq!(metric(&after, "ktrdr_ops_operations_active{type=\"dummy\"}"), 0.0);
+    app.get("/api/v1/no-such-thing").await;
+    let unmatched = r#"ktrdr_ops_http_request_duration_seconds_count{method="GET",route="unmatched",status="404"}"#;
+    assert_eq!(metric(&scrape().await, unmatched), 1.0);
 }
 
 #[tokio::test]

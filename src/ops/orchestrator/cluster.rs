@@ -12,16 +12,19 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::{CancelError, Cancelled, DEFAULT_CANCEL_REASON, Inner, Orchestrator, spawn};
+use crate::metrics;
 use crate::ops::job::Resumption;
 use crate::ops::live::LiveOperation;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
-use crate::ops::store::{Channel, Claimed, Standing, Store, StoreError};
+use crate::ops::store::{Channel, Claimed, Replicas, Standing, StoreError};
 use crate::time;
 
-/// How replicas sharing one store coordinate.
+/// How replicas sharing one store coordinate, and the store's side of it (which only a
+/// PostgreSQL store has: a cluster cannot be set up on SQLite).
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
+    pub replicas: Replicas,
     /// A replica that has not renewed its leases for this long is presumed dead; survivors take
     /// its operations over.
     pub lease_timeout: Duration,
@@ -47,7 +50,8 @@ pub struct NodeIdInUse(pub String);
 /// Before a replica starts on a shared database: its name must not be one a live process uses
 /// (both would take each other's operations for their own). A row renewed recently may be a
 /// process killed a moment ago: it is watched for a heartbeat interval before deciding.
-pub async fn claim_node_id(store: &Store, node: &str, cluster: &ClusterSettings) -> Result<(), StartupCheck> {
+pub async fn claim_node_id(node: &str, cluster: &ClusterSettings) -> Result<(), StartupCheck> {
+    let store = &cluster.replicas;
     let age = |seen: i64| Duration::from_micros((time::to_micros(&time::now()) - seen).max(0) as u64);
     if let Some((instance, seen)) = store.replica(node).await?
         && instance != cluster.instance
@@ -97,7 +101,7 @@ impl Orchestrator {
             let record = &stored.record;
             if record.status.is_terminal() {
                 inner.remote_cache.forget(operation_id);
-                inner.count(|f| *f.remote_cancels.entry("owner").or_default() += 1);
+                inner.metrics.counter(metrics::REMOTE_CANCELS, &[("recorded_by", "owner")]).increment(1);
                 return match record.status {
                     Status::Cancelled => Ok(Cancelled {
                         remote_cancelled: record.cancellation.as_ref().is_some_and(|c| c.remote.is_some()),
@@ -115,7 +119,7 @@ impl Orchestrator {
                     op.finish(Outcome::Cancelled { reason: reason.clone() }, true, None).expect("it was unfinished");
                 inner.store.force_finish(&snapshot).await?;
                 inner.remote_cache.forget(operation_id);
-                inner.count(|f| *f.remote_cancels.entry("here").or_default() += 1);
+                inner.metrics.counter(metrics::REMOTE_CANCELS, &[("recorded_by", "here")]).increment(1);
                 return Ok(Cancelled { snapshot, remote_cancelled: false, work_stopped: false });
             }
             // Woken by the owner's announcement that it stored the operation finished; read
@@ -143,7 +147,7 @@ impl Orchestrator {
         let inner = &self.inner;
         let Some(cluster) = &inner.settings.cluster else { return };
         let node = inner.settings.node_id.as_str();
-        match inner.store.others_alive(node, time::now() - cluster.lease_timeout).await {
+        match cluster.replicas.others_alive(node, time::now() - cluster.lease_timeout).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -178,9 +182,9 @@ impl Orchestrator {
             tracing::warn!(error = %e, "could not store the latest progress of handed-over operations");
         }
         let ids: Vec<String> = resumable.iter().map(|op| op.id.clone()).collect();
-        match inner.store.release(node, &ids).await {
+        match cluster.replicas.release(node, &ids).await {
             Ok(released) => {
-                inner.count(|f| f.handed_over += released);
+                inner.metrics.counter(metrics::HANDED_OVER, &[]).increment(released);
                 tracing::info!(operations = released, "handed operations over to the other replicas");
             }
             Err(e) => {
@@ -194,9 +198,9 @@ impl Orchestrator {
 pub(super) fn spawn_background(inner: &Arc<Inner>, cluster: ClusterSettings) {
     inner.loops.spawn(heartbeats(inner.clone(), cluster.clone()));
     inner.loops.spawn(takeovers(inner.clone(), cluster.clone()));
+    inner.loops.spawn(finish_announcements(inner.clone(), cluster.replicas.clone()));
     inner.loops.spawn(cancel_intents(inner.clone(), cluster));
     inner.loops.spawn(remote_changes(inner.clone()));
-    inner.loops.spawn(finish_announcements(inner.clone()));
 }
 
 /// Renews this replica's leases; an operation another replica took over (this one was paused or
@@ -211,7 +215,7 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
         }
         let now = time::now();
         let node = inner.settings.node_id.as_str();
-        match inner.store.replica_alive(node, &cluster.instance, now, now - cluster.lease_timeout).await {
+        match cluster.replicas.replica_alive(node, &cluster.instance, now, now - cluster.lease_timeout).await {
             Ok(true) => {}
             Ok(false) => tracing::error!("{}", NodeIdInUse(node.to_owned())),
             Err(e) => tracing::warn!(error = %e, "could not renew this replica's presence"),
@@ -265,13 +269,14 @@ async fn takeovers(inner: Arc<Inner>, cluster: ClusterSettings) {
         // there may be more, so claim again at once rather than a scan interval later.
         loop {
             let stale_before = time::now() - cluster.lease_timeout;
-            let claimed = match inner.store.claim_stale(&inner.settings.node_id, stale_before, TAKEOVER_BATCH).await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not look for operations to take over");
-                    break;
-                }
-            };
+            let claimed =
+                match cluster.replicas.claim_stale(&inner.settings.node_id, stale_before, TAKEOVER_BATCH).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not look for operations to take over");
+                        break;
+                    }
+                };
             let full = claimed.len() as i64 == TAKEOVER_BATCH;
             for claimed in claimed {
                 take_over(&inner, claimed).await;
@@ -303,7 +308,7 @@ async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
             None => Outcome::Failed(format!("interrupted: replica {previous} stopped before the operation finished")),
         };
         let became = if matches!(outcome, Outcome::Failed(_)) { "failed" } else { "cancelled" };
-        inner.count(|f| *f.taken_over.entry(became).or_default() += 1);
+        inner.metrics.counter(metrics::TAKEOVERS, &[("outcome", became)]).increment(1);
         if let Some(snapshot) = op.finish(outcome, false, None)
             && let Err(e) = inner.store.save(vec![snapshot], &inner.settings.node_id).await
         {
@@ -317,7 +322,7 @@ async fn take_over(inner: &Arc<Inner>, claimed: Claimed) {
         tracing::warn!(error = %e, "could not record a takeover");
     }
     inner.registry.write().insert(op.id.clone(), op.clone());
-    inner.count(|f| *f.taken_over.entry("resumed").or_default() += 1);
+    inner.metrics.counter(metrics::TAKEOVERS, &[("outcome", "resumed")]).increment(1);
     let id = op.id.clone();
     spawn(inner.clone(), op, job, stored.record.status == Status::Running);
     // A cancel asked of the dead replica is carried out here, through the job (which stops its
@@ -383,10 +388,9 @@ async fn remote_changes(inner: Arc<Inner>) {
 
 /// Passes on PostgreSQL's announcements of operations stored finished, to the cancels this
 /// replica is waiting on.
-async fn finish_announcements(inner: Arc<Inner>) {
-    let mut announcements = match inner.store.announcements(Channel::Finished).await {
-        Ok(Some(listener)) => listener,
-        Ok(None) => return,
+async fn finish_announcements(inner: Arc<Inner>, replicas: Replicas) {
+    let mut announcements = match replicas.announcements(Channel::Finished).await {
+        Ok(listener) => listener,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for finished operations; cross-replica cancels will poll");
             return;
@@ -422,8 +426,8 @@ async fn cancel_intents(inner: Arc<Inner>, cluster: ClusterSettings) {
     };
     let mut announcements = None;
     if cluster.cancel_notify {
-        match inner.store.announcements(Channel::CancelRequested).await {
-            Ok(listener) => announcements = listener,
+        match cluster.replicas.announcements(Channel::CancelRequested).await {
+            Ok(listener) => announcements = Some(listener),
             Err(e) => tracing::warn!(error = %e, "cannot listen for cancel announcements; polling only"),
         }
     }

@@ -10,7 +10,7 @@ use futures_util::future::{AbortHandle, Abortable, Aborted};
 use tracing::Instrument;
 
 use super::{DEFAULT_CANCEL_REASON, Inner, SHUTDOWN_REASON};
-use crate::metrics::{Histogram, SLOW_BUCKETS};
+use crate::metrics;
 use crate::ops::job::{BoxedJob, JobError, OperationHandle, RemoteStopReport};
 use crate::ops::live::LiveOperation;
 use crate::ops::record::{Outcome, Status};
@@ -107,17 +107,10 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     inner.registry.write().remove(&op.id);
     op.mark_settled();
     tracing::info!(status = %snapshot.record.status, "operation finished");
-    {
-        let r = &snapshot.record;
-        let mut figures = inner.figures.lock();
-        *figures.finished.entry((r.operation_type.clone(), r.status.as_str())).or_default() += 1;
-        if let Some(seconds) = r.duration_seconds() {
-            figures
-                .durations
-                .entry(r.operation_type.clone())
-                .or_insert_with(|| Histogram::new(SLOW_BUCKETS))
-                .observe(seconds);
-        }
+    let (kind, status) = (snapshot.record.operation_type.as_str(), snapshot.record.status.as_str());
+    inner.metrics.counter(metrics::OPERATIONS_FINISHED, &[("type", kind), ("status", status)]).increment(1);
+    if let Some(seconds) = snapshot.record.duration_seconds() {
+        inner.metrics.histogram(metrics::OPERATION_DURATION, &[("type", kind)]).record(seconds);
     }
     if let (Status::Cancelled, Some(hook)) = (snapshot.record.status, hook) {
         let report = RemoteStopReport {

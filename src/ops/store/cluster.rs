@@ -1,7 +1,8 @@
 //! What several replicas sharing one PostgreSQL database ask of the store: adopting and claiming
 //! operations, heartbeats and the replicas alive, handing work over, cancels asked across
-//! replicas, and the announcements that carry them. On SQLite (one process) the answers are the
-//! trivial ones.
+//! replicas, and the announcements that carry them. What needs PostgreSQL is on [`Replicas`],
+//! which only a PostgreSQL store hands out: on SQLite there is nothing to call, rather than
+//! calls that silently do nothing.
 
 use super::*;
 
@@ -49,127 +50,6 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?
         });
         Ok(ids)
-    }
-
-    /// Renews this process's row among the replicas alive, unless another process (`instance`)
-    /// holds the name and renewed it after `stale_before`: then false. PostgreSQL only.
-    pub async fn replica_alive(
-        &self,
-        node: &str,
-        instance: &str,
-        now: Timestamp,
-        stale_before: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(true) };
-        let renewed = sqlx::query(
-            "INSERT INTO replicas (node_id, instance, heartbeat_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (node_id) DO UPDATE SET instance = excluded.instance, heartbeat_at = excluded.heartbeat_at \
-             WHERE replicas.instance = excluded.instance OR replicas.heartbeat_at < $4",
-        )
-        .bind(node)
-        .bind(instance)
-        .bind(time::to_micros(&now))
-        .bind(time::to_micros(&stale_before))
-        .execute(pool)
-        .await?
-        .rows_affected();
-        Ok(renewed > 0)
-    }
-
-    /// When the process holding the name `node` last renewed it, and which process it is.
-    pub async fn replica(&self, node: &str) -> Result<Option<(String, i64)>, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(None) };
-        let row = sqlx::query_as("SELECT instance, heartbeat_at FROM replicas WHERE node_id = $1")
-            .bind(node)
-            .fetch_optional(pool)
-            .await?;
-        Ok(row)
-    }
-
-    /// This process is stopping: it is no longer counted among the replicas alive.
-    pub async fn replica_gone(&self, node: &str, instance: &str) -> Result<(), StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(()) };
-        sqlx::query("DELETE FROM replicas WHERE node_id = $1 AND instance = $2")
-            .bind(node)
-            .bind(instance)
-            .execute(pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The replicas that renewed their row after `since`, by name.
-    pub async fn replicas_alive(&self, since: Timestamp) -> Result<Vec<String>, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(Vec::new()) };
-        let names = sqlx::query_scalar("SELECT node_id FROM replicas WHERE heartbeat_at > $1 ORDER BY node_id")
-            .bind(time::to_micros(&since))
-            .fetch_all(pool)
-            .await?;
-        Ok(names)
-    }
-
-    /// Whether a replica other than `node` renewed its row after `since`.
-    pub async fn others_alive(&self, node: &str, since: Timestamp) -> Result<bool, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(false) };
-        let alive =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM replicas WHERE node_id <> $1 AND heartbeat_at > $2)")
-                .bind(node)
-                .bind(time::to_micros(&since))
-                .fetch_one(pool)
-                .await?;
-        Ok(alive)
-    }
-
-    /// Gives up `owner`'s leases on these unfinished operations at once: the other replicas'
-    /// next takeover scan claims them.
-    pub async fn release(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(0) };
-        let released = sqlx::query(
-            "UPDATE operations SET heartbeat_at = 0, lease_expires_at = NULL \
-             WHERE owner_node = $1 AND operation_id = ANY($2) AND status IN ('pending', 'running')",
-        )
-        .bind(owner)
-        .bind(ids)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        Ok(released)
-    }
-
-    /// Takes over, for `owner`, unfinished operations whose owner has not renewed its lease since
-    /// `stale_before`. PostgreSQL only (`FOR UPDATE SKIP LOCKED`: replicas scanning together claim
-    /// different rows).
-    pub async fn claim_stale(
-        &self,
-        owner: &str,
-        stale_before: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(Vec::new()) };
-        let now = time::to_micros(&time::now());
-        let rows = sqlx::query(
-            "WITH stale AS ( \
-               SELECT operation_id, owner_node FROM operations \
-               WHERE status IN ('pending', 'running') AND owner_node <> $1 AND heartbeat_at < $2 \
-               ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE operations o SET owner_node = $1, heartbeat_at = $4, lease_expires_at = NULL \
-             FROM stale WHERE o.operation_id = stale.operation_id \
-             RETURNING o.operation_id, o.record, o.job_state, o.cancel_reason, stale.owner_node AS previous_owner",
-        )
-        .bind(owner)
-        .bind(time::to_micros(&stale_before))
-        .bind(limit)
-        .bind(now)
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Claimed {
-                    stored: decode(row)?,
-                    previous_owner: row.try_get::<Option<String>, _>("previous_owner")?.unwrap_or_default(),
-                    cancel_reason: row.try_get("cancel_reason")?,
-                })
-            })
-            .collect()
     }
 
     /// Records the intent to cancel an operation some replica runs and wakes that replica
@@ -241,13 +121,152 @@ impl Store {
         });
         Ok(changed > 0)
     }
+}
+
+/// The store's side of several replicas sharing the database: the replicas alive, handing work
+/// over, claiming a dead replica's work, announcements. PostgreSQL only — [`Store::replicas`].
+#[derive(Clone, Debug)]
+pub struct Replicas {
+    pool: sqlx::PgPool,
+}
+
+impl Store {
+    /// The replicas' side of the store; `None` on SQLite, which one process uses alone.
+    pub fn replicas(&self) -> Option<Replicas> {
+        match &self.inner.readers {
+            Db::Postgres(pool) => Some(Replicas { pool: pool.clone() }),
+            Db::Sqlite(_) => None,
+        }
+    }
+}
+
+impl Replicas {
+    /// Renews this process's row among the replicas alive, unless another process (`instance`)
+    /// holds the name and renewed it after `stale_before`: then false.
+    pub async fn replica_alive(
+        &self,
+        node: &str,
+        instance: &str,
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let pool = &self.pool;
+        let renewed = sqlx::query(
+            "INSERT INTO replicas (node_id, instance, heartbeat_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id) DO UPDATE SET instance = excluded.instance, heartbeat_at = excluded.heartbeat_at \
+             WHERE replicas.instance = excluded.instance OR replicas.heartbeat_at < $4",
+        )
+        .bind(node)
+        .bind(instance)
+        .bind(time::to_micros(&now))
+        .bind(time::to_micros(&stale_before))
+        .execute(pool)
+        .await?
+        .rows_affected();
+        Ok(renewed > 0)
+    }
+
+    /// When the process holding the name `node` last renewed it, and which process it is.
+    pub async fn replica(&self, node: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let pool = &self.pool;
+        let row = sqlx::query_as("SELECT instance, heartbeat_at FROM replicas WHERE node_id = $1")
+            .bind(node)
+            .fetch_optional(pool)
+            .await?;
+        Ok(row)
+    }
+
+    /// This process is stopping: it is no longer counted among the replicas alive.
+    pub async fn replica_gone(&self, node: &str, instance: &str) -> Result<(), StoreError> {
+        let pool = &self.pool;
+        sqlx::query("DELETE FROM replicas WHERE node_id = $1 AND instance = $2")
+            .bind(node)
+            .bind(instance)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The replicas that renewed their row after `since`, by name.
+    pub async fn replicas_alive(&self, since: Timestamp) -> Result<Vec<String>, StoreError> {
+        let pool = &self.pool;
+        let names = sqlx::query_scalar("SELECT node_id FROM replicas WHERE heartbeat_at > $1 ORDER BY node_id")
+            .bind(time::to_micros(&since))
+            .fetch_all(pool)
+            .await?;
+        Ok(names)
+    }
+
+    /// Whether a replica other than `node` renewed its row after `since`.
+    pub async fn others_alive(&self, node: &str, since: Timestamp) -> Result<bool, StoreError> {
+        let pool = &self.pool;
+        let alive =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM replicas WHERE node_id <> $1 AND heartbeat_at > $2)")
+                .bind(node)
+                .bind(time::to_micros(&since))
+                .fetch_one(pool)
+                .await?;
+        Ok(alive)
+    }
+
+    /// Gives up `owner`'s leases on these unfinished operations at once: the other replicas'
+    /// next takeover scan claims them.
+    pub async fn release(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
+        let pool = &self.pool;
+        let released = sqlx::query(
+            "UPDATE operations SET heartbeat_at = 0, lease_expires_at = NULL \
+             WHERE owner_node = $1 AND operation_id = ANY($2) AND status IN ('pending', 'running')",
+        )
+        .bind(owner)
+        .bind(ids)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        Ok(released)
+    }
+
+    /// Takes over, for `owner`, unfinished operations whose owner has not renewed its lease since
+    /// `stale_before`. (`FOR UPDATE SKIP LOCKED`: replicas scanning together claim
+    /// different rows).
+    pub async fn claim_stale(
+        &self,
+        owner: &str,
+        stale_before: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let pool = &self.pool;
+        let now = time::to_micros(&time::now());
+        let rows = sqlx::query(
+            "WITH stale AS ( \
+               SELECT operation_id, owner_node FROM operations \
+               WHERE status IN ('pending', 'running') AND owner_node <> $1 AND heartbeat_at < $2 \
+               ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE operations o SET owner_node = $1, heartbeat_at = $4, lease_expires_at = NULL \
+             FROM stale WHERE o.operation_id = stale.operation_id \
+             RETURNING o.operation_id, o.record, o.job_state, o.cancel_reason, stale.owner_node AS previous_owner",
+        )
+        .bind(owner)
+        .bind(time::to_micros(&stale_before))
+        .bind(limit)
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Claimed {
+                    stored: decode(row)?,
+                    previous_owner: row.try_get::<Option<String>, _>("previous_owner")?.unwrap_or_default(),
+                    cancel_reason: row.try_get("cancel_reason")?,
+                })
+            })
+            .collect()
+    }
 
     /// Ids of operations whose cancel was requested, as PostgreSQL announces them (`LISTEN`).
     /// The listener reconnects by itself; what is announced while it is away is found by polling.
-    pub async fn announcements(&self, channel: Channel) -> Result<Option<Announcements>, StoreError> {
-        let Db::Postgres(pool) = &self.inner.readers else { return Ok(None) };
-        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    pub async fn announcements(&self, channel: Channel) -> Result<Announcements, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(channel.name()).await?;
-        Ok(Some(Announcements { listener }))
+        Ok(Announcements { listener })
     }
 }

@@ -7,7 +7,6 @@
 mod postgres;
 mod sqlite;
 
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use sqlx::Row;
 use sqlx::migrate::Migrator;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::{FAST_BUCKETS, Histogram};
+use crate::metrics::Metrics;
 use crate::ops::record::{OperationRecord, Status};
 use crate::ops::snapshot::Snapshot;
 use crate::time::{self, Timestamp};
@@ -138,6 +137,7 @@ macro_rules! on_db {
 }
 
 mod cluster;
+pub use cluster::Replicas;
 mod writer;
 
 use writer::{WriteCmd, writer_loop};
@@ -217,15 +217,13 @@ struct StoreInner {
     closed: tokio_util::sync::CancellationToken,
     /// The writer and the SQLite checkpointer, so that closing can wait for them.
     tasks: tokio_util::task::TaskTracker,
-    writes_seen: Arc<Mutex<WriteFigures>>,
 }
 
-/// What the writer has done: transaction latencies and rows written.
-#[derive(Debug, Clone)]
-pub struct WriteFigures {
-    pub transactions: Histogram,
-    pub rows: u64,
-    pub failures: u64,
+/// What the writer records: transaction latencies, rows written, failures.
+pub(super) struct WriteFigures {
+    pub transactions: metrics::Histogram,
+    pub rows: metrics::Counter,
+    pub failures: metrics::Counter,
 }
 
 impl Drop for StoreInner {
@@ -243,6 +241,7 @@ impl Store {
         url: &str,
         max_connections: u32,
         stuck_transaction_timeout: Duration,
+        metrics: &Metrics,
     ) -> Result<Store, StoreError> {
         let (readers, writer, backend) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = postgres::open(url, max_connections, stuck_transaction_timeout).await?;
@@ -253,16 +252,19 @@ impl Store {
         };
         let (writes, urgent) = mpsc::channel(16 * MAX_BATCH);
         let (progress, background) = mpsc::channel(64);
-        let writes_seen =
-            Arc::new(Mutex::new(WriteFigures { transactions: Histogram::new(FAST_BUCKETS), rows: 0, failures: 0 }));
+        let figures = WriteFigures {
+            transactions: metrics.histogram(crate::metrics::STORE_WRITE_DURATION, &[("backend", backend.as_str())]),
+            rows: metrics.counter(crate::metrics::STORE_ROWS_WRITTEN, &[]),
+            failures: metrics.counter(crate::metrics::STORE_WRITE_FAILURES, &[]),
+        };
         let closed = tokio_util::sync::CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
-        tasks.spawn(writer_loop(writer, urgent, background, writes_seen.clone(), closed.clone()));
+        tasks.spawn(writer_loop(writer, urgent, background, figures, closed.clone()));
         if let Db::Sqlite(pool) = &readers {
             tasks.spawn(sqlite::checkpoint_periodically(pool.clone(), closed.clone()));
         }
         tasks.close();
-        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, backend, closed, tasks, writes_seen }) })
+        Ok(Store { inner: Arc::new(StoreInner { readers, writes, progress, backend, closed, tasks }) })
     }
 
     /// Writes what is queued, stops the writer and the checkpointer, and waits for them. Every
@@ -283,11 +285,6 @@ impl Store {
         };
         self.send(cmd).await?;
         answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Write transactions so far (for metrics).
-    pub fn write_figures(&self) -> WriteFigures {
-        self.inner.writes_seen.lock().clone()
     }
 
     pub fn backend(&self) -> Backend {
@@ -490,8 +487,8 @@ where
     let id: String = row.try_get("operation_id")?;
     let record: String = row.try_get("record")?;
     let job_state: Option<String> = row.try_get("job_state")?;
-    let record: OperationRecord =
-        serde_json::from_str(&record).map_err(|source| StoreError::Corrupt { id: id.clone(), source: Arc::new(source) })?;
+    let record: OperationRecord = serde_json::from_str(&record)
+        .map_err(|source| StoreError::Corrupt { id: id.clone(), source: Arc::new(source) })?;
     let job_state = job_state
         .map(|s| serde_json::from_str::<Value>(&s))
         .transpose()

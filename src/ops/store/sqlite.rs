@@ -38,11 +38,8 @@ pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool,
         .await
         .map_err(opening)?;
     super::SQLITE_MIGRATIONS.run(&writer).await?;
-    let readers = SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .connect_with(options)
-        .await
-        .map_err(opening)?;
+    let readers =
+        SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await.map_err(opening)?;
     Ok((readers, writer))
 }
 

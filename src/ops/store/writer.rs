@@ -39,7 +39,7 @@ pub(super) async fn writer_loop(
     db: Db,
     mut urgent: mpsc::Receiver<WriteCmd>,
     mut background: mpsc::Receiver<WriteCmd>,
-    figures: Arc<Mutex<WriteFigures>>,
+    figures: WriteFigures,
     closed: tokio_util::sync::CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -86,13 +86,10 @@ pub(super) async fn writer_loop(
         }
         let began = std::time::Instant::now();
         let outcome = apply(&db, &batch).await;
-        {
-            let mut f = figures.lock();
-            f.transactions.observe(began.elapsed().as_secs_f64());
-            match &outcome {
-                Ok(_) => f.rows += rows as u64,
-                Err(_) => f.failures += 1,
-            }
+        figures.transactions.record(began.elapsed().as_secs_f64());
+        match &outcome {
+            Ok(_) => figures.rows.increment(rows as u64),
+            Err(_) => figures.failures.increment(1),
         }
         match outcome {
             Ok(results) => {
