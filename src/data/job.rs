@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::backoff::Backoff;
-use crate::data::calendar::{self, InstrumentKind};
+use crate::data::calendar;
 use crate::data::coverage::Coverage;
+use crate::data::fetch::{Downloads, Fetch, SegmentStop};
 use crate::data::frame::{Bars, to_timestamp};
 use crate::data::gaps::{self, Gap};
 use crate::data::gateway::GatewayGuard;
@@ -20,7 +21,7 @@ use crate::data::repository::{CacheError, Repository};
 use crate::data::request::{LoadSpec, Mode};
 use crate::hosts::ib::{IbClient, IbError};
 use crate::hosts::stall::observe_stalls;
-use crate::ops::{Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Steps};
+use crate::ops::{Job, JobContext, JobError, JobResult, OperationHandle, Steps};
 use crate::time::{self, Timestamp};
 
 /// Tunables of data loads (config `[data]`).
@@ -42,7 +43,7 @@ impl LoadSettings {
     const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
     /// Pauses between tries of a segment: doubling from `retry_base_delay`.
-    fn retry_backoff(&self) -> Backoff {
+    pub(super) fn retry_backoff(&self) -> Backoff {
         Backoff::exponential(self.retry_base_delay, Self::MAX_RETRY_DELAY)
     }
 }
@@ -120,23 +121,6 @@ pub struct LoadState {
     pub planned: Window,
 }
 
-/// What the download did.
-#[derive(Default)]
-struct Downloads {
-    /// Fetched since the last save.
-    pending: Vec<crate::hosts::ib::Bar>,
-    /// Segments fetched to the end since the last save (complete once saved).
-    done: Vec<Window>,
-    rows_downloaded: u64,
-    segments_fetched: u64,
-    segments_failed: u64,
-    requests: u64,
-    last_error: Option<String>,
-    /// Per planned range: bars fetched, and whether a segment of it failed.
-    range_bars: Vec<u64>,
-    range_failed: Vec<bool>,
-}
-
 /// The series as saved: its bars and its coverage index, always written in that order.
 struct Series<'a> {
     repository: &'a Repository,
@@ -197,88 +181,115 @@ impl Job for DataLoadJob {
 }
 
 impl DataLoadJob {
+    /// The seven steps, each a phase below; what a phase finds is what the next one gets.
     async fn load(self, ctx: JobContext<Self>) -> JobResult {
         let began = Instant::now();
         let (sym, tf, mode) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str(), self.spec.mode);
-        let progress = ctx.progress();
-        progress.context([
+        ctx.progress().context([
             ("symbol".to_owned(), json!(sym)),
             ("timeframe".to_owned(), json!(tf)),
             ("mode".to_owned(), json!(mode.as_str())),
         ]);
         let gateway = GatewayGuard { ib: &self.ib, ctx: &ctx, wait: self.settings.wait_for_gateway };
 
-        // 1. The symbol, as IB knows it (and its head timestamp, when IB says).
         ctx.step(LoadStep::ValidateSymbol, format!("Validating symbol {sym}"));
-        let mut head = self.validate(&gateway).await?;
+        let head = self.validate(&gateway).await?;
+        let _series_lock = self.lock_series(&ctx).await?;
 
-        // One load per series at a time; the second waits, and says so.
-        let lock = self.repository.series_lock(&self.spec.symbol, self.spec.timeframe);
-        let _series_lock = match lock.clone().try_lock_owned() {
-            Ok(guard) => guard,
-            Err(_) => {
-                progress.detail(format!("waiting for another load of {sym} {tf} to finish"));
-                tokio::select! {
-                    guard = lock.lock_owned() => guard,
-                    _ = ctx.cancelled() => return Err(JobError::Cancelled),
-                }
-            }
-        };
-
-        // 2. The cache and its coverage index.
         ctx.step(LoadStep::ReadCache, format!("Loading cached data for {sym} {tf}"));
-        let bars = self
-            .repository
-            .read(&self.spec.symbol, self.spec.timeframe)
-            .await
-            .map_err(|e| JobError::failed_by(e.to_string(), e))?;
-        let coverage = self.repository.read_coverage(&self.spec.symbol, self.spec.timeframe, bars.clone()).await;
+        let (bars, coverage) = self.read_cache().await?;
         let rows_before = bars.len() as u64;
-
-        // 3. The range: never before IB's first bar, never after now.
-        ctx.step(LoadStep::ValidateRange, format!("Validating date range for {sym}"));
-        if mode != Mode::Local && head.is_none() {
-            head = self.head_timestamp(&gateway).await?;
-        }
         let cached = match (bars.ts.first(), bars.ts.last()) {
             (Some(first), Some(last)) => Some(Cached { first: *first, last: *last }),
             _ => None,
         };
+
+        ctx.step(LoadStep::ValidateRange, format!("Validating date range for {sym}"));
+        let head = match head {
+            None if mode != Mode::Local => self.head_timestamp(&gateway).await?,
+            known => known,
+        };
         let (start, end) = self.span(head, cached);
 
-        // 4. What is missing.
         ctx.step(LoadStep::AnalyzeGaps, format!("Analyzing data gaps for {sym} ({} mode)", mode.as_str()));
         let (plan, coverage) = self.plan(&bars, coverage, cached, start, end).await?;
         self.warn_if_backfill_stops_short(&ctx, &plan, &coverage, end);
         let mut series = Series { repository: &self.repository, spec: &self.spec, bars, coverage };
-        if let (Some(first), Some(last)) = (plan.ranges.first(), plan.ranges.last()) {
-            // A replica that takes this load over fetches what is still missing in this span.
-            ctx.save_state(&LoadState { planned: Window { start: first.start, end: last.end } }).await?;
-            // What is planned stays "incomplete" in the index until fetched, so that a load
-            // interrupted halfway leaves its unfinished part for the next one to finish.
-            series.write_coverage().await?;
-        }
-        progress.step_progress(
-            1,
-            1,
-            None,
-            Some(format!("{} missing ranges, {} expected closures", plan.ranges.len(), plan.expected_gaps)),
-        );
+        self.record_plan(&ctx, &plan, &series).await?;
 
-        // 5. Segments of at most IB's span.
         let n = plan.segments.len();
         ctx.step(LoadStep::CreateSegments, format!("Creating {n} download segments"));
-        progress.context([
+        ctx.progress().context([
             ("segments_total".to_owned(), json!(n)),
             ("segments_done".to_owned(), json!(0)),
             ("bars_fetched".to_owned(), json!(0)),
         ]);
 
-        // 6. Download, saving as we go.
         ctx.step_within(LoadStep::Download, format!("Downloading {n} segments from IB"), LoadStep::download_band(n));
         let summary = |series: &Series, downloads: &Downloads| {
             self.summary(&plan, series, downloads, rows_before, began.elapsed())
         };
+        let mut downloads = self.download(&ctx, &gateway, &plan, &mut series, &summary).await?;
+
+        ctx.step(LoadStep::Save, format!("Merging and saving {sym} {tf} data"));
+        // A local load only reads: it leaves the folder as it found it.
+        if mode != Mode::Local {
+            series.save(&mut downloads).await?;
+        }
+        Ok(summary(&series, &downloads))
+    }
+
+    /// One load per series at a time; the second waits, and says so.
+    async fn lock_series(&self, ctx: &OperationHandle) -> Result<tokio::sync::OwnedMutexGuard<()>, JobError> {
+        let lock = self.repository.series_lock(&self.spec.symbol, self.spec.timeframe);
+        if let Ok(guard) = lock.clone().try_lock_owned() {
+            return Ok(guard);
+        }
+        let (sym, tf) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str());
+        ctx.progress().detail(format!("waiting for another load of {sym} {tf} to finish"));
+        tokio::select! {
+            guard = lock.lock_owned() => Ok(guard),
+            _ = ctx.cancelled() => Err(JobError::Cancelled),
+        }
+    }
+
+    /// Step 2: the cached series and its coverage index.
+    async fn read_cache(&self) -> Result<(Arc<Bars>, Option<Coverage>), JobError> {
+        let (symbol, timeframe) = (&self.spec.symbol, self.spec.timeframe);
+        let bars = self.repository.read(symbol, timeframe).await.map_err(|e| JobError::failed_by(e.to_string(), e))?;
+        let coverage = self.repository.read_coverage(symbol, timeframe, bars.clone()).await;
+        Ok((bars, coverage))
+    }
+
+    /// Step 4, once planned: the span is stored (a replica that takes this load over fetches
+    /// what is still missing in it), and the planned ranges stay "incomplete" in the index until
+    /// fetched, so that a load interrupted halfway leaves its unfinished part for the next one.
+    async fn record_plan(&self, ctx: &JobContext<Self>, plan: &Plan, series: &Series<'_>) -> Result<(), JobError> {
+        if let (Some(first), Some(last)) = (plan.ranges.first(), plan.ranges.last()) {
+            ctx.save_state(&LoadState { planned: Window { start: first.start, end: last.end } }).await?;
+            series.write_coverage().await?;
+        }
+        ctx.progress().step_progress(
+            1,
+            1,
+            None,
+            Some(format!("{} missing ranges, {} expected closures", plan.ranges.len(), plan.expected_gaps)),
+        );
+        Ok(())
+    }
+
+    /// Step 6: every segment in turn, saving as it goes. A failed segment is recorded and the
+    /// load goes on; a cancel or a fatal error saves what was fetched and stops.
+    async fn download(
+        &self,
+        ctx: &OperationHandle,
+        gateway: &GatewayGuard<'_>,
+        plan: &Plan,
+        series: &mut Series<'_>,
+        summary: &(dyn Fn(&Series, &Downloads) -> Value + Sync),
+    ) -> Result<Downloads, JobError> {
+        let progress = ctx.progress();
+        let n = plan.segments.len();
         let mut downloads = Downloads {
             range_bars: vec![0; plan.ranges.len()],
             range_failed: vec![false; plan.ranges.len()],
@@ -290,9 +301,9 @@ impl DataLoadJob {
             progress.step_progress(i as u64, n as u64, Some(downloads.rows_downloaded), Some(label.clone()));
             let range = plan.range_of[i];
             let before = downloads.rows_downloaded;
-            let outcome =
-                fetch_segment(&gateway, &self.spec, *segment, &self.settings, &progress, &label, &mut downloads).await;
-            let stop = match outcome {
+            let fetch =
+                Fetch { gateway, spec: &self.spec, settings: &self.settings, progress: &progress, label: &label };
+            let stop = match fetch.segment(*segment, &mut downloads).await {
                 Ok(()) => {
                     downloads.done.push(*segment);
                     downloads.range_bars[range] += downloads.rows_downloaded - before;
@@ -311,7 +322,7 @@ impl DataLoadJob {
             if let Some(stop) = stop {
                 series.save(&mut downloads).await?;
                 // The stop is what the record must say; a summary that could not be stored is a warning.
-                if let Err(e) = ctx.result_so_far(summary(&series, &downloads)).await {
+                if let Err(e) = ctx.result_so_far(summary(series, &downloads)).await {
                     ctx.warn(e.to_string());
                 }
                 return Err(stop);
@@ -323,24 +334,17 @@ impl DataLoadJob {
             progress.step_progress(i as u64 + 1, n as u64, Some(downloads.rows_downloaded), None);
             if last_save.elapsed() >= self.settings.save_interval {
                 series.save(&mut downloads).await?;
-                ctx.result_so_far(summary(&series, &downloads)).await?;
+                ctx.result_so_far(summary(series, &downloads)).await?;
                 last_save = Instant::now();
             }
         }
         if n > 0 && downloads.segments_failed == n as u64 {
             series.save(&mut downloads).await?;
-            ctx.result_so_far(summary(&series, &downloads)).await?;
+            ctx.result_so_far(summary(series, &downloads)).await?;
             let last = downloads.last_error.unwrap_or_default();
             return Err(JobError::failed(format!("none of the {n} segments could be fetched; the last error: {last}")));
         }
-
-        // 7. Merge and save.
-        ctx.step(LoadStep::Save, format!("Merging and saving {sym} {tf} data"));
-        // A local load only reads: it leaves the folder as it found it.
-        if mode != Mode::Local {
-            series.save(&mut downloads).await?;
-        }
-        Ok(summary(&series, &downloads))
+        Ok(downloads)
     }
 
     /// Step 1: the symbol as IB knows it, and its first bar when IB says.
@@ -497,101 +501,5 @@ impl DataLoadJob {
             "file": self.spec.file_name(),
             "execution_time_seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         })
-    }
-}
-
-enum SegmentStop {
-    Cancelled,
-    /// This segment could not be fetched; the load goes on.
-    Failed(String),
-    /// The whole load cannot go on (e.g. the symbol vanished).
-    Fatal(String),
-}
-
-/// Fetches one segment: retries transient errors with backoff (each try through the pacing
-/// limiter), retries after a pacing violation once the limiter allows, clamps to IB's head. A
-/// gateway reported down stops the load (or waits for it, as the guard is set).
-async fn fetch_segment(
-    gateway: &GatewayGuard<'_>,
-    spec: &LoadSpec,
-    segment: Window,
-    settings: &LoadSettings,
-    progress: &ProgressReporter,
-    label: &str,
-    downloads: &mut Downloads,
-) -> Result<(), SegmentStop> {
-    let token = gateway.ctx.token();
-    const PACING_RETRIES: u32 = 3;
-    let (sym, tf) = (spec.symbol.as_str(), spec.timeframe.as_str());
-    let mut start = segment.start;
-    let (mut attempts, mut pacing_retries) = (0u32, 0u32);
-    loop {
-        attempts += 1;
-        let on_wait = |left: Duration| {
-            progress.detail(format!("{label}: waiting for IB pacing ({} s)", left.as_secs_f64().ceil() as u64))
-        };
-        let (from, to) = (to_timestamp(start), to_timestamp(segment.end));
-        let result = gateway.call(|| gateway.ib.historical(sym, tf, from, to, token, on_wait)).await;
-        if !matches!(result, Err(IbError::Cancelled)) {
-            downloads.requests += 1;
-        }
-        let error = match result {
-            Ok(mut bars) => {
-                if spec.parameters.filters.trading_hours_only
-                    && spec.timeframe.is_intraday()
-                    && calendar::instrument_kind(sym) == InstrumentKind::Stock
-                {
-                    bars.retain(|b| {
-                        calendar::nyse_session(calendar::utc_to_new_york(b.timestamp).date())
-                            .is_some_and(|(open, close)| b.timestamp >= open && b.timestamp < close)
-                    });
-                }
-                let k = bars.len() as u64;
-                downloads.rows_downloaded += k;
-                downloads.segments_fetched += 1;
-                downloads.pending.extend(bars);
-                progress
-                    .detail(format!("loaded {k} bars from {}", label.split(' ').take(2).collect::<Vec<_>>().join(" ")));
-                return Ok(());
-            }
-            Err(IbError::NoData(_)) => {
-                downloads.segments_fetched += 1;
-                return Ok(());
-            }
-            Err(IbError::Cancelled) => return Err(SegmentStop::Cancelled),
-            Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => return Err(SegmentStop::Fatal(m)),
-            Err(IbError::BeforeHead { head, message }) => {
-                let head = head.timestamp();
-                if head > start && head <= segment.end {
-                    start = head;
-                    continue;
-                }
-                if head > segment.end {
-                    // Entirely before IB's first bar: nothing to fetch here.
-                    downloads.segments_fetched += 1;
-                    return Ok(());
-                }
-                message
-            }
-            Err(IbError::Pacing(message)) => {
-                pacing_retries += 1;
-                if pacing_retries <= PACING_RETRIES {
-                    attempts -= 1;
-                    continue;
-                }
-                message
-            }
-            Err(IbError::Transient(message)) if attempts < settings.segment_attempts => {
-                let pause = settings.retry_backoff().delay(attempts);
-                progress
-                    .detail(format!("{label}: retrying in {} s after: {message}", pause.as_secs_f64().ceil() as u64));
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => continue,
-                    _ = token.cancelled() => return Err(SegmentStop::Cancelled),
-                }
-            }
-            Err(IbError::Transient(message) | IbError::Rejected(message)) => message,
-        };
-        return Err(SegmentStop::Failed(error));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod calendar;
 pub mod coverage;
+mod fetch;
 pub mod frame;
 pub mod gaps;
 pub mod gateway;

@@ -198,8 +198,10 @@ async fn a_pacing_violation_from_the_host_holds_the_client_back() {
 
 #[tokio::test]
 async fn our_pacing_keeps_the_simulators_ib_rules() {
-    let rig =
-        rig(Protocol::Operations, IbKnobs { pacing: true, ..IbKnobs::default() }, TrainingKnobs::default(), true).await;
+    // The host judges by arrival: a request held up on its way (a loaded test machine) can arrive
+    // closer to the next than it was sent, so the host allows what a network would add.
+    let knobs = IbKnobs { pacing: true, pacing_tolerance_ms: 250, ..IbKnobs::default() };
+    let rig = rig(Protocol::Operations, knobs, TrainingKnobs::default(), true).await;
     let ib = &rig.hosts.ib;
     let mut waits = Vec::new();
     for day in 2..=4 {
