@@ -292,6 +292,10 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             if timeout_at(end, http).await.is_err() {
                 tracing::warn!("HTTP connections still open at the shutdown deadline");
             }
+            // The last writes are in; the writer and checkpointer end.
+            if timeout_at(end, orchestrator.store().close()).await.is_err() {
+                tracing::warn!("the store was still writing at the shutdown deadline");
+            }
             tracing::info!("shutdown complete");
         }
     });

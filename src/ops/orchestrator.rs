@@ -28,6 +28,8 @@ use crate::time;
 mod cluster;
 mod lookup;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 pub use lookup::{LiveView, Lookup, RemoteView};
 use supervisor::{flush_progress, flush_progress_periodically, spawn};

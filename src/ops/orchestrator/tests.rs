@@ -1,0 +1,187 @@
+//! The supervisor's promise, checked on the orchestrator itself: whatever a job does — ignores
+//! its cancel past the grace period, panics, fails with a cause — an outcome is stored, the
+//! cancel answers, and nothing stays `running`.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::*;
+use crate::dummy::DummyStep;
+use crate::ops::job::{Job, JobContext, JobError, JobResult};
+use crate::ops::progress::DefaultRenderer;
+
+/// Never races its token: only the abort after the grace period stops it.
+struct Stubborn;
+
+impl Job for Stubborn {
+    const TYPE: &'static str = "stubborn";
+    type Request = Map<String, Value>;
+    type State = ();
+    type Step = DummyStep;
+
+    fn summary(_: &Self::Request) -> Option<String> {
+        None
+    }
+
+    async fn run(self, _ctx: JobContext<Self>) -> JobResult {
+        std::future::pending::<()>().await;
+        unreachable!("pending never completes")
+    }
+}
+
+/// Panics as soon as it runs.
+struct Panicking;
+
+impl Job for Panicking {
+    const TYPE: &'static str = "panicking";
+    type Request = Map<String, Value>;
+    type State = ();
+    type Step = DummyStep;
+
+    fn summary(_: &Self::Request) -> Option<String> {
+        None
+    }
+
+    async fn run(self, _ctx: JobContext<Self>) -> JobResult {
+        panic!("a bug in the job");
+    }
+}
+
+/// Fails with an error behind its message.
+struct Failing;
+
+impl Job for Failing {
+    const TYPE: &'static str = "failing";
+    type Request = Map<String, Value>;
+    type State = ();
+    type Step = DummyStep;
+
+    fn summary(_: &Self::Request) -> Option<String> {
+        None
+    }
+
+    async fn run(self, _ctx: JobContext<Self>) -> JobResult {
+        let cause = std::io::Error::other("disk on fire");
+        Err(JobError::failed_by(format!("could not write the file: {cause}"), cause))
+    }
+}
+
+const GRACE: Duration = Duration::from_millis(100);
+
+async fn orchestrator(dir: &tempfile::TempDir) -> Orchestrator {
+    let metrics = Metrics::default();
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    let store = Store::open(&url, 2, Duration::from_secs(5), &metrics).await.unwrap();
+    let settings = Settings {
+        cancel_grace: GRACE,
+        persist_interval: Duration::from_millis(50),
+        idempotency_ttl: Duration::from_secs(60),
+        node_id: "unit".into(),
+        reconcile_all: true,
+        max_concurrent: HashMap::new(),
+        remote_cache_ttl: Duration::ZERO,
+        remote_poll_interval: Duration::from_millis(50),
+        cluster: None,
+    };
+    let renderer = || Arc::new(DefaultRenderer);
+    let types = vec![
+        OperationType::of::<Stubborn>(renderer()),
+        OperationType::of::<Panicking>(renderer()),
+        OperationType::of::<Failing>(renderer()),
+    ];
+    Orchestrator::new(store, settings, types, metrics)
+}
+
+async fn start<J: Job<Request = Map<String, Value>>>(orchestrator: &Orchestrator, job: J) -> String {
+    match orchestrator.submit(job, &Map::new(), None).await.unwrap() {
+        Submitted::Started(snapshot) => snapshot.record.operation_id.clone(),
+        Submitted::Existing(id) => panic!("no idempotency key was given, yet {id} was found"),
+    }
+}
+
+/// Returns once the job runs (a cancel before that never reaches the job).
+async fn running(orchestrator: &Orchestrator, id: &str) {
+    for _ in 0..200 {
+        if orchestrator.inner.live(id).is_some_and(|op| op.snapshot().record.status == Status::Running) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{id} never ran");
+}
+
+/// The stored record once it is terminal.
+async fn settled(orchestrator: &Orchestrator, id: &str) -> Snapshot {
+    for _ in 0..200 {
+        if let Some(stored) = orchestrator.store().get(id).await.unwrap()
+            && stored.is_terminal()
+        {
+            return stored;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} never ended");
+}
+
+#[tokio::test]
+async fn work_that_ignores_its_cancel_is_aborted_after_the_grace_period_and_recorded_as_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = orchestrator(&dir).await;
+    let id = start(&orchestrator, Stubborn).await;
+    running(&orchestrator, &id).await;
+    let asked = Instant::now();
+    let cancelled = orchestrator.cancel(&id, Some("enough".into())).await.unwrap();
+    let took = asked.elapsed();
+    assert!(took >= GRACE, "the work had its grace period: {took:?}");
+    assert!(took < GRACE * 10, "and not much more: {took:?}");
+    assert!(cancelled.work_stopped);
+    let record = &cancelled.snapshot.record;
+    assert_eq!(record.status, Status::Cancelled);
+    let cancellation = record.cancellation.as_ref().expect("the cancel is described");
+    assert!(cancellation.forced, "{cancellation:?}");
+    assert_eq!(record.error_message.as_deref(), Some("enough"));
+    let stored = settled(&orchestrator, &id).await;
+    assert_eq!(serde_json::to_value(&stored.record.cancellation).unwrap()["forced"], json!(true));
+    assert_eq!(orchestrator.active_count(), 0, "nothing left running");
+}
+
+#[tokio::test]
+async fn a_job_that_panics_fails_its_operation_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = orchestrator(&dir).await;
+    let id = start(&orchestrator, Panicking).await;
+    let stored = settled(&orchestrator, &id).await;
+    assert_eq!(stored.record.status, Status::Failed);
+    assert_eq!(stored.record.error_message.as_deref(), Some("internal error: the operation's work crashed"));
+    // The orchestrator still runs jobs.
+    let next = start(&orchestrator, Panicking).await;
+    assert_eq!(settled(&orchestrator, &next).await.record.status, Status::Failed);
+    assert_eq!(orchestrator.active_count(), 0);
+}
+
+#[tokio::test]
+async fn a_failure_keeps_its_message_for_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = orchestrator(&dir).await;
+    let id = start(&orchestrator, Failing).await;
+    let stored = settled(&orchestrator, &id).await;
+    assert_eq!(stored.record.status, Status::Failed);
+    assert_eq!(stored.record.error_message.as_deref(), Some("could not write the file: disk on fire"));
+    let text = orchestrator.metrics().render();
+    assert!(text.contains(r#"ktrdr_ops_operations_finished_total{type="failing",status="failed"} 1"#), "{text}");
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_loops_and_stores_every_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = orchestrator(&dir).await;
+    let stubborn = start(&orchestrator, Stubborn).await;
+    running(&orchestrator, &stubborn).await;
+    orchestrator.shutdown(Duration::from_secs(2)).await;
+    let stored = orchestrator.store().get(&stubborn).await.unwrap().unwrap();
+    assert_eq!(stored.record.status, Status::Cancelled, "aborted by the shutdown, and recorded");
+    assert!(stored.record.cancellation.as_ref().is_some_and(|c| c.forced), "{:?}", stored.record.cancellation);
+    assert!(orchestrator.inner.loops.is_closed() && orchestrator.inner.loops.is_empty(), "every loop ended");
+    assert!(orchestrator.inner.tasks.is_empty(), "every supervisor ended");
+}
