@@ -368,7 +368,7 @@ impl Config {
         if self.operations.heartbeat_interval.0 * 2 > self.operations.lease_timeout.0 {
             return Err(ConfigError::new(
                 "operations.heartbeat_interval",
-                "must be at most half of cluster.lease_timeout (a lease must survive one missed renewal)",
+                "must be at most half of operations.lease_timeout (a lease must survive one missed renewal)",
             ));
         }
         Ok(())

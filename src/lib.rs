@@ -1,5 +1,6 @@
 //! ktrdr-ops: long-running market-data and training operations with live progress and instant
-//! cancellation, over HTTP. A guided tour, in dependency order:
+//! cancellation, over HTTP. The modules (`ops` is the core and knows no domain; `data`,
+`training` and `dummy` are the domains plugged into it; `api` and `app` put them together):
 
 /// The HTTP API.
 pub mod api;
@@ -23,7 +24,7 @@ pub mod hosts;
 pub mod invalid;
 /// Allocator tuning for a small memory footprint.
 pub mod memory;
-/// Prometheus building blocks: histograms and the text format.
+/// The service's metrics: the `metrics` facade into a per-service Prometheus recorder.
 pub mod metrics;
 /// The generic operations core: records, progress, cancellation, orchestrator, store.
 pub mod ops;

@@ -2,7 +2,7 @@
 //! Every query is written once; the [`on_db!`] macro compiles it for whichever backend is open.
 //! All writes go through one batching writer task (group commit: many small writes share one
 //! transaction; `writer.rs`), reads go straight to a pool. What several replicas ask of the store
-//! is in `cluster.rs`.
+//! is in `cluster.rs`, its PostgreSQL-only part on [`Replicas`]. The backend is a [`Backend`].
 
 mod postgres;
 mod sqlite;
