@@ -1,6 +1,6 @@
 //! ktrdr-ops: long-running market-data and training operations with live progress and instant
 //! cancellation, over HTTP. The modules (`ops` is the core and knows no domain; `data`,
-`training` and `dummy` are the domains plugged into it; `api` and `app` put them together):
+//! `training` and `dummy` are the domains plugged into it; `api` and `app` put them together):
 
 /// The HTTP API.
 pub mod api;

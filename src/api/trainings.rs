@@ -47,7 +47,7 @@ async fn start(
     refuse_invalid_v3(&spec)?;
     let idempotency = idempotency_key(&headers, "POST /api/v1/trainings/start", &body)?;
     let (task_id, replay) =
-        match state.orchestrator.submit(state.training.job(&spec), &spec.request(), idempotency).await? {
+        match state.orchestrator.submit(state.training.job(&spec), &spec.request, idempotency).await? {
             Submitted::Started(snapshot) => (snapshot.record.operation_id.clone(), false),
             Submitted::Existing(id) => (id, true),
         };
@@ -58,11 +58,11 @@ async fn start(
         message: format!(
             "Training of {} started on {} [{}]",
             spec.strategy.name,
-            spec.symbols.join(", "),
-            spec.timeframes.join(", ")
+            spec.request.symbols.join(", "),
+            spec.request.timeframes.join(", ")
         ),
-        symbols: spec.symbols.clone(),
-        timeframes: spec.timeframes.clone(),
+        symbols: spec.request.symbols.clone(),
+        timeframes: spec.request.timeframes.clone(),
         strategy_name: spec.strategy.name.clone(),
         estimated_duration_minutes: None,
     });

@@ -66,15 +66,11 @@ pub struct TrainingParameters {
     pub detailed_analytics: bool,
 }
 
-/// A validated training.
+/// A validated training: the strategy it trains and the request the operation stores.
 #[derive(Debug, Clone)]
 pub struct TrainingSpec {
     pub strategy: Strategy,
-    pub symbols: Vec<String>,
-    pub timeframes: Vec<String>,
-    pub start_date: Option<String>,
-    pub end_date: Option<String>,
-    pub detailed_analytics: bool,
+    pub request: TrainingRequest,
 }
 
 fn date(field: &str, text: &Option<String>) -> Result<Option<String>, Invalid> {
@@ -133,30 +129,16 @@ impl TrainingSpec {
         {
             return Err(Invalid::new("start_date", format!("start_date ({s}) is after end_date ({e})")));
         }
-        Ok(TrainingSpec {
-            strategy,
+        let request = TrainingRequest {
+            strategy_name: strategy.name.clone(),
             symbols,
             timeframes,
             start_date,
             end_date,
-            detailed_analytics: body.detailed_analytics,
-        })
-    }
-
-    /// What the operation stores as its `metadata`.
-    pub fn request(&self) -> TrainingRequest {
-        TrainingRequest {
-            strategy_name: self.strategy.name.clone(),
-            symbols: self.symbols.clone(),
-            timeframes: self.timeframes.clone(),
-            start_date: self.start_date.clone(),
-            end_date: self.end_date.clone(),
-            model_type: self.strategy.model_type.clone(),
-            parameters: TrainingParameters {
-                epochs: self.strategy.epochs,
-                detailed_analytics: self.detailed_analytics,
-            },
-        }
+            model_type: strategy.model_type.clone(),
+            parameters: TrainingParameters { epochs: strategy.epochs, detailed_analytics: body.detailed_analytics },
+        };
+        Ok(TrainingSpec { strategy, request })
     }
 }
 
@@ -180,10 +162,10 @@ impl TrainingService {
             task_id: String::new(),
             strategy_name: spec.strategy.name.clone(),
             strategy_yaml: spec.strategy.yaml.clone(),
-            symbols: spec.symbols.clone(),
-            timeframes: spec.timeframes.clone(),
-            start_date: spec.start_date.clone().unwrap_or_default(),
-            end_date: spec.end_date.clone().unwrap_or_default(),
+            symbols: spec.request.symbols.clone(),
+            timeframes: spec.request.timeframes.clone(),
+            start_date: spec.request.start_date.clone().unwrap_or_default(),
+            end_date: spec.request.end_date.clone().unwrap_or_default(),
             model_type: spec.strategy.model_type.clone(),
             epochs: spec.strategy.epochs,
         };

@@ -11,30 +11,18 @@ use crate::dummy::DummyStep;
 use crate::ops::job::{Job, JobContext, JobError, JobResult};
 use crate::ops::progress::DefaultRenderer;
 
-/// Never races its token: only the abort after the grace period stops it.
-struct Stubborn;
-
-impl Job for Stubborn {
-    const TYPE: &'static str = "stubborn";
-    type Request = Map<String, Value>;
-    type State = ();
-    type Step = DummyStep;
-
-    fn summary(_: &Self::Request) -> Option<String> {
-        None
-    }
-
-    async fn run(self, _ctx: JobContext<Self>) -> JobResult {
-        std::future::pending::<()>().await;
-        unreachable!("pending never completes")
-    }
+/// A job that misbehaves in one of the ways the supervisor must survive.
+#[derive(Clone, Copy)]
+enum Misbehaving {
+    /// Never races its token: only the abort after the grace period stops it.
+    IgnoresCancel,
+    Panics,
+    /// Fails with an error behind its message.
+    FailsWithCause,
 }
 
-/// Panics as soon as it runs.
-struct Panicking;
-
-impl Job for Panicking {
-    const TYPE: &'static str = "panicking";
+impl Job for Misbehaving {
+    const TYPE: &'static str = "misbehaving";
     type Request = Map<String, Value>;
     type State = ();
     type Step = DummyStep;
@@ -44,26 +32,14 @@ impl Job for Panicking {
     }
 
     async fn run(self, _ctx: JobContext<Self>) -> JobResult {
-        panic!("a bug in the job");
-    }
-}
-
-/// Fails with an error behind its message.
-struct Failing;
-
-impl Job for Failing {
-    const TYPE: &'static str = "failing";
-    type Request = Map<String, Value>;
-    type State = ();
-    type Step = DummyStep;
-
-    fn summary(_: &Self::Request) -> Option<String> {
-        None
-    }
-
-    async fn run(self, _ctx: JobContext<Self>) -> JobResult {
-        let cause = std::io::Error::other("disk on fire");
-        Err(JobError::failed_by(format!("could not write the file: {cause}"), cause))
+        match self {
+            Misbehaving::IgnoresCancel => std::future::pending().await,
+            Misbehaving::Panics => panic!("a bug in the job"),
+            Misbehaving::FailsWithCause => {
+                let cause = std::io::Error::other("disk on fire");
+                Err(JobError::failed_by(format!("could not write the file: {cause}"), cause))
+            }
+        }
     }
 }
 
@@ -84,16 +60,10 @@ async fn orchestrator(dir: &tempfile::TempDir) -> Orchestrator {
         remote_poll_interval: Duration::from_millis(50),
         cluster: None,
     };
-    let renderer = || Arc::new(DefaultRenderer);
-    let types = vec![
-        OperationType::of::<Stubborn>(renderer()),
-        OperationType::of::<Panicking>(renderer()),
-        OperationType::of::<Failing>(renderer()),
-    ];
-    Orchestrator::new(store, settings, types, metrics)
+    Orchestrator::new(store, settings, vec![OperationType::of::<Misbehaving>(Arc::new(DefaultRenderer))], metrics)
 }
 
-async fn start<J: Job<Request = Map<String, Value>>>(orchestrator: &Orchestrator, job: J) -> String {
+async fn start(orchestrator: &Orchestrator, job: Misbehaving) -> String {
     match orchestrator.submit(job, &Map::new(), None).await.unwrap() {
         Submitted::Started(snapshot) => snapshot.record.operation_id.clone(),
         Submitted::Existing(id) => panic!("no idempotency key was given, yet {id} was found"),
@@ -128,7 +98,7 @@ async fn settled(orchestrator: &Orchestrator, id: &str) -> Snapshot {
 async fn work_that_ignores_its_cancel_is_aborted_after_the_grace_period_and_recorded_as_forced() {
     let dir = tempfile::tempdir().unwrap();
     let orchestrator = orchestrator(&dir).await;
-    let id = start(&orchestrator, Stubborn).await;
+    let id = start(&orchestrator, Misbehaving::IgnoresCancel).await;
     running(&orchestrator, &id).await;
     let asked = Instant::now();
     let cancelled = orchestrator.cancel(&id, Some("enough".into())).await.unwrap();
@@ -150,12 +120,12 @@ async fn work_that_ignores_its_cancel_is_aborted_after_the_grace_period_and_reco
 async fn a_job_that_panics_fails_its_operation_and_the_service_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let orchestrator = orchestrator(&dir).await;
-    let id = start(&orchestrator, Panicking).await;
+    let id = start(&orchestrator, Misbehaving::Panics).await;
     let stored = settled(&orchestrator, &id).await;
     assert_eq!(stored.record.status, Status::Failed);
     assert_eq!(stored.record.error_message.as_deref(), Some("internal error: the operation's work crashed"));
     // The orchestrator still runs jobs.
-    let next = start(&orchestrator, Panicking).await;
+    let next = start(&orchestrator, Misbehaving::Panics).await;
     assert_eq!(settled(&orchestrator, &next).await.record.status, Status::Failed);
     assert_eq!(orchestrator.active_count(), 0);
 }
@@ -164,19 +134,19 @@ async fn a_job_that_panics_fails_its_operation_and_the_service_goes_on() {
 async fn a_failure_keeps_its_message_for_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let orchestrator = orchestrator(&dir).await;
-    let id = start(&orchestrator, Failing).await;
+    let id = start(&orchestrator, Misbehaving::FailsWithCause).await;
     let stored = settled(&orchestrator, &id).await;
     assert_eq!(stored.record.status, Status::Failed);
     assert_eq!(stored.record.error_message.as_deref(), Some("could not write the file: disk on fire"));
     let text = orchestrator.metrics().render();
-    assert!(text.contains(r#"ktrdr_ops_operations_finished_total{type="failing",status="failed"} 1"#), "{text}");
+    assert!(text.contains(r#"ktrdr_ops_operations_finished_total{type="misbehaving",status="failed"} 1"#), "{text}");
 }
 
 #[tokio::test]
 async fn shutdown_waits_for_the_loops_and_stores_every_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let orchestrator = orchestrator(&dir).await;
-    let stubborn = start(&orchestrator, Stubborn).await;
+    let stubborn = start(&orchestrator, Misbehaving::IgnoresCancel).await;
     running(&orchestrator, &stubborn).await;
     orchestrator.shutdown(Duration::from_secs(2)).await;
     let stored = orchestrator.store().get(&stubborn).await.unwrap().unwrap();
