@@ -117,6 +117,8 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
         node_id: config.node_id(),
         // An embedded SQLite database has exactly one node.
         reconcile_all: !store.backend().shared_by_replicas(),
+        resume_interrupted: config.operations.resume_interrupted,
+        checkpoint_retention: config.operations.checkpoint_retention.0,
         max_concurrent: config
             .operations
             .max_concurrent

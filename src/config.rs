@@ -94,6 +94,8 @@ pub struct OperationsConfig {
     pub idempotency_ttl: HumanDuration,
     pub retention: HumanDuration,
     pub retention_sweep_interval: HumanDuration,
+    pub checkpoint_retention: HumanDuration,
+    pub resume_interrupted: bool,
     /// Per operation type; 0 means no limit.
     pub max_concurrent: BTreeMap<String, usize>,
     // How replicas sharing one PostgreSQL database coordinate (ignored with SQLite).

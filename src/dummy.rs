@@ -8,14 +8,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::invalid::Invalid;
-use crate::ops::{DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType, Steps};
+use crate::ops::job::BoxFuture;
+use crate::ops::{Checkpoint, DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType, Restart, Steps};
 
 pub const OPERATION_TYPE: &str = "dummy";
 const MAX_ITERATIONS: u32 = 1_000_000;
 const MAX_INTERVAL_MS: u64 = 3_600_000;
 
 pub fn operation_type() -> OperationType {
-    OperationType::of::<DummyJob>(Arc::new(DefaultRenderer))
+    OperationType::of::<DummyJob>(Arc::new(DefaultRenderer)).restarted_by(Restarts)
+}
+
+/// A dummy operation can be run again; it keeps no checkpoint, so it is never resumed.
+struct Restarts;
+
+impl Restart<DummyJob> for Restarts {
+    fn retry(&self, request: DummyRequest) -> BoxFuture<Result<DummyJob, String>> {
+        Box::pin(async move { Ok(DummyJob { params: request.parameters }) })
+    }
+
+    fn resume(&self, _: DummyRequest, _: Option<()>, _: Checkpoint) -> BoxFuture<Result<DummyJob, String>> {
+        Box::pin(async { Err("dummy operations keep no checkpoint: retry them instead".to_owned()) })
+    }
 }
 
 /// The body of `POST /api/v1/dummy/start`; every field optional.

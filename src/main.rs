@@ -109,6 +109,12 @@ enum OpsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Continue a cancelled or failed operation from its checkpoint (a new, linked operation),
+    /// followed with a progress bar.
+    Resume { id: String },
+    /// Start a failed or cancelled operation's work again from scratch (a new, linked
+    /// operation), followed with a progress bar.
+    Retry { id: String },
 }
 
 #[derive(Subcommand)]
@@ -315,6 +321,12 @@ fn main() -> ExitCode {
                 OpsCommand::Show { id } => c.show(&id).await,
                 OpsCommand::Watch { id } => c.follow(&id).await,
                 OpsCommand::Cancel { id, reason } => c.cancel(&id, reason).await,
+                OpsCommand::Resume { id } => {
+                    c.start_and_follow(&format!("/api/v1/operations/{id}/resume"), json!({})).await
+                }
+                OpsCommand::Retry { id } => {
+                    c.start_and_follow(&format!("/api/v1/operations/{id}/retry"), json!({})).await
+                }
             }
         })),
         Some(Command::Data { command: DataCommand::Load { symbol, timeframe, mode, start, end } }) => {

@@ -38,6 +38,8 @@ pub const STORE_WRITE_DURATION: &str = "ktrdr_ops_store_write_duration_seconds";
 pub const STORE_ROWS_WRITTEN: &str = "ktrdr_ops_store_rows_written_total";
 pub const STORE_WRITE_FAILURES: &str = "ktrdr_ops_store_write_failures_total";
 pub const HTTP_REQUEST_DURATION: &str = "ktrdr_ops_http_request_duration_seconds";
+pub const RESUMES: &str = "ktrdr_ops_resumes_total";
+pub const RETRIES: &str = "ktrdr_ops_retries_total";
 
 enum Kind {
     Counter,
@@ -83,6 +85,12 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (STORE_ROWS_WRITTEN, Kind::Counter, "Operation rows written to the store."),
     (STORE_WRITE_FAILURES, Kind::Counter, "Store write transactions that failed."),
     (HTTP_REQUEST_DURATION, Kind::Histogram, "HTTP requests served, by method, matched route and status."),
+    (
+        RESUMES,
+        Kind::Counter,
+        "Resumes of ended operations, by type and outcome (started, automatic after a restart, refused).",
+    ),
+    (RETRIES, Kind::Counter, "Ended operations started again from scratch, by type."),
 ];
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

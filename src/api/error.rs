@@ -98,6 +98,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::UnknownType(_) => {
                 ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error", &e)
             }
+            SubmitError::AlreadyResumed { resumed, continuation } => ApiError::new(
+                StatusCode::CONFLICT,
+                "ALREADY_RESUMED",
+                format!("Operation {resumed} was already resumed by {continuation}"),
+            )
+            .details(json!({ "operation_id": resumed, "continued_by": continuation })),
             SubmitError::Store(e) => e.into(),
         }
     }

@@ -6,12 +6,14 @@
 
 mod auth;
 mod catalog;
+mod checkpoints;
 mod dashboard;
 mod data;
 mod dummy;
 pub mod error;
 mod extract;
 mod health;
+mod lineage;
 pub mod openapi;
 mod operations;
 mod prometheus;
@@ -66,6 +68,8 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
     };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(operations::router())
+        .merge(lineage::router())
+        .merge(timed(checkpoints::router()))
         .merge(timed(data::router()))
         .merge(timed(trainings::router()))
         .merge(timed(catalog::router()))
@@ -125,8 +129,11 @@ async fn record_duration(State(durations): State<RequestDurations>, request: Req
 #[derive(Clone)]
 struct RequestDurations {
     metrics: Metrics,
-    cache: Arc<parking_lot::RwLock<HashMap<(usize, Method, u16), (MatchedPath, metrics::Histogram)>>>,
+    cache: Arc<parking_lot::RwLock<HashMap<RouteKey, (MatchedPath, metrics::Histogram)>>>,
 }
+
+/// The route's path address, the method and the status.
+type RouteKey = (usize, Method, u16);
 
 impl RequestDurations {
     /// Routes × methods × statuses seen: far below this; past it, nothing more is cached.

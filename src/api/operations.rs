@@ -113,7 +113,7 @@ async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> 
 }
 
 /// A list row (api.md §3); `symbol` is the job's own one-line summary.
-fn summary(snapshot: &Snapshot, symbol: Option<String>) -> OperationSummary {
+pub(super) fn summary(snapshot: &Snapshot, symbol: Option<String>) -> OperationSummary {
     let r = &snapshot.record;
     OperationSummary {
         operation_id: r.operation_id.clone(),

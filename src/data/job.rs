@@ -21,7 +21,7 @@ use crate::data::repository::{CacheError, Repository};
 use crate::data::request::{LoadSpec, Mode};
 use crate::hosts::ib::{IbClient, IbError};
 use crate::hosts::stall::observe_stalls;
-use crate::ops::{Job, JobContext, JobError, JobResult, OperationHandle, Steps};
+use crate::ops::{CheckpointKind, Job, JobContext, JobError, JobResult, OperationHandle, Steps};
 use crate::time::{self, Timestamp};
 
 /// Tunables of data loads (config `[data]`).
@@ -119,6 +119,37 @@ impl Steps for LoadStep {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadState {
     pub planned: Window,
+}
+
+/// A load's checkpoint (resume.md §5): the span it planned and how far it got, as saved. A
+/// resume fills what is missing in `planned` — the coverage index knows what of it is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadCheckpoint {
+    /// Unix seconds.
+    pub planned: Window,
+    pub segments_total: u64,
+    pub segments_done: u64,
+    pub segments_pending: u64,
+    /// Bars in the saved series (ktrdr's CLI shows `bar_index`).
+    pub bar_index: u64,
+    pub last_saved_bar: Option<String>,
+}
+
+impl LoadCheckpoint {
+    /// As saved now; `None` when the load planned nothing.
+    fn of(plan: &Plan, series: &Series, downloads: &Downloads) -> Option<Value> {
+        let (first, last) = (plan.ranges.first()?, plan.ranges.last()?);
+        let total = plan.segments.len() as u64;
+        let checkpoint = LoadCheckpoint {
+            planned: Window { start: first.start, end: last.end },
+            segments_total: total,
+            segments_done: downloads.segments_fetched,
+            segments_pending: total.saturating_sub(downloads.segments_fetched),
+            bar_index: series.bars.len() as u64,
+            last_saved_bar: series.bars.last().as_ref().map(time::format),
+        };
+        serde_json::to_value(checkpoint).ok()
+    }
 }
 
 /// The series as saved: its bars and its coverage index, always written in that order.
@@ -268,6 +299,9 @@ impl DataLoadJob {
         if let (Some(first), Some(last)) = (plan.ranges.first(), plan.ranges.last()) {
             ctx.save_state(&LoadState { planned: Window { start: first.start, end: last.end } }).await?;
             series.write_coverage().await?;
+            if let Some(state) = LoadCheckpoint::of(plan, series, &Downloads::default()) {
+                ctx.checkpoint(CheckpointKind::Periodic, state).await;
+            }
         }
         ctx.progress().step_progress(
             1,
@@ -325,6 +359,14 @@ impl DataLoadJob {
                 if let Err(e) = ctx.result_so_far(summary(series, &downloads)).await {
                     ctx.warn(e.to_string());
                 }
+                let kind = if matches!(stop, JobError::Cancelled) {
+                    CheckpointKind::Cancellation
+                } else {
+                    CheckpointKind::Failure
+                };
+                if let Some(state) = LoadCheckpoint::of(plan, series, &downloads) {
+                    ctx.checkpoint(kind, state).await;
+                }
                 return Err(stop);
             }
             progress.context([
@@ -335,12 +377,18 @@ impl DataLoadJob {
             if last_save.elapsed() >= self.settings.save_interval {
                 series.save(&mut downloads).await?;
                 ctx.result_so_far(summary(series, &downloads)).await?;
+                if let Some(state) = LoadCheckpoint::of(plan, series, &downloads) {
+                    ctx.checkpoint(CheckpointKind::Periodic, state).await;
+                }
                 last_save = Instant::now();
             }
         }
         if n > 0 && downloads.segments_failed == n as u64 {
             series.save(&mut downloads).await?;
             ctx.result_so_far(summary(series, &downloads)).await?;
+            if let Some(state) = LoadCheckpoint::of(plan, series, &downloads) {
+                ctx.checkpoint(CheckpointKind::Failure, state).await;
+            }
             let last = downloads.last_error.unwrap_or_default();
             return Err(JobError::failed(format!("none of the {n} segments could be fetched; the last error: {last}")));
         }

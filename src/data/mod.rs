@@ -16,8 +16,9 @@ pub mod timeframe;
 
 use std::sync::Arc;
 
-use crate::ops::{OperationType, Reattach, Resumption};
-use job::{DataLoadJob, LoadSettings, LoadState};
+use crate::ops::job::BoxFuture;
+use crate::ops::{Checkpoint, OperationType, Reattach, Restart, Resumption};
+use job::{DataLoadJob, LoadCheckpoint, LoadSettings, LoadState};
 use repository::Repository;
 use request::LoadSpec;
 
@@ -33,7 +34,9 @@ pub struct DataService {
 
 impl DataService {
     pub fn operation_type(&self) -> OperationType {
-        OperationType::of::<DataLoadJob>(Arc::new(renderer::DataRenderer)).reattached_by(self.clone())
+        OperationType::of::<DataLoadJob>(Arc::new(renderer::DataRenderer))
+            .reattached_by(self.clone())
+            .restarted_by(self.clone())
     }
 
     pub fn job(&self, spec: LoadSpec) -> DataLoadJob {
@@ -53,10 +56,39 @@ impl Reattach<DataLoadJob> for DataService {
         // The dead replica may have fetched the oldest part first, so the request's own mode
         // could now find nothing to do: fill whatever is missing in the span it planned.
         if let Some(LoadState { planned }) = state {
-            spec.mode = request::Mode::Full;
-            spec.start = Some(frame::to_timestamp(planned.start));
-            spec.end = Some(frame::to_timestamp(planned.end));
+            fill_planned(&mut spec, planned);
         }
         Some(self.job(spec))
+    }
+}
+
+/// Loads what is still missing in the span a load planned, whatever its mode was: the coverage
+/// index says what of it is complete, so nothing already saved is fetched again.
+fn fill_planned(spec: &mut LoadSpec, planned: plan::Window) {
+    spec.mode = request::Mode::Full;
+    spec.start = Some(frame::to_timestamp(planned.start));
+    spec.end = Some(frame::to_timestamp(planned.end));
+}
+
+/// A retry loads as asked again; a resume fills what is missing in the span the checkpoint
+/// planned (a load that planned nothing has no checkpoint).
+impl Restart<DataLoadJob> for DataService {
+    fn retry(&self, spec: LoadSpec) -> BoxFuture<Result<DataLoadJob, String>> {
+        let job = self.job(spec);
+        Box::pin(async move { Ok(job) })
+    }
+
+    fn resume(
+        &self,
+        mut spec: LoadSpec,
+        state: Option<LoadState>,
+        checkpoint: Checkpoint,
+    ) -> BoxFuture<Result<DataLoadJob, String>> {
+        let saved = serde_json::from_value::<LoadCheckpoint>(checkpoint.state).ok().map(|c| c.planned);
+        if let Some(planned) = saved.or(state.map(|s| s.planned)) {
+            fill_planned(&mut spec, planned);
+        }
+        let job = self.job(spec);
+        Box::pin(async move { Ok(job) })
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ops::live::LiveOperation;
 use crate::ops::progress::{ProgressReporter, Renderer};
 use crate::ops::record::OperationRecord;
-use crate::ops::store::Store;
+use crate::ops::store::{Checkpoint, CheckpointKind, Store};
 use crate::time;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -112,6 +112,21 @@ pub trait Reattach<J: Job>: Send + Sync + 'static {
     fn reattach(&self, request: J::Request, state: Option<J::State>, cause: Resumption) -> Option<J>;
 }
 
+/// Starts an ended operation's work again under a new operation: from scratch (retry) or from
+/// its checkpoint (resume). `Err` is a refusal said to the user (409).
+pub trait Restart<J: Job>: Send + Sync + 'static {
+    /// The same work again, from the request it was started with.
+    fn retry(&self, request: J::Request) -> BoxFuture<Result<J, String>>;
+
+    /// The work continued where `checkpoint` says it stopped.
+    fn resume(
+        &self,
+        request: J::Request,
+        state: Option<J::State>,
+        checkpoint: Checkpoint,
+    ) -> BoxFuture<Result<J, String>>;
+}
+
 /// Why an unfinished operation is being picked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resumption {
@@ -122,6 +137,9 @@ pub enum Resumption {
 }
 
 type ErasedReattach = dyn Fn(&OperationRecord, Option<&Value>, Resumption) -> Option<BoxedJob> + Send + Sync;
+type ErasedRetry = dyn Fn(&OperationRecord) -> BoxFuture<Result<BoxedJob, String>> + Send + Sync;
+type ErasedResume =
+    dyn Fn(&OperationRecord, Option<&Value>, Checkpoint) -> BoxFuture<Result<BoxedJob, String>> + Send + Sync;
 
 /// A kind of operation, registered by its domain. The core has no list of domains: it knows a
 /// type by its name and reaches the job's types only through the functions kept here.
@@ -133,6 +151,8 @@ pub struct OperationType {
     pub renderer: Arc<dyn Renderer>,
     summary: fn(&Map<String, Value>) -> Option<String>,
     reattach: Option<Arc<ErasedReattach>>,
+    retry: Option<Arc<ErasedRetry>>,
+    resume: Option<Arc<ErasedResume>>,
 }
 
 /// A stored `metadata` or job state read back as the job's type.
@@ -154,7 +174,51 @@ impl OperationType {
             renderer,
             summary: |metadata| decode_request::<J>(metadata).ok().and_then(|r| J::summary(&r)),
             reattach: None,
+            retry: None,
+            resume: None,
         }
+    }
+
+    /// Ended operations of this type can be retried and resumed by `restart`.
+    pub fn restarted_by<J: Job>(mut self, restart: impl Restart<J>) -> Self {
+        assert_eq!(self.name, J::TYPE, "a restart registered for another job type");
+        let restart = Arc::new(restart);
+        let unreadable = |e: serde_json::Error| format!("the operation's stored request cannot be read: {e}");
+        let retrying = restart.clone();
+        self.retry = Some(Arc::new(move |record: &OperationRecord| {
+            let request = decode_request::<J>(&record.metadata);
+            let restart = retrying.clone();
+            Box::pin(async move { restart.retry(request.map_err(unreadable)?).await.map(BoxedJob::new) })
+        }));
+        self.resume = Some(Arc::new(move |record: &OperationRecord, state: Option<&Value>, checkpoint| {
+            let request = decode_request::<J>(&record.metadata);
+            let state = state.filter(|s| !s.is_null()).map(decode::<J::State>).transpose();
+            let restart = restart.clone();
+            Box::pin(async move {
+                let state = state.map_err(|e| format!("the operation's stored state cannot be read: {e}"))?;
+                restart.resume(request.map_err(unreadable)?, state, checkpoint).await.map(BoxedJob::new)
+            })
+        }));
+        self
+    }
+
+    pub fn can_restart(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// The job that does an ended operation's work again; `None` if the type cannot.
+    pub(crate) fn retry(&self, record: &OperationRecord) -> Option<BoxFuture<Result<BoxedJob, String>>> {
+        Some(self.retry.as_ref()?(record))
+    }
+
+    /// The job that continues an ended operation from `checkpoint`; `None` if the type cannot.
+    pub(crate) fn resume(
+        &self,
+        record: &OperationRecord,
+        state: Option<&Value>,
+        checkpoint: Checkpoint,
+    ) -> Option<BoxFuture<Result<BoxedJob, String>>> {
+        Some(self.resume.as_ref()?(record, state, checkpoint))
     }
 
     /// Unfinished operations of this type are picked up by `reattach`.
@@ -343,6 +407,24 @@ impl OperationHandle {
             }
             change(metrics.as_object_mut().expect("made an object above"));
         });
+    }
+
+    /// Saves the operation's checkpoint (what a resume continues from), replacing the last one.
+    /// A checkpoint that cannot be saved is a warning: the work goes on.
+    pub async fn checkpoint(&self, kind: CheckpointKind, state: Value) {
+        let record = self.op.snapshot();
+        let checkpoint = Checkpoint {
+            operation_id: self.op.id.clone(),
+            operation_type: record.record.operation_type.clone(),
+            kind,
+            created_at: time::now(),
+            state,
+            artifacts_path: None,
+            artifacts_size_bytes: 0,
+        };
+        if let Err(e) = self.store.put_checkpoint(&checkpoint).await {
+            self.warn(format!("could not save a checkpoint: {e}"));
+        }
     }
 
     /// Registers what to run on the host when this operation is cancelled after it started

@@ -14,12 +14,13 @@ pub mod store;
 
 pub use job::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationHandle, OperationType, Reattach, RemoteStopHook,
-    RemoteStopReport, Resumption, Steps,
+    RemoteStopReport, Restart, Resumption, Steps,
 };
 pub use orchestrator::{
-    CancelError, Lookup, NodeIdInUse, Orchestrator, Settings, StartupCheck, SubmitError, Submitted,
+    CancelError, ContinueError, Lookup, NodeIdInUse, Orchestrator, Resumed, Settings, StartupCheck, SubmitError,
+    Submitted,
 };
 pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};
 pub use record::{OperationRecord, Status};
 pub use snapshot::Snapshot;
-pub use store::{Backend, IdempotencyKey, ListFilter, Store, StoreError};
+pub use store::{Backend, Checkpoint, CheckpointKind, CheckpointStats, IdempotencyKey, ListFilter, Store, StoreError};

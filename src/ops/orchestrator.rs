@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -26,11 +27,13 @@ use crate::ops::store::{IdempotencyKey, Inserted, ListFilter, Store, StoreError}
 use crate::time;
 
 mod cluster;
+mod lineage;
 mod lookup;
 mod supervisor;
 #[cfg(test)]
 mod tests;
 
+pub use lineage::{ContinueError, Resumed};
 pub use lookup::{LiveView, Lookup, RemoteView};
 use supervisor::{flush_progress, flush_progress_periodically, spawn};
 
@@ -59,6 +62,11 @@ pub struct Settings {
     /// At start-up, reconcile every unfinished operation (one node, e.g. SQLite) rather than
     /// only those this node owned.
     pub reconcile_all: bool,
+    /// A loaded operation interrupted by a restart is continued at once by a linked operation
+    /// (when its type resumes and it saved a checkpoint).
+    pub resume_interrupted: bool,
+    /// Checkpoints older than this are deleted by the retention sweep.
+    pub checkpoint_retention: Duration,
     /// Most operations of a type running at once (types not named are unlimited). The rest
     /// wait `pending`, first come first served.
     pub max_concurrent: HashMap<String, usize>,
@@ -101,6 +109,15 @@ impl RemoteCache {
     }
 }
 
+/// How a new operation relates to an earlier one.
+#[derive(Debug, Clone, Default)]
+struct Lineage {
+    /// The operation it continues or repeats (`parent_operation_id`).
+    parent: Option<String>,
+    /// It continues `parent` from its checkpoint: at most one operation may.
+    resumes: bool,
+}
+
 pub enum Submitted {
     Started(Arc<Snapshot>),
     /// The Idempotency-Key had already started this operation.
@@ -115,6 +132,8 @@ pub enum SubmitError {
     UnknownType(String),
     #[error("Idempotency-Key `{0}` was already used with a different request")]
     IdempotencyKeyReused(String),
+    #[error("Operation {resumed} was already resumed by {continuation}")]
+    AlreadyResumed { resumed: String, continuation: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -313,11 +332,25 @@ impl Orchestrator {
         request: &J::Request,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
+        let metadata = request_metadata::<J>(request);
+        self.submit_erased(J::TYPE, metadata, BoxedJob::new(job), idempotency, Lineage::default()).await
+    }
+
+    /// [`submit`](Self::submit) once the job's types are erased: its type's name, its request as
+    /// `metadata`, and how it relates to an earlier operation.
+    async fn submit_erased(
+        &self,
+        operation_type: &str,
+        metadata: Map<String, Value>,
+        job: BoxedJob,
+        idempotency: Option<IdempotencyKey>,
+        lineage: Lineage,
+    ) -> Result<Submitted, SubmitError> {
         let inner = &self.inner;
         if !inner.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        let ty = inner.types.get(J::TYPE).ok_or_else(|| SubmitError::UnknownType(J::TYPE.to_owned()))?;
+        let ty = inner.types.get(operation_type).ok_or_else(|| SubmitError::UnknownType(operation_type.to_owned()))?;
         let not_before = time::now() - inner.settings.idempotency_ttl;
         if let Some(key) = &idempotency
             && let Some((operation_id, fingerprint)) =
@@ -327,20 +360,26 @@ impl Orchestrator {
         }
 
         let id = format!("op_{}_{}", ty.name, Uuid::now_v7().simple());
-        let metadata = request_metadata::<J>(request);
-        let record = crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), metadata, ty.steps_total);
+        let mut record =
+            crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), metadata, ty.steps_total);
+        record.parent_operation_id = lineage.parent.clone();
         let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token(), inner.feed.clone());
         let keyed = idempotency.clone().map(|key| (key, not_before));
-        match inner.store.insert(op.snapshot(), &inner.settings.node_id, keyed).await? {
+        let resumes = lineage.resumes.then(|| lineage.parent.clone()).flatten();
+        match inner.store.insert_resuming(op.snapshot(), &inner.settings.node_id, keyed, resumes).await? {
             Inserted::New => {}
             Inserted::Existing { operation_id, fingerprint } => {
                 let key = idempotency.as_ref().expect("only keyed inserts find an existing operation");
                 return existing(key, operation_id, fingerprint);
             }
+            Inserted::AlreadyResumed { continuation } => {
+                let resumed = lineage.parent.unwrap_or_default();
+                return Err(SubmitError::AlreadyResumed { resumed, continuation });
+            }
         }
         inner.registry.write().insert(id, op.clone());
         inner.metrics.counter(metrics::OPERATIONS_STARTED, &[("type", ty.name)]).increment(1);
-        spawn(inner.clone(), op.clone(), BoxedJob::new(job), false);
+        spawn(inner.clone(), op.clone(), job, false);
         Ok(Submitted::Started(op.snapshot()))
     }
 
@@ -468,6 +507,9 @@ impl Orchestrator {
                         inner.store.save(vec![snapshot], &inner.settings.node_id).await?;
                     }
                     failed += 1;
+                    if inner.settings.resume_interrupted {
+                        self.resume_interrupted(&stored.record.operation_id).await;
+                    }
                 }
             }
         }
@@ -482,6 +524,11 @@ impl Orchestrator {
     pub async fn sweep(&self, now: time::Timestamp, retention: Duration) -> Result<(u64, u64), StoreError> {
         let (operations, keys) =
             self.inner.store.sweep(now - retention, now - self.inner.settings.idempotency_ttl).await?;
+        let checkpoints =
+            self.inner.store.delete_checkpoints_before(now - self.inner.settings.checkpoint_retention).await?;
+        if checkpoints > 0 {
+            tracing::info!(checkpoints, "retention: deleted old checkpoints");
+        }
         self.inner.metrics.counter(metrics::OPERATIONS_DELETED, &[]).increment(operations);
         if operations + keys > 0 {
             tracing::info!(operations, keys, "retention: deleted old finished operations and idempotency keys");

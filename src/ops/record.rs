@@ -128,6 +128,9 @@ pub struct OperationRecord {
     #[schema(value_type = Option<Object>)]
     pub metrics: Option<Value>,
     pub cancellation: Option<Cancellation>,
+    /// The operation this one continues (a resume) or repeats (a retry); `null` for new work.
+    #[serde(default)]
+    pub parent_operation_id: Option<String>,
     pub version: u64,
 }
 
@@ -164,6 +167,7 @@ impl OperationRecord {
             result_summary: None,
             metrics: None,
             cancellation: None,
+            parent_operation_id: None,
             version: 1,
         }
     }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::request::{Symbol, parse_timeframe};
 use crate::hosts::training::{StartRequest, TrainingClient};
 use crate::invalid::Invalid;
-use crate::ops::OperationType;
+use crate::ops::job::BoxFuture;
+use crate::ops::{Checkpoint, OperationType, Restart};
 use crate::time;
 use job::{TrainingJob, TrainingReattach, TrainingSettings};
 use strategy::Strategy;
@@ -154,6 +155,7 @@ impl TrainingService {
     pub fn operation_type(&self) -> OperationType {
         OperationType::of::<TrainingJob>(Arc::new(renderer::TrainingRenderer))
             .reattached_by(TrainingReattach { client: self.client.clone(), settings: self.settings.clone() })
+            .restarted_by(self.clone())
     }
 
     /// The job of a new training (its operation id becomes the host's task id when it runs).
@@ -176,5 +178,42 @@ impl TrainingService {
             client: self.client.clone(),
             settings: self.settings.clone(),
         }
+    }
+}
+
+/// A retry trains again from the strategy file as it is now (re-read and validated). Resuming a
+/// training from a host checkpoint is not done by this service yet: it says to retry instead.
+impl Restart<TrainingJob> for TrainingService {
+    fn retry(&self, request: TrainingRequest) -> BoxFuture<Result<TrainingJob, String>> {
+        let service = self.clone();
+        Box::pin(async move {
+            let body = TrainingBody {
+                strategy_name: request.strategy_name,
+                symbols: Some(request.symbols),
+                timeframes: Some(request.timeframes),
+                start_date: request.start_date,
+                end_date: request.end_date,
+                task_id: None,
+                detailed_analytics: request.parameters.detailed_analytics,
+            };
+            let dir = service.strategies_dir.clone();
+            // Reading the strategy file is blocking I/O.
+            let spec = tokio::task::spawn_blocking(move || TrainingSpec::from_body(&body, &dir))
+                .await
+                .map_err(|e| format!("could not read the strategy: {e}"))?
+                .map_err(|e| format!("the training cannot start again: {}", e.message))?;
+            Ok(service.job(&spec))
+        })
+    }
+
+    fn resume(
+        &self,
+        _: TrainingRequest,
+        _: Option<job::TrainingState>,
+        _: Checkpoint,
+    ) -> BoxFuture<Result<TrainingJob, String>> {
+        Box::pin(async {
+            Err("this service cannot resume a training from the host's checkpoint yet: retry it instead".to_owned())
+        })
     }
 }

@@ -10,6 +10,7 @@ mod cluster;
 mod compat;
 mod data_load;
 mod hosts;
+mod lineage;
 mod operations_api;
 mod process;
 mod production;

@@ -172,7 +172,7 @@ async fn the_sim_command_serves_both_simulators() {
 }
 
 #[tokio::test]
-async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_job() {
+async fn a_load_killed_mid_way_is_continued_after_the_restart_by_a_linked_operation_that_fetches_nothing_twice() {
     use ktrdr_ops::data::frame::Bars;
     use ktrdr_ops::data::repository::read_csv;
     use ktrdr_ops::data::timeframe::Timeframe;
@@ -182,10 +182,12 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
     let db = TestDb::sqlite();
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().display().to_string();
+    // The simulators in a process of their own: their request log outlives the service.
+    let (_sim, ib_url, training_url) = sim_process(&data_dir, &["--sim-latency-ms", "40"], &[]).await;
     let mut args = serve_args(&db);
-    args.extend(["--sim", "--sim-latency-ms", "40", "--data-dir", &data_dir].map(str::to_owned));
+    args.extend(["--ib-url", &ib_url, "--training-url", &training_url, "--data-dir", &data_dir].map(str::to_owned));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = [("KTRDR_OPS__DATA__SAVE_INTERVAL", "100ms")];
+    let env = [("KTRDR_OPS__DATA__SAVE_INTERVAL", "100ms"), ("KTRDR_OPS__HOSTS__IB__PACING", "off")];
     let http = reqwest::Client::new();
     let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" });
 
@@ -207,29 +209,45 @@ async fn a_load_killed_mid_way_leaves_a_valid_file_and_a_new_load_finishes_the_j
 
     let service = ServiceProcess::start(&args, &env).await;
     let r = record(&http, &service, &id).await;
-    assert_eq!(r["status"], "failed");
+    assert_eq!(r["status"], "failed", "terminal is final: the interrupted load stays interrupted");
     assert_eq!(r["error_message"], "interrupted: service restarted before the operation finished");
-    // What it had saved when it died, and what was still missing.
     let so_far = &r["result_summary"];
     let rows = so_far["rows_after"].as_u64().unwrap_or_else(|| panic!("no result_summary: {r}"));
     assert!(rows > 0 && rows <= saved.len() as u64, "{so_far}");
-    assert!(!so_far["missing"].as_array().unwrap().is_empty(), "{so_far}");
-    let mut body = body;
-    body["mode"] = json!("full");
-    let (_, answer) = json_of(http.post(service.url("/api/v1/data/load")).json(&body).send().await.unwrap()).await;
-    let id = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+
+    // Its continuation started by itself, linked to it.
+    let (status, children) =
+        json_of(http.get(service.url(&format!("/api/v1/operations/{id}/children"))).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{children}");
+    assert_eq!(children["total_count"], 1, "{children}");
+    let continuation = children["data"][0]["operation_id"].as_str().unwrap().to_owned();
     let done = loop {
-        let r = record(&http, &service, &id).await;
+        let r = record(&http, &service, &continuation).await;
         if r["status"] != "running" && r["status"] != "pending" {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["parent_operation_id"], id.as_str());
     assert_eq!(done["result_summary"]["rows_before"], saved.len(), "picked up from what was saved");
     let t = |s: &str| parse_timestamp(s).unwrap();
     let whole = Bars::from_bars(&Instrument::new("AAPL").bars(Timeframe::H1, t("2021-01-01"), t("2024-01-01")));
-    assert_eq!(read_csv(&file).unwrap(), whole, "the new load finished the job");
+    assert_eq!(read_csv(&file).unwrap(), whole, "the continuation finished the job");
+
+    // Over both operations, nothing that was saved was asked of the host again: only what the
+    // killed process had fetched after its last save (every 100 ms here) is fetched twice.
+    let last_saved = t(so_far["last_bar"].as_str().unwrap());
+    let stats: serde_json::Value = http.get(format!("{ib_url}/sim/stats")).send().await.unwrap().json().await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut twice = 0;
+    for h in stats["historical"].as_array().unwrap().iter().filter(|h| h["outcome"] == "ok") {
+        if !seen.insert((h["start"].to_string(), h["end"].to_string())) {
+            assert!(t(h["end"].as_str().unwrap()) > last_saved, "a saved window was fetched again: {h}");
+            twice += 1;
+        }
+    }
+    assert!(twice <= 4, "{twice} windows fetched twice: more than the last 100 ms of fetching");
 }
 
 #[tokio::test]

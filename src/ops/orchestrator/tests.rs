@@ -55,6 +55,8 @@ async fn orchestrator(dir: &tempfile::TempDir) -> Orchestrator {
         idempotency_ttl: Duration::from_secs(60),
         node_id: "unit".into(),
         reconcile_all: true,
+        resume_interrupted: true,
+        checkpoint_retention: Duration::from_secs(86_400),
         max_concurrent: HashMap::new(),
         remote_cache_ttl: Duration::ZERO,
         remote_poll_interval: Duration::from_millis(50),
@@ -138,8 +140,15 @@ async fn a_failure_keeps_its_message_for_the_record() {
     let stored = settled(&orchestrator, &id).await;
     assert_eq!(stored.record.status, Status::Failed);
     assert_eq!(stored.record.error_message.as_deref(), Some("could not write the file: disk on fire"));
-    let text = orchestrator.metrics().render();
-    assert!(text.contains(r#"ktrdr_ops_operations_finished_total{type="misbehaving",status="failed"} 1"#), "{text}");
+    // Counted just after the outcome is stored.
+    let counted = r#"ktrdr_ops_operations_finished_total{type="misbehaving",status="failed"} 1"#;
+    for _ in 0..100 {
+        if orchestrator.metrics().render().contains(counted) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never counted: {}", orchestrator.metrics().render());
 }
 
 #[tokio::test]

@@ -136,7 +136,10 @@ macro_rules! on_db {
     };
 }
 
+mod checkpoints;
 mod cluster;
+mod lineage;
+pub use checkpoints::{Checkpoint, CheckpointKind, CheckpointStats};
 pub use cluster::Replicas;
 mod writer;
 
@@ -175,6 +178,10 @@ pub enum Inserted {
     Existing {
         operation_id: String,
         fingerprint: String,
+    },
+    /// The operation to resume was already resumed, by `continuation`.
+    AlreadyResumed {
+        continuation: String,
     },
 }
 
@@ -303,9 +310,21 @@ impl Store {
         owner: &str,
         idempotency: Option<(IdempotencyKey, Timestamp)>,
     ) -> Result<Inserted, StoreError> {
+        self.insert_resuming(row, owner, idempotency, None).await
+    }
+
+    /// [`insert`](Self::insert) of an operation that `resumes` another: nothing is written when
+    /// that one was already resumed, and its continuation is named instead.
+    pub async fn insert_resuming(
+        &self,
+        row: Arc<Snapshot>,
+        owner: &str,
+        idempotency: Option<(IdempotencyKey, Timestamp)>,
+        resumes: Option<String>,
+    ) -> Result<Inserted, StoreError> {
         let (reply, answer) = oneshot::channel();
         let idempotency = idempotency.map(|(key, expired_before)| (key, time::to_micros(&expired_before)));
-        self.send(WriteCmd::Insert { row, owner: owner.to_owned(), idempotency, reply }).await?;
+        self.send(WriteCmd::Insert { row, owner: owner.to_owned(), idempotency, resumes, reply }).await?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -508,6 +527,7 @@ struct Columns {
     job_state: Option<String>,
     cancel_requested_at: Option<i64>,
     cancel_reason: Option<String>,
+    parent_operation_id: Option<String>,
 }
 
 impl Columns {
@@ -526,6 +546,7 @@ impl Columns {
             job_state: snapshot.job_state.as_ref().map(Value::to_string),
             cancel_requested_at: r.cancellation.as_ref().map(|c| time::to_micros(&c.requested_at)),
             cancel_reason: r.cancellation.as_ref().map(|c| c.reason.clone()),
+            parent_operation_id: r.parent_operation_id.clone(),
         }
     }
 }

@@ -8,6 +8,8 @@ pub(super) enum WriteCmd {
         row: Arc<Snapshot>,
         owner: String,
         idempotency: Option<(IdempotencyKey, i64)>,
+        /// The operation this one resumes (at most one may).
+        resumes: Option<String>,
         reply: oneshot::Sender<Result<Inserted, StoreError>>,
     },
     Save {
@@ -148,9 +150,12 @@ fn reply(cmd: WriteCmd, result: Result<Applied, StoreError>) {
     }
 }
 
+/// A second resume of the same operation writes nothing (`resumes` is unique).
 const INSERT_OPERATION: &str = "INSERT INTO operations (operation_id, operation_type, status, created_at, updated_at, \
-     version, record, job_state, owner_node, heartbeat_at, cancel_requested_at, cancel_reason) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $5, $10, $11)";
+     version, record, job_state, owner_node, heartbeat_at, cancel_requested_at, cancel_reason, \
+     parent_operation_id, resumes) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $5, $10, $11, $12, $13) \
+     ON CONFLICT (resumes) DO NOTHING";
 
 /// Newer versions only, from the operation's owner only (fencing: a replica whose operation was
 /// taken over can no longer write it), and a terminal status is never replaced.
@@ -173,7 +178,7 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> 
         let mut finished: Vec<&str> = Vec::new();
         for cmd in batch {
             match cmd {
-                WriteCmd::Insert { row, owner, idempotency, .. } => {
+                WriteCmd::Insert { row, owner, idempotency, resumes, .. } => {
                     let c = Columns::of(row);
                     if let Some((key, expired_before)) = idempotency {
                         let claimed = sqlx::query(CLAIM_IDEMPOTENCY_KEY)
@@ -202,7 +207,7 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> 
                             continue;
                         }
                     }
-                    sqlx::query(INSERT_OPERATION)
+                    let inserted = sqlx::query(INSERT_OPERATION)
                         .bind(&c.id)
                         .bind(&c.operation_type)
                         .bind(c.status)
@@ -214,8 +219,22 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> 
                         .bind(owner.as_str())
                         .bind(c.cancel_requested_at)
                         .bind(&c.cancel_reason)
+                        .bind(&c.parent_operation_id)
+                        .bind(resumes)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                    if inserted == 0
+                        && let Some(resumed) = resumes
+                    {
+                        let continuation: String =
+                            sqlx::query_scalar("SELECT operation_id FROM operations WHERE resumes = $1")
+                                .bind(resumed)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        results.push(Applied::Inserted(Inserted::AlreadyResumed { continuation }));
+                        continue;
+                    }
                     results.push(Applied::Inserted(Inserted::New));
                 }
                 WriteCmd::Sweep { finished_before, keys_before, .. } => {
