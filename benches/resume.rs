@@ -7,7 +7,7 @@
 //!    over both operations, against the uninterrupted run, for three `data.save_interval`s;
 //! 3. a backfill cancelled at about half and resumed with `POST /operations/{id}/resume`: from
 //!    the answer to the continuation's first progress (the first version after the one it was
-//!    created with), median of `BENCH_RESUMES` (default 20).
+//!    created with), over `BENCH_RESUMES` series (default and at most 9, the simulator's stocks).
 //!
 //! `cargo bench --bench resume`.
 
@@ -102,7 +102,9 @@ async fn finished(http: &reqwest::Client, base: &str, id: &str) -> Value {
 /// Waits until the load has saved about half of its segments.
 async fn halfway(http: &reqwest::Client, base: &str, id: &str) {
     loop {
-        let context = record(http, base, id).await["progress"]["context"].clone();
+        let r = record(http, base, id).await;
+        assert!(r["status"] == "pending" || r["status"] == "running", "the load ended early: {r}");
+        let context = r["progress"]["context"].clone();
         let (done, total) =
             (context["segments_done"].as_u64().unwrap_or(0), context["segments_total"].as_u64().unwrap_or(0));
         if total > 0 && done * 2 >= total {
@@ -151,16 +153,17 @@ async fn main() {
     }
 
     // 3. Cancelled at about half, resumed: answer → first progress of the continuation.
-    let resumes = env_number("BENCH_RESUMES", 20);
+    // The simulator's stocks, each a series of its own, so that every resume has half a year left.
+    let stocks = ["AAPL", "MSFT", "SPY", "QQQ", "TSLA", "NVDA", "GOOGL", "AMZN", "IBM"];
+    let resumes = env_number("BENCH_RESUMES", stocks.len() as u64).min(stocks.len() as u64) as usize;
     let dir = tempfile::tempdir().unwrap();
     let (data, db) = (dir.path().join("data"), format!("sqlite://{}", dir.path().join("ops.db").display()));
     let data = data.display().to_string();
     let (_sims, ib, training) = simulators(&data).await;
     let s = service(&db, &data, &ib, &training, "10s").await;
     let mut waits = Vec::new();
-    for i in 0..resumes {
-        // A series of its own each time, so that every resume has half a year left to fetch.
-        let id = start_load(&http, &s.base, &format!("SYM{i:03}")).await;
+    for symbol in &stocks[..resumes] {
+        let id = start_load(&http, &s.base, symbol).await;
         halfway(&http, &s.base, &id).await;
         send_json(http.delete(format!("{}/api/v1/operations/{id}", s.base))).await;
         let began = Instant::now();

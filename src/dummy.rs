@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::invalid::Invalid;
 use crate::ops::job::BoxFuture;
-use crate::ops::{Checkpoint, DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType, Restart, Steps};
+use crate::ops::{
+    Checkpoint, DefaultRenderer, Job, JobContext, JobError, JobResult, OperationType, Restart, ResumeRefused, Steps,
+};
 
 pub const OPERATION_TYPE: &str = "dummy";
 const MAX_ITERATIONS: u32 = 1_000_000;
@@ -27,8 +29,13 @@ impl Restart<DummyJob> for Restarts {
         Box::pin(async move { Ok(DummyJob { params: request.parameters }) })
     }
 
-    fn resume(&self, _: DummyRequest, _: Option<()>, _: Checkpoint) -> BoxFuture<Result<DummyJob, String>> {
-        Box::pin(async { Err("dummy operations keep no checkpoint: retry them instead".to_owned()) })
+    fn resume(
+        &self,
+        _: DummyRequest,
+        _: Option<()>,
+        _: Option<Checkpoint>,
+    ) -> BoxFuture<Result<DummyJob, ResumeRefused>> {
+        Box::pin(async { Err(ResumeRefused::NoCheckpoint) })
     }
 }
 

@@ -106,7 +106,7 @@ fn continuation_error(e: ContinueError, retrying: bool) -> ApiError {
     ))]
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ResumeAnswer>, ApiError> {
     let resumed = state.orchestrator.resume(&id).await.map_err(|e| continuation_error(e, false))?;
-    let checkpoint = &resumed.checkpoint;
+    let checkpoint = resumed.checkpoint.as_ref();
     Ok(Json(ResumeAnswer {
         success: true,
         data: ResumeData {
@@ -114,9 +114,9 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result
             status: "resuming".into(),
             resumed_from: ResumedFrom {
                 operation_id: id,
-                checkpoint_type: checkpoint.kind.as_str().into(),
-                created_at: time::format(&checkpoint.created_at),
-                epoch: checkpoint.state.get("epoch").and_then(|e| e.as_u64()),
+                checkpoint_type: checkpoint.map_or("periodic", |c| c.kind.as_str()).into(),
+                created_at: time::format(&checkpoint.map_or_else(time::now, |c| c.created_at)),
+                epoch: checkpoint.and_then(|c| c.state.get("epoch")).and_then(|e| e.as_u64()),
             },
         },
     }))

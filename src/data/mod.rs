@@ -17,7 +17,7 @@ pub mod timeframe;
 use std::sync::Arc;
 
 use crate::ops::job::BoxFuture;
-use crate::ops::{Checkpoint, OperationType, Reattach, Restart, Resumption};
+use crate::ops::{Checkpoint, OperationType, Reattach, Restart, ResumeRefused, Resumption};
 use job::{DataLoadJob, LoadCheckpoint, LoadSettings, LoadState};
 use repository::Repository;
 use request::LoadSpec;
@@ -82,8 +82,9 @@ impl Restart<DataLoadJob> for DataService {
         &self,
         mut spec: LoadSpec,
         state: Option<LoadState>,
-        checkpoint: Checkpoint,
-    ) -> BoxFuture<Result<DataLoadJob, String>> {
+        checkpoint: Option<Checkpoint>,
+    ) -> BoxFuture<Result<DataLoadJob, ResumeRefused>> {
+        let Some(checkpoint) = checkpoint else { return Box::pin(async { Err(ResumeRefused::NoCheckpoint) }) };
         let saved = serde_json::from_value::<LoadCheckpoint>(checkpoint.state).ok().map(|c| c.planned);
         if let Some(planned) = saved.or(state.map(|s| s.planned)) {
             fill_planned(&mut spec, planned);

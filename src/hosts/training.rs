@@ -155,6 +155,9 @@ pub struct HostSnapshot {
     pub error: Option<String>,
     /// The operations generation's `result_summary` once completed.
     pub result: Option<Value>,
+    /// The host's last checkpoint of the session, when it says (`checkpoint_type`, `epoch`,
+    /// `created_at`, losses, learning rate).
+    pub checkpoint: Option<Value>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -256,6 +259,7 @@ pub fn parse_session_status(body: &Value) -> HostSnapshot {
         epochs,
         error: text_of(body, "error"),
         result: None,
+        checkpoint: None,
     }
 }
 
@@ -290,6 +294,7 @@ pub fn parse_operation(data: &Value) -> HostSnapshot {
         epochs,
         error: text_of(data, "error_message"),
         result: data.get("result_summary").filter(|v| !v.is_null()).cloned(),
+        checkpoint: data.get("checkpoint").filter(|v| v.is_object()).cloned(),
     }
 }
 
@@ -370,6 +375,24 @@ impl TrainingClient {
             StartError::Rejected(format!("the training host answered without a session id: {answer}"))
         })?;
         Ok(Session { id, protocol })
+    }
+
+    /// `POST /training/resume`: the host trains on from its checkpoint of `session_id`, under the
+    /// same id. Only the operations generation can; a host that says 404 has no checkpoint (or
+    /// no such endpoint). `Err` is said to the user.
+    pub async fn resume(&self, session_id: &str, token: &CancellationToken) -> Result<Session, String> {
+        let protocol = self.protocol(token).await.map_err(|e| format!("the training host cannot be reached: {e}"))?;
+        if protocol == Protocol::Sessions {
+            return Err("the training host (sessions generation) cannot resume a training: retry it instead".into());
+        }
+        let call = Call::post("/training/resume", "/training/resume", &json!({ "operation_id": session_id }));
+        match self.host.json::<Value>(&call, token).await {
+            Ok(_) => Ok(Session { id: session_id.to_owned(), protocol }),
+            Err(e) if matches!(e.kind, HostErrorKind::Status(404 | 405 | 422)) => {
+                Err(format!("the training host cannot resume this training ({}): retry it instead", e.message))
+            }
+            Err(e) => Err(format!("the training host did not resume the training: {e}")),
+        }
     }
 
     /// The session's current state.

@@ -113,18 +113,27 @@ pub trait Reattach<J: Job>: Send + Sync + 'static {
 }
 
 /// Starts an ended operation's work again under a new operation: from scratch (retry) or from
-/// its checkpoint (resume). `Err` is a refusal said to the user (409).
+/// its checkpoint (resume). A `String` error is a refusal said to the user (409).
 pub trait Restart<J: Job>: Send + Sync + 'static {
     /// The same work again, from the request it was started with.
     fn retry(&self, request: J::Request) -> BoxFuture<Result<J, String>>;
 
-    /// The work continued where `checkpoint` says it stopped.
+    /// The work continued where `checkpoint` (the last one stored, if any) says it stopped.
     fn resume(
         &self,
         request: J::Request,
         state: Option<J::State>,
-        checkpoint: Checkpoint,
-    ) -> BoxFuture<Result<J, String>>;
+        checkpoint: Option<Checkpoint>,
+    ) -> BoxFuture<Result<J, ResumeRefused>>;
+}
+
+/// Why a resume did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeRefused {
+    /// Nothing was saved to continue from (404).
+    NoCheckpoint,
+    /// The type or its host cannot resume it; the message says what to do instead (409).
+    Cannot(String),
 }
 
 /// Why an unfinished operation is being picked up.
@@ -138,8 +147,9 @@ pub enum Resumption {
 
 type ErasedReattach = dyn Fn(&OperationRecord, Option<&Value>, Resumption) -> Option<BoxedJob> + Send + Sync;
 type ErasedRetry = dyn Fn(&OperationRecord) -> BoxFuture<Result<BoxedJob, String>> + Send + Sync;
-type ErasedResume =
-    dyn Fn(&OperationRecord, Option<&Value>, Checkpoint) -> BoxFuture<Result<BoxedJob, String>> + Send + Sync;
+type ErasedResume = dyn Fn(&OperationRecord, Option<&Value>, Option<Checkpoint>) -> BoxFuture<Result<BoxedJob, ResumeRefused>>
+    + Send
+    + Sync;
 
 /// A kind of operation, registered by its domain. The core has no list of domains: it knows a
 /// type by its name and reaches the job's types only through the functions kept here.
@@ -195,8 +205,10 @@ impl OperationType {
             let state = state.filter(|s| !s.is_null()).map(decode::<J::State>).transpose();
             let restart = restart.clone();
             Box::pin(async move {
-                let state = state.map_err(|e| format!("the operation's stored state cannot be read: {e}"))?;
-                restart.resume(request.map_err(unreadable)?, state, checkpoint).await.map(BoxedJob::new)
+                let cannot = ResumeRefused::Cannot;
+                let state = state.map_err(|e| cannot(format!("the operation's stored state cannot be read: {e}")))?;
+                let request = request.map_err(|e| cannot(unreadable(e)))?;
+                restart.resume(request, state, checkpoint).await.map(BoxedJob::new)
             })
         }));
         self
@@ -216,8 +228,8 @@ impl OperationType {
         &self,
         record: &OperationRecord,
         state: Option<&Value>,
-        checkpoint: Checkpoint,
-    ) -> Option<BoxFuture<Result<BoxedJob, String>>> {
+        checkpoint: Option<Checkpoint>,
+    ) -> Option<BoxFuture<Result<BoxedJob, ResumeRefused>>> {
         Some(self.resume.as_ref()?(record, state, checkpoint))
     }
 
@@ -332,6 +344,22 @@ impl RemoteStopReport {
     pub async fn final_status(&self, status: impl Into<String>) {
         let status = status.into();
         self.record(|r| r.host_final_status = Some(status)).await;
+    }
+
+    /// The host's checkpoint of the stopped work (what a resume continues from).
+    pub async fn checkpoint(&self, kind: CheckpointKind, state: Value) {
+        let checkpoint = Checkpoint {
+            operation_id: self.op.id.clone(),
+            operation_type: self.op.snapshot().record.operation_type.clone(),
+            kind,
+            created_at: time::now(),
+            state,
+            artifacts_path: None,
+            artifacts_size_bytes: 0,
+        };
+        if let Err(e) = self.store.put_checkpoint(&checkpoint).await {
+            tracing::warn!(operation_id = %self.op.id, error = %e, "could not store the host's checkpoint");
+        }
     }
 
     pub async fn failed(&self, error: impl Into<String>) {

@@ -14,7 +14,7 @@ pub mod store;
 
 pub use job::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationHandle, OperationType, Reattach, RemoteStopHook,
-    RemoteStopReport, Restart, Resumption, Steps,
+    RemoteStopReport, Restart, ResumeRefused, Resumption, Steps,
 };
 pub use orchestrator::{
     CancelError, ContinueError, Lookup, NodeIdInUse, Orchestrator, Resumed, Settings, StartupCheck, SubmitError,

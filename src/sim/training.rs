@@ -43,6 +43,9 @@ pub struct TrainingKnobs {
     pub stop_delay_ms: u64,
     /// Hold every status answer (session status, operation) this long: a stalled host.
     pub status_delay_ms: u64,
+    /// Save a `periodic` checkpoint every this many epochs (ktrdr's
+    /// `KTRDR_CHECKPOINT_EPOCH_INTERVAL`); 0: only on cancel and failure.
+    pub checkpoint_interval: u32,
 }
 
 impl Default for TrainingKnobs {
@@ -56,6 +59,7 @@ impl Default for TrainingKnobs {
             max_sessions: 1,
             stop_delay_ms: 0,
             status_delay_ms: 0,
+            checkpoint_interval: 10,
         }
     }
 }
@@ -83,7 +87,36 @@ struct SimSession {
     model_type: String,
     /// The strategy's name (its YAML `name`, or the file a sessions-generation start names).
     strategy: String,
+    /// The first epoch this run trains (1-based): after the checkpoint's on a resume.
+    first_epoch: u32,
     abort: Option<AbortHandle>,
+}
+
+impl SimSession {
+    /// A finished epoch's 0-based index.
+    fn epoch_index(&self, metrics: &Value) -> Option<u32> {
+        metrics.get("epoch").and_then(Value::as_u64).map(|e| e as u32)
+    }
+}
+
+/// What a training saved (resume.md §6): the last finished epoch (0-based) and its figures.
+#[derive(Debug, Clone)]
+struct SimCheckpoint {
+    kind: &'static str,
+    epoch: u32,
+    created_at: String,
+    figures: Value,
+}
+
+impl SimCheckpoint {
+    /// As the operation's `checkpoint` (an extension of the operations generation's record).
+    fn summary(&self) -> Value {
+        let mut summary = json!({ "checkpoint_type": self.kind, "epoch": self.epoch, "created_at": self.created_at });
+        for key in ["train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate"] {
+            summary[key] = self.figures.get(key).cloned().unwrap_or(Value::Null);
+        }
+        summary
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -102,6 +135,8 @@ pub struct TrainingSim {
     models_dir: Option<PathBuf>,
     knobs: RwLock<TrainingKnobs>,
     sessions: Mutex<BTreeMap<String, SimSession>>,
+    /// One per operation; a save replaces it, a completed training deletes it.
+    checkpoints: Mutex<BTreeMap<String, SimCheckpoint>>,
     stats: Mutex<Stats>,
 }
 
@@ -119,6 +154,7 @@ impl TrainingSim {
             models_dir,
             knobs: RwLock::new(knobs),
             sessions: Mutex::new(BTreeMap::new()),
+            checkpoints: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(Stats::default()),
         })
     }
@@ -138,7 +174,8 @@ impl TrainingSim {
             Protocol::Operations => router
                 .route("/api/v1/operations", get(list_operations))
                 .route("/api/v1/operations/{id}", get(operation))
-                .route("/api/v1/operations/{id}/cancel", delete(cancel_operation)),
+                .route("/api/v1/operations/{id}/cancel", delete(cancel_operation))
+                .route("/training/resume", post(resume)),
         };
         router.with_state(self.clone())
     }
@@ -171,9 +208,9 @@ impl TrainingSim {
         let knobs = self.knobs();
         let pace = Duration::from_millis(knobs.pace_ms);
         tokio::time::sleep(pace).await;
-        let Some((symbols, timeframes, total_epochs, total_batches)) =
-            self.with_session(&id, |s| (s.symbols.clone(), s.timeframes.clone(), s.total_epochs, s.total_batches))
-        else {
+        let Some((symbols, timeframes, total_epochs, total_batches, first_epoch)) = self.with_session(&id, |s| {
+            (s.symbols.clone(), s.timeframes.clone(), s.total_epochs, s.total_batches, s.first_epoch)
+        }) else {
             return;
         };
         for symbol in &symbols {
@@ -188,7 +225,8 @@ impl TrainingSim {
         }
         let running = self.word("running");
         self.with_session(&id, |s| s.status = running.clone());
-        for epoch in 1..=total_epochs {
+        let mut last_saved = first_epoch - 1;
+        for epoch in first_epoch..=total_epochs {
             for batch in 1..=total_batches {
                 tokio::time::sleep(pace).await;
                 let stop = self.with_session(&id, |s| {
@@ -200,6 +238,7 @@ impl TrainingSim {
                 match stop {
                     None => return,
                     Some(true) if !self.knobs().ignore_cancel => {
+                        self.save_checkpoint(&id, "cancellation");
                         let stopped = self.word("stopped");
                         self.end(&id, &stopped, None, None);
                         return;
@@ -221,9 +260,14 @@ impl TrainingSim {
             });
             self.with_session(&id, |s| s.epochs.push(metrics));
             if knobs.fail_at_epoch == Some(epoch) {
+                self.save_checkpoint(&id, "failure");
                 let error = format!("Training failed: simulated failure at epoch {epoch} (CUDA out of memory)");
                 self.end(&id, "failed", Some(error), None);
                 return;
+            }
+            if knobs.checkpoint_interval > 0 && epoch - last_saved >= knobs.checkpoint_interval {
+                self.save_checkpoint(&id, "periodic");
+                last_saved = epoch;
             }
         }
         let model_path = match self.save_model(&id).await {
@@ -242,7 +286,21 @@ impl TrainingSim {
                 "data_summary": { "symbols": s.symbols, "timeframes": s.timeframes },
             })
         });
+        // A training that completed has nothing left to resume.
+        self.checkpoints.lock().remove(&id);
         self.end(&id, "completed", None, result);
+    }
+
+    /// Saves the session's checkpoint at its last finished epoch (none before the first).
+    fn save_checkpoint(&self, id: &str, kind: &'static str) {
+        let Some(Some((epoch, figures))) = self.with_session(id, |s| {
+            let last = s.epochs.last()?;
+            Some((s.epoch_index(last)?, last.clone()))
+        }) else {
+            return;
+        };
+        let created_at = time::format(&time::now());
+        self.checkpoints.lock().insert(id.to_owned(), SimCheckpoint { kind, epoch, created_at, figures });
     }
 
     /// Writes the session's model folder in ktrdr's layout — `{models_dir}/{strategy}/{tf}_v{N}/`
@@ -379,6 +437,7 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
                 timeframes,
                 model_type,
                 strategy,
+                first_epoch: 1,
                 abort: None,
             },
         );
@@ -414,8 +473,9 @@ fn session_body(s: &SimSession) -> Value {
     })
 }
 
-fn operation_body(s: &SimSession) -> Value {
+fn operation_body(s: &SimSession, checkpoint: Option<&SimCheckpoint>) -> Value {
     json!({
+        "checkpoint": checkpoint.map(SimCheckpoint::summary),
         "operation_id": s.id, "operation_type": "training", "status": s.status,
         "created_at": s.created_at, "started_at": s.created_at,
         "completed_at": if s.finished { Some(&s.last_updated) } else { None },
@@ -491,14 +551,16 @@ async fn session_result(State(sim): Sim, Path(id): Path<String>) -> Response {
 
 async fn list_operations(State(sim): Sim) -> Json<Value> {
     sim.count("/api/v1/operations");
-    let data: Vec<Value> = sim.sessions.lock().values().map(operation_body).collect();
+    let checkpoints = sim.checkpoints.lock().clone();
+    let data: Vec<Value> = sim.sessions.lock().values().map(|s| operation_body(s, checkpoints.get(&s.id))).collect();
     Json(json!({ "success": true, "data": data, "total_count": data.len() }))
 }
 
 async fn operation(State(sim): Sim, Path(id): Path<String>) -> Response {
     sim.count("/api/v1/operations/{id}");
     status_delay(&sim).await;
-    match sim.with_session(&id, |s| operation_body(s)) {
+    let checkpoint = sim.checkpoints.lock().get(&id).cloned();
+    match sim.with_session(&id, |s| operation_body(s, checkpoint.as_ref())) {
         Some(body) => Json(json!({ "success": true, "data": body })).into_response(),
         None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
     }
@@ -527,6 +589,58 @@ async fn cancel_operation(
         }
         None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
     }
+}
+
+#[derive(Deserialize)]
+struct ResumeBody {
+    operation_id: String,
+}
+
+/// `POST /training/resume`: trains on from the operation's checkpoint, under the same id, from
+/// the epoch after it (resume.md §6). The session reports only the epochs of this run.
+async fn resume(State(sim): Sim, FastJson(body): FastJson<ResumeBody>) -> Response {
+    sim.count("/training/resume");
+    let id = body.operation_id;
+    let Some(checkpoint) = sim.checkpoints.lock().get(&id).cloned() else {
+        return detail(StatusCode::NOT_FOUND, format!("No checkpoint found for operation {id}"));
+    };
+    {
+        let mut sessions = sim.sessions.lock();
+        let Some(old) = sessions.get(&id).cloned() else {
+            return detail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Checkpoint corrupted: no original request for {id}"),
+            );
+        };
+        if sessions.values().filter(|s| !s.finished).count() >= sim.knobs().max_sessions {
+            return detail(StatusCode::SERVICE_UNAVAILABLE, "Service temporarily unavailable: the worker is busy");
+        }
+        let now = time::format(&time::now());
+        let first_epoch = checkpoint.epoch + 2;
+        sessions.insert(
+            id.clone(),
+            SimSession {
+                status: sim.word("starting"),
+                epoch: first_epoch - 1,
+                batch: 0,
+                epochs: Vec::new(),
+                error: None,
+                created_at: now.clone(),
+                last_updated: now,
+                stop_requested: false,
+                finished: false,
+                result: None,
+                first_epoch,
+                abort: None,
+                ..old
+            },
+        );
+    }
+    sim.stats.lock().starts += 1;
+    let handle = tokio::spawn(sim.clone().run(id.clone()));
+    sim.with_session(&id, |s| s.abort = Some(handle.abort_handle()));
+    Json(json!({ "success": true, "operation_id": id, "status": "started", "resumed_from_epoch": checkpoint.epoch }))
+        .into_response()
 }
 
 async fn stats(State(sim): Sim) -> Json<Value> {

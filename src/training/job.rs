@@ -17,7 +17,7 @@ use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::Protocol;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{
-    Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, RemoteStopHook,
+    CheckpointKind, Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, RemoteStopHook,
     RemoteStopReport, Resumption, Steps,
 };
 use crate::training::TrainingRequest;
@@ -227,6 +227,7 @@ async fn follow(
     let mut pauses = Backoff::exponential(settings.poll_min, settings.poll_max).factor(1.5).pauses();
     let mut errors = 0;
     let mut previous = None;
+    let mut last_checkpoint = None;
     loop {
         match client.poll(session, token).await {
             Ok(snapshot) => {
@@ -237,6 +238,12 @@ async fn follow(
                 }
                 previous = Some(now);
                 relay(&snapshot, total_epochs, &mut recorded, ctx, progress);
+                if snapshot.checkpoint != last_checkpoint {
+                    if let Some(checkpoint) = &snapshot.checkpoint {
+                        record_checkpoint(ctx, checkpoint).await;
+                    }
+                    last_checkpoint = snapshot.checkpoint.clone();
+                }
                 match snapshot.status {
                     HostStatus::Completed => return Ok(snapshot),
                     HostStatus::Failed => {
@@ -261,6 +268,20 @@ async fn follow(
         if !pauses.sleep(token).await {
             return Err(JobError::Cancelled);
         }
+    }
+}
+
+/// Keeps the host's checkpoint of the session as the operation's (what a resume continues from).
+async fn record_checkpoint(ctx: &OperationHandle, checkpoint: &Value) {
+    ctx.checkpoint(checkpoint_kind(checkpoint), checkpoint.clone()).await;
+}
+
+fn checkpoint_kind(checkpoint: &Value) -> CheckpointKind {
+    match checkpoint.get("checkpoint_type").and_then(Value::as_str) {
+        Some("cancellation") => CheckpointKind::Cancellation,
+        Some("failure") => CheckpointKind::Failure,
+        Some("shutdown") => CheckpointKind::Shutdown,
+        _ => CheckpointKind::Periodic,
     }
 }
 
@@ -358,12 +379,19 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
         }
         let until = Instant::now() + settings.cancel_watch;
         let mut reported: Option<String> = None;
+        let mut kept: Option<Value> = None;
         while Instant::now() < until {
             match client.poll(&session, report.shutdown()).await {
                 Ok(snapshot) if snapshot.status.is_final() => {
                     if reported.as_deref() != Some(snapshot.host_status.as_str()) {
                         report.final_status(snapshot.host_status.clone()).await;
                         reported = Some(snapshot.host_status.clone());
+                    }
+                    // A stopped host session leaves its `cancellation` checkpoint: resumable.
+                    if snapshot.checkpoint.is_some() && snapshot.checkpoint != kept {
+                        let checkpoint = snapshot.checkpoint.clone().unwrap_or_default();
+                        report.checkpoint(checkpoint_kind(&checkpoint), checkpoint).await;
+                        kept = snapshot.checkpoint.clone();
                     }
                     // A stopped session may still flip to completed on a defective host; a
                     // completed or failed one is over.

@@ -14,7 +14,7 @@ use crate::data::request::{Symbol, parse_timeframe};
 use crate::hosts::training::{StartRequest, TrainingClient};
 use crate::invalid::Invalid;
 use crate::ops::job::BoxFuture;
-use crate::ops::{Checkpoint, OperationType, Restart};
+use crate::ops::{Checkpoint, OperationType, Restart, ResumeRefused};
 use crate::time;
 use job::{TrainingJob, TrainingReattach, TrainingSettings};
 use strategy::Strategy;
@@ -181,8 +181,8 @@ impl TrainingService {
     }
 }
 
-/// A retry trains again from the strategy file as it is now (re-read and validated). Resuming a
-/// training from a host checkpoint is not done by this service yet: it says to retry instead.
+/// A retry trains again from the strategy file as it is now (re-read and validated); a resume has
+/// the host train on from its checkpoint.
 impl Restart<TrainingJob> for TrainingService {
     fn retry(&self, request: TrainingRequest) -> BoxFuture<Result<TrainingJob, String>> {
         let service = self.clone();
@@ -206,14 +206,36 @@ impl Restart<TrainingJob> for TrainingService {
         })
     }
 
+    /// Asks the host to train on from its checkpoint (the remote work keeps its id), then follows
+    /// it under the new operation like a re-attached one. A host that cannot is said to the user.
     fn resume(
         &self,
-        _: TrainingRequest,
-        _: Option<job::TrainingState>,
-        _: Checkpoint,
-    ) -> BoxFuture<Result<TrainingJob, String>> {
-        Box::pin(async {
-            Err("this service cannot resume a training from the host's checkpoint yet: retry it instead".to_owned())
+        request: TrainingRequest,
+        state: Option<job::TrainingState>,
+        checkpoint: Option<Checkpoint>,
+    ) -> BoxFuture<Result<TrainingJob, ResumeRefused>> {
+        let service = self.clone();
+        Box::pin(async move {
+            let Some(state) = state else {
+                let never = "the training never reached its host, so there is nothing to resume: retry it instead";
+                return Err(ResumeRefused::Cannot(never.into()));
+            };
+            if state.protocol == crate::hosts::training::Protocol::Sessions {
+                let old = "the training host (sessions generation) cannot resume a training: retry it instead";
+                return Err(ResumeRefused::Cannot(old.into()));
+            }
+            if checkpoint.is_none() {
+                return Err(ResumeRefused::NoCheckpoint);
+            }
+            let token = tokio_util::sync::CancellationToken::new();
+            let session = service.client.resume(&state.session_id, &token).await.map_err(ResumeRefused::Cannot)?;
+            Ok(TrainingJob {
+                request: None,
+                session: Some(session),
+                total_epochs: request.parameters.epochs.filter(|t| *t > 0),
+                client: service.client.clone(),
+                settings: service.settings.clone(),
+            })
         })
     }
 }

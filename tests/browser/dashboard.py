@@ -1,8 +1,8 @@
 """The dashboard in headless Chromium against a running service (`serve --sim` with some IB latency).
 
 1,000 operations are listed (time to first paint of the list), a data load is started from the
-form, its progress bar moves, it is cancelled with its button and shown `cancelled`. A screenshot
-goes to $SCREENSHOT. Playwright drives Debian's /usr/bin/chromium (no browser download).
+form, its progress bar moves, it is cancelled with its button and shown `cancelled`, then resumed
+from its details as a new, linked operation. A screenshot goes to $SCREENSHOT. Playwright drives Debian's /usr/bin/chromium (no browser download).
 
 Usage: BASE_URL=http://127.0.0.1:8000 SCREENSHOT=out.png python dashboard.py
 """
@@ -155,6 +155,22 @@ def main():
             check("Cancellation" in page.locator("#details-body").text_content(),
                   "the details panel shows the cancellation")
             page.screenshot(path=SCREENSHOT, full_page=False)
+
+            # Ended with a checkpoint: Resume (and Retry) are offered; Resume continues it under a
+            # new operation whose lineage names the old one.
+            details = page.locator("#details")
+            details.get_by_role("button", name="Resume", exact=True).wait_for(timeout=15000)
+            check(details.get_by_role("button", name="Retry", exact=True).count() == 1, "Retry is offered too")
+            details.get_by_role("button", name="Resume", exact=True).click()
+            page.wait_for_function(
+                "() => /resumed as op_data_load_/.test(document.getElementById('notice').textContent)", timeout=15000)
+            new_id = re.search(r"resumed as (op_data_load_\w+)", page.locator("#notice").text_content()).group(1)
+            page.wait_for_function(
+                "(id) => (document.getElementById('lineage')?.textContent ?? '').includes('Continues ' + id)",
+                arg=op_id, timeout=15000)
+            status, text = request("GET", f"/api/v1/operations/{new_id}")
+            check(json.loads(text)["data"]["parent_operation_id"] == op_id, "the continuation names its parent")
+            print(f"resumed {op_id} from the dashboard as {new_id}")
 
             # With the details open at 1,400 px and on a 390 px phone, the table fits its card and a
             # running operation's Cancel button is on screen.

@@ -296,3 +296,67 @@ async fn bad_training_requests_are_refused_with_the_field_named() {
     let (status, _) = rig.app.get("/api/v1/trainings/op_training_nope/performance").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_training_cancelled_midway_resumes_from_the_hosts_checkpoint_and_reports_only_the_rest() {
+    let rig = rig(SimTrainingProtocol::Operations, 10, |_| {}).await;
+    rig.write_data("EURUSD", "1h");
+    training_knobs(&rig.app, json!({ "checkpoint_interval": 2 })).await;
+    let old = rig.train(json!({ "strategy_name": "long" })).await;
+    rig.until(&old, "five epochs", |r| r["metrics"]["epochs"].as_array().map_or(0, Vec::len) >= 5).await;
+    // Periodic checkpoints are kept as the host reports them.
+    let (status, periodic) = rig.app.get(&format!("/api/v1/checkpoints/{old}")).await;
+    assert_eq!(status, 200, "{periodic}");
+    assert_eq!(periodic["data"]["checkpoint_type"], "periodic");
+
+    let (status, _) = rig.app.delete(&format!("/api/v1/operations/{old}")).await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let checkpoint = loop {
+        let (_, c) = rig.app.get(&format!("/api/v1/checkpoints/{old}")).await;
+        if c["data"]["checkpoint_type"] == "cancellation" {
+            break c["data"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no cancellation checkpoint: {c}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let saved_epoch = checkpoint["state"]["epoch"].as_u64().unwrap();
+    assert!(checkpoint["state"]["train_loss"].is_number(), "{checkpoint}");
+
+    let (status, answer) = rig.app.post(&format!("/api/v1/operations/{old}/resume"), json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["resumed_from"]["epoch"], saved_epoch);
+    assert_eq!(answer["data"]["resumed_from"]["checkpoint_type"], "cancellation");
+    let new = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    let done = rig.until(&new, "the resumed training's end", is_final).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["parent_operation_id"], old.as_str());
+    let epochs: Vec<u64> =
+        done["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    let rest: Vec<u64> = (saved_epoch + 1..40).collect();
+    assert_eq!(epochs, rest, "only the epochs after the checkpoint, each once");
+    assert!(done["result_summary"]["model_path"].is_string(), "{done}");
+    assert_eq!(rig.app.record(&old).await["status"], "cancelled", "the old one stays as it ended");
+    let (status, _) = rig.app.get(&format!("/api/v1/checkpoints/{old}")).await;
+    assert_eq!(status, 404, "nothing left to resume");
+    let (status, again) = rig.app.post(&format!("/api/v1/operations/{old}/resume"), json!({})).await;
+    assert_eq!((status, assert_envelope(&again)), (409, "ALREADY_RESUMED".to_owned()));
+}
+
+#[tokio::test]
+async fn a_training_on_a_host_that_cannot_resume_is_refused_with_the_advice_to_retry() {
+    let rig = rig(SimTrainingProtocol::Sessions, 10, |_| {}).await;
+    rig.write_data("EURUSD", "1h");
+    let old = rig.train(json!({ "strategy_name": "long" })).await;
+    rig.until(&old, "running on the host", |r| r["progress"]["context"]["host_status"] == "running").await;
+    rig.app.delete(&format!("/api/v1/operations/{old}")).await;
+    let (status, refused) = rig.app.post(&format!("/api/v1/operations/{old}/resume"), json!({})).await;
+    assert_eq!((status, assert_envelope(&refused)), (409, "CANNOT_RESUME".to_owned()), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("retry"), "{refused}");
+    let (status, retried) = rig.app.post(&format!("/api/v1/operations/{old}/retry"), json!({})).await;
+    assert_eq!(status, 200, "{retried}");
+    let new = retried["data"]["operation_id"].as_str().unwrap().to_owned();
+    let done = rig.until(&new, "the retried training's end", is_final).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["metrics"]["epochs"].as_array().unwrap().len(), 40, "from scratch");
+}

@@ -4,6 +4,7 @@
 //! `parent_operation_id`, and an operation is resumed at most once.
 
 use super::*;
+use crate::ops::job::ResumeRefused;
 use crate::ops::record::OperationRecord;
 use crate::ops::store::Checkpoint;
 
@@ -35,13 +36,20 @@ pub enum ContinueError {
 pub struct Resumed {
     /// The new operation.
     pub snapshot: Arc<Snapshot>,
-    /// What it continues from.
-    pub checkpoint: Checkpoint,
+    /// What it continues from, as stored here.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Orchestrator {
     /// The stored operation, if it ended in a way that can be continued.
     async fn ended(&self, operation_id: &str) -> Result<Snapshot, ContinueError> {
+        // Still running here: memory is ahead of the store.
+        if let Some(op) = self.live(operation_id) {
+            let status = op.snapshot().record.status;
+            if !status.is_terminal() {
+                return Err(ContinueError::NotEnded { id: operation_id.to_owned(), status });
+            }
+        }
         let stored = match self.inner.store.get(operation_id).await? {
             Some(stored) => stored,
             None => return Err(ContinueError::NotFound(operation_id.to_owned())),
@@ -97,12 +105,13 @@ impl Orchestrator {
         if let Some(continuation) = self.inner.store.continuation(operation_id).await? {
             return Err(ContinueError::AlreadyResumed { resumed: operation_id.to_owned(), continuation });
         }
-        let Some(checkpoint) = self.inner.store.checkpoint(operation_id).await? else {
-            return Err(ContinueError::NoCheckpoint(operation_id.to_owned()));
-        };
+        let checkpoint = self.inner.store.checkpoint(operation_id).await?;
         let ty = self.inner.types.get(record.operation_type.as_str());
         let job = match ty.and_then(|ty| ty.resume(record, stored.job_state.as_ref(), checkpoint.clone())) {
-            Some(job) => job.await.map_err(ContinueError::Refused)?,
+            Some(job) => job.await.map_err(|refused| match refused {
+                ResumeRefused::NoCheckpoint => ContinueError::NoCheckpoint(operation_id.to_owned()),
+                ResumeRefused::Cannot(message) => ContinueError::Refused(message),
+            })?,
             None => return Err(ContinueError::Refused(cannot(record, "resumed"))),
         };
         let lineage = Lineage { parent: Some(record.operation_id.clone()), resumes: true };
