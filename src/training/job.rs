@@ -104,8 +104,10 @@ impl TrainingJob {
         let token = ctx.token().clone();
         let session = match session {
             Some(session) => {
+                // A resumed training is new here: it stores its session for a later re-attach.
+                ctx.save_state(&TrainingState { session_id: session.id.clone(), protocol: session.protocol }).await?;
                 ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone()));
-                progress.detail(format!("re-attached to training host session {}", session.id));
+                progress.detail(format!("following training host session {}", session.id));
                 session
             }
             None => {

@@ -193,6 +193,37 @@ async fn a_killed_service_leaves_nothing_running_on_this_backend(db: TestDb) {
     assert_eq!(body["data"]["error_message"], "interrupted: service restarted before the operation finished");
 }
 
+async fn checkpoints_are_replaced_listed_and_expire_by_age(db: TestDb) {
+    use ktrdr_ops::ops::{Checkpoint, CheckpointKind};
+    let store = open(&db).await;
+    let now = ktrdr_ops::time::now();
+    let checkpoint = |id: &str, kind, days_ago: i64, epoch: u64| Checkpoint {
+        operation_id: id.to_owned(),
+        operation_type: "training".to_owned(),
+        kind,
+        created_at: now - chrono::Duration::days(days_ago),
+        state: json!({ "epoch": epoch }),
+        artifacts_path: None,
+        artifacts_size_bytes: 100,
+    };
+    store.put_checkpoint(&checkpoint("op_old", CheckpointKind::Periodic, 40, 3)).await.unwrap();
+    store.put_checkpoint(&checkpoint("op_new", CheckpointKind::Periodic, 1, 1)).await.unwrap();
+    // A save replaces the operation's checkpoint.
+    store.put_checkpoint(&checkpoint("op_new", CheckpointKind::Cancellation, 0, 2)).await.unwrap();
+    let back = store.checkpoint("op_new").await.unwrap().unwrap();
+    assert_eq!((back.kind, back.state["epoch"].as_u64()), (CheckpointKind::Cancellation, Some(2)));
+    let all = store.checkpoints(None).await.unwrap();
+    assert_eq!(all.iter().map(|c| c.operation_id.as_str()).collect::<Vec<_>>(), ["op_new", "op_old"], "newest first");
+    let stats = store.checkpoint_stats().await.unwrap();
+    assert_eq!((stats.total, stats.total_size_bytes), (2, 200));
+    let older = store.checkpoints(Some(now - chrono::Duration::days(30))).await.unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(store.delete_checkpoints_before(now - chrono::Duration::days(30)).await.unwrap(), 1);
+    assert!(store.checkpoint("op_old").await.unwrap().is_none(), "expired");
+    assert!(store.delete_checkpoint("op_new").await.unwrap());
+    assert!(!store.delete_checkpoint("op_new").await.unwrap(), "only once");
+}
+
 macro_rules! store_suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -225,6 +256,7 @@ store_suite!(
     lists_filter_page_and_count_newest_first,
     an_idempotency_key_claims_once_until_it_expires,
     many_concurrent_writes_all_land,
+    checkpoints_are_replaced_listed_and_expire_by_age,
     the_api_runs_and_cancels_operations_on_this_backend,
     a_killed_service_leaves_nothing_running_on_this_backend,
 );
