@@ -294,6 +294,19 @@ impl RemoteStopHook {
     }
 }
 
+/// The operation's checkpoint as saved now.
+fn checkpoint_now(op: &LiveOperation, kind: CheckpointKind, state: Value) -> Checkpoint {
+    Checkpoint {
+        operation_id: op.id.clone(),
+        operation_type: op.snapshot().record.operation_type.clone(),
+        kind,
+        created_at: time::now(),
+        state,
+        artifacts_path: None,
+        artifacts_size_bytes: 0,
+    }
+}
+
 /// Records the remote half of a cancel in `cancellation.remote`, durably.
 pub struct RemoteStopReport {
     pub(crate) op: Arc<LiveOperation>,
@@ -348,16 +361,7 @@ impl RemoteStopReport {
 
     /// The host's checkpoint of the stopped work (what a resume continues from).
     pub async fn checkpoint(&self, kind: CheckpointKind, state: Value) {
-        let checkpoint = Checkpoint {
-            operation_id: self.op.id.clone(),
-            operation_type: self.op.snapshot().record.operation_type.clone(),
-            kind,
-            created_at: time::now(),
-            state,
-            artifacts_path: None,
-            artifacts_size_bytes: 0,
-        };
-        if let Err(e) = self.store.put_checkpoint(&checkpoint).await {
+        if let Err(e) = self.store.put_checkpoint(&checkpoint_now(&self.op, kind, state)).await {
             tracing::warn!(operation_id = %self.op.id, error = %e, "could not store the host's checkpoint");
         }
     }
@@ -440,17 +444,7 @@ impl OperationHandle {
     /// Saves the operation's checkpoint (what a resume continues from), replacing the last one.
     /// A checkpoint that cannot be saved is a warning: the work goes on.
     pub async fn checkpoint(&self, kind: CheckpointKind, state: Value) {
-        let record = self.op.snapshot();
-        let checkpoint = Checkpoint {
-            operation_id: self.op.id.clone(),
-            operation_type: record.record.operation_type.clone(),
-            kind,
-            created_at: time::now(),
-            state,
-            artifacts_path: None,
-            artifacts_size_bytes: 0,
-        };
-        if let Err(e) = self.store.put_checkpoint(&checkpoint).await {
+        if let Err(e) = self.store.put_checkpoint(&checkpoint_now(&self.op, kind, state)).await {
             self.warn(format!("could not save a checkpoint: {e}"));
         }
     }

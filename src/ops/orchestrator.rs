@@ -34,6 +34,7 @@ mod supervisor;
 mod tests;
 
 pub use lineage::{ContinueError, Resumed};
+use lookup::RemoteCache;
 pub use lookup::{LiveView, Lookup, RemoteView};
 use supervisor::{flush_progress, flush_progress_periodically, spawn};
 
@@ -76,37 +77,6 @@ pub struct Settings {
     pub remote_poll_interval: Duration,
     /// Several replicas share the store (PostgreSQL): leases, takeover, cross-replica cancel.
     pub cluster: Option<ClusterSettings>,
-}
-
-/// Other replicas' operations as last read, for a short while.
-struct RemoteCache {
-    ttl: Duration,
-    entries: parking_lot::Mutex<HashMap<String, (Instant, Arc<Snapshot>)>>,
-}
-
-impl RemoteCache {
-    /// More entries than this and the expired ones are dropped.
-    const TIDY_ABOVE: usize = 10_000;
-
-    fn get(&self, id: &str) -> Option<Arc<Snapshot>> {
-        let entries = self.entries.lock();
-        entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, s)| s.clone())
-    }
-
-    fn put(&self, id: &str, snapshot: Arc<Snapshot>) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.entries.lock();
-        if entries.len() > Self::TIDY_ABOVE {
-            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
-        }
-        entries.insert(id.to_owned(), (Instant::now(), snapshot));
-    }
-
-    fn forget(&self, id: &str) {
-        self.entries.lock().remove(id);
-    }
 }
 
 /// How a new operation relates to an earlier one.

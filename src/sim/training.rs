@@ -24,7 +24,10 @@ use crate::hosts::training::Protocol;
 use crate::sim::fastapi::FastJson;
 use crate::time;
 
+mod checkpoint;
 mod model_folder;
+
+use checkpoint::{SimCheckpoint, resume};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,33 +93,6 @@ struct SimSession {
     /// The first epoch this run trains (1-based): after the checkpoint's on a resume.
     first_epoch: u32,
     abort: Option<AbortHandle>,
-}
-
-impl SimSession {
-    /// A finished epoch's 0-based index.
-    fn epoch_index(&self, metrics: &Value) -> Option<u32> {
-        metrics.get("epoch").and_then(Value::as_u64).map(|e| e as u32)
-    }
-}
-
-/// What a training saved (resume.md §6): the last finished epoch (0-based) and its figures.
-#[derive(Debug, Clone)]
-struct SimCheckpoint {
-    kind: &'static str,
-    epoch: u32,
-    created_at: String,
-    figures: Value,
-}
-
-impl SimCheckpoint {
-    /// As the operation's `checkpoint` (an extension of the operations generation's record).
-    fn summary(&self) -> Value {
-        let mut summary = json!({ "checkpoint_type": self.kind, "epoch": self.epoch, "created_at": self.created_at });
-        for key in ["train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate"] {
-            summary[key] = self.figures.get(key).cloned().unwrap_or(Value::Null);
-        }
-        summary
-    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -201,6 +177,13 @@ impl TrainingSim {
             (_, other) => other,
         }
         .to_owned()
+    }
+
+    /// Runs the session `id` (just stored) in a task of its own, abortable by a crash.
+    fn launch(self: &Arc<Self>, id: &str) {
+        self.stats.lock().starts += 1;
+        let handle = tokio::spawn(self.clone().run(id.to_owned()));
+        self.with_session(id, |s| s.abort = Some(handle.abort_handle()));
     }
 
     /// Runs a session to its end: a data check, then epochs of batches at the knobs' pace.
@@ -289,18 +272,6 @@ impl TrainingSim {
         // A training that completed has nothing left to resume.
         self.checkpoints.lock().remove(&id);
         self.end(&id, "completed", None, result);
-    }
-
-    /// Saves the session's checkpoint at its last finished epoch (none before the first).
-    fn save_checkpoint(&self, id: &str, kind: &'static str) {
-        let Some(Some((epoch, figures))) = self.with_session(id, |s| {
-            let last = s.epochs.last()?;
-            Some((s.epoch_index(last)?, last.clone()))
-        }) else {
-            return;
-        };
-        let created_at = time::format(&time::now());
-        self.checkpoints.lock().insert(id.to_owned(), SimCheckpoint { kind, epoch, created_at, figures });
     }
 
     /// Writes the session's model folder in ktrdr's layout — `{models_dir}/{strategy}/{tf}_v{N}/`
@@ -442,9 +413,7 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
             },
         );
     }
-    sim.stats.lock().starts += 1;
-    let handle = tokio::spawn(sim.clone().run(id.clone()));
-    sim.with_session(&id, |s| s.abort = Some(handle.abort_handle()));
+    sim.launch(&id);
     let mut answer = json!({
         "session_id": id, "status": "started", "message": format!("Training session {id} started successfully"),
         "gpu_allocated": false, "estimated_duration_minutes": null,
@@ -589,58 +558,6 @@ async fn cancel_operation(
         }
         None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
     }
-}
-
-#[derive(Deserialize)]
-struct ResumeBody {
-    operation_id: String,
-}
-
-/// `POST /training/resume`: trains on from the operation's checkpoint, under the same id, from
-/// the epoch after it (resume.md §6). The session reports only the epochs of this run.
-async fn resume(State(sim): Sim, FastJson(body): FastJson<ResumeBody>) -> Response {
-    sim.count("/training/resume");
-    let id = body.operation_id;
-    let Some(checkpoint) = sim.checkpoints.lock().get(&id).cloned() else {
-        return detail(StatusCode::NOT_FOUND, format!("No checkpoint found for operation {id}"));
-    };
-    {
-        let mut sessions = sim.sessions.lock();
-        let Some(old) = sessions.get(&id).cloned() else {
-            return detail(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("Checkpoint corrupted: no original request for {id}"),
-            );
-        };
-        if sessions.values().filter(|s| !s.finished).count() >= sim.knobs().max_sessions {
-            return detail(StatusCode::SERVICE_UNAVAILABLE, "Service temporarily unavailable: the worker is busy");
-        }
-        let now = time::format(&time::now());
-        let first_epoch = checkpoint.epoch + 2;
-        sessions.insert(
-            id.clone(),
-            SimSession {
-                status: sim.word("starting"),
-                epoch: first_epoch - 1,
-                batch: 0,
-                epochs: Vec::new(),
-                error: None,
-                created_at: now.clone(),
-                last_updated: now,
-                stop_requested: false,
-                finished: false,
-                result: None,
-                first_epoch,
-                abort: None,
-                ..old
-            },
-        );
-    }
-    sim.stats.lock().starts += 1;
-    let handle = tokio::spawn(sim.clone().run(id.clone()));
-    sim.with_session(&id, |s| s.abort = Some(handle.abort_handle()));
-    Json(json!({ "success": true, "operation_id": id, "status": "started", "resumed_from_epoch": checkpoint.epoch }))
-        .into_response()
 }
 
 async fn stats(State(sim): Sim) -> Json<Value> {

@@ -2,10 +2,12 @@
 //! the store (and this replica's change feed) while another does, or as stored once finished —
 //! and waiting for its next version.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Inner;
 use crate::ops::live::LiveOperation;
@@ -116,5 +118,36 @@ impl Lookup {
             Ok(Some(snapshot)) => snapshot,
             _ => self.snapshot(),
         }
+    }
+}
+
+/// Other replicas' operations as last read, for a short while.
+pub(super) struct RemoteCache {
+    pub(super) ttl: Duration,
+    pub(super) entries: parking_lot::Mutex<HashMap<String, (Instant, Arc<Snapshot>)>>,
+}
+
+impl RemoteCache {
+    /// More entries than this and the expired ones are dropped.
+    const TIDY_ABOVE: usize = 10_000;
+
+    pub(super) fn get(&self, id: &str) -> Option<Arc<Snapshot>> {
+        let entries = self.entries.lock();
+        entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, s)| s.clone())
+    }
+
+    pub(super) fn put(&self, id: &str, snapshot: Arc<Snapshot>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock();
+        if entries.len() > Self::TIDY_ABOVE {
+            entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        }
+        entries.insert(id.to_owned(), (Instant::now(), snapshot));
+    }
+
+    pub(super) fn forget(&self, id: &str) {
+        self.entries.lock().remove(id);
     }
 }
