@@ -392,8 +392,13 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
                     // A stopped host session leaves its `cancellation` checkpoint: resumable.
                     if snapshot.checkpoint.is_some() && snapshot.checkpoint != kept {
                         let checkpoint = snapshot.checkpoint.clone().unwrap_or_default();
-                        report.checkpoint(checkpoint_kind(&checkpoint), checkpoint).await;
+                        let kind = checkpoint_kind(&checkpoint);
+                        report.checkpoint(kind, checkpoint).await;
                         kept = snapshot.checkpoint.clone();
+                        if kind != CheckpointKind::Periodic {
+                            // The host saved what it had when it stopped: it really stopped.
+                            return;
+                        }
                     }
                     // A stopped session may still flip to completed on a defective host; a
                     // completed or failed one is over.
@@ -401,6 +406,8 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
                         return;
                     }
                 }
+                // Running again after it stopped: resumed, under a new operation that follows it.
+                Ok(_) if reported.is_some() => return,
                 Err(PollError::Lost(_) | PollError::Cancelled) => return,
                 _ => {}
             }
