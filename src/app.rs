@@ -28,6 +28,7 @@ use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, Store
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
 use crate::training::job::TrainingSettings;
+use crate::workers::{Fleet, FleetSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -259,6 +260,17 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         metrics,
     );
     orchestrator.reconcile().await?;
+    let fleet = Fleet::new(
+        store.clone(),
+        FleetSettings {
+            health_check_interval: config.workers.health_check_interval.0,
+            health_check_timeout: config.workers.health_check_timeout.0,
+            health_check_failures: config.workers.health_check_failures.max(1),
+            removal_threshold: config.workers.removal_threshold.0,
+        },
+    );
+    orchestrator
+        .spawn_loop(fleet.check_periodically(orchestrator.settings().node_id.clone(), orchestrator.shutdown_token()));
     orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);
 
     let listen = config.server.listen;

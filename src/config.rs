@@ -41,6 +41,17 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub sim: SimConfig,
+    pub workers: WorkersConfig,
+}
+
+/// The training workers that register themselves (workers.md §3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    pub health_check_interval: HumanDuration,
+    pub health_check_timeout: HumanDuration,
+    pub health_check_failures: u32,
+    pub removal_threshold: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -361,6 +372,8 @@ impl Config {
             ("operations.takeover_scan_interval", self.operations.takeover_scan_interval),
             ("operations.cancel_poll_interval", self.operations.cancel_poll_interval),
             ("operations.remote_poll_interval", self.operations.remote_poll_interval),
+            ("workers.health_check_interval", self.workers.health_check_interval),
+            ("workers.health_check_timeout", self.workers.health_check_timeout),
         ];
         for (key, value) in positive {
             if value.0.is_zero() {

@@ -36,3 +36,5 @@ pub mod telemetry;
 pub mod time;
 /// Training: strategies and the training operation.
 pub mod training;
+/// The worker fleet: training hosts that register themselves, health-checked.
+pub mod workers;

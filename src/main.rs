@@ -55,6 +55,8 @@ enum Command {
     },
     /// The trained models of a running service.
     Models,
+    /// The training workers registered with a running service.
+    Workers,
     /// Whether a running service and its database are well: exit 0, else 1 (2: unreachable).
     /// Made for container health checks.
     Health,
@@ -353,6 +355,7 @@ fn main() -> ExitCode {
             }
         })),
         Some(Command::Models) => runtime.block_on(run_client(cli.client, |c| async move { c.models().await })),
+        Some(Command::Workers) => runtime.block_on(run_client(cli.client, |c| async move { c.workers().await })),
         Some(Command::Health) => runtime.block_on(run_client(cli.client, |c| async move { c.health().await })),
         Some(Command::Sim(args)) => run_sim(&runtime, args),
         None => run_serve(&runtime, cli.serve),

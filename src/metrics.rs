@@ -40,6 +40,7 @@ pub const STORE_WRITE_FAILURES: &str = "ktrdr_ops_store_write_failures_total";
 pub const HTTP_REQUEST_DURATION: &str = "ktrdr_ops_http_request_duration_seconds";
 pub const RESUMES: &str = "ktrdr_ops_resumes_total";
 pub const RETRIES: &str = "ktrdr_ops_retries_total";
+pub const WORKERS: &str = "ktrdr_ops_workers";
 
 enum Kind {
     Counter,
@@ -91,6 +92,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Resumes of ended operations, by type and outcome (started, automatic after a restart, refused).",
     ),
     (RETRIES, Kind::Counter, "Ended operations started again from scratch, by type."),
+    (WORKERS, Kind::Gauge, "Registered workers, by type and status."),
 ];
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

@@ -19,6 +19,7 @@ mod operations;
 mod prometheus;
 pub mod schemas;
 mod trainings;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
         .merge(operations::router())
         .merge(lineage::router())
         .merge(timed(checkpoints::router()))
+        .merge(timed(workers::router()))
         .merge(timed(data::router()))
         .merge(timed(trainings::router()))
         .merge(timed(catalog::router()))

@@ -36,6 +36,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let (waits, waited) = state.hosts.ib.pacing().waits();
     metrics.counter(crate::metrics::IB_PACING_WAITS, &[]).absolute(waits);
     metrics.gauge(crate::metrics::IB_PACING_WAIT_SECONDS, &[]).set(waited.as_secs_f64());
+    // The fleet, by type and status (every status of a type present, zero included).
+    if let Ok(workers) = state.orchestrator.store().workers(None, None).await {
+        let mut counts = std::collections::BTreeMap::<(&str, &str), u64>::new();
+        for w in &workers {
+            for status in crate::workers::WORKER_STATUSES {
+                counts.entry((w.worker_type.as_str(), status)).or_default();
+            }
+            *counts.entry((w.worker_type.as_str(), w.status.as_str())).or_default() += 1;
+        }
+        for ((kind, status), n) in counts {
+            metrics.gauge(crate::metrics::WORKERS, &[("type", kind), ("status", status)]).set(n as f64);
+        }
+    }
     let text = metrics.render();
     ([(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
 }

@@ -97,4 +97,39 @@ impl Client {
         }
         Outcome::Completed
     }
+
+    /// `workers`: the registered fleet, as ktrdr's `workers` command shows it.
+    pub async fn workers(&self) -> Outcome {
+        let answer = match self.get("/api/v1/workers".to_owned()).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        if self.json {
+            self.print(&answer);
+            return Outcome::Completed;
+        }
+        let list = answer.as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            out!("No workers registered");
+            return Outcome::Completed;
+        }
+        out!("{:<14} {:<24} {:<6} {:<30} {}", "TYPE", "STATUS", "GPU", "ENDPOINT", "OPERATION");
+        for w in &list {
+            let endpoint = w["endpoint_url"].as_str().unwrap_or_default();
+            let endpoint = if endpoint.chars().count() > 30 {
+                format!("{}...", endpoint.chars().take(27).collect::<String>())
+            } else {
+                endpoint.to_owned()
+            };
+            out!(
+                "{:<14} {:<24} {:<6} {:<30} {}",
+                w["worker_type"].as_str().unwrap_or_default(),
+                w["status"].as_str().unwrap_or_default(),
+                w["capabilities"]["gpu_type"].as_str().unwrap_or("-"),
+                endpoint,
+                w["current_operation_id"].as_str().unwrap_or("-"),
+            );
+        }
+        Outcome::Completed
+    }
 }

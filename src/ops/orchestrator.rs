@@ -242,6 +242,17 @@ impl Orchestrator {
         &self.inner.feed
     }
 
+    /// Runs `work` among the service's background loops: shutdown fires `shutdown_token` and
+    /// waits for it.
+    pub fn spawn_loop(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.inner.loops.spawn(work);
+    }
+
+    /// False once shutdown began.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.accepting.load(Ordering::Acquire)
+    }
+
     /// Where this orchestrator records its figures.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

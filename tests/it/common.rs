@@ -50,6 +50,11 @@ impl TestDb {
         TestDb { url, _dir: Some(dir), postgres: None }
     }
 
+    /// Another handle on the same database (a second replica's); dropping it drops nothing.
+    pub fn shared(&self) -> Self {
+        TestDb { url: self.url.clone(), _dir: None, postgres: None }
+    }
+
     /// A new database on the PostgreSQL named by `KTRDR_OPS_TEST_DATABASE_URL`.
     pub async fn postgres() -> Self {
         let admin = std::env::var("KTRDR_OPS_TEST_DATABASE_URL")

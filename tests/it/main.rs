@@ -16,3 +16,4 @@ mod process;
 mod production;
 mod store;
 mod training;
+mod workers;

@@ -139,8 +139,10 @@ macro_rules! on_db {
 mod checkpoints;
 mod cluster;
 mod lineage;
+mod workers;
 pub use checkpoints::{Checkpoint, CheckpointKind, CheckpointStats};
 pub use cluster::Replicas;
+pub use workers::{HealthOutcome, StoredWorker};
 mod writer;
 
 use writer::{WriteCmd, writer_loop};

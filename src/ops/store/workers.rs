@@ -1,0 +1,209 @@
+//! The worker registry in the store (workers.md §1–3): registrations, health outcomes, removal of
+//! workers unhealthy for too long — and named leases, so that one replica at a time does work
+//! such as the health checks.
+
+use super::*;
+
+/// A registered worker, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWorker {
+    pub worker_id: String,
+    pub worker_type: String,
+    pub endpoint_url: String,
+    pub status: String,
+    pub current_operation_id: Option<String>,
+    pub capabilities: Value,
+    pub metadata: Value,
+    pub registered_at: Timestamp,
+    pub last_health_check: Option<Timestamp>,
+    pub last_healthy_at: Timestamp,
+    pub health_check_failures: u32,
+}
+
+/// What a health check found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthOutcome {
+    /// 200: busy with this operation, or idle.
+    Answered { busy_with: Option<String>, busy: bool },
+    /// No answer, or not 200: one more failure; at `unavailable_after` failures the worker is
+    /// `temporarily_unavailable`.
+    Failed { unavailable_after: u32 },
+}
+
+const COLUMNS: &str = "worker_id, worker_type, endpoint_url, status, current_operation_id, capabilities, metadata, \
+     registered_at, last_health_check, last_healthy_at, health_check_failures";
+
+fn decode_worker<R: Row>(row: &R) -> Result<StoredWorker, StoreError>
+where
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let worker_id: String = row.try_get("worker_id")?;
+    let json = |column: &str| -> Result<Value, StoreError> {
+        let text: String = row.try_get(column)?;
+        serde_json::from_str(&text)
+            .map_err(|source| StoreError::Corrupt { id: worker_id.clone(), source: Arc::new(source) })
+    };
+    Ok(StoredWorker {
+        worker_type: row.try_get("worker_type")?,
+        endpoint_url: row.try_get("endpoint_url")?,
+        status: row.try_get("status")?,
+        current_operation_id: row.try_get("current_operation_id")?,
+        capabilities: json("capabilities")?,
+        metadata: json("metadata")?,
+        registered_at: time::from_micros(row.try_get("registered_at")?),
+        last_health_check: row.try_get::<Option<i64>, _>("last_health_check")?.map(time::from_micros),
+        last_healthy_at: time::from_micros(row.try_get("last_healthy_at")?),
+        health_check_failures: row.try_get::<i64, _>("health_check_failures")?.clamp(0, i64::from(u32::MAX)) as u32,
+        worker_id,
+    })
+}
+
+impl Store {
+    /// Registers a worker (workers.md §2): a new id is stored `available`, and other ids with the
+    /// same endpoint are dropped (the worker restarted under a new id); a known id gets its
+    /// endpoint and capabilities replaced and is `available` again, keeping its type, failure
+    /// count and current operation.
+    pub async fn register_worker(
+        &self,
+        worker_id: &str,
+        worker_type: &str,
+        endpoint_url: &str,
+        capabilities: &Value,
+        current_operation_id: Option<&str>,
+    ) -> Result<StoredWorker, StoreError> {
+        let now = time::to_micros(&time::now());
+        let capabilities = capabilities.to_string();
+        on_db!(&self.inner.readers, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM workers WHERE endpoint_url = $1 AND worker_id <> $2")
+                .bind(endpoint_url)
+                .bind(worker_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO workers (worker_id, worker_type, endpoint_url, status, current_operation_id, \
+                   capabilities, metadata, registered_at, last_health_check, last_healthy_at, health_check_failures) \
+                 VALUES ($1, $2, $3, 'available', $4, $5, '{}', $6, NULL, $6, 0) \
+                 ON CONFLICT (worker_id) DO UPDATE SET endpoint_url = excluded.endpoint_url, \
+                   capabilities = excluded.capabilities, status = 'available', last_healthy_at = excluded.last_healthy_at",
+            )
+            .bind(worker_id)
+            .bind(worker_type)
+            .bind(endpoint_url)
+            .bind(current_operation_id)
+            .bind(&capabilities)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        self.worker(worker_id).await?.ok_or(StoreError::Closed)
+    }
+
+    /// Registered workers, in registration order, optionally of one type and one status.
+    pub async fn workers(
+        &self,
+        worker_type: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<StoredWorker>, StoreError> {
+        let query = format!(
+            "SELECT {COLUMNS} FROM workers WHERE ($1 IS NULL OR worker_type = $1) AND ($2 IS NULL OR status = $2) \
+             ORDER BY registered_at, worker_id"
+        );
+        let rows = on_db!(&self.inner.readers, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(query))
+                .bind(worker_type)
+                .bind(status)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(decode_worker)
+                .collect::<Vec<_>>()
+        });
+        rows.into_iter().collect()
+    }
+
+    pub async fn worker(&self, worker_id: &str) -> Result<Option<StoredWorker>, StoreError> {
+        let query = format!("SELECT {COLUMNS} FROM workers WHERE worker_id = $1");
+        let found = on_db!(&self.inner.readers, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(query))
+                .bind(worker_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| decode_worker(&row))
+        });
+        found.transpose()
+    }
+
+    /// Records one health check of `worker_id` (workers.md §3).
+    pub async fn record_worker_health(&self, worker_id: &str, outcome: &HealthOutcome) -> Result<(), StoreError> {
+        let now = time::to_micros(&time::now());
+        on_db!(&self.inner.readers, pool => {
+            match outcome {
+                HealthOutcome::Answered { busy_with, busy } => {
+                    sqlx::query(
+                        "UPDATE workers SET status = $2, current_operation_id = $3, health_check_failures = 0, \
+                           last_health_check = $4, last_healthy_at = $4 WHERE worker_id = $1",
+                    )
+                    .bind(worker_id)
+                    .bind(if *busy { "busy" } else { "available" })
+                    .bind(busy_with.as_deref().filter(|_| *busy))
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+                }
+                HealthOutcome::Failed { unavailable_after } => {
+                    sqlx::query(
+                        "UPDATE workers SET health_check_failures = health_check_failures + 1, last_health_check = $2, \
+                           status = CASE WHEN health_check_failures + 1 >= $3 THEN 'temporarily_unavailable' ELSE status END \
+                         WHERE worker_id = $1",
+                    )
+                    .bind(worker_id)
+                    .bind(now)
+                    .bind(i64::from(*unavailable_after))
+                    .execute(pool)
+                    .await?;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Drops workers `temporarily_unavailable` whose last healthy answer is older than `before`;
+    /// returns how many.
+    pub async fn remove_dead_workers(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let removed = on_db!(&self.inner.readers, pool => {
+            sqlx::query("DELETE FROM workers WHERE status = 'temporarily_unavailable' AND last_healthy_at < $1")
+                .bind(time::to_micros(&before))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(removed)
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `until`; false while another holder's
+    /// lease has not expired.
+    pub async fn hold_lease(&self, name: &str, holder: &str, until: Timestamp) -> Result<bool, StoreError> {
+        let now = time::to_micros(&time::now());
+        let held = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(time::to_micros(&until))
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(held > 0)
+    }
+}

@@ -1,0 +1,276 @@
+//! The worker fleet (workers.md): training hosts that register themselves, kept in the database
+//! so that the fleet survives restarts and every replica sees the same one, and health-checked
+//! concurrently by one replica at a time. A registration never reopens an operation that is
+//! terminal here: the answer names it in `stop_operations` instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::invalid::Invalid;
+use crate::ops::store::{HealthOutcome, StoredWorker};
+use crate::ops::{Store, StoreError};
+use crate::time;
+
+/// The worker types ktrdr knows.
+pub const WORKER_TYPES: &[&str] =
+    &["backtesting", "training", "cpu_training", "gpu_host", "agent_design", "agent_assessment"];
+/// The statuses a worker can have.
+pub const WORKER_STATUSES: &[&str] = &["available", "busy", "temporarily_unavailable"];
+/// Statuses a worker may report for an operation it finished.
+const REPORT_STATUSES: &[&str] = &["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"];
+
+/// Tunables of the fleet (config `[workers]`).
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
+    pub health_check_failures: u32,
+    pub removal_threshold: Duration,
+}
+
+/// A worker, as ktrdr's API shows it: a bare record (workers.md §1).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    /// `training`, `backtesting`, …
+    pub worker_type: String,
+    pub endpoint_url: String,
+    /// `available`, `busy` or `temporarily_unavailable`.
+    pub status: String,
+    pub current_operation_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub capabilities: Value,
+    /// `…+00:00`; null until first checked.
+    pub last_health_check: Option<String>,
+    pub last_healthy_at: String,
+    pub health_check_failures: u32,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+/// ktrdr writes worker times with `+00:00`.
+fn worker_time(t: &time::Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+}
+
+impl From<StoredWorker> for WorkerRecord {
+    fn from(w: StoredWorker) -> Self {
+        WorkerRecord {
+            worker_id: w.worker_id,
+            worker_type: w.worker_type,
+            endpoint_url: w.endpoint_url,
+            status: w.status,
+            current_operation_id: w.current_operation_id,
+            capabilities: w.capabilities,
+            last_health_check: w.last_health_check.as_ref().map(worker_time),
+            last_healthy_at: worker_time(&w.last_healthy_at),
+            health_check_failures: w.health_check_failures,
+            metadata: w.metadata,
+        }
+    }
+}
+
+/// An operation a worker says it finished.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct CompletedReport {
+    pub operation_id: String,
+    /// Upper case: `COMPLETED`, `FAILED`, `CANCELLED`, …
+    pub status: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    pub completed_at: String,
+}
+
+/// The body of `POST /workers/register`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct Registration {
+    pub worker_id: String,
+    pub worker_type: String,
+    pub endpoint_url: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub capabilities: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub current_operation_id: Option<String>,
+    #[serde(default)]
+    pub completed_operations: Vec<CompletedReport>,
+}
+
+impl Registration {
+    /// Checks every field a person could get wrong, naming it.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let id = self.worker_id.trim();
+        if id.is_empty() || id.len() > 200 {
+            return Err(Invalid::new("worker_id", "worker_id must be 1–200 characters"));
+        }
+        if !WORKER_TYPES.contains(&self.worker_type.as_str()) {
+            return Err(Invalid::new(
+                "worker_type",
+                format!("worker_type `{}` is not one of {}", self.worker_type, WORKER_TYPES.join(", ")),
+            )
+            .allowed(serde_json::json!(WORKER_TYPES)));
+        }
+        let url = self.endpoint_url.trim();
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || url.len() <= "https://".len() || url.contains(char::is_whitespace) {
+            return Err(Invalid::new(
+                "endpoint_url",
+                format!("endpoint_url `{url}` must be an http:// or https:// URL the service can reach"),
+            ));
+        }
+        for report in &self.completed_operations {
+            if !REPORT_STATUSES.contains(&report.status.as_str()) {
+                return Err(Invalid::new(
+                    "completed_operations.status",
+                    format!("status `{}` must be one of {} (upper case)", report.status, REPORT_STATUSES.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every operation the worker names (its current one and those it finished).
+    pub fn named_operations(&self) -> impl Iterator<Item = &str> {
+        self.current_operation_id
+            .as_deref()
+            .into_iter()
+            .chain(self.completed_operations.iter().map(|r| r.operation_id.as_str()))
+    }
+}
+
+/// The registry and its health checks.
+#[derive(Clone)]
+pub struct Fleet {
+    store: Store,
+    http: reqwest::Client,
+    settings: Arc<FleetSettings>,
+}
+
+/// The lease under which one replica checks the workers.
+const HEALTH_LEASE: &str = "workers.health_checks";
+/// Health checks in flight at once.
+const CONCURRENT_CHECKS: usize = 256;
+
+impl Fleet {
+    pub fn new(store: Store, settings: FleetSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(settings.health_check_timeout)
+            .connect_timeout(settings.health_check_timeout)
+            .no_proxy()
+            .build()
+            .expect("a client without TLS settings builds");
+        Fleet { store, http, settings: Arc::new(settings) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    /// Checks every registered worker, all at once: `GET {endpoint_url}/health`.
+    pub async fn check_all(&self) -> Result<(usize, u64), StoreError> {
+        let workers = self.store.workers(None, None).await?;
+        let checked = workers.len();
+        let failures = self.settings.health_check_failures.max(1);
+        let mut checks = futures_util::stream::iter(workers)
+            .map(|w| async move {
+                let outcome = self.check(&w.endpoint_url, failures).await;
+                (w.worker_id, outcome)
+            })
+            .buffer_unordered(CONCURRENT_CHECKS);
+        while let Some((id, outcome)) = checks.next().await {
+            self.store.record_worker_health(&id, &outcome).await?;
+        }
+        let removed = self.store.remove_dead_workers(time::now() - self.settings.removal_threshold).await?;
+        if removed > 0 {
+            tracing::warn!(removed, "removed workers that stopped answering their health checks");
+        }
+        Ok((checked, removed))
+    }
+
+    async fn check(&self, endpoint: &str, failures: u32) -> HealthOutcome {
+        let url = format!("{}/health", endpoint.trim_end_matches('/'));
+        let answer = match self.http.get(&url).send().await {
+            Ok(response) if response.status().is_success() => response.json::<Value>().await.unwrap_or(Value::Null),
+            _ => return HealthOutcome::Failed { unavailable_after: failures },
+        };
+        let busy = answer.get("worker_status").and_then(Value::as_str) == Some("busy");
+        let busy_with = answer.get("current_operation").and_then(Value::as_str).map(str::to_owned);
+        HealthOutcome::Answered { busy_with, busy }
+    }
+
+    /// Checks the fleet every `health_check_interval` while this replica holds the health-check
+    /// lease (one replica at a time), until `stop` fires.
+    pub async fn check_periodically(self, node: String, stop: CancellationToken) {
+        let interval = self.settings.health_check_interval;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            // Held for two intervals: a holder that stops renewing hands over after that.
+            let until = time::now() + interval * 2;
+            match self.store.hold_lease(HEALTH_LEASE, &node, until).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take the workers' health-check lease");
+                    continue;
+                }
+            }
+            tokio::select! {
+                checked = self.check_all() => if let Err(e) = checked {
+                    tracing::warn!(error = %e, "a workers' health round failed");
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(worker_type: &str, url: &str) -> Registration {
+        Registration {
+            worker_id: "w1".into(),
+            worker_type: worker_type.into(),
+            endpoint_url: url.into(),
+            capabilities: None,
+            current_operation_id: None,
+            completed_operations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn registrations_are_checked_field_by_field() {
+        assert!(registration("training", "http://10.0.0.7:5003").validate().is_ok());
+        assert_eq!(registration("trainer", "http://x:1").validate().unwrap_err().field, "worker_type");
+        for url in ["ftp://x", "10.0.0.7:5003", "http://", "http://a b"] {
+            assert_eq!(registration("training", url).validate().unwrap_err().field, "endpoint_url", "{url}");
+        }
+        let mut lower = registration("training", "http://x:1");
+        lower.completed_operations.push(CompletedReport {
+            operation_id: "op".into(),
+            status: "completed".into(),
+            result: None,
+            error_message: None,
+            completed_at: "2026-11-28T00:00:00Z".into(),
+        });
+        assert_eq!(lower.validate().unwrap_err().field, "completed_operations.status");
+    }
+}

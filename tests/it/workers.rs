@@ -1,0 +1,187 @@
+//! The worker registry (workers.md §1–3) over real sockets: registrations in ktrdr's shapes and
+//! their refusals, the fleet kept in the database and shared by replicas, health checks that
+//! follow a worker's own `/health` (the training simulator is one), mark the silent ones
+//! unavailable and remove them, and registrations that never reopen a finished operation.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::{TestApp, TestDb, assert_envelope};
+
+fn quick_checks(c: &mut ktrdr_ops::config::Config) {
+    c.workers.health_check_interval = ktrdr_ops::time::HumanDuration(Duration::from_millis(100));
+    c.workers.health_check_timeout = ktrdr_ops::time::HumanDuration(Duration::from_millis(500));
+    c.workers.health_check_failures = 2;
+    c.workers.removal_threshold = ktrdr_ops::time::HumanDuration(Duration::from_millis(600));
+}
+
+async fn register(app: &TestApp, body: Value) -> (u16, Value) {
+    app.post("/api/v1/workers/register", body).await
+}
+
+async fn until_worker(app: &TestApp, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, worker) = app.get(&format!("/api/v1/workers/{id}")).await;
+        if check(&json!({ "status": status, "worker": worker })) {
+            return worker;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never happened: {status} {worker}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A local address nothing listens on.
+async fn dead_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn workers_register_list_and_read_back_as_bare_records() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let (status, list) = app.get("/api/v1/workers").await;
+    assert_eq!((status, list), (200, json!([])), "a bare, empty array");
+
+    let body = json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003",
+                       "capabilities": { "gpu": true, "gpu_type": "CUDA", "gpu_count": 1 }, "current_operation_id": null,
+                       "completed_operations": [] });
+    let (status, worker) = register(&app, body.clone()).await;
+    assert_eq!(status, 200, "{worker}");
+    assert_eq!(worker["worker_id"], "training-worker-1");
+    assert_eq!(worker["status"], "available");
+    assert_eq!(worker["capabilities"]["gpu_type"], "CUDA");
+    assert_eq!(worker["health_check_failures"], 0);
+    assert_eq!(worker["last_health_check"], Value::Null);
+    assert!(worker["last_healthy_at"].as_str().unwrap().ends_with("+00:00"), "{worker}");
+    assert_eq!(worker["metadata"], json!({}));
+    assert_eq!(worker["stop_operations"], json!([]));
+
+    // Only the four basic fields, as the older training host sends them.
+    let cpu = json!({ "worker_id": "cpu-1", "worker_type": "backtesting", "endpoint_url": "http://10.0.0.8:5003" });
+    assert_eq!(register(&app, cpu).await.0, 200);
+    let (_, all) = app.get("/api/v1/workers").await;
+    let ids: Vec<&str> = all.as_array().unwrap().iter().map(|w| w["worker_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["training-worker-1", "cpu-1"], "registration order");
+    let (_, training) = app.get("/api/v1/workers?worker_type=training").await;
+    assert_eq!(training.as_array().unwrap().len(), 1);
+    let (_, none) = app.get("/api/v1/workers?status=sleeping").await;
+    assert_eq!(none, json!([]), "an unknown status lists none");
+    let (status, body) = app.get("/api/v1/workers?worker_type=toaster").await;
+    assert_eq!((status, assert_envelope(&body)), (422, "VALIDATION_ERROR".to_owned()));
+
+    // The same worker restarted under a new id at the same endpoint replaces its old entry.
+    let mut again = body_with_id(
+        &json!({ "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" }),
+        "training-worker-2",
+    );
+    again["capabilities"] = json!({ "gpu": false });
+    assert_eq!(register(&app, again).await.0, 200);
+    let (status, gone) = app.get("/api/v1/workers/training-worker-1").await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["detail"], "Worker not found: training-worker-1");
+    let (status, cli) = cli_workers(&app).await;
+    assert!(status.success(), "{cli}");
+    assert!(cli.contains("training") && cli.contains("http://10.0.0.7:5003") && cli.contains("backtesting"), "{cli}");
+}
+
+fn body_with_id(base: &Value, id: &str) -> Value {
+    let mut body = base.clone();
+    body["worker_id"] = json!(id);
+    body
+}
+
+async fn cli_workers(app: &TestApp) -> (std::process::ExitStatus, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+        .args(["workers", "--url", &app.base])
+        .output()
+        .await
+        .unwrap();
+    (output.status, String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn bad_registrations_are_refused_with_the_field_named() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let good = json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" });
+    let cases = [
+        (json!({ "worker_type": "training", "endpoint_url": "http://x:1" }), "worker_id"),
+        (json!({ "worker_id": "w", "worker_type": "trainer", "endpoint_url": "http://x:1" }), "worker_type"),
+        (json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "10.0.0.7:5003" }), "endpoint_url"),
+        (json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "ftp://x" }), "endpoint_url"),
+        (
+            json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "http://x:1",
+                    "completed_operations": [{ "operation_id": "op", "status": "completed", "completed_at": "2026-11-28T00:00:00Z" }] }),
+            "completed_operations.status",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = register(&app, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["error"]["details"]["field"], field, "{answer}");
+        assert!(!answer["detail"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(register(&app, good).await.0, 200);
+}
+
+#[tokio::test]
+async fn health_checks_follow_a_workers_own_health_and_remove_the_silent_ones() {
+    let app = TestApp::spawn_with_sim(quick_checks).await;
+    // The training simulator answers /health as a ktrdr worker does.
+    let sim = json!({ "worker_id": "sim", "worker_type": "training", "endpoint_url": app.training_url() });
+    assert_eq!(register(&app, sim).await.0, 200);
+    let dead = json!({ "worker_id": "dead", "worker_type": "training", "endpoint_url": dead_endpoint().await });
+    assert_eq!(register(&app, dead).await.0, 200);
+
+    let checked = until_worker(&app, "sim", "a health check", |w| w["worker"]["last_health_check"].is_string()).await;
+    assert_eq!(checked["status"], "available");
+    until_worker(&app, "dead", "two failed checks", |w| w["worker"]["status"] == "temporarily_unavailable").await;
+    until_worker(&app, "dead", "removal after the threshold", |w| w["status"] == 404).await;
+
+    // Busy while it trains, with the operation it runs; available again afterwards.
+    let path = app.data_dir.path().join("EURUSD_1h.csv");
+    std::fs::write(path, "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n").unwrap();
+    let (status, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "example_mlp" })).await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["task_id"].as_str().unwrap().to_owned();
+    let busy = until_worker(&app, "sim", "busy", |w| w["worker"]["status"] == "busy").await;
+    assert_eq!(busy["current_operation_id"], id.as_str());
+    app.delete(&format!("/api/v1/operations/{id}")).await;
+    until_worker(&app, "sim", "available again", |w| w["worker"]["status"] == "available").await;
+
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"ktrdr_ops_workers{type="training",status="available"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_worker_naming_a_finished_operation_is_told_to_stop_it_and_the_operation_stays_as_it_ended() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let id = app.start_dummy(1000, 50).await;
+    app.wait_for_status(&id, "running", Duration::from_secs(5)).await;
+    app.delete(&format!("/api/v1/operations/{id}")).await;
+    let body = json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "http://10.0.0.9:5003",
+                       "current_operation_id": id,
+                       "completed_operations": [{ "operation_id": id, "status": "COMPLETED", "result": {},
+                                                  "completed_at": "2026-11-28T00:00:00Z" }] });
+    let (status, answer) = register(&app, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stop_operations"], json!([id, id]));
+    let record = app.record(&id).await;
+    assert_eq!(record["status"], "cancelled", "terminal is final: {record}");
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn replicas_on_one_postgresql_database_share_the_fleet() {
+    let db = TestDb::postgres().await;
+    let second = db.shared();
+    let a = TestApp::spawn_with(db, |c| c.node.id = "node-a".into()).await;
+    let b = TestApp::spawn_with(second, |c| c.node.id = "node-b".into()).await;
+    let body = json!({ "worker_id": "shared", "worker_type": "training", "endpoint_url": "http://10.0.0.10:5003" });
+    assert_eq!(register(&a, body).await.0, 200);
+    let (status, worker) = b.get("/api/v1/workers/shared").await;
+    assert_eq!(status, 200, "registered on A, seen on B: {worker}");
+    let (_, list) = b.get("/api/v1/workers").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
