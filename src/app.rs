@@ -269,8 +269,9 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             removal_threshold: config.workers.removal_threshold.0,
         },
     );
-    orchestrator
-        .spawn_loop(fleet.check_periodically(orchestrator.settings().node_id.clone(), orchestrator.shutdown_token()));
+    orchestrator.spawn_loop(
+        fleet.clone().check_periodically(orchestrator.settings().node_id.clone(), orchestrator.shutdown_token()),
+    );
     orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);
 
     let listen = config.server.listen;
@@ -291,6 +292,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
         let orchestrator = orchestrator.clone();
+        let fleet = fleet.clone();
         async move {
             let http = tokio::spawn(
                 axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
@@ -303,6 +305,10 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             // Cancelling the operations also ends long-polls and event streams, so the HTTP
             // side can drain while the outcomes are stored.
             orchestrator.shutdown(deadline).await;
+            // Registrations are refused from the start of the shutdown; the workers hear of it now.
+            if timeout_at(end, fleet.announce_shutdown()).await.is_err() {
+                tracing::warn!("the workers were still being told of the shutdown at the deadline");
+            }
             if timeout_at(end, http).await.is_err() {
                 tracing::warn!("HTTP connections still open at the shutdown deadline");
             }

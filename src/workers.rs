@@ -158,6 +158,8 @@ pub struct Fleet {
 const HEALTH_LEASE: &str = "workers.health_checks";
 /// Health checks in flight at once.
 const CONCURRENT_CHECKS: usize = 256;
+/// How long a worker is given to take the shutdown notice.
+const SHUTDOWN_NOTICE: Duration = Duration::from_secs(2);
 
 impl Fleet {
     pub fn new(store: Store, settings: FleetSettings) -> Self {
@@ -208,6 +210,25 @@ impl Fleet {
         let busy = answer.get("worker_status").and_then(Value::as_str) == Some("busy");
         let busy_with = answer.get("current_operation").and_then(Value::as_str).map(str::to_owned);
         HealthOutcome::Answered { busy_with, busy }
+    }
+
+    /// Tells every registered worker the service is stopping (`POST {endpoint}/backend-shutdown`,
+    /// workers.md §6): they register again once it is back. Best effort, all at once, 2 s each.
+    pub async fn announce_shutdown(&self) {
+        let Ok(workers) = self.store.workers(None, None).await else { return };
+        let told = futures_util::stream::iter(workers)
+            .map(|w| async move {
+                let url = format!("{}/backend-shutdown", w.endpoint_url.trim_end_matches('/'));
+                let request = self.http.post(url).json(&serde_json::json!({ "message": "Backend shutting down" }));
+                tokio::time::timeout(SHUTDOWN_NOTICE, request.send()).await.is_ok_and(|r| r.is_ok())
+            })
+            .buffer_unordered(CONCURRENT_CHECKS)
+            .filter(|told| std::future::ready(*told))
+            .count()
+            .await;
+        if told > 0 {
+            tracing::info!(workers = told, "told the workers the service is shutting down");
+        }
     }
 
     /// Checks the fleet every `health_check_interval` while this replica holds the health-check

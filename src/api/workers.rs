@@ -29,6 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "The worker's record, and `stop_operations`", body = WorkerRecord),
         (status = 400, description = "Unreadable JSON", body = ErrorEnvelope),
+        (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
         (status = 422, description = "A missing or invalid field (named)", body = ErrorEnvelope),
         (status = 503, description = "Shutting down: register again after the restart", body = ErrorEnvelope),
     ))]

@@ -185,3 +185,30 @@ async fn replicas_on_one_postgresql_database_share_the_fleet() {
     let (_, list) = b.get("/api/v1/workers").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn on_shutdown_every_registered_worker_is_told() {
+    let heard = std::sync::Arc::new(tokio::sync::Notify::new());
+    let told = heard.clone();
+    let worker = axum::Router::new().route(
+        "/backend-shutdown",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let told = told.clone();
+            async move {
+                assert_eq!(body["message"], "Backend shutting down");
+                told.notify_one();
+                axum::Json(json!({ "acknowledged": true }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, worker).await.unwrap() });
+
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let body = json!({ "worker_id": "listener", "worker_type": "training", "endpoint_url": endpoint });
+    assert_eq!(register(&app, body).await.0, 200);
+    let waiting = heard.notified();
+    app.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the worker was told of the shutdown");
+}
