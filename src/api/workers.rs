@@ -1,11 +1,12 @@
-//! The worker registry (workers.md §1–2): `POST /workers/register`, `GET /workers`,
-//! `GET /workers/{id}` — bare records and arrays, as ktrdr answers them.
+//! The worker registry (workers.md §1–2, §6): `POST /workers/register`, `GET /workers`,
+//! `GET /workers/{id}` — bare records and arrays, as ktrdr answers them — and a worker's
+//! `PATCH /operations/{id}/status` report, which never changes a terminal operation.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,10 +16,86 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::schemas::ErrorEnvelope;
+use crate::ops::Status;
 use crate::workers::{Registration, WORKER_STATUSES, WORKER_TYPES, WorkerRecord};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(register)).routes(routes!(list)).routes(routes!(one))
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .routes(routes!(report_status))
+}
+
+/// A worker's report on an operation's status (workers.md §6: sent on SIGTERM during a training).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct StatusReport {
+    /// `CANCELLED`, `FAILED`, … (any case).
+    pub status: String,
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusReportAnswer {
+    pub success: bool,
+    pub operation_id: String,
+    pub previous_status: Status,
+    pub new_status: Status,
+}
+
+/// A worker reports an operation's status. A terminal operation keeps its status (200, unchanged:
+/// terminal is final); a running one reported `cancelled` is cancelled here, with the worker's
+/// words as the reason. Other changes of a running operation come from following it.
+#[utoipa::path(patch, path = "/api/v1/operations/{id}/status", tag = "workers",
+    params(("id" = String, Path, description = "Operation id")),
+    request_body = StatusReport,
+    responses(
+        (status = 200, body = StatusReportAnswer),
+        (status = 400, description = "Not a status name (`OPERATIONS-StatusUpdateError`), or unreadable JSON", body = ErrorEnvelope),
+        (status = 404, description = "No such operation", body = ErrorEnvelope),
+        (status = 409, description = "A change a report cannot make to a running operation", body = ErrorEnvelope),
+        (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
+        (status = 422, description = "A missing field", body = ErrorEnvelope),
+        (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    ))]
+async fn report_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<StatusReport>,
+) -> Result<Json<StatusReportAnswer>, ApiError> {
+    let Some(reported) = Status::parse(&report.status.to_ascii_lowercase()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "OPERATIONS-StatusUpdateError",
+            format!("`{}` is not an operation status (pending, running, completed, failed, cancelled)", report.status),
+        ));
+    };
+    let current = match state.orchestrator.get(&id).await? {
+        Some(found) => found.snapshot().record.status,
+        None => return Err(ApiError::operation_not_found(&id)),
+    };
+    let unchanged = |status| StatusReportAnswer {
+        success: true,
+        operation_id: id.clone(),
+        previous_status: status,
+        new_status: status,
+    };
+    if current.is_terminal() || reported == current {
+        return Ok(Json(unchanged(current)));
+    }
+    if reported != Status::Cancelled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "OPERATION_STATUS_NOT_REPORTABLE",
+            format!("operation {id} is {current}: a worker's report can only cancel it, not make it {reported}"),
+        ));
+    }
+    let reason = report.error_message.unwrap_or_else(|| "Cancelled by its worker".to_owned());
+    let cancelled = state.orchestrator.cancel(&id, Some(reason)).await?;
+    let new_status = cancelled.snapshot.record.status;
+    Ok(Json(StatusReportAnswer { success: true, operation_id: id, previous_status: current, new_status }))
 }
 
 /// A worker registers itself (again after a restart, or when told it is unknown). The answer is

@@ -114,6 +114,15 @@ def main():
                                    timeout=15000)
             print(f"strategies view: {page.locator('#validation').text_content().strip()}")
 
+            # The fleet: a worker registered through the API shows up in its card.
+            post("/api/v1/workers/register", {"worker_id": "browser-test-worker", "worker_type": "training",
+                                              "endpoint_url": "http://127.0.0.1:9",
+                                              "capabilities": {"gpu": True, "gpu_type": "CUDA"}})
+            page.locator('tr[data-worker="browser-test-worker"]').wait_for(timeout=15000)
+            check("CUDA" in page.locator('tr[data-worker="browser-test-worker"]').text_content(),
+                  "the worker's GPU is shown")
+            print("workers view: the registered worker is listed")
+
             # Start a load from the form.
             form = page.locator("#load-form")
             form.get_by_label("Symbol", exact=True).fill("AAPL")

@@ -29,6 +29,7 @@ const SERVED: &[&str] = &[
     "POST /api/v1/workers/register",
     "GET /api/v1/workers",
     "GET /api/v1/workers/{id}",
+    "PATCH /api/v1/operations/{id}/status",
     "POST /api/v1/data/load",
     "POST /api/v1/data/acquire/download",
     "GET /api/v1/data/{symbol}/{timeframe}",

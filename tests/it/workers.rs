@@ -212,3 +212,34 @@ async fn on_shutdown_every_registered_worker_is_told() {
     app.shutdown().await;
     tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the worker was told of the shutdown");
 }
+
+#[tokio::test]
+async fn a_workers_status_report_cancels_a_running_operation_and_never_changes_a_finished_one() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let patch = |id: String, body: Value| {
+        let request = app.http.patch(app.url(&format!("/api/v1/operations/{id}/status"))).json(&body);
+        async move { crate::common::json_of(request.send().await.unwrap()).await }
+    };
+    let (status, _) = patch("op_nothing".into(), json!({ "status": "CANCELLED" })).await;
+    assert_eq!(status, 404);
+
+    let running = app.start_dummy(1000, 50).await;
+    app.wait_for_status(&running, "running", Duration::from_secs(5)).await;
+    let (status, body) = patch(running.clone(), json!({ "status": "sideways" })).await;
+    assert_eq!((status, assert_envelope(&body)), (400, "OPERATIONS-StatusUpdateError".to_owned()));
+    let (status, body) = patch(running.clone(), json!({ "status": "COMPLETED" })).await;
+    assert_eq!(status, 409, "a report cannot complete work we follow: {body}");
+
+    let reason = "Graceful shutdown - checkpoint saved";
+    let (status, body) = patch(running.clone(), json!({ "status": "CANCELLED", "error_message": reason })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["previous_status"].as_str(), body["new_status"].as_str()), (Some("running"), Some("cancelled")));
+    let record = app.record(&running).await;
+    assert_eq!((record["status"].as_str(), record["error_message"].as_str()), (Some("cancelled"), Some(reason)));
+
+    // Terminal is final: a later report changes nothing.
+    let (status, body) = patch(running.clone(), json!({ "status": "running" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["previous_status"].as_str(), body["new_status"].as_str()), (Some("cancelled"), Some("cancelled")));
+    assert_eq!(app.record(&running).await["status"], "cancelled");
+}
