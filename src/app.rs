@@ -28,6 +28,7 @@ use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, Store
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
 use crate::training::job::TrainingSettings;
+use crate::training::workers::WorkerPool;
 use crate::workers::{Fleet, FleetSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +240,11 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     };
     let training = TrainingService {
         client: hosts.training.clone(),
+        pool: Some(Arc::new(WorkerPool::new(
+            store.clone(),
+            host_settings("worker", "", &config.hosts),
+            metrics.clone(),
+        ))),
         strategies_dir: config.training.strategies_dir.clone(),
         settings: TrainingSettings {
             start_timeout: config.training.start_timeout.0,

@@ -41,6 +41,7 @@ pub const HTTP_REQUEST_DURATION: &str = "ktrdr_ops_http_request_duration_seconds
 pub const RESUMES: &str = "ktrdr_ops_resumes_total";
 pub const RETRIES: &str = "ktrdr_ops_retries_total";
 pub const WORKERS: &str = "ktrdr_ops_workers";
+pub const DISPATCHES: &str = "ktrdr_ops_dispatches_total";
 
 enum Kind {
     Counter,
@@ -93,6 +94,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
     (RETRIES, Kind::Counter, "Ended operations started again from scratch, by type."),
     (WORKERS, Kind::Gauge, "Registered workers, by type and status."),
+    (
+        DISPATCHES,
+        Kind::Counter,
+        "Trainings sent out, by outcome: worker, host (none registered), passed_over (busy or gone), waited (none free).",
+    ),
 ];
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

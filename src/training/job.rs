@@ -3,7 +3,7 @@
 //! result — and on cancel, tell the host to stop in the background and record what it did.
 //! Re-attaches to its host session after a service restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::hosts::HostErrorKind;
 use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::Protocol;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
@@ -21,6 +22,7 @@ use crate::ops::{
     RemoteStopReport, Resumption, Steps,
 };
 use crate::training::TrainingRequest;
+use crate::training::workers::{Claim, WorkerPool};
 
 /// Tunables of trainings (config `[training]`).
 #[derive(Debug, Clone)]
@@ -44,8 +46,34 @@ pub struct TrainingJob {
     pub request: Option<StartRequest>,
     pub session: Option<Session>,
     pub total_epochs: Option<u32>,
+    /// The configured training host (and the one a re-attached session runs on).
     pub client: Arc<TrainingClient>,
     pub settings: TrainingSettings,
+    /// The registered workers a new training is sent to, when there are any.
+    pub pool: Option<Arc<WorkerPool>>,
+    /// The worker a re-attached or resumed session runs on (freed when it ends).
+    pub worker: Option<WorkerRef>,
+}
+
+/// A registered worker a training runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRef {
+    pub worker_id: String,
+    pub endpoint_url: String,
+}
+
+/// Frees a worker once the training on it is over.
+#[derive(Clone)]
+struct Release {
+    pool: Arc<WorkerPool>,
+    worker_id: String,
+    operation_id: String,
+}
+
+impl Release {
+    async fn now(&self) {
+        self.pool.release(&self.worker_id, &self.operation_id).await;
+    }
 }
 
 fn failed(message: impl Into<String>) -> JobError {
@@ -78,6 +106,9 @@ impl Steps for TrainingStep {
 pub struct TrainingState {
     pub session_id: String,
     pub protocol: Protocol,
+    /// The registered worker it runs on (none: the configured training host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerRef>,
 }
 
 impl Job for TrainingJob {
@@ -99,16 +130,22 @@ impl Job for TrainingJob {
 
 impl TrainingJob {
     async fn train(self, ctx: JobContext<Self>) -> JobResult {
-        let Self { request, session, total_epochs, client, settings } = self;
+        let Self { request, session, total_epochs, client, settings, pool, worker } = self;
         let progress = ctx.progress();
         let token = ctx.token().clone();
-        let session = match session {
+        let (client, worker, session) = match session {
             Some(session) => {
+                let state = TrainingState {
+                    session_id: session.id.clone(),
+                    protocol: session.protocol,
+                    worker: worker.clone(),
+                };
                 // A resumed training is new here: it stores its session for a later re-attach.
-                ctx.save_state(&TrainingState { session_id: session.id.clone(), protocol: session.protocol }).await?;
-                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone()));
+                ctx.save_state(&state).await?;
+                let release = release_of(&pool, &worker, &ctx);
+                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone(), release));
                 progress.detail(format!("following training host session {}", session.id));
-                session
+                (client, worker, session)
             }
             None => {
                 let mut request = request.ok_or_else(|| failed("nothing to train: no request and no session"))?;
@@ -120,41 +157,153 @@ impl TrainingJob {
                     ("total_epochs".to_owned(), json!(total_epochs)),
                 ]);
                 ctx.step(TrainingStep::Start, "Starting training on the host");
-                let session = start(&client, &request, &settings, &ctx, &progress, &token).await?;
-                ctx.save_state(&TrainingState { session_id: session.id.clone(), protocol: session.protocol }).await?;
-                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone()));
-                session
+                let (client, worker, session) = match &pool {
+                    Some(pool) => dispatch(pool, &client, &request, &settings, &ctx, &progress, &token).await?,
+                    None => (client.clone(), None, start(&client, &request, &settings, &ctx, &progress, &token).await?),
+                };
+                let state = TrainingState {
+                    session_id: session.id.clone(),
+                    protocol: session.protocol,
+                    worker: worker.clone(),
+                };
+                ctx.save_state(&state).await?;
+                let release = release_of(&pool, &worker, &ctx);
+                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone(), release));
+                (client, worker, session)
             }
         };
-        progress.context([
-            ("host_session_id".to_owned(), json!(session.id)),
-            ("host_protocol".to_owned(), json!(session.protocol)),
-        ]);
-        ctx.step(TrainingStep::Train, "Training");
-        let last = follow(&client, &session, total_epochs, &settings, &ctx, &progress, &token).await?;
-
-        ctx.step(TrainingStep::FetchResult, "Fetching the result");
-        let result = match client.result(&session, &token).await {
-            Ok(result) => result.or(last.result.clone()).unwrap_or_else(|| json!({})),
-            Err(PollError::Cancelled) => return Err(JobError::Cancelled),
-            Err(e) => {
-                ctx.warn(format!("the training finished but its result could not be fetched: {e}"));
-                last.result.clone().unwrap_or_else(|| json!({}))
-            }
-        };
-        // The record's last words should be the outcome, not the last thing it waited for.
-        ctx.step_within(TrainingStep::FetchResult, "Completed", 100.0..100.0);
-        let field = |key: &str| result.get(key).cloned().unwrap_or(Value::Null);
-        Ok(json!({
-            "model_path": field("model_path"),
-            "training_metrics": field("training_metrics"),
-            "test_metrics": field("test_metrics"),
-            "model_info": field("model_info"),
-            "data_summary": field("data_summary"),
-            "host_session_id": session.id,
-            "epochs_completed": last.epochs.len(),
-        }))
+        let outcome = follow_to_the_end(&client, &session, total_epochs, &settings, &ctx, &progress, &token).await;
+        // A cancelled training's worker is freed once the host confirmed the stop (remote_stop).
+        if !matches!(outcome, Err(JobError::Cancelled))
+            && let Some(release) = release_of(&pool, &worker, &ctx)
+        {
+            release.now().await;
+        }
+        outcome
     }
+}
+
+fn release_of(pool: &Option<Arc<WorkerPool>>, worker: &Option<WorkerRef>, ctx: &OperationHandle) -> Option<Release> {
+    Some(Release {
+        pool: pool.clone()?,
+        worker_id: worker.as_ref()?.worker_id.clone(),
+        operation_id: ctx.operation_id().to_owned(),
+    })
+}
+
+/// Pauses while every registered training worker is busy.
+const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
+
+/// Sends the training to a free registered worker — waiting, cancellably, while none is free;
+/// a worker that answers busy or cannot be reached is passed over — or, with none registered, to
+/// the configured training host.
+async fn dispatch(
+    pool: &Arc<WorkerPool>,
+    host: &Arc<TrainingClient>,
+    request: &StartRequest,
+    settings: &TrainingSettings,
+    ctx: &OperationHandle,
+    progress: &ProgressReporter,
+    token: &CancellationToken,
+) -> Result<(Arc<TrainingClient>, Option<WorkerRef>, Session), JobError> {
+    let mut tried = HashSet::new();
+    let mut pauses = WAITING_FOR_WORKER.pauses();
+    loop {
+        let claim = pool
+            .claim(ctx.operation_id(), &tried)
+            .await
+            .map_err(|e| JobError::failed_by(format!("could not read the registered workers: {e}"), e))?;
+        let worker = match claim {
+            Claim::NoWorkers => {
+                return Ok((host.clone(), None, start(host, request, settings, ctx, progress, token).await?));
+            }
+            Claim::NoneFree { busy } => {
+                pool.count("waited");
+                tried.clear();
+                progress.detail(format!("waiting for a free training worker ({busy} busy)"));
+                if !pauses.sleep(token).await {
+                    return Err(JobError::Cancelled);
+                }
+                continue;
+            }
+            Claim::Got(worker) => worker,
+        };
+        let release = Release {
+            pool: pool.clone(),
+            worker_id: worker.worker_id.clone(),
+            operation_id: ctx.operation_id().to_owned(),
+        };
+        let client = match pool.client_for(&worker.endpoint_url) {
+            Ok(client) => client,
+            Err(e) => {
+                release.now().await;
+                return Err(JobError::failed_by(format!("cannot talk to worker {}: {e}", worker.worker_id), e));
+            }
+        };
+        progress.context([("worker_id".to_owned(), json!(worker.worker_id))]);
+        progress.detail(format!("starting on worker {}", worker.worker_id));
+        // The worker knows the session by our id: a cancel during the start can still stop it.
+        let pending = Session { id: request.task_id.clone(), protocol: Protocol::Operations };
+        ctx.on_cancel(remote_stop(client.clone(), pending, settings.clone(), Some(release.clone())));
+        match client.start(request, token).await {
+            Ok(session) => {
+                pool.count("worker");
+                let placed = WorkerRef { worker_id: worker.worker_id, endpoint_url: worker.endpoint_url };
+                return Ok((client, Some(placed), session));
+            }
+            Err(StartError::Cancelled) => return Err(JobError::Cancelled),
+            Err(StartError::Busy(_)) => {}
+            Err(StartError::Failed(e)) if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout) => {}
+            Err(e) => {
+                release.now().await;
+                return Err(failed(format!("worker {} could not start the training: {e}", worker.worker_id)));
+            }
+        }
+        // Busy after all, or gone: the next one.
+        pool.count("passed_over");
+        release.now().await;
+        tried.insert(worker.worker_id);
+    }
+}
+
+/// Follows the session to its end and fetches the result.
+async fn follow_to_the_end(
+    client: &Arc<TrainingClient>,
+    session: &Session,
+    total_epochs: Option<u32>,
+    settings: &TrainingSettings,
+    ctx: &JobContext<TrainingJob>,
+    progress: &ProgressReporter,
+    token: &CancellationToken,
+) -> JobResult {
+    progress.context([
+        ("host_session_id".to_owned(), json!(session.id)),
+        ("host_protocol".to_owned(), json!(session.protocol)),
+    ]);
+    ctx.step(TrainingStep::Train, "Training");
+    let last = follow(client, session, total_epochs, settings, ctx, progress, token).await?;
+
+    ctx.step(TrainingStep::FetchResult, "Fetching the result");
+    let result = match client.result(session, token).await {
+        Ok(result) => result.or(last.result.clone()).unwrap_or_else(|| json!({})),
+        Err(PollError::Cancelled) => return Err(JobError::Cancelled),
+        Err(e) => {
+            ctx.warn(format!("the training finished but its result could not be fetched: {e}"));
+            last.result.clone().unwrap_or_else(|| json!({}))
+        }
+    };
+    // The record's last words should be the outcome, not the last thing it waited for.
+    ctx.step_within(TrainingStep::FetchResult, "Completed", 100.0..100.0);
+    let field = |key: &str| result.get(key).cloned().unwrap_or(Value::Null);
+    Ok(json!({
+        "model_path": field("model_path"),
+        "training_metrics": field("training_metrics"),
+        "test_metrics": field("test_metrics"),
+        "model_info": field("model_info"),
+        "data_summary": field("data_summary"),
+        "host_session_id": session.id,
+        "epochs_completed": last.epochs.len(),
+    }))
 }
 
 /// `POST /training/start`, waiting (cancellably, with backoff) while the host is busy.
@@ -173,7 +322,7 @@ async fn start(
         // The host will know the session by our id: if a cancel comes while the start is in
         // flight, the stop can still find it.
         let session = Session { id: request.task_id.clone(), protocol };
-        ctx.on_cancel(remote_stop(client.clone(), session, settings.clone()));
+        ctx.on_cancel(remote_stop(client.clone(), session, settings.clone(), None));
     }
     let deadline = Instant::now() + settings.start_timeout;
     let mut pauses = BUSY_HOST.pauses();
@@ -344,14 +493,35 @@ const SHUTDOWN_LOOK: Duration = Duration::from_secs(2);
 
 /// Tells the host to stop the session (retried until acknowledged, bounded), then watches it
 /// for a while and records its final status — a host may acknowledge and train on regardless.
-fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: TrainingSettings) -> RemoteStopHook {
+fn remote_stop(
+    client: Arc<TrainingClient>,
+    session: Session,
+    settings: TrainingSettings,
+    release: Option<Release>,
+) -> RemoteStopHook {
     RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
+        watch_stop(&client, &session, &settings, &report).await;
+        // The worker is free once its stop is confirmed, or the watch gave up.
+        if let Some(release) = release {
+            release.now().await;
+        }
+    })
+}
+
+/// Delivers the stop and watches the host session until its final state is known.
+async fn watch_stop(
+    client: &TrainingClient,
+    session: &Session,
+    settings: &TrainingSettings,
+    report: &RemoteStopReport,
+) {
+    {
         // The stop must go out even while the service shuts down; each try is bounded by its timeout.
         let unstoppable = CancellationToken::new();
         let mut pauses = STOP_RETRY.pauses();
         for attempt in 1..=settings.stop_attempts.max(1) {
             report.attempt().await;
-            match client.stop(&session, report.reason(), &unstoppable).await {
+            match client.stop(session, report.reason(), &unstoppable).await {
                 Ok(_) => {
                     report.acknowledged().await;
                     break;
@@ -374,7 +544,7 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
             // The service is stopping: no long watch, but one quick look so that the record says
             // what the host did with the stop.
             let look = CancellationToken::new();
-            if let Ok(Ok(snapshot)) = tokio::time::timeout(SHUTDOWN_LOOK, client.poll(&session, &look)).await {
+            if let Ok(Ok(snapshot)) = tokio::time::timeout(SHUTDOWN_LOOK, client.poll(session, &look)).await {
                 report.final_status(snapshot.host_status.clone()).await;
             }
             return;
@@ -383,7 +553,7 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
         let mut reported: Option<String> = None;
         let mut kept: Option<Value> = None;
         while Instant::now() < until {
-            match client.poll(&session, report.shutdown()).await {
+            match client.poll(session, report.shutdown()).await {
                 Ok(snapshot) if snapshot.status.is_final() => {
                     if reported.as_deref() != Some(snapshot.host_status.as_str()) {
                         report.final_status(snapshot.host_status.clone()).await;
@@ -416,24 +586,40 @@ fn remote_stop(client: Arc<TrainingClient>, session: Session, settings: Training
                 _ = report.shutdown().cancelled() => return,
             }
         }
-    })
+    }
 }
 
 /// Re-attaches a training left running by a previous run of the service to its host session.
 pub struct TrainingReattach {
     pub client: Arc<TrainingClient>,
     pub settings: TrainingSettings,
+    pub pool: Option<Arc<WorkerPool>>,
+}
+
+/// The client of the host a session runs on: its registered worker's, or the configured host's.
+pub(crate) fn client_of(
+    worker: Option<&WorkerRef>,
+    pool: Option<&Arc<WorkerPool>>,
+    host: &Arc<TrainingClient>,
+) -> Result<Arc<TrainingClient>, String> {
+    match (worker, pool) {
+        (Some(worker), Some(pool)) => pool.client_for(&worker.endpoint_url).map_err(|e| e.to_string()),
+        _ => Ok(host.clone()),
+    }
 }
 
 impl Reattach<TrainingJob> for TrainingReattach {
     fn reattach(&self, request: TrainingRequest, state: Option<TrainingState>, _: Resumption) -> Option<TrainingJob> {
-        let TrainingState { session_id, protocol } = state?;
+        let TrainingState { session_id, protocol, worker } = state?;
+        let client = client_of(worker.as_ref(), self.pool.as_ref(), &self.client).ok()?;
         Some(TrainingJob {
             request: None,
             session: Some(Session { id: session_id, protocol }),
             total_epochs: request.parameters.epochs.filter(|t| *t > 0),
-            client: self.client.clone(),
+            client,
             settings: self.settings.clone(),
+            pool: self.pool.clone(),
+            worker,
         })
     }
 }

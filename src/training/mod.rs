@@ -4,6 +4,7 @@
 pub mod job;
 pub mod renderer;
 pub mod strategy;
+pub mod workers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ impl TrainingSpec {
 #[derive(Clone)]
 pub struct TrainingService {
     pub client: Arc<TrainingClient>,
+    /// The registered workers trainings go to, when there are any.
+    pub pool: Option<Arc<workers::WorkerPool>>,
     pub settings: TrainingSettings,
     pub strategies_dir: PathBuf,
 }
@@ -154,7 +157,11 @@ pub struct TrainingService {
 impl TrainingService {
     pub fn operation_type(&self) -> OperationType {
         OperationType::of::<TrainingJob>(Arc::new(renderer::TrainingRenderer))
-            .reattached_by(TrainingReattach { client: self.client.clone(), settings: self.settings.clone() })
+            .reattached_by(TrainingReattach {
+                client: self.client.clone(),
+                settings: self.settings.clone(),
+                pool: self.pool.clone(),
+            })
             .restarted_by(self.clone())
     }
 
@@ -177,6 +184,8 @@ impl TrainingService {
             total_epochs: spec.strategy.epochs,
             client: self.client.clone(),
             settings: self.settings.clone(),
+            pool: self.pool.clone(),
+            worker: None,
         }
     }
 }
@@ -227,14 +236,19 @@ impl Restart<TrainingJob> for TrainingService {
             if checkpoint.is_none() {
                 return Err(ResumeRefused::NoCheckpoint);
             }
+            // The worker that saved the checkpoint trains on.
+            let client = job::client_of(state.worker.as_ref(), service.pool.as_ref(), &service.client)
+                .map_err(ResumeRefused::Cannot)?;
             let token = tokio_util::sync::CancellationToken::new();
-            let session = service.client.resume(&state.session_id, &token).await.map_err(ResumeRefused::Cannot)?;
+            let session = client.resume(&state.session_id, &token).await.map_err(ResumeRefused::Cannot)?;
             Ok(TrainingJob {
                 request: None,
                 session: Some(session),
                 total_epochs: request.parameters.epochs.filter(|t| *t > 0),
-                client: service.client.clone(),
+                client,
                 settings: service.settings.clone(),
+                pool: service.pool.clone(),
+                worker: state.worker,
             })
         })
     }

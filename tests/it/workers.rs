@@ -243,3 +243,81 @@ async fn a_workers_status_report_cancels_a_running_operation_and_never_changes_a
     assert_eq!((body["previous_status"].as_str(), body["new_status"].as_str()), (Some("cancelled"), Some("cancelled")));
     assert_eq!(app.record(&running).await["status"], "cancelled");
 }
+
+/// A training worker simulator of its own on a free port (the operations generation, as ktrdr's
+/// workers speak it), reading the series from `data_dir`.
+async fn worker_sim(data_dir: &std::path::Path) -> String {
+    use ktrdr_ops::sim::training::{TrainingKnobs, TrainingSim};
+    let sim = TrainingSim::new(
+        ktrdr_ops::hosts::training::Protocol::Operations,
+        data_dir.to_owned(),
+        None,
+        TrainingKnobs { pace_ms: 10, ..TrainingKnobs::default() },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = sim.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_one() {
+    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let series = app.data_dir.path().join("EURUSD_1h.csv");
+    std::fs::write(series, "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n").unwrap();
+    for (id, gpu) in [("cpu-1", false), ("cpu-2", false), ("gpu-1", true)] {
+        let endpoint = worker_sim(app.data_dir.path()).await;
+        let body = json!({ "worker_id": id, "worker_type": "training", "endpoint_url": endpoint,
+                           "capabilities": { "gpu": gpu } });
+        assert_eq!(register(&app, body).await.0, 200);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "example_mlp" })).await;
+        assert_eq!(status, 200, "{started}");
+        ids.push(started["task_id"].as_str().unwrap().to_owned());
+    }
+    let worker_of = |r: &Value| r["progress"]["context"]["worker_id"].as_str().map(str::to_owned);
+    // Three run on three distinct workers; the GPU worker took the first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let placed = loop {
+        let mut placed = Vec::new();
+        for id in &ids[..3] {
+            placed.extend(worker_of(&app.record(id).await));
+        }
+        if placed.len() == 3 {
+            break placed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not all three placed: {placed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(placed[0], "gpu-1", "GPU workers first: {placed:?}");
+    let distinct: std::collections::HashSet<_> = placed.iter().collect();
+    assert_eq!(distinct.len(), 3, "{placed:?}");
+    let fourth = app.record(&ids[3]).await;
+    assert_eq!(worker_of(&fourth), None, "{fourth}");
+    assert!(
+        fourth["progress"]["current_step"].as_str().unwrap_or_default().contains("waiting for a free training worker"),
+        "{fourth}"
+    );
+
+    for id in &ids {
+        let done = loop {
+            let r = app.record(id).await;
+            if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(done["status"], "completed", "{done}");
+        assert!(worker_of(&done).is_some(), "the record says which worker ran it: {done}");
+    }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"ktrdr_ops_dispatches_total{outcome="worker"} 4"#), "{metrics}");
+    let (_, fleet) = app.get("/api/v1/workers").await;
+    for w in fleet.as_array().unwrap() {
+        assert_eq!(w["status"], "available", "freed when its training ended: {w}");
+        assert_eq!(w["current_operation_id"], Value::Null);
+    }
+}

@@ -173,6 +173,45 @@ impl Store {
         Ok(())
     }
 
+    /// Marks `worker_id` busy with `operation_id` if it is still `available` (another replica may
+    /// have taken it meanwhile); stamps `metadata.last_selected`. True when this call got it.
+    pub async fn claim_worker(&self, worker_id: &str, operation_id: &str) -> Result<bool, StoreError> {
+        let Some(worker) = self.worker(worker_id).await? else { return Ok(false) };
+        let mut metadata = worker.metadata.clone();
+        if !metadata.is_object() {
+            metadata = Value::Object(Default::default());
+        }
+        metadata["last_selected"] = serde_json::json!(time::now().timestamp_micros() as f64 / 1e6);
+        let claimed = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE workers SET status = 'busy', current_operation_id = $2, metadata = $3 \
+                 WHERE worker_id = $1 AND status = 'available'",
+            )
+            .bind(worker_id)
+            .bind(operation_id)
+            .bind(metadata.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(claimed > 0)
+    }
+
+    /// `worker_id` is free again, if it still runs `operation_id`.
+    pub async fn release_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
+        on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE workers SET status = 'available', current_operation_id = NULL \
+                 WHERE worker_id = $1 AND current_operation_id = $2",
+            )
+            .bind(worker_id)
+            .bind(operation_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Drops workers `temporarily_unavailable` whose last healthy answer is older than `before`;
     /// returns how many.
     pub async fn remove_dead_workers(&self, before: Timestamp) -> Result<u64, StoreError> {
