@@ -6,6 +6,7 @@ CREATE TABLE workers (
     endpoint_url          TEXT NOT NULL,
     status                TEXT NOT NULL,       -- available | busy | temporarily_unavailable
     current_operation_id  TEXT,
+    dispatched_operation_id TEXT,              -- the training we sent it: busy until we free it
     capabilities          TEXT NOT NULL,       -- JSON object
     metadata              TEXT NOT NULL,       -- JSON object
     registered_at         BIGINT NOT NULL,     -- unix microseconds; the listing order

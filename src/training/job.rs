@@ -18,10 +18,11 @@ use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::Protocol;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{
-    CheckpointKind, Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, RemoteStopHook,
-    RemoteStopReport, Resumption, Steps,
+    CheckpointKind, Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, Resumption,
+    Steps,
 };
 use crate::training::TrainingRequest;
+use crate::training::stop::remote_stop;
 use crate::training::workers::{Claim, WorkerPool};
 
 /// Tunables of trainings (config `[training]`).
@@ -64,14 +65,14 @@ pub struct WorkerRef {
 
 /// Frees a worker once the training on it is over.
 #[derive(Clone)]
-struct Release {
+pub(super) struct Release {
     pool: Arc<WorkerPool>,
     worker_id: String,
     operation_id: String,
 }
 
 impl Release {
-    async fn now(&self) {
+    pub(super) async fn now(&self) {
         self.pool.release(&self.worker_id, &self.operation_id).await;
     }
 }
@@ -427,7 +428,7 @@ async fn record_checkpoint(ctx: &OperationHandle, checkpoint: &Value) {
     ctx.checkpoint(checkpoint_kind(checkpoint), checkpoint.clone()).await;
 }
 
-fn checkpoint_kind(checkpoint: &Value) -> CheckpointKind {
+pub(super) fn checkpoint_kind(checkpoint: &Value) -> CheckpointKind {
     match checkpoint.get("checkpoint_type").and_then(Value::as_str) {
         Some("cancellation") => CheckpointKind::Cancellation,
         Some("failure") => CheckpointKind::Failure,
@@ -485,110 +486,6 @@ fn relay(
 
 /// Pauses between tries to start a training on a busy host.
 const BUSY_HOST: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(15)).factor(1.5);
-/// Pauses between tries to deliver a stop.
-const STOP_RETRY: Backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30));
-
-/// How long a stop sent while the service shuts down waits to read the host's answer.
-const SHUTDOWN_LOOK: Duration = Duration::from_secs(2);
-
-/// Tells the host to stop the session (retried until acknowledged, bounded), then watches it
-/// for a while and records its final status — a host may acknowledge and train on regardless.
-fn remote_stop(
-    client: Arc<TrainingClient>,
-    session: Session,
-    settings: TrainingSettings,
-    release: Option<Release>,
-) -> RemoteStopHook {
-    RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
-        watch_stop(&client, &session, &settings, &report).await;
-        // The worker is free once its stop is confirmed, or the watch gave up.
-        if let Some(release) = release {
-            release.now().await;
-        }
-    })
-}
-
-/// Delivers the stop and watches the host session until its final state is known.
-async fn watch_stop(
-    client: &TrainingClient,
-    session: &Session,
-    settings: &TrainingSettings,
-    report: &RemoteStopReport,
-) {
-    {
-        // The stop must go out even while the service shuts down; each try is bounded by its timeout.
-        let unstoppable = CancellationToken::new();
-        let mut pauses = STOP_RETRY.pauses();
-        for attempt in 1..=settings.stop_attempts.max(1) {
-            report.attempt().await;
-            match client.stop(session, report.reason(), &unstoppable).await {
-                Ok(_) => {
-                    report.acknowledged().await;
-                    break;
-                }
-                Err(PollError::Lost(detail)) => {
-                    report.failed(format!("the host does not know session {}: {detail}", session.id)).await;
-                    return;
-                }
-                Err(e) if attempt == settings.stop_attempts.max(1) => {
-                    report.failed(e.to_string()).await;
-                    return;
-                }
-                Err(_) => {
-                    // Shutting down cuts the pause short, not the next try.
-                    pauses.sleep(report.shutdown()).await;
-                }
-            }
-        }
-        if report.shutdown().is_cancelled() {
-            // The service is stopping: no long watch, but one quick look so that the record says
-            // what the host did with the stop.
-            let look = CancellationToken::new();
-            if let Ok(Ok(snapshot)) = tokio::time::timeout(SHUTDOWN_LOOK, client.poll(session, &look)).await {
-                report.final_status(snapshot.host_status.clone()).await;
-            }
-            return;
-        }
-        let until = Instant::now() + settings.cancel_watch;
-        let mut reported: Option<String> = None;
-        let mut kept: Option<Value> = None;
-        while Instant::now() < until {
-            match client.poll(session, report.shutdown()).await {
-                Ok(snapshot) if snapshot.status.is_final() => {
-                    if reported.as_deref() != Some(snapshot.host_status.as_str()) {
-                        report.final_status(snapshot.host_status.clone()).await;
-                        reported = Some(snapshot.host_status.clone());
-                    }
-                    // A stopped host session leaves its `cancellation` checkpoint: resumable.
-                    if snapshot.checkpoint.is_some() && snapshot.checkpoint != kept {
-                        let checkpoint = snapshot.checkpoint.clone().unwrap_or_default();
-                        let kind = checkpoint_kind(&checkpoint);
-                        report.checkpoint(kind, checkpoint).await;
-                        kept = snapshot.checkpoint.clone();
-                        if kind != CheckpointKind::Periodic {
-                            // The host saved what it had when it stopped: it really stopped.
-                            return;
-                        }
-                    }
-                    // A stopped session may still flip to completed on a defective host; a
-                    // completed or failed one is over.
-                    if matches!(snapshot.status, HostStatus::Completed | HostStatus::Failed) {
-                        return;
-                    }
-                }
-                // Running again after it stopped: resumed, under a new operation that follows it.
-                Ok(_) if reported.is_some() => return,
-                Err(PollError::Lost(_) | PollError::Cancelled) => return,
-                _ => {}
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(settings.poll_min.max(Duration::from_millis(500))) => {}
-                _ = report.shutdown().cancelled() => return,
-            }
-        }
-    }
-}
-
 /// Re-attaches a training left running by a previous run of the service to its host session.
 pub struct TrainingReattach {
     pub client: Arc<TrainingClient>,

@@ -3,6 +3,7 @@
 
 pub mod job;
 pub mod renderer;
+mod stop;
 pub mod strategy;
 pub mod workers;
 

@@ -244,6 +244,25 @@ async fn a_workers_status_report_cancels_a_running_operation_and_never_changes_a
     assert_eq!(app.record(&running).await["status"], "cancelled");
 }
 
+async fn start_example(app: &TestApp) -> String {
+    let (status, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "example_mlp" })).await;
+    assert_eq!(status, 200, "{started}");
+    started["task_id"].as_str().unwrap().to_owned()
+}
+
+/// The worker a training was started on, once it was.
+async fn placed_on(app: &TestApp, id: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = app.record(id).await;
+        if record["progress"]["context"]["host_session_id"].is_string() {
+            return record["progress"]["context"]["worker_id"].as_str().expect("a worker").to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never placed: {record}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A training worker simulator of its own on a free port (the operations generation, as ktrdr's
 /// workers speak it), reading the series from `data_dir`.
 async fn worker_sim(data_dir: &std::path::Path) -> String {
@@ -272,29 +291,20 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
                            "capabilities": { "gpu": gpu } });
         assert_eq!(register(&app, body).await.0, 200);
     }
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        let (status, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "example_mlp" })).await;
-        assert_eq!(status, 200, "{started}");
-        ids.push(started["task_id"].as_str().unwrap().to_owned());
-    }
     let worker_of = |r: &Value| r["progress"]["context"]["worker_id"].as_str().map(str::to_owned);
-    // Three run on three distinct workers; the GPU worker took the first.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let placed = loop {
-        let mut placed = Vec::new();
-        for id in &ids[..3] {
-            placed.extend(worker_of(&app.record(id).await));
-        }
-        if placed.len() == 3 {
-            break placed;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not all three placed: {placed:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(placed[0], "gpu-1", "GPU workers first: {placed:?}");
+    // The GPU worker first.
+    let mut ids = vec![start_example(&app).await];
+    assert_eq!(placed_on(&app, &ids[0]).await, "gpu-1");
+    // Then the others, one each; one more waits.
+    for _ in 0..3 {
+        ids.push(start_example(&app).await);
+    }
+    let mut placed = vec!["gpu-1".to_owned()];
+    for id in &ids[1..3] {
+        placed.push(placed_on(&app, id).await);
+    }
     let distinct: std::collections::HashSet<_> = placed.iter().collect();
-    assert_eq!(distinct.len(), 3, "{placed:?}");
+    assert_eq!(distinct.len(), 3, "three trainings on three workers: {placed:?}");
     let fourth = app.record(&ids[3]).await;
     assert_eq!(worker_of(&fourth), None, "{fourth}");
     assert!(

@@ -145,9 +145,13 @@ impl Store {
         on_db!(&self.inner.readers, pool => {
             match outcome {
                 HealthOutcome::Answered { busy_with, busy } => {
+                    // A worker we sent a training stays busy with it until we free it: it may
+                    // answer idle before the training has started there.
                     sqlx::query(
-                        "UPDATE workers SET status = $2, current_operation_id = $3, health_check_failures = 0, \
-                           last_health_check = $4, last_healthy_at = $4 WHERE worker_id = $1",
+                        "UPDATE workers SET \
+                           status = CASE WHEN $2 = 'busy' OR dispatched_operation_id IS NOT NULL THEN 'busy' ELSE 'available' END, \
+                           current_operation_id = CASE WHEN $2 = 'busy' THEN $3 ELSE dispatched_operation_id END, \
+                           health_check_failures = 0, last_health_check = $4, last_healthy_at = $4 WHERE worker_id = $1",
                     )
                     .bind(worker_id)
                     .bind(if *busy { "busy" } else { "available" })
@@ -184,8 +188,8 @@ impl Store {
         metadata["last_selected"] = serde_json::json!(time::now().timestamp_micros() as f64 / 1e6);
         let claimed = on_db!(&self.inner.readers, pool => {
             sqlx::query(
-                "UPDATE workers SET status = 'busy', current_operation_id = $2, metadata = $3 \
-                 WHERE worker_id = $1 AND status = 'available'",
+                "UPDATE workers SET status = 'busy', current_operation_id = $2, dispatched_operation_id = $2, metadata = $3 \
+                 WHERE worker_id = $1 AND status = 'available' AND dispatched_operation_id IS NULL",
             )
             .bind(worker_id)
             .bind(operation_id)
@@ -201,8 +205,8 @@ impl Store {
     pub async fn release_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
         on_db!(&self.inner.readers, pool => {
             sqlx::query(
-                "UPDATE workers SET status = 'available', current_operation_id = NULL \
-                 WHERE worker_id = $1 AND current_operation_id = $2",
+                "UPDATE workers SET status = 'available', current_operation_id = NULL, dispatched_operation_id = NULL \
+                 WHERE worker_id = $1 AND dispatched_operation_id = $2",
             )
             .bind(worker_id)
             .bind(operation_id)

@@ -1,0 +1,126 @@
+//! Stopping a training on its host after the operation is cancelled: the stop delivered (retried
+//! until acknowledged, bounded, even while the service shuts down), then the host session
+//! watched until its final state — a host may acknowledge and train on — and its stop checkpoint
+//! kept; the worker it ran on is freed once the stop is confirmed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::hosts::training::{HostStatus, PollError, Session, TrainingClient};
+use crate::ops::{CheckpointKind, RemoteStopHook, RemoteStopReport};
+use crate::training::job::{Release, TrainingSettings, checkpoint_kind};
+
+/// Pauses between tries to deliver a stop.
+const STOP_RETRY: Backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30));
+
+/// How long a stop sent while the service shuts down waits to read the host's answer.
+const SHUTDOWN_LOOK: Duration = Duration::from_secs(2);
+
+/// Tells the host to stop the session (retried until acknowledged, bounded), then watches it
+/// for a while and records its final status — a host may acknowledge and train on regardless.
+pub(super) fn remote_stop(
+    client: Arc<TrainingClient>,
+    session: Session,
+    settings: TrainingSettings,
+    release: Option<Release>,
+) -> RemoteStopHook {
+    RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
+        watch_stop(&client, &session, &settings, &report, release.as_ref()).await;
+        // The worker is free once its stop is confirmed, or the watch gave up.
+        if let Some(release) = release {
+            release.now().await;
+        }
+    })
+}
+
+/// Delivers the stop and watches the host session until its final state is known.
+async fn watch_stop(
+    client: &TrainingClient,
+    session: &Session,
+    settings: &TrainingSettings,
+    report: &RemoteStopReport,
+    release: Option<&Release>,
+) {
+    {
+        // The stop must go out even while the service shuts down; each try is bounded by its timeout.
+        let unstoppable = CancellationToken::new();
+        let mut pauses = STOP_RETRY.pauses();
+        for attempt in 1..=settings.stop_attempts.max(1) {
+            report.attempt().await;
+            match client.stop(session, report.reason(), &unstoppable).await {
+                Ok(_) => {
+                    report.acknowledged().await;
+                    break;
+                }
+                Err(PollError::Lost(detail)) => {
+                    report.failed(format!("the host does not know session {}: {detail}", session.id)).await;
+                    return;
+                }
+                Err(e) if attempt == settings.stop_attempts.max(1) => {
+                    report.failed(e.to_string()).await;
+                    return;
+                }
+                Err(_) => {
+                    // Shutting down cuts the pause short, not the next try.
+                    pauses.sleep(report.shutdown()).await;
+                }
+            }
+        }
+        if report.shutdown().is_cancelled() {
+            // The service is stopping: no long watch, but one quick look so that the record says
+            // what the host did with the stop.
+            let look = CancellationToken::new();
+            if let Ok(Ok(snapshot)) = tokio::time::timeout(SHUTDOWN_LOOK, client.poll(session, &look)).await {
+                report.final_status(snapshot.host_status.clone()).await;
+            }
+            return;
+        }
+        let until = Instant::now() + settings.cancel_watch;
+        let mut reported: Option<String> = None;
+        let mut kept: Option<Value> = None;
+        while Instant::now() < until {
+            match client.poll(session, report.shutdown()).await {
+                Ok(snapshot) if snapshot.status.is_final() => {
+                    if reported.as_deref() != Some(snapshot.host_status.as_str()) {
+                        report.final_status(snapshot.host_status.clone()).await;
+                        // The host says the work is over: its worker is free (a defective host
+                        // that trains on answers busy and is passed over).
+                        if let Some(release) = release {
+                            release.now().await;
+                        }
+                        reported = Some(snapshot.host_status.clone());
+                    }
+                    // A stopped host session leaves its `cancellation` checkpoint: resumable.
+                    if snapshot.checkpoint.is_some() && snapshot.checkpoint != kept {
+                        let checkpoint = snapshot.checkpoint.clone().unwrap_or_default();
+                        let kind = checkpoint_kind(&checkpoint);
+                        report.checkpoint(kind, checkpoint).await;
+                        kept = snapshot.checkpoint.clone();
+                        if kind != CheckpointKind::Periodic {
+                            // The host saved what it had when it stopped: it really stopped.
+                            return;
+                        }
+                    }
+                    // A stopped session may still flip to completed on a defective host; a
+                    // completed or failed one is over.
+                    if matches!(snapshot.status, HostStatus::Completed | HostStatus::Failed) {
+                        return;
+                    }
+                }
+                // Running again after it stopped: resumed, under a new operation that follows it.
+                Ok(_) if reported.is_some() => return,
+                Err(PollError::Lost(_) | PollError::Cancelled) => return,
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(settings.poll_min.max(Duration::from_millis(500))) => {}
+                _ = report.shutdown().cancelled() => return,
+            }
+        }
+    }
+}
