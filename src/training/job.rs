@@ -136,15 +136,6 @@ impl TrainingJob {
         let token = ctx.token().clone();
         let (client, worker, session) = match session {
             Some(session) => {
-                let state = TrainingState {
-                    session_id: session.id.clone(),
-                    protocol: session.protocol,
-                    worker: worker.clone(),
-                };
-                // A resumed training is new here: it stores its session for a later re-attach.
-                ctx.save_state(&state).await?;
-                let release = release_of(&pool, &worker, &ctx);
-                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone(), release));
                 progress.detail(format!("following training host session {}", session.id));
                 (client, worker, session)
             }
@@ -158,21 +149,19 @@ impl TrainingJob {
                     ("total_epochs".to_owned(), json!(total_epochs)),
                 ]);
                 ctx.step(TrainingStep::Start, "Starting training on the host");
-                let (client, worker, session) = match &pool {
+                match &pool {
                     Some(pool) => dispatch(pool, &client, &request, &settings, &ctx, &progress, &token).await?,
                     None => (client.clone(), None, start(&client, &request, &settings, &ctx, &progress, &token).await?),
-                };
-                let state = TrainingState {
-                    session_id: session.id.clone(),
-                    protocol: session.protocol,
-                    worker: worker.clone(),
-                };
-                ctx.save_state(&state).await?;
-                let release = release_of(&pool, &worker, &ctx);
-                ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone(), release));
-                (client, worker, session)
+                }
             }
         };
+        // Stored for a later re-attach (a resumed or re-attached training too: it is new here),
+        // and stoppable on its host from now on.
+        let state =
+            TrainingState { session_id: session.id.clone(), protocol: session.protocol, worker: worker.clone() };
+        ctx.save_state(&state).await?;
+        let release = release_of(&pool, &worker, &ctx);
+        ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone(), release));
         let outcome = follow_to_the_end(&client, &session, total_epochs, &settings, &ctx, &progress, &token).await;
         // A cancelled training's worker is freed once the host confirmed the stop (remote_stop).
         if !matches!(outcome, Err(JobError::Cancelled))
