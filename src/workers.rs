@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::hosts::workers::WorkerProbe;
 use crate::invalid::Invalid;
 use crate::ops::store::{HealthOutcome, StoredWorker};
 use crate::ops::{Store, StoreError};
@@ -21,6 +22,15 @@ pub const WORKER_TYPES: &[&str] =
     &["backtesting", "training", "cpu_training", "gpu_host", "agent_design", "agent_assessment"];
 /// The statuses a worker can have.
 pub const WORKER_STATUSES: &[&str] = &["available", "busy", "temporarily_unavailable"];
+/// A known worker type, or a refusal naming the field and listing the known ones.
+pub fn check_worker_type(text: &str) -> Result<(), Invalid> {
+    if WORKER_TYPES.contains(&text) {
+        return Ok(());
+    }
+    Err(Invalid::new("worker_type", format!("worker_type `{text}` is not one of {}", WORKER_TYPES.join(", ")))
+        .allowed(serde_json::json!(WORKER_TYPES)))
+}
+
 /// Statuses a worker may report for an operation it finished.
 const REPORT_STATUSES: &[&str] = &["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"];
 
@@ -111,13 +121,7 @@ impl Registration {
         if id.is_empty() || id.len() > 200 {
             return Err(Invalid::new("worker_id", "worker_id must be 1–200 characters"));
         }
-        if !WORKER_TYPES.contains(&self.worker_type.as_str()) {
-            return Err(Invalid::new(
-                "worker_type",
-                format!("worker_type `{}` is not one of {}", self.worker_type, WORKER_TYPES.join(", ")),
-            )
-            .allowed(serde_json::json!(WORKER_TYPES)));
-        }
+        check_worker_type(&self.worker_type)?;
         let url = self.endpoint_url.trim();
         let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
         if !scheme_ok || url.len() <= "https://".len() || url.contains(char::is_whitespace) {
@@ -150,7 +154,7 @@ impl Registration {
 #[derive(Clone)]
 pub struct Fleet {
     store: Store,
-    http: reqwest::Client,
+    probe: WorkerProbe,
     settings: Arc<FleetSettings>,
 }
 
@@ -163,13 +167,8 @@ const SHUTDOWN_NOTICE: Duration = Duration::from_secs(2);
 
 impl Fleet {
     pub fn new(store: Store, settings: FleetSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(settings.health_check_timeout)
-            .connect_timeout(settings.health_check_timeout)
-            .no_proxy()
-            .build()
-            .expect("a client without TLS settings builds");
-        Fleet { store, http, settings: Arc::new(settings) }
+        let probe = WorkerProbe::new(settings.health_check_timeout, SHUTDOWN_NOTICE);
+        Fleet { store, probe, settings: Arc::new(settings) }
     }
 
     pub fn store(&self) -> &Store {
@@ -187,7 +186,10 @@ impl Fleet {
         let failures = self.settings.health_check_failures.max(1);
         let mut checks = futures_util::stream::iter(workers)
             .map(|w| async move {
-                let outcome = self.check(&w.endpoint_url, failures).await;
+                let outcome = match self.probe.health(&w.endpoint_url).await {
+                    Some(h) => HealthOutcome::Answered { busy_with: h.current_operation, busy: h.busy },
+                    None => HealthOutcome::Failed { unavailable_after: failures },
+                };
                 (w.worker_id, outcome)
             })
             .buffer_unordered(CONCURRENT_CHECKS);
@@ -201,27 +203,12 @@ impl Fleet {
         Ok((checked, removed))
     }
 
-    async fn check(&self, endpoint: &str, failures: u32) -> HealthOutcome {
-        let url = format!("{}/health", endpoint.trim_end_matches('/'));
-        let answer = match self.http.get(&url).send().await {
-            Ok(response) if response.status().is_success() => response.json::<Value>().await.unwrap_or(Value::Null),
-            _ => return HealthOutcome::Failed { unavailable_after: failures },
-        };
-        let busy = answer.get("worker_status").and_then(Value::as_str) == Some("busy");
-        let busy_with = answer.get("current_operation").and_then(Value::as_str).map(str::to_owned);
-        HealthOutcome::Answered { busy_with, busy }
-    }
-
     /// Tells every registered worker the service is stopping (`POST {endpoint}/backend-shutdown`,
     /// workers.md §6): they register again once it is back. Best effort, all at once, 2 s each.
     pub async fn announce_shutdown(&self) {
         let Ok(workers) = self.store.workers(None, None).await else { return };
         let told = futures_util::stream::iter(workers)
-            .map(|w| async move {
-                let url = format!("{}/backend-shutdown", w.endpoint_url.trim_end_matches('/'));
-                let request = self.http.post(url).json(&serde_json::json!({ "message": "Backend shutting down" }));
-                tokio::time::timeout(SHUTDOWN_NOTICE, request.send()).await.is_ok_and(|r| r.is_ok())
-            })
+            .map(|w| async move { self.probe.announce_shutdown(&w.endpoint_url).await })
             .buffer_unordered(CONCURRENT_CHECKS)
             .filter(|told| std::future::ready(*told))
             .count()

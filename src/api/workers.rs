@@ -17,7 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::schemas::ErrorEnvelope;
 use crate::ops::Status;
-use crate::workers::{Registration, WORKER_STATUSES, WORKER_TYPES, WorkerRecord};
+use crate::workers::{Registration, WORKER_STATUSES, WorkerRecord, check_worker_type};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -165,13 +165,8 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<WorkerRecord>>, ApiError> {
     let worker_type = query.worker_type.filter(|t| !t.is_empty());
-    if let Some(t) = &worker_type
-        && !WORKER_TYPES.contains(&t.as_str())
-    {
-        return Err(ApiError::invalid(
-            "worker_type",
-            format!("worker_type `{t}` is not one of {}", WORKER_TYPES.join(", ")),
-        ));
+    if let Some(t) = &worker_type {
+        check_worker_type(t)?;
     }
     let status = query.status.filter(|s| !s.is_empty());
     if status.as_deref().is_some_and(|s| !WORKER_STATUSES.contains(&s)) {

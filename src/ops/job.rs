@@ -86,7 +86,7 @@ pub trait Job: Send + Sized + 'static {
     type State: Serialize + DeserializeOwned + Send + Sync + 'static;
     type Step: Steps;
 
-    /// One line for list rows (their `symbol` column): what the operation works on.
+    /// One line for list rows: what the operation works on.
     fn summary(request: &Self::Request) -> Option<String>;
 
     fn run(self, ctx: JobContext<Self>) -> impl Future<Output = JobResult> + Send + 'static;

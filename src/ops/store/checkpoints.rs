@@ -47,8 +47,7 @@ pub struct Checkpoint {
     pub operation_type: String,
     pub kind: CheckpointKind,
     pub created_at: Timestamp,
-    /// Shaped by the operation type (a data load: segments and bars saved; a training: the
-    /// epoch, losses and learning rate the host reported).
+    /// Shaped by the operation type: whatever its job needs to continue.
     pub state: Value,
     pub artifacts_path: Option<String>,
     pub artifacts_size_bytes: u64,

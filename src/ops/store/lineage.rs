@@ -24,7 +24,7 @@ impl Store {
     /// The operation that resumed `operation_id`, if one did.
     pub async fn continuation(&self, operation_id: &str) -> Result<Option<String>, StoreError> {
         let id = on_db!(&self.inner.readers, pool => {
-            sqlx::query_scalar("SELECT operation_id FROM operations WHERE resumes = $1")
+            sqlx::query_scalar(CONTINUATION_OF)
                 .bind(operation_id)
                 .fetch_optional(pool)
                 .await?

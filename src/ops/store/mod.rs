@@ -136,6 +136,9 @@ macro_rules! on_db {
     };
 }
 
+/// The operation that resumed the one given (at most one: `resumes` is unique).
+const CONTINUATION_OF: &str = "SELECT operation_id FROM operations WHERE resumes = $1";
+
 mod checkpoints;
 mod cluster;
 mod lineage;

@@ -145,8 +145,8 @@ impl Store {
         on_db!(&self.inner.readers, pool => {
             match outcome {
                 HealthOutcome::Answered { busy_with, busy } => {
-                    // A worker we sent a training stays busy with it until we free it: it may
-                    // answer idle before the training has started there.
+                    // A worker we sent an operation stays busy with it until we free it: it may
+                    // answer idle before the operation has started there.
                     sqlx::query(
                         "UPDATE workers SET \
                            status = CASE WHEN $2 = 'busy' OR dispatched_operation_id IS NOT NULL THEN 'busy' ELSE 'available' END, \

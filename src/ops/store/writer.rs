@@ -228,7 +228,7 @@ async fn apply(db: &Db, batch: &[WriteCmd]) -> Result<Vec<Applied>, StoreError> 
                         && let Some(resumed) = resumes
                     {
                         let continuation: String =
-                            sqlx::query_scalar("SELECT operation_id FROM operations WHERE resumes = $1")
+                            sqlx::query_scalar(CONTINUATION_OF)
                                 .bind(resumed)
                                 .fetch_one(&mut *tx)
                                 .await?;
