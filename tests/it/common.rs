@@ -76,6 +76,8 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.data.dir = data_dir.to_owned();
     config.training.models_dir = data_dir.join("models");
     config.node.id = "test-node".into();
+    // Most tests drive the configured training host; the worker tests ask for simulated workers.
+    config.sim.training_workers = 0;
     config
 }
 
@@ -324,6 +326,8 @@ pub async fn sim_process(
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
         .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", data_dir])
         .args(args)
+        // Model folders of finished trainings go next to the data, not into the repository.
+        .env("KTRDR_OPS__TRAINING__MODELS_DIR", format!("{data_dir}/models"))
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
