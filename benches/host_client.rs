@@ -46,7 +46,7 @@ async fn main() {
         data_dir: data.path().to_owned(),
         models_dir: None,
     };
-    let sims = Simulators::start(settings, loopback, loopback).await.unwrap();
+    let sims = Simulators::start(settings, loopback, loopback, None).await.unwrap();
     let url = format!("{}/health", sims.ib_url());
 
     let host = HostClient::new(

@@ -25,6 +25,7 @@ use crate::hosts::{ClientBuildError, HostClient, HostSettings, Hosts, RetryPolic
 use crate::metrics::Metrics;
 use crate::ops::orchestrator::{ClusterSettings, claim_node_id};
 use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, StoreError};
+use crate::sim::worker::{AgentSettings, WorkerFleet};
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
 use crate::training::job::TrainingSettings;
@@ -202,15 +203,31 @@ pub fn build_hosts(config: &Config, metrics: &Metrics) -> Result<Hosts, ClientBu
     Ok(Hosts { ib, training: Arc::new(training) })
 }
 
+/// How long a start under `--sim` waits for its simulated workers to register.
+const WORKERS_REGISTER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens the store, reconciles what a previous run left unfinished, binds and starts serving.
 /// Logs `listening on http://ADDR:PORT` once ready.
 pub async fn start(mut config: Config, options: Options) -> Result<Server, StartError> {
+    // Bound first: simulated workers register with this address (served a moment later).
+    let listen = config.server.listen;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
     let simulators = if options.with_simulators {
         let _ = std::fs::create_dir_all(&config.data.dir);
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let settings =
             SimSettings::from_config(&config.sim, config.data.dir.clone(), config.training.models_dir.clone());
-        let simulators = Simulators::start(settings, loopback, loopback).await.map_err(StartError::Simulators)?;
+        let reach = if addr.ip().is_unspecified() { SocketAddr::new(loopback.ip(), addr.port()) } else { addr };
+        let fleet = WorkerFleet {
+            count: config.sim.training_workers,
+            gpu_workers: config.sim.gpu_workers,
+            backend_url: format!("http://{reach}"),
+            advertised_host: String::new(),
+            agent: AgentSettings::default(),
+        };
+        let simulators =
+            Simulators::start(settings, loopback, loopback, Some(&fleet)).await.map_err(StartError::Simulators)?;
         config.hosts.ib.url = simulators.ib_url();
         config.hosts.training.url = simulators.training_url();
         Some(simulators)
@@ -245,7 +262,6 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             host_settings("worker", "", &config.hosts),
             metrics.clone(),
         ))),
-        strategies_dir: config.training.strategies_dir.clone(),
         settings: TrainingSettings {
             start_timeout: config.training.start_timeout.0,
             poll_min: config.training.poll_min.0,
@@ -253,6 +269,8 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             poll_errors: config.training.poll_errors.max(1),
             cancel_watch: config.training.cancel_watch.0,
             stop_attempts: config.training.stop_attempts.max(1),
+            max_moves: config.training.max_moves,
+            strategies_dir: config.training.strategies_dir.clone(),
         },
     };
     let settings = orchestrator_settings(&config, &store);
@@ -280,9 +298,6 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     );
     orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);
 
-    let listen = config.server.listen;
-    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
     let router = api::router(AppState {
         orchestrator: orchestrator.clone(),
         hosts: hosts.clone(),
@@ -326,7 +341,12 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         }
     });
     if let Some(s) = &simulators {
-        tracing::info!(ib = %s.ib_url(), training = %s.training_url(), "using the built-in host simulators");
+        // Ready means ready to train: the simulated workers are in the registry.
+        if !s.workers_registered(WORKERS_REGISTER_WITHIN).await {
+            tracing::warn!("the simulated training workers have not all registered yet");
+        }
+        tracing::info!(ib = %s.ib_url(), training = %s.training_url(), workers = s.workers.len(),
+            "using the built-in host simulators");
     }
     tracing::info!("listening on http://{addr}");
     Ok(Server { addr, shutdown, task, orchestrator, hosts, simulators })

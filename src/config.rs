@@ -94,6 +94,7 @@ pub struct TrainingConfig {
     pub poll_errors: u32,
     pub cancel_watch: HumanDuration,
     pub stop_attempts: u32,
+    pub max_moves: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +217,8 @@ pub struct SimConfig {
     pub gateway_connected: bool,
     pub gateway_hang_ms: u64,
     pub training_status_delay_ms: u64,
+    pub training_workers: usize,
+    pub gpu_workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use ktrdr_ops::cli::Client;
 use ktrdr_ops::config::{Config, Sources};
 use ktrdr_ops::ops::Store;
+use ktrdr_ops::sim::worker::{AgentSettings, WorkerFleet};
 use ktrdr_ops::sim::{SimSettings, Simulators};
 use ktrdr_ops::{app, telemetry};
 use serde_json::json;
@@ -166,6 +167,9 @@ struct ServeArgs {
     /// IB pacing on our side (hosts.ib.pacing): `ib` by default, `off` by default under --sim.
     #[arg(long, value_name = "ib|off")]
     ib_pacing: Option<String>,
+    /// Under --sim: training simulators serving as registered workers (sim.training_workers, 1).
+    #[arg(long, value_name = "N")]
+    sim_training_workers: Option<usize>,
     #[command(flatten)]
     knobs: SimKnobArgs,
 }
@@ -181,6 +185,18 @@ struct SimArgs {
     /// The data folder the training simulator checks (data.dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Serve N training simulators as workers registering with --backend-url, on the ports
+    /// from --training-listen's upward (port 0: free ports). 0: one plain training host.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    training_workers: usize,
+    /// The service the workers register with (with or without `/api/v1`).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
+    backend_url: String,
+    /// The host name workers advertise in their endpoint URL (ktrdr's
+    /// KTRDR_WORKER_PUBLIC_BASE_URL); default: the listen address, or this machine's name
+    /// when it listens on all addresses.
+    #[arg(long, value_name = "HOST")]
+    worker_host: Option<String>,
     #[command(flatten)]
     knobs: SimKnobArgs,
     /// An extra config file.
@@ -215,6 +231,9 @@ struct SimKnobArgs {
     /// How long data calls hang while the gateway is down, in milliseconds (sim.gateway_hang_ms).
     #[arg(long, value_name = "N")]
     sim_gateway_hang_ms: Option<u64>,
+    /// The first K simulated training workers advertise a GPU (sim.gpu_workers).
+    #[arg(long, value_name = "K")]
+    sim_gpu_workers: Option<usize>,
 }
 
 impl SimKnobArgs {
@@ -230,6 +249,7 @@ impl SimKnobArgs {
             sources.set("sim.gateway_connected", Some("false"));
         }
         sources.set("sim.gateway_hang_ms", self.sim_gateway_hang_ms);
+        sources.set("sim.gpu_workers", self.sim_gpu_workers);
     }
 }
 
@@ -372,6 +392,7 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     // The simulators do not pace, so neither need we — unless asked to.
     let pacing = args.ib_pacing.clone().or_else(|| args.sim.then(|| "off".to_owned()));
     sources.set("hosts.ib.pacing", pacing.as_ref());
+    sources.set("sim.training_workers", args.sim_training_workers);
     args.knobs.apply(&mut sources);
     let config = match load(&sources) {
         Ok(c) => c,
@@ -397,13 +418,29 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
     runtime.block_on(async move {
         let settings =
             SimSettings::from_config(&config.sim, config.data.dir.clone(), config.training.models_dir.clone());
-        match Simulators::start(settings, config.sim.ib_listen, config.sim.training_listen).await {
+        let fleet = (args.training_workers > 0).then(|| WorkerFleet {
+            count: args.training_workers,
+            gpu_workers: config.sim.gpu_workers,
+            backend_url: args.backend_url.clone(),
+            advertised_host: args.worker_host.clone().unwrap_or_else(|| advertised_host(config.sim.training_listen)),
+            agent: AgentSettings::default(),
+        });
+        match Simulators::start(settings, config.sim.ib_listen, config.sim.training_listen, fleet.as_ref()).await {
             Ok(simulators) => {
-                println!(
-                    "IB simulator on {}, training simulator on {}",
-                    simulators.ib_url(),
-                    simulators.training_url()
-                );
+                match &fleet {
+                    Some(fleet) => println!(
+                        "IB simulator on {}, {} training workers on {} registering with {}",
+                        simulators.ib_url(),
+                        simulators.workers.len(),
+                        simulators.worker_urls().join(" "),
+                        fleet.backend_url
+                    ),
+                    None => println!(
+                        "IB simulator on {}, training simulator on {}",
+                        simulators.ib_url(),
+                        simulators.training_url()
+                    ),
+                }
                 wait_for_signal().await;
                 simulators.shutdown().await;
                 ExitCode::SUCCESS
@@ -414,6 +451,19 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The host name a worker listening on `listen` is reached at: its address, or this machine's
+/// name when it listens on all of them.
+fn advertised_host(listen: std::net::SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.ip().to_string();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 async fn run_client<F, Fut>(args: ClientArgs, command: F) -> ExitCode

@@ -42,6 +42,7 @@ pub const RESUMES: &str = "ktrdr_ops_resumes_total";
 pub const RETRIES: &str = "ktrdr_ops_retries_total";
 pub const WORKERS: &str = "ktrdr_ops_workers";
 pub const DISPATCHES: &str = "ktrdr_ops_dispatches_total";
+pub const WORKER_MOVES: &str = "ktrdr_ops_worker_moves_total";
 
 enum Kind {
     Counter,
@@ -99,6 +100,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Trainings sent out, by outcome: worker, host (none registered), passed_over (busy or gone), waited (none free).",
     ),
+    (WORKER_MOVES, Kind::Counter, "Trainings moved to another worker because theirs stopped answering."),
 ];
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

@@ -140,14 +140,6 @@ impl Registration {
         }
         Ok(())
     }
-
-    /// Every operation the worker names (its current one and those it finished).
-    pub fn named_operations(&self) -> impl Iterator<Item = &str> {
-        self.current_operation_id
-            .as_deref()
-            .into_iter()
-            .chain(self.completed_operations.iter().map(|r| r.operation_id.as_str()))
-    }
 }
 
 /// The registry and its health checks.

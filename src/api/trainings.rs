@@ -38,7 +38,7 @@ async fn start(
     headers: HeaderMap,
     ApiJson(body): ApiJson<TrainingBody>,
 ) -> Result<Response, ApiError> {
-    let dir = state.training.strategies_dir.clone();
+    let dir = state.training.settings.strategies_dir.clone();
     let checked = body.clone();
     // Reading the strategy file is blocking I/O.
     let spec = tokio::task::spawn_blocking(move || TrainingSpec::from_body(&checked, &dir))

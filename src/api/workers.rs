@@ -17,7 +17,8 @@ use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::schemas::ErrorEnvelope;
 use crate::ops::Status;
-use crate::workers::{Registration, WORKER_STATUSES, WorkerRecord, check_worker_type};
+use crate::training::workers::WorkerReport;
+use crate::workers::{CompletedReport, Registration, WORKER_STATUSES, WorkerRecord, check_worker_type};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -124,25 +125,60 @@ async fn register(State(state): State<AppState>, ApiJson(body): ApiJson<Registra
     }
     body.validate()?;
     let store = state.orchestrator.store();
-    let capabilities = json!(body.capabilities.clone().unwrap_or_default());
-    let stored = store
-        .register_worker(
-            body.worker_id.trim(),
-            &body.worker_type,
-            body.endpoint_url.trim().trim_end_matches('/'),
-            &capabilities,
-            body.current_operation_id.as_deref(),
-        )
-        .await?;
+    // What the worker names, against what we know: a terminal operation is never changed (the
+    // worker is told to stop it); a running one it still runs keeps it busy.
     let mut stop = Vec::new();
-    for id in body.named_operations() {
-        if store.get(id).await?.is_some_and(|s| s.is_terminal()) {
-            stop.push(id.to_owned());
+    let mut runs = None;
+    if let Some(id) = body.current_operation_id.as_deref() {
+        match store.get(id).await? {
+            Some(found) if found.is_terminal() => stop.push(id.to_owned()),
+            Some(_) => runs = Some(id),
+            None => {}
+        }
+    }
+    let capabilities = json!(body.capabilities.clone().unwrap_or_default());
+    let worker_id = body.worker_id.trim();
+    let endpoint = body.endpoint_url.trim().trim_end_matches('/');
+    let stored = store.register_worker(worker_id, &body.worker_type, endpoint, &capabilities, runs).await?;
+    tracing::info!(worker_id, endpoint, current_operation_id = runs, "worker registered");
+    for report in &body.completed_operations {
+        match store.get(&report.operation_id).await? {
+            Some(found) if found.is_terminal() => stop.push(report.operation_id.clone()),
+            Some(_) => finish_reported(&state, worker_id, report).await,
+            None => {}
         }
     }
     let mut answer = serde_json::to_value(WorkerRecord::from(stored)).expect("a worker record serialises");
     answer["stop_operations"] = json!(stop);
     Ok(Json(answer).into_response())
+}
+
+/// A worker says it finished an operation that is still running here: a cancel is applied here;
+/// a completion or failure goes to the training following it, which ends with it.
+async fn finish_reported(state: &AppState, worker_id: &str, report: &CompletedReport) {
+    let id = report.operation_id.as_str();
+    match report.status.as_str() {
+        "CANCELLED" => {
+            let reason = report.error_message.clone().unwrap_or_else(|| format!("Cancelled on worker {worker_id}"));
+            if let Err(e) = state.orchestrator.cancel(id, Some(reason)).await {
+                tracing::warn!(operation_id = id, error = %e, "could not apply a worker's cancel report");
+            }
+        }
+        "COMPLETED" | "FAILED" => {
+            let report = WorkerReport {
+                status: report.status.clone(),
+                result: report.result.clone(),
+                error_message: report.error_message.clone(),
+            };
+            let delivered = state.training.pool.as_ref().is_some_and(|pool| pool.deliver(id, report));
+            if !delivered {
+                // Followed by another replica, which hears the outcome from the worker itself.
+                tracing::info!(operation_id = id, worker_id, "a worker's report about an operation followed elsewhere");
+            }
+        }
+        // Still pending or running on the worker: following it says as much.
+        _ => {}
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

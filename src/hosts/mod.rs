@@ -7,6 +7,7 @@
 //! protocols.
 //! Depends on nothing domain-side.
 
+pub mod backend;
 pub mod ib;
 pub mod pacing;
 pub mod sse;

@@ -86,9 +86,10 @@ pub struct Session {
 }
 
 /// The host's state of a session, the same shape for both generations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostStatus {
+    #[default]
     Starting,
     Running,
     Completed,
@@ -136,7 +137,7 @@ pub struct EpochMetrics {
 }
 
 /// One poll's view of a session.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct HostSnapshot {
     pub status: HostStatus,
     /// The host's own word for it (`initializing`, `stopped`, …).

@@ -143,6 +143,9 @@ pub enum Resumption {
     Restart,
     /// Another replica stopped renewing its lease; this one takes its operation over.
     Takeover,
+    /// This service is stopping: would the work go on without it, to be re-attached (`Restart`)
+    /// when it is back? Only work running on a machine of its own should say yes.
+    Detach,
 }
 
 type ErasedReattach = dyn Fn(&OperationRecord, Option<&Value>, Resumption) -> Option<BoxedJob> + Send + Sync;

@@ -29,6 +29,7 @@ use crate::time;
 mod cluster;
 mod lineage;
 mod lookup;
+mod set_aside;
 mod supervisor;
 #[cfg(test)]
 mod tests;
@@ -538,12 +539,14 @@ impl Orchestrator {
 
     /// Stops accepting, cancels everything running, waits for the work to stop and its outcome
     /// to be stored (aborting what ignores the cancel), and flushes the store — within `deadline`.
-    /// With other replicas alive, what they can resume is handed over to them first.
+    /// With other replicas alive, what they can resume is handed over to them first; work that
+    /// runs on a machine of its own and can be re-attached is left running there.
     pub async fn shutdown(&self, deadline: Duration) {
         let inner = &self.inner;
         let end = Instant::now() + deadline;
         inner.accepting.store(false, Ordering::Release);
         self.hand_over(deadline / 2).await;
+        self.detach(deadline / 4).await;
         inner.root.cancel();
         inner.tasks.close();
         let grace = inner.settings.cancel_grace.min(deadline / 2);

@@ -1,11 +1,13 @@
 //! Host simulators (sim.md): the IB and training host services, speaking exactly the protocols of
 //! hosts.md, so the service's real HTTP clients are exercised end to end. `ktrdr-ops sim` serves
-//! them on their usual ports; `serve --sim` starts them in-process on free ports.
+//! them on their usual ports; `serve --sim` starts them in-process on free ports. Training
+//! simulators can be workers that register themselves with the service (`worker`).
 
 pub mod fastapi;
 pub mod ib;
 pub mod market;
 pub mod training;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use crate::config::{PacingMode, SimConfig, SimTrainingProtocol};
 use crate::hosts::training::Protocol;
 use ib::{IbKnobs, IbSim};
 use training::{TrainingKnobs, TrainingSim};
+use worker::{ServedWorker, WorkerFleet, serve_worker};
 
 /// Everything the simulators need to start.
 #[derive(Debug, Clone)]
@@ -72,36 +75,86 @@ pub struct Simulators {
     pub ib_addr: SocketAddr,
     pub training_addr: SocketAddr,
     pub ib: Arc<IbSim>,
+    /// The (first) training simulator.
     pub training: Arc<TrainingSim>,
+    /// The training simulators serving as registered workers (the first is `training`).
+    pub workers: Vec<ServedWorker>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Simulators {
-    /// Binds both (port 0 picks free ports) and serves them in the background.
+    /// Binds both (port 0 picks free ports) and serves them in the background. With `workers`
+    /// (operations generation only), `count` training simulators serve on `training_listen`'s
+    /// port and the next ones (port 0: free ports), each registering with the service as a worker.
     pub async fn start(
-        settings: SimSettings,
+        mut settings: SimSettings,
         ib_listen: SocketAddr,
         training_listen: SocketAddr,
+        workers: Option<&WorkerFleet>,
     ) -> std::io::Result<Self> {
-        let ib = IbSim::new(settings.ib);
-        let training =
-            TrainingSim::new(settings.training_protocol, settings.data_dir, settings.models_dir, settings.training);
+        let ib = IbSim::new(settings.ib.clone());
+        if workers.is_some_and(|w| w.count > 0) && settings.training.checkpoint_dir.is_none() {
+            // Workers share their checkpoints, as ktrdr's share KTRDR_CHECKPOINT_DIR.
+            settings.training.checkpoint_dir = Some(settings.data_dir.join("checkpoints"));
+        }
+        let new_training = || {
+            TrainingSim::new(
+                settings.training_protocol,
+                settings.data_dir.clone(),
+                settings.models_dir.clone(),
+                settings.training.clone(),
+            )
+        };
         let ib_listener = TcpListener::bind(ib_listen).await?;
-        let training_listener = TcpListener::bind(training_listen).await?;
-        let (ib_addr, training_addr) = (ib_listener.local_addr()?, training_listener.local_addr()?);
+        let ib_addr = ib_listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| {
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             })
         };
-        let tasks = vec![
-            serve(ib_listener, ib.router(), shutdown.clone()),
-            serve(training_listener, training.router(), shutdown.clone()),
-        ];
-        tracing::info!(%ib_addr, %training_addr, "host simulators running");
-        Ok(Self { ib_addr, training_addr, ib, training, shutdown, tasks })
+        let mut tasks = vec![serve(ib_listener, ib.router(), shutdown.clone())];
+        let mut served = Vec::new();
+        match workers.filter(|w| w.count > 0 && settings.training_protocol == Protocol::Operations) {
+            Some(fleet) => {
+                for n in 0..fleet.count {
+                    let port = if training_listen.port() == 0 { 0 } else { training_listen.port() + n as u16 };
+                    let listen = SocketAddr::new(training_listen.ip(), port);
+                    let gpu = n < fleet.gpu_workers;
+                    let (worker, handles) = serve_worker(new_training(), listen, fleet, gpu, &shutdown).await?;
+                    tasks.extend(handles);
+                    served.push(worker);
+                }
+            }
+            None => {
+                let training = new_training();
+                let listener = TcpListener::bind(training_listen).await?;
+                let addr = listener.local_addr()?;
+                tasks.push(serve(listener, training.router(), shutdown.clone()));
+                served.push(ServedWorker::unregistered(addr, training));
+            }
+        }
+        let (training_addr, training) = (served[0].addr, served[0].sim.clone());
+        served.retain(|w| w.agent.is_some());
+        tracing::info!(%ib_addr, %training_addr, workers = served.len(), "host simulators running");
+        Ok(Self { ib_addr, training_addr, ib, training, workers: served, shutdown, tasks })
+    }
+
+    /// Waits until every simulated worker has registered once (or `within` passed).
+    pub async fn workers_registered(&self, within: std::time::Duration) -> bool {
+        let mut all = true;
+        for worker in &self.workers {
+            if let Some(agent) = &worker.agent {
+                all &= agent.registered_within(within).await;
+            }
+        }
+        all
+    }
+
+    /// The simulated workers' URLs.
+    pub fn worker_urls(&self) -> Vec<String> {
+        self.workers.iter().map(|w| format!("http://{}", w.addr)).collect()
     }
 
     pub fn ib_url(&self) -> String {

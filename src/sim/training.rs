@@ -26,8 +26,10 @@ use crate::time;
 
 mod checkpoint;
 mod model_folder;
+mod wire;
 
 use checkpoint::{SimCheckpoint, resume};
+use wire::{operation_body, session_body};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -49,6 +51,9 @@ pub struct TrainingKnobs {
     /// Save a `periodic` checkpoint every this many epochs (ktrdr's
     /// `KTRDR_CHECKPOINT_EPOCH_INTERVAL`); 0: only on cancel and failure.
     pub checkpoint_interval: u32,
+    /// A folder shared with other workers to keep checkpoints in (ktrdr's
+    /// `KTRDR_CHECKPOINT_DIR`): any of them can resume a training from it.
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 impl Default for TrainingKnobs {
@@ -63,6 +68,7 @@ impl Default for TrainingKnobs {
             stop_delay_ms: 0,
             status_delay_ms: 0,
             checkpoint_interval: 10,
+            checkpoint_dir: None,
         }
     }
 }
@@ -156,6 +162,18 @@ impl TrainingSim {
         router.with_state(self.clone())
     }
 
+    /// The operation it trains, if any (a worker's `current_operation`).
+    pub fn current_operation(&self) -> Option<String> {
+        self.sessions.lock().values().find(|s| !s.finished).map(|s| s.id.clone())
+    }
+
+    /// Stops these operations: the service they belong to says they are over.
+    pub fn stop_operations(&self, ids: &[String]) {
+        for id in ids {
+            self.with_session(id, |s| s.stop_requested = true);
+        }
+    }
+
     fn knobs(&self) -> TrainingKnobs {
         self.knobs.read().clone()
     }
@@ -221,7 +239,7 @@ impl TrainingSim {
                 match stop {
                     None => return,
                     Some(true) if !self.knobs().ignore_cancel => {
-                        self.save_checkpoint(&id, "cancellation");
+                        self.save_checkpoint(&id, "cancellation").await;
                         let stopped = self.word("stopped");
                         self.end(&id, &stopped, None, None);
                         return;
@@ -243,13 +261,13 @@ impl TrainingSim {
             });
             self.with_session(&id, |s| s.epochs.push(metrics));
             if knobs.fail_at_epoch == Some(epoch) {
-                self.save_checkpoint(&id, "failure");
+                self.save_checkpoint(&id, "failure").await;
                 let error = format!("Training failed: simulated failure at epoch {epoch} (CUDA out of memory)");
                 self.end(&id, "failed", Some(error), None);
                 return;
             }
             if knobs.checkpoint_interval > 0 && epoch - last_saved >= knobs.checkpoint_interval {
-                self.save_checkpoint(&id, "periodic");
+                self.save_checkpoint(&id, "periodic").await;
                 last_saved = epoch;
             }
         }
@@ -270,7 +288,7 @@ impl TrainingSim {
             })
         });
         // A training that completed has nothing left to resume.
-        self.checkpoints.lock().remove(&id);
+        self.delete_checkpoint(&id).await;
         self.end(&id, "completed", None, result);
     }
 
@@ -309,7 +327,7 @@ impl TrainingSim {
 
 async fn health(State(sim): Sim) -> Json<Value> {
     sim.count("/health");
-    let current = sim.sessions.lock().values().find(|s| !s.finished).map(|s| s.id.clone());
+    let current = sim.current_operation();
     Json(json!({
         "healthy": true, "service": "training-worker", "status": "operational",
         "worker_status": if current.is_some() { "busy" } else { "idle" }, "current_operation": current,
@@ -422,44 +440,6 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
         answer["operation_id"] = json!(id);
     }
     Json(answer).into_response()
-}
-
-fn session_body(s: &SimSession) -> Value {
-    let series = |key: &str| -> Vec<Value> { s.epochs.iter().filter_map(|e| e.get(key).cloned()).collect() };
-    json!({
-        "session_id": s.id, "status": s.status,
-        "progress": {
-            "epoch": s.epoch, "total_epochs": s.total_epochs, "batch": s.batch, "total_batches": s.total_batches,
-            "progress_percent": TrainingSim::percentage(s),
-            "items_processed": s.epoch.saturating_sub(1) * s.total_batches + s.batch,
-            "items_total": s.total_epochs * s.total_batches,
-            "message": TrainingSim::step_text(s), "current_item": format!("Batch {}/{}", s.batch, s.total_batches),
-        },
-        "metrics": { "train_loss": series("train_loss"), "val_loss": series("val_loss"),
-                     "train_accuracy": series("train_accuracy"), "val_accuracy": series("val_accuracy") },
-        "gpu_usage": { "gpu_allocated": false },
-        "start_time": s.created_at, "last_updated": s.last_updated, "error": s.error,
-    })
-}
-
-fn operation_body(s: &SimSession, checkpoint: Option<&SimCheckpoint>) -> Value {
-    json!({
-        "checkpoint": checkpoint.map(SimCheckpoint::summary),
-        "operation_id": s.id, "operation_type": "training", "status": s.status,
-        "created_at": s.created_at, "started_at": s.created_at,
-        "completed_at": if s.finished { Some(&s.last_updated) } else { None },
-        "progress": {
-            "percentage": TrainingSim::percentage(s), "current_step": TrainingSim::step_text(s),
-            "steps_completed": s.epochs.len(), "steps_total": s.total_epochs,
-            "items_processed": s.epoch.saturating_sub(1) * s.total_batches + s.batch,
-            "items_total": s.total_epochs * s.total_batches,
-            "current_item": format!("Batch {}/{}", s.batch, s.total_batches),
-            "context": { "epoch": s.epoch, "total_epochs": s.total_epochs, "batch": s.batch, "total_batches": s.total_batches },
-        },
-        "metadata": { "symbols": s.symbols, "timeframes": s.timeframes },
-        "error_message": s.error, "result_summary": s.result,
-        "metrics": { "epochs": s.epochs },
-    })
 }
 
 async fn session_status(State(sim): Sim, Path(id): Path<String>) -> Response {

@@ -22,8 +22,9 @@ use crate::ops::{
     Steps,
 };
 use crate::training::TrainingRequest;
+use crate::training::placement::{Launch, Placement, place};
 use crate::training::stop::remote_stop;
-use crate::training::workers::{Claim, WorkerPool};
+use crate::training::workers::WorkerPool;
 
 /// Tunables of trainings (config `[training]`).
 #[derive(Debug, Clone)]
@@ -40,14 +41,23 @@ pub struct TrainingSettings {
     pub cancel_watch: Duration,
     /// Tries to deliver a stop.
     pub stop_attempts: u32,
+    /// Moves to another worker after a lost one, at most.
+    pub max_moves: u32,
+    /// Where strategy files are (a training that starts again re-reads its strategy).
+    pub strategies_dir: std::path::PathBuf,
 }
 
-/// What to start (absent when re-attaching to a session that already runs).
+/// A training: what was asked, and where it runs once placed.
 pub struct TrainingJob {
-    pub request: Option<StartRequest>,
+    /// What the operation was started with (a move that must start again rebuilds its host
+    /// request from it when `start` is absent).
+    pub asked: TrainingRequest,
+    /// The host request of a new training (absent when re-attaching to a session that runs).
+    pub start: Option<StartRequest>,
     pub session: Option<Session>,
     pub total_epochs: Option<u32>,
-    /// The configured training host (and the one a re-attached session runs on).
+    /// The configured training host (a session on a registered worker is followed through that
+    /// worker's client).
     pub client: Arc<TrainingClient>,
     pub settings: TrainingSettings,
     /// The registered workers a new training is sent to, when there are any.
@@ -72,6 +82,10 @@ pub(super) struct Release {
 }
 
 impl Release {
+    pub(super) fn new(pool: Arc<WorkerPool>, worker_id: &str, operation_id: &str) -> Self {
+        Release { pool, worker_id: worker_id.to_owned(), operation_id: operation_id.to_owned() }
+    }
+
     pub(super) async fn now(&self) {
         self.pool.release(&self.worker_id, &self.operation_id).await;
     }
@@ -129,18 +143,34 @@ impl Job for TrainingJob {
     }
 }
 
+/// How following a session ended, short of its result.
+pub(super) enum Ended {
+    /// Cancelled, failed on the host, or our own trouble.
+    Job(JobError),
+    /// The host stopped answering, or no longer knows the session; with the last checkpoint it
+    /// reported.
+    Lost { why: String, checkpoint: Option<Value> },
+}
+
+impl From<JobError> for Ended {
+    fn from(e: JobError) -> Self {
+        Ended::Job(e)
+    }
+}
+
 impl TrainingJob {
     async fn train(self, ctx: JobContext<Self>) -> JobResult {
-        let Self { request, session, total_epochs, client, settings, pool, worker } = self;
+        let Self { asked, mut start, session, total_epochs, client, settings, pool, worker } = self;
         let progress = ctx.progress();
         let token = ctx.token().clone();
-        let (client, worker, session) = match session {
+        let mut placement = match session {
             Some(session) => {
                 progress.detail(format!("following training host session {}", session.id));
-                (client, worker, session)
+                let client = client_of(worker.as_ref(), pool.as_ref(), &client).map_err(failed)?;
+                Placement { client, worker, session }
             }
             None => {
-                let mut request = request.ok_or_else(|| failed("nothing to train: no request and no session"))?;
+                let request = start.as_mut().ok_or_else(|| failed("nothing to train: no request and no session"))?;
                 request.task_id = ctx.operation_id().to_owned();
                 progress.context([
                     ("model_type".to_owned(), json!(request.model_type)),
@@ -150,133 +180,121 @@ impl TrainingJob {
                 ]);
                 ctx.step(TrainingStep::Start, "Starting training on the host");
                 match &pool {
-                    Some(pool) => dispatch(pool, &client, &request, &settings, &ctx, &progress, &token).await?,
-                    None => (client.clone(), None, start(&client, &request, &settings, &ctx, &progress, &token).await?),
+                    Some(pool) => {
+                        let launch = Launch::Start(request);
+                        place(pool, &client, launch, &HashSet::new(), &settings, &ctx, &progress, &token).await?
+                    }
+                    None => {
+                        let session = start_on_host(&client, request, &settings, &ctx, &progress, &token).await?;
+                        Placement { client: client.clone(), worker: None, session }
+                    }
                 }
             }
         };
-        // Stored for a later re-attach (a resumed or re-attached training too: it is new here),
-        // and stoppable on its host from now on.
-        let state =
-            TrainingState { session_id: session.id.clone(), protocol: session.protocol, worker: worker.clone() };
-        ctx.save_state(&state).await?;
-        let release = release_of(&pool, &worker, &ctx);
-        ctx.on_cancel(remote_stop(client.clone(), session.clone(), settings.clone(), release));
-        let outcome = follow_to_the_end(&client, &session, total_epochs, &settings, &ctx, &progress, &token).await;
-        // A cancelled training's worker is freed once the host confirmed the stop (remote_stop).
-        if !matches!(outcome, Err(JobError::Cancelled))
-            && let Some(release) = release_of(&pool, &worker, &ctx)
-        {
-            release.now().await;
+        let mut moves = 0;
+        loop {
+            let Placement { client: host, worker, session } = &placement;
+            // Stored for a later re-attach (a resumed, re-attached or moved training too), and
+            // stoppable on its host from now on.
+            let state =
+                TrainingState { session_id: session.id.clone(), protocol: session.protocol, worker: worker.clone() };
+            ctx.save_state(&state).await?;
+            let release = release_of(&pool, worker, &ctx);
+            ctx.on_cancel(remote_stop(host.clone(), session.clone(), settings.clone(), release.clone()));
+            let on_worker = pool.as_deref().zip(worker.as_ref());
+            let outcome =
+                follow_to_the_end(host, session, on_worker, total_epochs, &settings, &ctx, &progress, &token).await;
+            let (why, checkpoint) = match outcome {
+                Err(Ended::Lost { why, checkpoint }) => (why, checkpoint),
+                outcome => {
+                    // A cancelled training's worker is freed once the host confirmed the stop.
+                    let outcome = outcome.map_err(|ended| match ended {
+                        Ended::Job(e) => e,
+                        Ended::Lost { .. } => unreachable!("handled above"),
+                    });
+                    if !matches!(outcome, Err(JobError::Cancelled))
+                        && let Some(release) = release
+                    {
+                        release.now().await;
+                    }
+                    return outcome;
+                }
+            };
+            let (Some(pool), Some(lost)) = (&pool, worker.clone()) else {
+                return Err(failed(format!("training host lost session {}: {why}", session.id)));
+            };
+            pool.lose(&lost.worker_id, ctx.operation_id()).await;
+            if moves >= settings.max_moves {
+                return Err(failed(format!(
+                    "worker {} stopped answering ({why}); the training already moved {moves} time(s), the most \
+                     training.max_moves allows: it stops here (resume or retry it)",
+                    lost.worker_id
+                )));
+            }
+            moves += 1;
+            let request = match &mut start {
+                Some(request) => request,
+                None => start.insert(rebuilt_request(&asked, &settings, ctx.operation_id()).await?),
+            };
+            let epoch = checkpoint.as_ref().and_then(|c| c.get("epoch")).and_then(Value::as_u64).map(|e| e as u32);
+            let from = match epoch {
+                Some(e) => format!("resuming from its checkpoint after epoch {}", e + 1),
+                None => "starting again from the beginning (no checkpoint)".to_owned(),
+            };
+            ctx.warn(format!(
+                "worker {} stopped answering ({why}): the training moves to another worker (move {moves} of at most \
+                 {}), {from}",
+                lost.worker_id, settings.max_moves
+            ));
+            let launch = match epoch {
+                Some(epoch) if session.protocol == Protocol::Operations => Launch::Resume { request, epoch },
+                _ => Launch::Start(request),
+            };
+            let avoid = HashSet::from([lost.worker_id.clone()]);
+            placement = place(pool, &client, launch, &avoid, &settings, &ctx, &progress, &token).await?;
         }
-        outcome
     }
+}
+
+/// The host request of a training that must start again after a re-attach: from the strategy
+/// file as it is now (re-read and validated, as a retry does).
+async fn rebuilt_request(
+    asked: &TrainingRequest,
+    settings: &TrainingSettings,
+    id: &str,
+) -> Result<StartRequest, JobError> {
+    let mut request = super::start_request(asked.clone(), settings.strategies_dir.clone()).await.map_err(failed)?;
+    request.task_id = id.to_owned();
+    Ok(request)
 }
 
 fn release_of(pool: &Option<Arc<WorkerPool>>, worker: &Option<WorkerRef>, ctx: &OperationHandle) -> Option<Release> {
-    Some(Release {
-        pool: pool.clone()?,
-        worker_id: worker.as_ref()?.worker_id.clone(),
-        operation_id: ctx.operation_id().to_owned(),
-    })
-}
-
-/// Pauses while every registered training worker is busy.
-const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
-
-/// Sends the training to a free registered worker — waiting, cancellably, while none is free;
-/// a worker that answers busy or cannot be reached is passed over — or, with none registered, to
-/// the configured training host.
-async fn dispatch(
-    pool: &Arc<WorkerPool>,
-    host: &Arc<TrainingClient>,
-    request: &StartRequest,
-    settings: &TrainingSettings,
-    ctx: &OperationHandle,
-    progress: &ProgressReporter,
-    token: &CancellationToken,
-) -> Result<(Arc<TrainingClient>, Option<WorkerRef>, Session), JobError> {
-    let mut tried = HashSet::new();
-    let mut pauses = WAITING_FOR_WORKER.pauses();
-    loop {
-        let claim = pool
-            .claim(ctx.operation_id(), &tried)
-            .await
-            .map_err(|e| JobError::failed_by(format!("could not read the registered workers: {e}"), e))?;
-        let worker = match claim {
-            Claim::NoWorkers => {
-                return Ok((host.clone(), None, start(host, request, settings, ctx, progress, token).await?));
-            }
-            Claim::NoneFree { busy } => {
-                pool.count("waited");
-                tried.clear();
-                progress.detail(format!("waiting for a free training worker ({busy} busy)"));
-                if !pauses.sleep(token).await {
-                    return Err(JobError::Cancelled);
-                }
-                continue;
-            }
-            Claim::Got(worker) => worker,
-        };
-        let release = Release {
-            pool: pool.clone(),
-            worker_id: worker.worker_id.clone(),
-            operation_id: ctx.operation_id().to_owned(),
-        };
-        let client = match pool.client_for(&worker.endpoint_url) {
-            Ok(client) => client,
-            Err(e) => {
-                release.now().await;
-                return Err(JobError::failed_by(format!("cannot talk to worker {}: {e}", worker.worker_id), e));
-            }
-        };
-        progress.context([("worker_id".to_owned(), json!(worker.worker_id))]);
-        progress.detail(format!("starting on worker {}", worker.worker_id));
-        // The worker knows the session by our id: a cancel during the start can still stop it.
-        let pending = Session { id: request.task_id.clone(), protocol: Protocol::Operations };
-        ctx.on_cancel(remote_stop(client.clone(), pending, settings.clone(), Some(release.clone())));
-        match client.start(request, token).await {
-            Ok(session) => {
-                pool.count("worker");
-                let placed = WorkerRef { worker_id: worker.worker_id, endpoint_url: worker.endpoint_url };
-                return Ok((client, Some(placed), session));
-            }
-            Err(StartError::Cancelled) => return Err(JobError::Cancelled),
-            Err(StartError::Busy(_)) => {}
-            Err(StartError::Failed(e)) if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout) => {}
-            Err(e) => {
-                release.now().await;
-                return Err(failed(format!("worker {} could not start the training: {e}", worker.worker_id)));
-            }
-        }
-        // Busy after all, or gone: the next one.
-        pool.count("passed_over");
-        release.now().await;
-        tried.insert(worker.worker_id);
-    }
+    Some(Release::new(pool.clone()?, &worker.as_ref()?.worker_id, ctx.operation_id()))
 }
 
 /// Follows the session to its end and fetches the result.
+#[allow(clippy::too_many_arguments)]
 async fn follow_to_the_end(
     client: &Arc<TrainingClient>,
     session: &Session,
+    on_worker: Option<(&WorkerPool, &WorkerRef)>,
     total_epochs: Option<u32>,
     settings: &TrainingSettings,
     ctx: &JobContext<TrainingJob>,
     progress: &ProgressReporter,
     token: &CancellationToken,
-) -> JobResult {
+) -> Result<Value, Ended> {
     progress.context([
         ("host_session_id".to_owned(), json!(session.id)),
         ("host_protocol".to_owned(), json!(session.protocol)),
     ]);
     ctx.step(TrainingStep::Train, "Training");
-    let last = follow(client, session, total_epochs, settings, ctx, progress, token).await?;
+    let last = follow(client, session, on_worker, total_epochs, settings, ctx, progress, token).await?;
 
     ctx.step(TrainingStep::FetchResult, "Fetching the result");
     let result = match client.result(session, token).await {
         Ok(result) => result.or(last.result.clone()).unwrap_or_else(|| json!({})),
-        Err(PollError::Cancelled) => return Err(JobError::Cancelled),
+        Err(PollError::Cancelled) => return Err(JobError::Cancelled.into()),
         Err(e) => {
             ctx.warn(format!("the training finished but its result could not be fetched: {e}"));
             last.result.clone().unwrap_or_else(|| json!({}))
@@ -296,8 +314,9 @@ async fn follow_to_the_end(
     }))
 }
 
-/// `POST /training/start`, waiting (cancellably, with backoff) while the host is busy.
-async fn start(
+/// `POST /training/start` on the configured host, waiting (cancellably, with backoff) while it is
+/// busy.
+pub(super) async fn start_on_host(
     client: &Arc<TrainingClient>,
     request: &StartRequest,
     settings: &TrainingSettings,
@@ -347,16 +366,19 @@ fn fingerprint(s: &HostSnapshot) -> (HostStatus, Option<u32>, Option<u32>, u64, 
 }
 
 /// One poller per session: relays progress and finished epochs until the host's session ends.
+/// A registered worker is lost as soon as it refuses connections or the health checks give up on
+/// it; any host after `poll_errors` failed polls in a row, or when it no longer knows the session.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     client: &TrainingClient,
     session: &Session,
+    on_worker: Option<(&WorkerPool, &WorkerRef)>,
     total_epochs: Option<u32>,
     settings: &TrainingSettings,
     ctx: &OperationHandle,
     progress: &ProgressReporter,
     token: &CancellationToken,
-) -> Result<HostSnapshot, JobError> {
-    let lost = |detail: &dyn std::fmt::Display| failed(format!("training host lost session {}: {detail}", session.id));
+) -> Result<HostSnapshot, Ended> {
     // Epochs already recorded (a re-attached operation keeps its history).
     let mut recorded: BTreeSet<u32> = ctx
         .current_metrics()
@@ -369,8 +391,14 @@ async fn follow(
     let mut errors = 0;
     let mut previous = None;
     let mut last_checkpoint = None;
+    // A worker may report the training finished when it registers again.
+    let mailbox = on_worker.map(|(pool, _)| pool.open_mailbox(ctx.operation_id()));
     loop {
-        match client.poll(session, token).await {
+        let polled = match mailbox.as_ref().and_then(|m| m.take()) {
+            Some(reported) => Ok(reported),
+            None => client.poll(session, token).await,
+        };
+        match polled {
             Ok(snapshot) => {
                 errors = 0;
                 let now = fingerprint(&snapshot);
@@ -388,26 +416,42 @@ async fn follow(
                 match snapshot.status {
                     HostStatus::Completed => return Ok(snapshot),
                     HostStatus::Failed => {
-                        return Err(failed(
-                            snapshot.error.unwrap_or_else(|| "the training failed on the host".to_owned()),
-                        ));
+                        let error = snapshot.error.unwrap_or_else(|| "the training failed on the host".to_owned());
+                        return Err(failed(error).into());
                     }
-                    HostStatus::Stopped | HostStatus::Cancelled => return Err(failed("training stopped on the host")),
+                    HostStatus::Stopped | HostStatus::Cancelled => {
+                        return Err(failed("training stopped on the host").into());
+                    }
                     HostStatus::Starting | HostStatus::Running => {}
                 }
             }
-            Err(PollError::Cancelled) => return Err(JobError::Cancelled),
-            Err(PollError::Lost(detail)) => return Err(lost(&detail)),
+            Err(PollError::Cancelled) => return Err(JobError::Cancelled.into()),
+            Err(PollError::Lost(why)) => return Err(Ended::Lost { why, checkpoint: last_checkpoint }),
             Err(PollError::Failed(e)) => {
                 errors += 1;
-                if errors >= settings.poll_errors {
-                    return Err(lost(&e));
+                let why = match on_worker {
+                    Some(_) if e.kind == HostErrorKind::Connect => Some(format!("it refuses connections: {e}")),
+                    Some((pool, worker)) if pool.is_unavailable(&worker.worker_id).await => {
+                        Some(format!("its health checks failed; last poll: {e}"))
+                    }
+                    _ if errors >= settings.poll_errors => Some(format!("{errors} polls failed in a row: {e}")),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    return Err(Ended::Lost { why, checkpoint: last_checkpoint });
                 }
                 progress.detail(format!("host unreachable, retrying ({errors}/{})", settings.poll_errors));
             }
         }
-        if !pauses.sleep(token).await {
-            return Err(JobError::Cancelled);
+        let slept = match &mailbox {
+            Some(mailbox) => tokio::select! {
+                slept = pauses.sleep(token) => slept,
+                _ = mailbox.arrived() => true,
+            },
+            None => pauses.sleep(token).await,
+        };
+        if !slept {
+            return Err(JobError::Cancelled.into());
         }
     }
 }
@@ -495,14 +539,24 @@ pub(crate) fn client_of(
 }
 
 impl Reattach<TrainingJob> for TrainingReattach {
-    fn reattach(&self, request: TrainingRequest, state: Option<TrainingState>, _: Resumption) -> Option<TrainingJob> {
+    /// A training on a registered worker goes on there while the service restarts; one on the
+    /// configured host is stopped with the service, as before.
+    fn reattach(
+        &self,
+        request: TrainingRequest,
+        state: Option<TrainingState>,
+        cause: Resumption,
+    ) -> Option<TrainingJob> {
         let TrainingState { session_id, protocol, worker } = state?;
-        let client = client_of(worker.as_ref(), self.pool.as_ref(), &self.client).ok()?;
+        if cause == Resumption::Detach && worker.is_none() {
+            return None;
+        }
         Some(TrainingJob {
-            request: None,
-            session: Some(Session { id: session_id, protocol }),
             total_epochs: request.parameters.epochs.filter(|t| *t > 0),
-            client,
+            asked: request,
+            start: None,
+            session: Some(Session { id: session_id, protocol }),
+            client: self.client.clone(),
             settings: self.settings.clone(),
             pool: self.pool.clone(),
             worker,

@@ -2,6 +2,7 @@
 //! hands the work to the training host and follows it) and its renderer.
 
 pub mod job;
+mod placement;
 pub mod renderer;
 mod stop;
 pub mod strategy;
@@ -152,7 +153,6 @@ pub struct TrainingService {
     /// The registered workers trainings go to, when there are any.
     pub pool: Option<Arc<workers::WorkerPool>>,
     pub settings: TrainingSettings,
-    pub strategies_dir: PathBuf,
 }
 
 impl TrainingService {
@@ -168,19 +168,10 @@ impl TrainingService {
 
     /// The job of a new training (its operation id becomes the host's task id when it runs).
     pub fn job(&self, spec: &TrainingSpec) -> TrainingJob {
-        let request = StartRequest {
-            task_id: String::new(),
-            strategy_name: spec.strategy.name.clone(),
-            strategy_yaml: spec.strategy.yaml.clone(),
-            symbols: spec.request.symbols.clone(),
-            timeframes: spec.request.timeframes.clone(),
-            start_date: spec.request.start_date.clone().unwrap_or_default(),
-            end_date: spec.request.end_date.clone().unwrap_or_default(),
-            model_type: spec.strategy.model_type.clone(),
-            epochs: spec.strategy.epochs,
-        };
+        let request = start_request_of(spec);
         TrainingJob {
-            request: Some(request),
+            asked: spec.request.clone(),
+            start: Some(request),
             session: None,
             total_epochs: spec.strategy.epochs,
             client: self.client.clone(),
@@ -191,27 +182,51 @@ impl TrainingService {
     }
 }
 
+/// A stored training request made valid again against the strategy file as it is now (re-read
+/// and validated, off the async threads).
+async fn spec_now(request: TrainingRequest, strategies_dir: PathBuf) -> Result<TrainingSpec, String> {
+    let body = TrainingBody {
+        strategy_name: request.strategy_name,
+        symbols: Some(request.symbols),
+        timeframes: Some(request.timeframes),
+        start_date: request.start_date,
+        end_date: request.end_date,
+        task_id: None,
+        detailed_analytics: request.parameters.detailed_analytics,
+    };
+    tokio::task::spawn_blocking(move || TrainingSpec::from_body(&body, &strategies_dir))
+        .await
+        .map_err(|e| format!("could not read the strategy: {e}"))?
+        .map_err(|e| format!("the training cannot start again: {}", e.message))
+}
+
+/// The host request of a stored training, from its strategy file as it is now.
+pub(crate) async fn start_request(request: TrainingRequest, strategies_dir: PathBuf) -> Result<StartRequest, String> {
+    Ok(start_request_of(&spec_now(request, strategies_dir).await?))
+}
+
+/// The host request of a validated training (its task id is set when it runs).
+fn start_request_of(spec: &TrainingSpec) -> StartRequest {
+    StartRequest {
+        task_id: String::new(),
+        strategy_name: spec.strategy.name.clone(),
+        strategy_yaml: spec.strategy.yaml.clone(),
+        symbols: spec.request.symbols.clone(),
+        timeframes: spec.request.timeframes.clone(),
+        start_date: spec.request.start_date.clone().unwrap_or_default(),
+        end_date: spec.request.end_date.clone().unwrap_or_default(),
+        model_type: spec.strategy.model_type.clone(),
+        epochs: spec.strategy.epochs,
+    }
+}
+
 /// A retry trains again from the strategy file as it is now (re-read and validated); a resume has
 /// the host train on from its checkpoint.
 impl Restart<TrainingJob> for TrainingService {
     fn retry(&self, request: TrainingRequest) -> BoxFuture<Result<TrainingJob, String>> {
         let service = self.clone();
         Box::pin(async move {
-            let body = TrainingBody {
-                strategy_name: request.strategy_name,
-                symbols: Some(request.symbols),
-                timeframes: Some(request.timeframes),
-                start_date: request.start_date,
-                end_date: request.end_date,
-                task_id: None,
-                detailed_analytics: request.parameters.detailed_analytics,
-            };
-            let dir = service.strategies_dir.clone();
-            // Reading the strategy file is blocking I/O.
-            let spec = tokio::task::spawn_blocking(move || TrainingSpec::from_body(&body, &dir))
-                .await
-                .map_err(|e| format!("could not read the strategy: {e}"))?
-                .map_err(|e| format!("the training cannot start again: {}", e.message))?;
+            let spec = spec_now(request, service.settings.strategies_dir.clone()).await?;
             Ok(service.job(&spec))
         })
     }
@@ -243,10 +258,11 @@ impl Restart<TrainingJob> for TrainingService {
             let token = tokio_util::sync::CancellationToken::new();
             let session = client.resume(&state.session_id, &token).await.map_err(ResumeRefused::Cannot)?;
             Ok(TrainingJob {
-                request: None,
-                session: Some(session),
                 total_epochs: request.parameters.epochs.filter(|t| *t > 0),
-                client,
+                asked: request,
+                start: None,
+                session: Some(session),
+                client: service.client.clone(),
                 settings: service.settings.clone(),
                 pool: service.pool.clone(),
                 worker: state.worker,

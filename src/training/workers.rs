@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::Value;
+use tokio::sync::Notify;
 
-use crate::hosts::training::{ProtocolChoice, TrainingClient};
+use crate::hosts::training::{HostSnapshot, HostStatus, ProtocolChoice, TrainingClient};
 use crate::hosts::{ClientBuildError, HostClient, HostSettings};
 use crate::metrics::Metrics;
 use crate::ops::store::StoredWorker;
@@ -35,11 +36,85 @@ pub struct WorkerPool {
     template: HostSettings,
     metrics: Metrics,
     clients: Mutex<HashMap<String, Arc<TrainingClient>>>,
+    /// Where workers' reports reach the trainings followed in this process, by operation.
+    mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
+}
+
+/// What a worker reported about an operation it finished (workers.md §2 `completed_operations`).
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    /// `COMPLETED` or `FAILED`.
+    pub status: String,
+    pub result: Option<Value>,
+    pub error_message: Option<String>,
+}
+
+impl WorkerReport {
+    /// The report as the host's last word on the session.
+    fn snapshot(self) -> HostSnapshot {
+        let completed = self.status == "COMPLETED";
+        HostSnapshot {
+            status: if completed { HostStatus::Completed } else { HostStatus::Failed },
+            host_status: self.status.to_ascii_lowercase(),
+            percentage: if completed { 100.0 } else { 0.0 },
+            error: (!completed).then(|| self.error_message.unwrap_or_else(|| "Operation failed (no details)".into())),
+            result: self.result,
+            ..HostSnapshot::default()
+        }
+    }
+}
+
+/// A report waiting for the training it is about.
+#[derive(Default)]
+pub(super) struct Mailbox {
+    report: Mutex<Option<WorkerReport>>,
+    arrived: Notify,
+}
+
+/// A training's mailbox, open while it is followed here.
+pub(super) struct OpenMailbox<'a> {
+    pool: &'a WorkerPool,
+    operation_id: String,
+    mailbox: Arc<Mailbox>,
+}
+
+impl OpenMailbox<'_> {
+    /// The worker's report, as a snapshot of the session, once one came.
+    pub(super) fn take(&self) -> Option<HostSnapshot> {
+        self.mailbox.report.lock().take().map(WorkerReport::snapshot)
+    }
+
+    /// Until a report comes.
+    pub(super) async fn arrived(&self) {
+        self.mailbox.arrived.notified().await;
+    }
+}
+
+impl Drop for OpenMailbox<'_> {
+    fn drop(&mut self) {
+        self.pool.mailboxes.lock().remove(&self.operation_id);
+    }
 }
 
 impl WorkerPool {
     pub fn new(store: Store, template: HostSettings, metrics: Metrics) -> Self {
-        WorkerPool { store, template, metrics, clients: Mutex::new(HashMap::new()) }
+        WorkerPool { store, template, metrics, clients: Mutex::default(), mailboxes: Mutex::default() }
+    }
+
+    /// Opens the mailbox of a training followed here.
+    pub(super) fn open_mailbox(&self, operation_id: &str) -> OpenMailbox<'_> {
+        let mailbox = Arc::new(Mailbox::default());
+        self.mailboxes.lock().insert(operation_id.to_owned(), mailbox.clone());
+        OpenMailbox { pool: self, operation_id: operation_id.to_owned(), mailbox }
+    }
+
+    /// Hands a worker's report to the training that follows `operation_id` in this process;
+    /// false when none does here.
+    pub fn deliver(&self, operation_id: &str, report: WorkerReport) -> bool {
+        let Some(mailbox) = self.mailboxes.lock().get(operation_id).cloned() else { return false };
+        *mailbox.report.lock() = Some(report);
+        mailbox.arrived.notify_one();
+        true
     }
 
     /// The pooled client of the worker at `endpoint` (the operations generation: ktrdr's workers).
@@ -77,6 +152,25 @@ impl WorkerPool {
     /// registered: the configured host), `passed_over` (a worker busy or gone), `waited` (none free).
     pub fn count(&self, outcome: &'static str) {
         self.metrics.counter(crate::metrics::DISPATCHES, &[("outcome", outcome)]).increment(1);
+    }
+
+    /// A training moved off `worker_id`, which stopped answering: counted, and the worker marked
+    /// unavailable (a health check that hears from it again frees it).
+    pub async fn lose(&self, worker_id: &str, operation_id: &str) {
+        self.metrics.counter(crate::metrics::WORKER_MOVES, &[]).increment(1);
+        if let Err(e) = self.store.lose_worker(worker_id, operation_id).await {
+            tracing::warn!(worker_id, operation_id, error = %e, "could not mark a lost worker");
+        }
+    }
+
+    /// True when the health checks found `worker_id` unavailable, or removed it.
+    pub async fn is_unavailable(&self, worker_id: &str) -> bool {
+        match self.store.worker(worker_id).await {
+            Ok(Some(w)) => w.status == "temporarily_unavailable",
+            Ok(None) => true,
+            // The database, not the worker, is in trouble: no reason to move.
+            Err(_) => false,
+        }
     }
 
     /// The worker is free again (if it still runs `operation_id`).

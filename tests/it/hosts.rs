@@ -36,7 +36,7 @@ async fn rig(protocol: Protocol, ib: IbKnobs, training: TrainingKnobs, pacing: b
     let settings =
         SimSettings { ib, training_protocol: protocol, training, data_dir: data.path().to_owned(), models_dir: None };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let sims = Simulators::start(settings, loopback, loopback).await.unwrap();
+    let sims = Simulators::start(settings, loopback, loopback, None).await.unwrap();
     let mut config = Config::defaults();
     config.hosts.ib.url = sims.ib_url();
     config.hosts.training.url = sims.training_url();

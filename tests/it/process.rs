@@ -361,3 +361,72 @@ async fn start_training_until(
     }
     id
 }
+
+#[tokio::test]
+async fn a_restarted_service_hears_from_its_workers_again_and_follows_their_trainings_to_the_end() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("EURUSD_1h.csv"),
+        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+    )
+    .unwrap();
+    let data_dir = data.path().display().to_string();
+    // A fixed port: the worker registers with the same address after the restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let backend = format!("http://{listen}");
+    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--database-url",
+        &db.url,
+        "--data-dir",
+        &data_dir,
+        "--strategies-dir",
+        strategies,
+    ];
+    let mut service = ServiceProcess::start(&args, &[]).await;
+    let worker_args = ["--training-workers", "1", "--backend-url", &backend, "--sim-training-pace-ms", "40"];
+    let (_worker, _ib, worker_url) = sim_process(&data_dir, &worker_args, &[]).await;
+    let http = reqwest::Client::new();
+    let worker_id = loop {
+        let fleet: serde_json::Value =
+            http.get(service.url("/api/v1/workers")).send().await.unwrap().json().await.unwrap();
+        if let Some(w) = fleet.as_array().unwrap().iter().find(|w| w["endpoint_url"] == worker_url.as_str()) {
+            break w["worker_id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let id = start_training_until(&http, &service, |r| r["metrics"]["epochs"].as_array().is_some_and(|e| e.len() >= 2))
+        .await;
+    service.signal("TERM");
+    assert!(service.wait(Duration::from_secs(20)).await.success());
+    let service = ServiceProcess::start(&args, &[]).await;
+    // The worker was told of the shutdown and registers again, still busy with the training.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !service.output.lock().unwrap().iter().any(|l| l.contains("worker registered") && l.contains(&worker_id)) {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never registered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let registered_again: serde_json::Value =
+        http.get(service.url(&format!("/api/v1/workers/{worker_id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(registered_again["status"], "busy", "{registered_again}");
+    assert_eq!(registered_again["current_operation_id"], id.as_str(), "{registered_again}");
+    let done = loop {
+        let r = record(&http, &service, &id).await;
+        if r["status"] != "running" && r["status"] != "pending" {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["status"], "completed", "the training went on while the service restarted: {done}");
+    let epochs: Vec<u64> =
+        done["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (0..10).collect::<Vec<u64>>(), "every epoch once, across the restart");
+    let lines = service.output.lock().unwrap().join("\n");
+    assert!(lines.contains("re-attached"), "{lines}");
+}

@@ -331,3 +331,195 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
         assert_eq!(w["current_operation_id"], Value::Null);
     }
 }
+
+/// A strategies folder with `long`: the example strategy trained for `epochs` epochs.
+fn long_strategy(epochs: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/strategies/example_mlp.yaml")).unwrap();
+    let long =
+        example.replace("name: example_mlp", "name: long").replace("  epochs: 10", &format!("  epochs: {epochs}"));
+    std::fs::write(dir.path().join("long.yaml"), long).unwrap();
+    dir
+}
+
+fn eurusd(data_dir: &std::path::Path) {
+    std::fs::write(
+        data_dir.join("EURUSD_1h.csv"),
+        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+    )
+    .unwrap();
+}
+
+/// A worker simulator process registering with `backend`: the process and its URL.
+async fn worker_process(data_dir: &std::path::Path, backend: &str, pace_ms: &str) -> (tokio::process::Child, String) {
+    let args = ["--training-workers", "1", "--backend-url", backend, "--sim-training-pace-ms", pace_ms];
+    let (child, _ib, url) = crate::common::sim_process(data_dir.to_str().unwrap(), &args, &[]).await;
+    (child, url)
+}
+
+/// Waits until the registry lists these endpoints; their worker ids, in the same order.
+async fn registered(base: &str, endpoints: &[&str]) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let fleet: Value = http.get(format!("{base}/api/v1/workers")).send().await.unwrap().json().await.unwrap();
+        let id_of = |url: &str| {
+            fleet.as_array().unwrap().iter().find(|w| w["endpoint_url"] == url).map(|w| w["worker_id"].to_string())
+        };
+        if let Some(ids) = endpoints.iter().map(|e| id_of(e)).collect::<Option<Vec<_>>>() {
+            return ids.into_iter().map(|id| id.trim_matches('"').to_owned()).collect();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never registered: {endpoints:?} in {fleet}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn until_record(base: &str, id: &str, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let response = http.get(format!("{base}/api/v1/operations/{id}")).send().await;
+        if let Ok(response) = response
+            && let Ok(body) = response.json::<Value>().await
+            && check(&body["data"])
+        {
+            return body["data"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never happened for {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn epochs_of(record: &Value) -> Vec<u64> {
+    record["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_killed_workers_training_moves_to_another_worker_and_resumes_from_its_checkpoint() {
+    let strategies = long_strategy(30);
+    let app = TestApp::spawn_with_sim(|c| {
+        quick_checks(c);
+        c.training.strategies_dir = strategies.path().to_owned();
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let (mut first, first_url) = worker_process(app.data_dir.path(), &app.base, "10").await;
+    let (_second, second_url) = worker_process(app.data_dir.path(), &app.base, "10").await;
+    let ids = registered(&app.base, &[&first_url, &second_url]).await;
+
+    let (status, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "long" })).await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["task_id"].as_str().unwrap().to_owned();
+    // The first worker (registered first, neither selected before) trains it past its first
+    // checkpoint (every 10 epochs).
+    let before = until_record(&app.base, &id, "epoch 13", Duration::from_secs(20), |r| {
+        r["metrics"]["epochs"].as_array().is_some_and(|e| e.len() >= 13)
+    })
+    .await;
+    assert_eq!(before["progress"]["context"]["worker_id"], ids[0].as_str(), "{before}");
+    first.kill().await.unwrap();
+    let killed = std::time::Instant::now();
+
+    let moved = until_record(&app.base, &id, "the move", Duration::from_secs(10), |r| {
+        r["progress"]["context"]["worker_id"] == ids[1].as_str()
+    })
+    .await;
+    eprintln!("moved to the other worker {:?} after the kill", killed.elapsed());
+    let warning = moved["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n");
+    assert!(warning.contains(&format!("worker {} stopped answering", ids[0])), "{moved}");
+    assert!(warning.contains("resuming from its checkpoint after epoch 10"), "{moved}");
+
+    let done = until_record(&app.base, &id, "the end", Duration::from_secs(30), |r| {
+        !["pending", "running"].contains(&r["status"].as_str().unwrap_or("running"))
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(epochs_of(&done), (0..30).collect::<Vec<u64>>(), "every epoch once, across the move: {done}");
+    // Unavailable, then removed by the (quick) health checks.
+    let (status, lost) = app.get(&format!("/api/v1/workers/{}", ids[0])).await;
+    assert!(status == 404 || lost["status"] == "temporarily_unavailable", "{lost}");
+    let (_, other) = app.get(&format!("/api/v1/workers/{}", ids[1])).await;
+    assert_eq!(other["status"], "available", "freed at the end: {other}");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ktrdr_ops_worker_moves_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_training_whose_workers_keep_dying_fails_after_max_moves_saying_why() {
+    let app = TestApp::spawn_with_sim(|c| {
+        quick_checks(c);
+        c.training.max_moves = 1;
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let (mut first, first_url) = worker_process(app.data_dir.path(), &app.base, "20").await;
+    let (mut second, second_url) = worker_process(app.data_dir.path(), &app.base, "20").await;
+    let ids = registered(&app.base, &[&first_url, &second_url]).await;
+    let id = start_example(&app).await;
+    let on = |worker: String| {
+        move |r: &Value| {
+            r["progress"]["context"]["host_status"] == "running"
+                && r["progress"]["context"]["worker_id"] == worker.as_str()
+        }
+    };
+    until_record(&app.base, &id, "running on the first", Duration::from_secs(10), on(ids[0].clone())).await;
+    first.kill().await.unwrap();
+    until_record(&app.base, &id, "running on the second", Duration::from_secs(10), on(ids[1].clone())).await;
+    second.kill().await.unwrap();
+    let failed =
+        until_record(&app.base, &id, "the failure", Duration::from_secs(10), |r| r["status"] == "failed").await;
+    let message = failed["error_message"].as_str().unwrap();
+    assert!(message.contains(&format!("worker {} stopped answering", ids[1])), "{message}");
+    assert!(message.contains("training.max_moves"), "{message}");
+}
+
+#[tokio::test]
+async fn a_cancel_frees_the_worker_within_two_seconds() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.training_workers = 1;
+        c.sim.training_pace_ms = 20;
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let (_, fleet) = app.get("/api/v1/workers").await;
+    assert_eq!(fleet.as_array().unwrap().len(), 1, "serve --sim registers its worker: {fleet}");
+    let worker = fleet[0]["worker_id"].as_str().unwrap().to_owned();
+    let id = start_example(&app).await;
+    until_record(&app.base, &id, "running", Duration::from_secs(10), |r| {
+        r["progress"]["context"]["host_status"] == "running"
+    })
+    .await;
+    let (_, busy) = app.get(&format!("/api/v1/workers/{worker}")).await;
+    assert_eq!((busy["status"].as_str(), busy["current_operation_id"].as_str()), (Some("busy"), Some(id.as_str())));
+    let cancelled_at = std::time::Instant::now();
+    assert_eq!(app.delete(&format!("/api/v1/operations/{id}")).await.0, 200);
+    until_worker(&app, &worker, "freed", |w| w["worker"]["status"] == "available").await;
+    let freed = cancelled_at.elapsed();
+    assert!(freed < Duration::from_secs(2), "freed after {freed:?}");
+    assert_eq!(app.record(&id).await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_worker_reporting_a_training_finished_ends_it_here_with_its_result() {
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.training_workers = 1;
+        c.sim.training_pace_ms = 50;
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let (_, fleet) = app.get("/api/v1/workers").await;
+    let worker = fleet[0].clone();
+    let id = start_example(&app).await;
+    until_record(&app.base, &id, "running", Duration::from_secs(10), |r| {
+        r["progress"]["context"]["host_status"] == "running"
+    })
+    .await;
+    let body = json!({ "worker_id": worker["worker_id"], "worker_type": "training", "endpoint_url": worker["endpoint_url"],
+        "completed_operations": [{ "operation_id": id, "status": "COMPLETED", "result": { "model_path": "models/x.pt" },
+                                   "completed_at": "2026-11-28T10:00:00Z" }] });
+    let (status, answer) = register(&app, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stop_operations"], json!([]), "{answer}");
+    let done = until_record(&app.base, &id, "completed", Duration::from_secs(5), |r| r["status"] == "completed").await;
+    assert_eq!(done["result_summary"]["model_path"], "models/x.pt", "{done}");
+}

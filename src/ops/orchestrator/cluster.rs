@@ -14,9 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CancelError, Cancelled, DEFAULT_CANCEL_REASON, Inner, Orchestrator, spawn};
 use crate::metrics;
 use crate::ops::job::Resumption;
-use crate::ops::live::LiveOperation;
 use crate::ops::record::{Outcome, Status};
-use crate::ops::snapshot::Snapshot;
 use crate::ops::store::{Channel, Claimed, Replicas, Standing, StoreError};
 use crate::time;
 
@@ -155,32 +153,11 @@ impl Orchestrator {
                 return;
             }
         }
-        let resumable: Vec<Arc<LiveOperation>> = inner
-            .running()
-            .into_iter()
-            .filter(|op| {
-                let snapshot = op.snapshot();
-                !snapshot.is_terminal()
-                    && snapshot.record.cancellation.is_none()
-                    && inner.reattach(&snapshot, Resumption::Takeover).is_some()
-            })
-            .collect();
+        let resumable = self.resumable_for(Resumption::Takeover);
         if resumable.is_empty() {
             return;
         }
-        for op in &resumable {
-            op.abandon();
-        }
-        // Stopped here before anyone starts again elsewhere (a job saves what it must keep as it
-        // stops).
-        let settled = futures_util::future::join_all(resumable.iter().map(|op| op.settled()));
-        if timeout(within, settled).await.is_err() {
-            tracing::warn!("handed-over work is slow to stop here");
-        }
-        let latest: Vec<Arc<Snapshot>> = resumable.iter().map(|op| op.snapshot()).collect();
-        if let Err(e) = inner.store.save(latest, node).await {
-            tracing::warn!(error = %e, "could not store the latest progress of handed-over operations");
-        }
+        self.set_aside(&resumable, within).await;
         let ids: Vec<String> = resumable.iter().map(|op| op.id.clone()).collect();
         match cluster.replicas.release(node, &ids).await {
             Ok(released) => {

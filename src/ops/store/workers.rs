@@ -65,15 +65,16 @@ where
 impl Store {
     /// Registers a worker (workers.md §2): a new id is stored `available`, and other ids with the
     /// same endpoint are dropped (the worker restarted under a new id); a known id gets its
-    /// endpoint and capabilities replaced and is `available` again, keeping its type, failure
-    /// count and current operation.
+    /// endpoint and capabilities replaced and is `available` again, keeping its type and failure
+    /// count. A worker that `runs` an operation still running here, or that we sent one, is
+    /// `busy` with it instead (and cannot be claimed for another).
     pub async fn register_worker(
         &self,
         worker_id: &str,
         worker_type: &str,
         endpoint_url: &str,
         capabilities: &Value,
-        current_operation_id: Option<&str>,
+        runs: Option<&str>,
     ) -> Result<StoredWorker, StoreError> {
         let now = time::to_micros(&time::now());
         let capabilities = capabilities.to_string();
@@ -86,15 +87,20 @@ impl Store {
                 .await?;
             sqlx::query(
                 "INSERT INTO workers (worker_id, worker_type, endpoint_url, status, current_operation_id, \
-                   capabilities, metadata, registered_at, last_health_check, last_healthy_at, health_check_failures) \
-                 VALUES ($1, $2, $3, 'available', $4, $5, '{}', $6, NULL, $6, 0) \
+                   dispatched_operation_id, capabilities, metadata, registered_at, last_health_check, last_healthy_at, \
+                   health_check_failures) \
+                 VALUES ($1, $2, $3, CASE WHEN $4 IS NULL THEN 'available' ELSE 'busy' END, $4, $4, $5, '{}', $6, NULL, $6, 0) \
                  ON CONFLICT (worker_id) DO UPDATE SET endpoint_url = excluded.endpoint_url, \
-                   capabilities = excluded.capabilities, status = 'available', last_healthy_at = excluded.last_healthy_at",
+                   capabilities = excluded.capabilities, last_healthy_at = excluded.last_healthy_at, \
+                   dispatched_operation_id = COALESCE(excluded.dispatched_operation_id, workers.dispatched_operation_id), \
+                   current_operation_id = COALESCE(excluded.dispatched_operation_id, workers.dispatched_operation_id), \
+                   status = CASE WHEN COALESCE(excluded.dispatched_operation_id, workers.dispatched_operation_id) IS NULL \
+                     THEN 'available' ELSE 'busy' END",
             )
             .bind(worker_id)
             .bind(worker_type)
             .bind(endpoint_url)
-            .bind(current_operation_id)
+            .bind(runs)
             .bind(&capabilities)
             .bind(now)
             .execute(&mut *tx)
@@ -207,6 +213,22 @@ impl Store {
             sqlx::query(
                 "UPDATE workers SET status = 'available', current_operation_id = NULL, dispatched_operation_id = NULL \
                  WHERE worker_id = $1 AND dispatched_operation_id = $2",
+            )
+            .bind(worker_id)
+            .bind(operation_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// `worker_id` stopped answering while it ran `operation_id`, which moves elsewhere: it is
+    /// `temporarily_unavailable` until a health check hears from it again, and no longer ours.
+    pub async fn lose_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
+        on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE workers SET status = 'temporarily_unavailable', current_operation_id = NULL, \
+                   dispatched_operation_id = NULL WHERE worker_id = $1 AND dispatched_operation_id = $2",
             )
             .bind(worker_id)
             .bind(operation_id)
