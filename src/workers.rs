@@ -153,7 +153,7 @@ pub struct Fleet {
 /// The lease under which one replica checks the workers.
 const HEALTH_LEASE: &str = "workers.health_checks";
 /// Health checks in flight at once.
-const CONCURRENT_CHECKS: usize = 256;
+const CONCURRENT_CHECKS: usize = 1024;
 /// How long a worker is given to take the shutdown notice.
 const SHUTDOWN_NOTICE: Duration = Duration::from_secs(2);
 

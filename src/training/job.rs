@@ -394,9 +394,14 @@ async fn follow(
     // A worker may report the training finished when it registers again.
     let mailbox = on_worker.map(|(pool, _)| pool.open_mailbox(ctx.operation_id()));
     loop {
-        let polled = match mailbox.as_ref().and_then(|m| m.take()) {
-            Some(reported) => Ok(reported),
-            None => client.poll(session, token).await,
+        let polled = match (mailbox.as_ref().and_then(|m| m.take()), on_worker) {
+            (Some(reported), _) => Ok(reported),
+            // A worker that hangs is given up on by the health checks long before a poll times out.
+            (None, Some((pool, worker))) => tokio::select! {
+                polled = client.poll(session, token) => polled,
+                why = pool.until_unavailable(&worker.worker_id) => Err(PollError::Lost(why)),
+            },
+            (None, None) => client.poll(session, token).await,
         };
         match polled {
             Ok(snapshot) => {
@@ -431,9 +436,6 @@ async fn follow(
                 errors += 1;
                 let why = match on_worker {
                     Some(_) if e.kind == HostErrorKind::Connect => Some(format!("it refuses connections: {e}")),
-                    Some((pool, worker)) if pool.is_unavailable(&worker.worker_id).await => {
-                        Some(format!("its health checks failed; last poll: {e}"))
-                    }
                     _ if errors >= settings.poll_errors => Some(format!("{errors} polls failed in a row: {e}")),
                     _ => None,
                 };

@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::ops::store::StoredWorker;
 use crate::ops::{Store, StoreError};
 
+/// How often a training reads whether the health checks gave up on its worker.
+const UNAVAILABILITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The worker type trainings go to.
 pub const TRAINING_WORKER: &str = "training";
 
@@ -163,13 +166,20 @@ impl WorkerPool {
         }
     }
 
-    /// True when the health checks found `worker_id` unavailable, or removed it.
-    pub async fn is_unavailable(&self, worker_id: &str) -> bool {
-        match self.store.worker(worker_id).await {
-            Ok(Some(w)) => w.status == "temporarily_unavailable",
-            Ok(None) => true,
-            // The database, not the worker, is in trouble: no reason to move.
-            Err(_) => false,
+    /// Resolves once the health checks have found `worker_id` unavailable, or removed it: how
+    /// it was found. The checks may run on another replica, so this reads the registry in the
+    /// database, once a second (a training follows one worker; this is one small read).
+    pub async fn until_unavailable(&self, worker_id: &str) -> String {
+        loop {
+            tokio::time::sleep(UNAVAILABILITY_CHECK).await;
+            match self.store.worker(worker_id).await {
+                Ok(Some(w)) if w.status == "temporarily_unavailable" => {
+                    return format!("its health checks failed {} times", w.health_check_failures);
+                }
+                Ok(None) => return "it was removed from the registry".to_owned(),
+                // The database, not the worker, is in trouble: no reason to move.
+                Ok(Some(_)) | Err(_) => {}
+            }
         }
     }
 

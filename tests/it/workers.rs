@@ -523,3 +523,30 @@ async fn a_worker_reporting_a_training_finished_ends_it_here_with_its_result() {
     let done = until_record(&app.base, &id, "completed", Duration::from_secs(5), |r| r["status"] == "completed").await;
     assert_eq!(done["result_summary"]["model_path"], "models/x.pt", "{done}");
 }
+
+#[tokio::test]
+async fn a_hung_workers_training_moves_once_the_health_checks_give_up_on_it() {
+    let app = TestApp::spawn_with_sim(quick_checks).await;
+    eurusd(app.data_dir.path());
+    let (first, first_url) = worker_process(app.data_dir.path(), &app.base, "20").await;
+    let (_second, second_url) = worker_process(app.data_dir.path(), &app.base, "20").await;
+    let ids = registered(&app.base, &[&first_url, &second_url]).await;
+    let id = start_example(&app).await;
+    until_record(&app.base, &id, "running on the first", Duration::from_secs(10), |r| {
+        r["progress"]["context"]["host_status"] == "running" && r["progress"]["context"]["worker_id"] == ids[0].as_str()
+    })
+    .await;
+    // Stopped, not killed: it accepts connections and never answers, as a hung machine does.
+    let pid = first.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let moved = until_record(&app.base, &id, "the move", Duration::from_secs(10), |r| {
+        r["progress"]["context"]["worker_id"] == ids[1].as_str()
+    })
+    .await;
+    let warnings = moved["warnings"].to_string();
+    let given_up = warnings.contains("health checks failed") || warnings.contains("removed from the registry");
+    assert!(warnings.contains(&format!("worker {} stopped answering", ids[0])) && given_up, "{moved}");
+    let done = until_record(&app.base, &id, "the end", Duration::from_secs(30), |r| r["status"] != "running").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+}
