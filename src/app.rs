@@ -261,6 +261,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             store.clone(),
             host_settings("worker", "", &config.hosts),
             metrics.clone(),
+            !config.hosts.training.url.is_empty(),
         ))),
         settings: TrainingSettings {
             start_timeout: config.training.start_timeout.0,

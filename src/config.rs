@@ -350,6 +350,10 @@ impl Config {
             return Err(ConfigError::new("database.max_connections", "must be at least 1"));
         }
         for (key, url) in [("hosts.ib.url", &self.hosts.ib.url), ("hosts.training.url", &self.hosts.training.url)] {
+            // No configured training host: trainings go to registered workers only.
+            if key == "hosts.training.url" && url.is_empty() {
+                continue;
+            }
             let valid = url
                 .strip_prefix("http://")
                 .or_else(|| url.strip_prefix("https://"))

@@ -471,6 +471,16 @@ impl HostClient {
         {
             return report.clone();
         }
+        if settings.base_url.is_empty() {
+            return HealthReport {
+                url: String::new(),
+                reachable: false,
+                latency_ms: None,
+                checked_at: time::now(),
+                error: Some("no URL configured".into()),
+                body: None,
+            };
+        }
         let call = Call::get("/health", "/health").timeout(settings.health_timeout).retry(Retry::Never);
         let started = Instant::now();
         let result = self.send(&call, &CancellationToken::new()).await;

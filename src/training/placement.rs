@@ -73,12 +73,15 @@ pub(super) async fn place(
                 forget_epochs_after(ctx, None);
                 return Ok(Placement { client: host.clone(), worker: None, session });
             }
-            Claim::NoneFree { busy } => {
+            Claim::NoneFree { .. } | Claim::NoneRegistered => {
                 pool.count("waited");
                 // Every worker may be tried again once free, the lost one too once its health
                 // checks find it back.
                 tried.clear();
-                progress.detail(format!("waiting for a free training worker ({busy} busy)"));
+                progress.detail(match claim {
+                    Claim::NoneFree { busy } => format!("waiting for a free training worker ({busy} busy)"),
+                    _ => "waiting for a training worker to register (none is, and hosts.training.url is empty)".into(),
+                });
                 if !pauses.sleep(token).await {
                     return Err(JobError::Cancelled);
                 }

@@ -31,6 +31,8 @@ pub enum Claim {
     NoneFree { busy: usize },
     /// No training worker is registered: use the configured training host.
     NoWorkers,
+    /// No training worker is registered and no training host is configured: wait for one.
+    NoneRegistered,
 }
 
 pub struct WorkerPool {
@@ -38,6 +40,9 @@ pub struct WorkerPool {
     /// Timeouts, retries and stall notice of every worker's client (the endpoint is the worker's).
     template: HostSettings,
     metrics: Metrics,
+    /// Whether a training host is configured (`hosts.training.url`) for when no worker is
+    /// registered.
+    host_configured: bool,
     clients: Mutex<HashMap<String, Arc<TrainingClient>>>,
     /// Where workers' reports reach the trainings followed in this process, by operation.
     mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
@@ -100,8 +105,8 @@ impl Drop for OpenMailbox<'_> {
 }
 
 impl WorkerPool {
-    pub fn new(store: Store, template: HostSettings, metrics: Metrics) -> Self {
-        WorkerPool { store, template, metrics, clients: Mutex::default(), mailboxes: Mutex::default() }
+    pub fn new(store: Store, template: HostSettings, metrics: Metrics, host_configured: bool) -> Self {
+        WorkerPool { store, template, metrics, host_configured, clients: Mutex::default(), mailboxes: Mutex::default() }
     }
 
     /// Opens the mailbox of a training followed here.
@@ -136,7 +141,7 @@ impl WorkerPool {
     pub async fn claim(&self, operation_id: &str, tried: &HashSet<String>) -> Result<Claim, StoreError> {
         let workers = self.store.workers(Some(TRAINING_WORKER), None).await?;
         if workers.is_empty() {
-            return Ok(Claim::NoWorkers);
+            return Ok(if self.host_configured { Claim::NoWorkers } else { Claim::NoneRegistered });
         }
         let mut free: Vec<&StoredWorker> =
             workers.iter().filter(|w| w.status == "available" && !tried.contains(&w.worker_id)).collect();

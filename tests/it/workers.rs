@@ -550,3 +550,23 @@ async fn a_hung_workers_training_moves_once_the_health_checks_give_up_on_it() {
     assert_eq!(done["status"], "completed", "{done}");
     let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
 }
+
+#[tokio::test]
+async fn with_no_training_host_configured_a_training_waits_for_a_worker_to_register() {
+    let app = TestApp::spawn_with(TestDb::sqlite(), |c| c.hosts.training.url = String::new()).await;
+    eurusd(app.data_dir.path());
+    let id = start_example(&app).await;
+    let waiting = until_record(&app.base, &id, "waiting", Duration::from_secs(5), |r| {
+        r["progress"]["current_step"].as_str().is_some_and(|s| s.contains("waiting for a training worker to register"))
+    })
+    .await;
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    let (_, health) = app.get("/api/v1/health").await;
+    assert_eq!(health["hosts"]["training"]["error"], "no URL configured", "{health}");
+    let endpoint = worker_sim(app.data_dir.path()).await;
+    let body = json!({ "worker_id": "late", "worker_type": "training", "endpoint_url": endpoint });
+    assert_eq!(register(&app, body).await.0, 200);
+    let done = until_record(&app.base, &id, "the end", Duration::from_secs(20), |r| r["status"] != "running").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"]["context"]["worker_id"], "late");
+}
