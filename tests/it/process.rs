@@ -262,14 +262,19 @@ async fn a_training_survives_a_killed_service_by_re_attaching_to_its_host_sessio
     service.kill9().await;
 
     let service = ServiceProcess::start(&args, &[]).await;
+    assert_the_training_went_on(&http, &service, &id).await;
+}
+
+/// The training re-attached after the restart and completed, with every epoch once.
+async fn assert_the_training_went_on(http: &reqwest::Client, service: &ServiceProcess, id: &str) {
     let done = loop {
-        let r = record(&http, &service, &id).await;
+        let r = record(http, service, id).await;
         if r["status"] != "running" && r["status"] != "pending" {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["status"], "completed", "the training went on across the restart: {done}");
     let epochs: Vec<u64> =
         done["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs, (0..10).collect::<Vec<u64>>(), "every epoch once, across the restart");
@@ -416,17 +421,5 @@ async fn a_restarted_service_hears_from_its_workers_again_and_follows_their_trai
         http.get(service.url(&format!("/api/v1/workers/{worker_id}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(registered_again["status"], "busy", "{registered_again}");
     assert_eq!(registered_again["current_operation_id"], id.as_str(), "{registered_again}");
-    let done = loop {
-        let r = record(&http, &service, &id).await;
-        if r["status"] != "running" && r["status"] != "pending" {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(done["status"], "completed", "the training went on while the service restarted: {done}");
-    let epochs: Vec<u64> =
-        done["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
-    assert_eq!(epochs, (0..10).collect::<Vec<u64>>(), "every epoch once, across the restart");
-    let lines = service.output.lock().unwrap().join("\n");
-    assert!(lines.contains("re-attached"), "{lines}");
+    assert_the_training_went_on(&http, &service, &id).await;
 }
