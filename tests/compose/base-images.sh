@@ -49,6 +49,16 @@ import_tree() {
 debian_slim() {
     local dir
     dir=$(rootfs slim)
+    # What makes the official image slim: no documentation, manuals or translations, now or
+    # from packages installed later.
+    rm -rf "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/info/* "$dir"/usr/share/locale/*
+    cat > "$dir/etc/dpkg/dpkg.cfg.d/docker-slim" <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+SLIM
     import_tree "$dir" debian:bookworm-slim --change 'CMD ["bash"]'
 }
 
@@ -65,6 +75,12 @@ rust_image() {
     cp -a "$sysroot/bin" "$sysroot/lib" "$dir/usr/local/rust/"
     # Documentation and sources are not needed to build.
     rm -rf "$dir/usr/local/rust/lib/rustlib/src" "$dir/usr/local/rust/lib/rustlib/"*/analysis
+    # The certificate authorities this machine trusts beyond Debian's (a proxy in front of
+    # crates.io, say), so that cargo inside the build fetches what cargo here can.
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
+        cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+        chroot "$dir" update-ca-certificates > /dev/null 2>&1
+    fi
     import_tree "$dir" "rust:$rust_version-bookworm" \
         --change 'ENV CARGO_HOME=/usr/local/cargo' \
         --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

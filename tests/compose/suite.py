@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""The compose suite: the deployment users run (docker-compose.yml: two replicas on PostgreSQL,
+the host simulators, two training workers), started for real and broken on purpose.
+
+  up --build       both replicas healthy, and how long after their containers started
+  cross-replica    a data load started on replica 1 is seen completed on replica 2
+  training         a training through the compose workers completes
+  cancel anywhere  a DELETE on replica 2 stops replica 1's work
+  kill             replica 1 killed mid-load: replica 2 takes the load over and completes it
+  partition        replica 1 cut off the network past its lease while it owns a running load:
+                   replica 2 takes over; reconnected, replica 1 writes nothing over it, and no
+                   operation ends twice or changes after it ended
+  postgres restart mid-load: the load completes or fails honestly, nothing stays running
+  down -v          always, also when a step fails
+
+Run by .ci/run whenever a Docker engine answers; alone: `python3 tests/compose/suite.py`.
+Prints one line per step with its figures; exits 1 on the first failure.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROJECT = "ktrdrops"
+FILES = ["-f", os.path.join(ROOT, "docker-compose.yml"), "-f", os.path.join(ROOT, "tests/compose/suite.yml")]
+R1, R2 = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
+LEASE = 15.0
+
+
+def compose_command():
+    """`docker compose` (v2) where it exists, else `docker-compose` (v1)."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"]
+
+
+COMPOSE = compose_command() + ["-p", PROJECT] + FILES
+
+
+def compose(*args, capture=False):
+    result = subprocess.run(COMPOSE + list(args), cwd=ROOT, capture_output=capture, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"compose {' '.join(args)} failed:\n{result.stdout or ''}{result.stderr or ''}")
+    return result.stdout
+
+
+def docker(*args):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def container(service):
+    return compose("ps", "-q", service, capture=True).strip()
+
+
+def call(method, url, body=None, timeout=5):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None, None
+
+
+def wait(what, check, within, every=0.1):
+    deadline = time.monotonic() + within
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within} s")
+        time.sleep(every)
+
+
+def record(base, op_id):
+    status, body = call("GET", f"{base}/api/v1/operations/{op_id}")
+    return body["data"] if status == 200 else None
+
+
+def status_of(base, op_id):
+    r = record(base, op_id)
+    return r and r["status"]
+
+
+def ended(base, op_id):
+    s = status_of(base, op_id)
+    return s if s in ("completed", "failed", "cancelled") else None
+
+
+def start_load(base, symbol, timeframe, start, end, mode="backfill"):
+    status, body = call("POST", f"{base}/api/v1/data/load",
+                        {"symbol": symbol, "timeframe": timeframe, "mode": mode, "start_date": start, "end_date": end})
+    assert status == 200, (status, body)
+    return body["data"]["operation_id"]
+
+
+def started_at(container_id):
+    text = docker("inspect", "-f", "{{.State.StartedAt}}", container_id)
+    # 2026-11-28T14:03:24.123456789Z: Python takes microseconds.
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}").replace(tzinfo=timezone.utc).timestamp()
+
+
+def healthy(base):
+    status, body = call("GET", f"{base}/api/v1/health", timeout=2)
+    return status == 200 and body.get("database") == "ok"
+
+
+def takeovers(base):
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ktrdr_ops_takeovers_total"))
+
+
+def watch_statuses(op_id, bases, seconds):
+    """Reads the operation on every replica for a while; the statuses each saw, in order."""
+    seen = {base: [] for base in bases}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for base in bases:
+            s = status_of(base, op_id)
+            if s and (not seen[base] or seen[base][-1] != s):
+                seen[base].append(s)
+        time.sleep(0.1)
+    return seen
+
+
+def step(name, run):
+    began = time.monotonic()
+    figures = run()
+    print(f"ok   {name} ({time.monotonic() - began:.1f} s){': ' + figures if figures else ''}", flush=True)
+
+
+def up():
+    began = time.monotonic()
+    compose("up", "-d", "--build")
+    built = time.monotonic() - began
+    times = []
+    for service, base in (("ktrdr-ops", R1), ("ktrdr-ops-2", R2)):
+        wait(f"{service} healthy", lambda: healthy(base), 60)
+        times.append(time.time() - started_at(container(service)))
+    wait("both workers registered", lambda: len(call("GET", f"{R1}/api/v1/workers")[1] or []) >= 2, 30)
+    return f"up --build {built:.0f} s; healthy {times[0]:.1f} s / {times[1]:.1f} s after their containers started"
+
+
+def cross_replica():
+    op_id = start_load(R1, "EURUSD", "1h", "2024-01-01", "2024-03-31", mode="tail")
+    wait("the load completed, seen on replica 2", lambda: status_of(R2, op_id) == "completed", 60)
+    return None
+
+
+def training():
+    status, body = call("POST", f"{R2}/api/v1/trainings/start", {"strategy_name": "example_mlp"})
+    assert status == 200, (status, body)
+    op_id = body["task_id"]
+    final = wait("the training ended", lambda: ended(R1, op_id), 120)
+    r = record(R1, op_id)
+    assert final == "completed", r
+    return f"on worker {r['progress']['context'].get('worker_id')}"
+
+
+def cancel_anywhere():
+    status, body = call("POST", f"{R1}/api/v1/dummy/start", {"iterations": 1000, "interval_ms": 50})
+    assert status == 200, (status, body)
+    op_id = body["data"]["operation_id"]
+    wait("running on replica 1", lambda: status_of(R1, op_id) == "running", 10)
+    asked = time.monotonic()
+    status, body = call("DELETE", f"{R2}/api/v1/operations/{op_id}")
+    assert status == 200, (status, body)
+    wait("cancelled on replica 1", lambda: status_of(R1, op_id) == "cancelled", 10)
+    return f"replica 1 stopped it {1000 * (time.monotonic() - asked):.0f} ms after the DELETE on replica 2"
+
+
+def long_load(symbol):
+    """A backfill on replica 1 that runs for tens of seconds (the simulator answers after 30 ms)."""
+    op_id = start_load(R1, symbol, "1m", "2016-01-01", "2024-12-31")
+    wait("the load running with progress", lambda: (record(R1, op_id) or {}).get("progress", {}).get("percentage", 0) > 1, 30)
+    return op_id
+
+
+def kill():
+    op_id = long_load("MSFT")
+    before = takeovers(R2)
+    compose("kill", "ktrdr-ops")
+    lost = time.monotonic()
+    wait("replica 2 took the load over", lambda: takeovers(R2) > before, LEASE + 30)
+    took = time.monotonic() - lost
+    final = wait("the load ended on replica 2", lambda: ended(R2, op_id), 300, every=0.5)
+    assert final == "completed", record(R2, op_id)
+    compose("start", "ktrdr-ops")
+    wait("replica 1 back", lambda: healthy(R1), 60)
+    return f"taken over {took:.1f} s after the kill (lease {LEASE:.0f} s), completed"
+
+
+def partition():
+    op_id = long_load("AMZN")
+    network = f"{PROJECT}_default"
+    r1 = container("ktrdr-ops")
+    before = takeovers(R2)
+    docker("network", "disconnect", network, r1)
+    cut = time.monotonic()
+    try:
+        wait("replica 2 took the load over", lambda: takeovers(R2) > before, LEASE + 30)
+        took = time.monotonic() - cut
+        # Cut off a little longer, then back.
+        time.sleep(2)
+    finally:
+        docker("network", "connect", network, r1)
+    assert took <= LEASE + 2, f"takeover after {took:.1f} s, more than lease + 2 s"
+    final = wait("the load ended", lambda: ended(R2, op_id), 300, every=0.5)
+    # Once ended, it stays as it ended, whichever replica is asked (replica 1 is back on the network).
+    wait("replica 1 answers again", lambda: healthy(R1), 30)
+    seen = watch_statuses(op_id, [R1, R2], 5)
+    for base, statuses in seen.items():
+        assert statuses == [final], f"{base} saw {statuses} after the load ended {final}"
+    return f"taken over {took:.1f} s after the cut (lease {LEASE:.0f} s), ended {final} once, unchanged on both replicas"
+
+
+def postgres_restart():
+    op_id = long_load("GOOG")
+    compose("restart", "postgres")
+    final = wait("the load ended (completed or failed), nothing left running", lambda: ended(R1, op_id) or ended(R2, op_id), 300, every=0.5)
+    r = record(R1, op_id) or record(R2, op_id)
+    stuck = [o for o in (call("GET", f"{R2}/api/v1/operations?status=running")[1] or {}).get("data", [])
+             if o["operation_id"] == op_id]
+    assert not stuck, stuck
+    return f"the load ended {final}" + (f" ({r.get('error_message')})" if final == "failed" else "")
+
+
+def main():
+    subprocess.run(["bash", os.path.join(ROOT, "tests/compose/base-images.sh")], check=True)
+    failed = False
+    try:
+        step("docker compose up --build", up)
+        step("a load on replica 1, completed on replica 2", cross_replica)
+        step("a training through the compose workers", training)
+        step("a DELETE on replica 2 stops replica 1's work", cancel_anywhere)
+        step("replica 1 killed mid-load: replica 2 takes over", kill)
+        step("network partition of replica 1", partition)
+        step("PostgreSQL restarted mid-load", postgres_restart)
+    except (AssertionError, SystemExit, Exception) as e:  # noqa: BLE001 - report whatever broke
+        failed = True
+        print(f"FAIL {e!r}", flush=True)
+        for service in ("ktrdr-ops", "ktrdr-ops-2"):
+            print(f"--- last log lines of {service}")
+            subprocess.run(COMPOSE + ["logs", "--tail", "30", service], cwd=ROOT)
+    finally:
+        compose("down", "-v", "--remove-orphans")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
