@@ -29,6 +29,7 @@ use crate::time;
 mod cluster;
 mod lineage;
 mod lookup;
+mod retention;
 mod set_aside;
 mod supervisor;
 #[cfg(test)]
@@ -319,8 +320,31 @@ impl Orchestrator {
     }
 
     /// [`submit`](Self::submit) once the job's types are erased: its type's name, its request as
-    /// `metadata`, and how it relates to an earlier operation.
+    /// `metadata`, and how it relates to an earlier operation. Storing and starting run as a task
+    /// of their own: once the record is stored the operation must run even if the caller is gone
+    /// (a client giving up on a slow database would otherwise leave it `pending` for ever).
     async fn submit_erased(
+        &self,
+        operation_type: &str,
+        metadata: Map<String, Value>,
+        job: BoxedJob,
+        idempotency: Option<IdempotencyKey>,
+        lineage: Lineage,
+    ) -> Result<Submitted, SubmitError> {
+        let this = self.clone();
+        let operation_type = operation_type.to_owned();
+        let submitting = self
+            .inner
+            .tasks
+            .spawn(async move { this.store_and_start(&operation_type, metadata, job, idempotency, lineage).await });
+        match submitting.await {
+            Ok(submitted) => submitted,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(SubmitError::ShuttingDown),
+        }
+    }
+
+    async fn store_and_start(
         &self,
         operation_type: &str,
         metadata: Map<String, Value>,
@@ -499,42 +523,6 @@ impl Orchestrator {
             tracing::info!(reattached, failed, "reconciled operations left unfinished by the previous run");
         }
         Ok((reattached, failed))
-    }
-
-    /// Retention: deletes terminal operations finished before `now - retention` and
-    /// Idempotency-Keys older than their time to live. Returns how many of each.
-    pub async fn sweep(&self, now: time::Timestamp, retention: Duration) -> Result<(u64, u64), StoreError> {
-        let (operations, keys) =
-            self.inner.store.sweep(now - retention, now - self.inner.settings.idempotency_ttl).await?;
-        let checkpoints =
-            self.inner.store.delete_checkpoints_before(now - self.inner.settings.checkpoint_retention).await?;
-        if checkpoints > 0 {
-            tracing::info!(checkpoints, "retention: deleted old checkpoints");
-        }
-        self.inner.metrics.counter(metrics::OPERATIONS_DELETED, &[]).increment(operations);
-        if operations + keys > 0 {
-            tracing::info!(operations, keys, "retention: deleted old finished operations and idempotency keys");
-        }
-        Ok((operations, keys))
-    }
-
-    /// Runs [`sweep`](Self::sweep) every `every` until shutdown.
-    pub fn sweep_periodically(&self, retention: Duration, every: Duration) {
-        let orchestrator = self.clone();
-        let shutdown = self.inner.root.clone();
-        self.inner.loops.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                if let Err(e) = orchestrator.sweep(time::now(), retention).await {
-                    tracing::warn!(error = %e, "retention sweep failed");
-                }
-            }
-        });
     }
 
     /// Stops accepting, cancels everything running, waits for the work to stop and its outcome

@@ -164,3 +164,24 @@ async fn shutdown_waits_for_the_loops_and_stores_every_outcome() {
     assert!(orchestrator.inner.loops.is_closed() && orchestrator.inner.loops.is_empty(), "every loop ended");
     assert!(orchestrator.inner.tasks.is_empty(), "every supervisor ended");
 }
+
+#[tokio::test]
+async fn a_submission_whose_caller_goes_away_still_runs_its_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = orchestrator(&dir).await;
+    // Polled once, then dropped: a client that gave up while the record was being stored.
+    let request = Map::new();
+    let gave_up =
+        tokio::time::timeout(Duration::ZERO, orchestrator.submit(Misbehaving::FailsWithCause, &request, None));
+    assert!(gave_up.await.is_err(), "the caller went away before the answer");
+    let mut stored = Vec::new();
+    for _ in 0..200 {
+        stored = orchestrator.list(&ListFilter { limit: 10, ..ListFilter::default() }).await.unwrap().0;
+        if stored.first().is_some_and(|s| s.is_terminal()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stored.len(), 1, "stored once");
+    assert_eq!(stored[0].record.status, Status::Failed, "and run to its end, not left pending: {:?}", stored[0].record);
+}
