@@ -187,7 +187,14 @@ def cancel_anywhere():
 def long_load(symbol):
     """A backfill on replica 1 that runs for tens of seconds (the simulator answers after 30 ms)."""
     op_id = start_load(R1, symbol, "1m", "2016-01-01", "2024-12-31")
-    wait("the load running with progress", lambda: (record(R1, op_id) or {}).get("progress", {}).get("percentage", 0) > 1, 30)
+
+    def moving():
+        r = record(R1, op_id) or {}
+        if r.get("status") in ("completed", "failed", "cancelled"):
+            raise AssertionError(f"the load ended {r['status']} before it got going: {r.get('error_message')}")
+        return r.get("progress", {}).get("percentage", 0) > 1
+
+    wait("the load running with progress", moving, 30)
     return op_id
 
 
