@@ -237,7 +237,7 @@ def partition():
 
 
 def postgres_restart():
-    op_id = long_load("GOOG")
+    op_id = long_load("NVDA")
     compose("restart", "postgres")
     final = wait("the load ended (completed or failed), nothing left running", lambda: ended(R1, op_id) or ended(R2, op_id), 300, every=0.5)
     r = record(R1, op_id) or record(R2, op_id)
