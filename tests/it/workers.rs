@@ -271,7 +271,7 @@ async fn worker_sim(data_dir: &std::path::Path) -> String {
         ktrdr_ops::hosts::training::Protocol::Operations,
         data_dir.to_owned(),
         None,
-        TrainingKnobs { pace_ms: 10, ..TrainingKnobs::default() },
+        TrainingKnobs { pace_ms: 40, ..TrainingKnobs::default() },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
