@@ -401,11 +401,7 @@ impl Config {
         if !self.node.id.is_empty() {
             return self.node.id.clone();
         }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "local".to_owned())
+        host_name().unwrap_or_else(|| "local".to_owned())
     }
 
     pub fn shutdown_deadline(&self) -> Duration {
@@ -484,6 +480,11 @@ fn set_key(merged: &mut Table, defaults: &Table, key: &str, text: &str, source: 
     }
     table.insert(leaf.to_owned(), typed);
     Ok(())
+}
+
+/// This machine's host name, if it has one.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]

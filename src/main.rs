@@ -459,11 +459,7 @@ fn advertised_host(listen: std::net::SocketAddr) -> String {
     if !listen.ip().is_unspecified() {
         return listen.ip().to_string();
     }
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    ktrdr_ops::config::host_name().unwrap_or_else(|| "localhost".to_owned())
 }
 
 async fn run_client<F, Fut>(args: ClientArgs, command: F) -> ExitCode

@@ -17,7 +17,6 @@ use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::schemas::ErrorEnvelope;
 use crate::ops::Status;
-use crate::training::workers::WorkerReport;
 use crate::workers::{CompletedReport, Registration, WORKER_STATUSES, WorkerRecord, check_worker_type};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -165,12 +164,7 @@ async fn finish_reported(state: &AppState, worker_id: &str, report: &CompletedRe
             }
         }
         "COMPLETED" | "FAILED" => {
-            let report = WorkerReport {
-                status: report.status.clone(),
-                result: report.result.clone(),
-                error_message: report.error_message.clone(),
-            };
-            let delivered = state.training.pool.as_ref().is_some_and(|pool| pool.deliver(id, report));
+            let delivered = state.training.pool.as_ref().is_some_and(|pool| pool.deliver(id, report.clone()));
             if !delivered {
                 // Followed by another replica, which hears the outcome from the worker itself.
                 tracing::info!(operation_id = id, worker_id, "a worker's report about an operation followed elsewhere");

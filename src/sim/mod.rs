@@ -94,7 +94,8 @@ impl Simulators {
         workers: Option<&WorkerFleet>,
     ) -> std::io::Result<Self> {
         let ib = IbSim::new(settings.ib.clone());
-        if workers.is_some_and(|w| w.count > 0) && settings.training.checkpoint_dir.is_none() {
+        let fleet = workers.filter(|w| w.count > 0 && settings.training_protocol == Protocol::Operations);
+        if fleet.is_some() && settings.training.checkpoint_dir.is_none() {
             // Workers share their checkpoints, as ktrdr's share KTRDR_CHECKPOINT_DIR.
             settings.training.checkpoint_dir = Some(settings.data_dir.join("checkpoints"));
         }
@@ -115,8 +116,8 @@ impl Simulators {
             })
         };
         let mut tasks = vec![serve(ib_listener, ib.router(), shutdown.clone())];
-        let mut served = Vec::new();
-        match workers.filter(|w| w.count > 0 && settings.training_protocol == Protocol::Operations) {
+        let mut workers = Vec::new();
+        let (training_addr, training) = match fleet {
             Some(fleet) => {
                 for n in 0..fleet.count {
                     let port = if training_listen.port() == 0 { 0 } else { training_listen.port() + n as u16 };
@@ -124,32 +125,31 @@ impl Simulators {
                     let gpu = n < fleet.gpu_workers;
                     let (worker, handles) = serve_worker(new_training(), listen, fleet, gpu, &shutdown).await?;
                     tasks.extend(handles);
-                    served.push(worker);
+                    workers.push(worker);
                 }
+                (workers[0].addr, workers[0].sim.clone())
             }
             None => {
                 let training = new_training();
                 let listener = TcpListener::bind(training_listen).await?;
                 let addr = listener.local_addr()?;
                 tasks.push(serve(listener, training.router(), shutdown.clone()));
-                served.push(ServedWorker::unregistered(addr, training));
+                (addr, training)
             }
-        }
-        let (training_addr, training) = (served[0].addr, served[0].sim.clone());
-        served.retain(|w| w.agent.is_some());
-        tracing::info!(%ib_addr, %training_addr, workers = served.len(), "host simulators running");
-        Ok(Self { ib_addr, training_addr, ib, training, workers: served, shutdown, tasks })
+        };
+        tracing::info!(%ib_addr, %training_addr, workers = workers.len(), "host simulators running");
+        Ok(Self { ib_addr, training_addr, ib, training, workers, shutdown, tasks })
     }
 
     /// Waits until every simulated worker has registered once (or `within` passed).
     pub async fn workers_registered(&self, within: std::time::Duration) -> bool {
-        let mut all = true;
+        let deadline = tokio::time::Instant::now() + within;
         for worker in &self.workers {
-            if let Some(agent) = &worker.agent {
-                all &= agent.registered_within(within).await;
+            if !worker.agent.registered_by(deadline).await {
+                return false;
             }
         }
-        all
+        true
     }
 
     /// The simulated workers' URLs.

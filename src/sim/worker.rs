@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -17,7 +16,7 @@ use axum::routing::post;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -63,8 +62,8 @@ pub struct Agent {
     settings: AgentSettings,
     last_checked: Mutex<Option<Instant>>,
     shutdown_notice: Notify,
-    registered: AtomicBool,
-    first_registration: Notify,
+    /// True once a registration took.
+    registered: watch::Sender<bool>,
 }
 
 /// Pauses between the registration tries at start: 1 s, doubling, at most 30 s (ktrdr's).
@@ -85,8 +84,7 @@ impl Agent {
             settings,
             last_checked: Mutex::new(None),
             shutdown_notice: Notify::new(),
-            registered: AtomicBool::new(false),
-            first_registration: Notify::new(),
+            registered: watch::Sender::new(false),
         })
     }
 
@@ -119,13 +117,10 @@ impl Agent {
             }))
     }
 
-    /// Waits until the first registration took (or `within` passed); true if it did.
-    pub async fn registered_within(&self, within: Duration) -> bool {
-        let notified = self.first_registration.notified();
-        if self.registered.load(Ordering::Acquire) {
-            return true;
-        }
-        tokio::time::timeout(within, notified).await.is_ok() || self.registered.load(Ordering::Acquire)
+    /// Waits until the first registration took (or `deadline` passed); true if it did.
+    pub async fn registered_by(&self, deadline: tokio::time::Instant) -> bool {
+        let mut registered = self.registered.subscribe();
+        tokio::time::timeout_at(deadline, registered.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Registers once; the service's `stop_operations` are stopped here.
@@ -152,9 +147,7 @@ impl Agent {
         }
         // Counts as being checked on: the monitor waits a full period before asking again.
         *self.last_checked.lock() = Some(Instant::now());
-        if !self.registered.swap(true, Ordering::AcqRel) {
-            self.first_registration.notify_waiters();
-        }
+        self.registered.send_replace(true);
         tracing::info!(worker_id = %self.identity.worker_id, backend = %self.backend.base_url(), "registered");
         Ok(())
     }
@@ -222,17 +215,11 @@ pub struct WorkerFleet {
     pub agent: AgentSettings,
 }
 
-/// A served training simulator; with an agent, a registering worker.
+/// A served training simulator that registers itself as a worker.
 pub struct ServedWorker {
     pub addr: SocketAddr,
     pub sim: Arc<TrainingSim>,
-    pub agent: Option<Arc<Agent>>,
-}
-
-impl ServedWorker {
-    pub(super) fn unregistered(addr: SocketAddr, sim: Arc<TrainingSim>) -> Self {
-        ServedWorker { addr, sim, agent: None }
-    }
+    pub agent: Arc<Agent>,
 }
 
 /// Binds `listen` (port 0: a free port), serves the worker and starts its agent; both end with
@@ -262,5 +249,5 @@ pub async fn serve_worker(
         }
     });
     let keeper = tokio::spawn(agent.clone().run(stop.clone()));
-    Ok((ServedWorker { addr, sim, agent: Some(agent) }, vec![server, keeper]))
+    Ok((ServedWorker { addr, sim, agent }, vec![server, keeper]))
 }

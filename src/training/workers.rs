@@ -16,6 +16,7 @@ use crate::hosts::{ClientBuildError, HostClient, HostSettings};
 use crate::metrics::Metrics;
 use crate::ops::store::StoredWorker;
 use crate::ops::{Store, StoreError};
+use crate::workers::CompletedReport;
 
 /// How often a training reads whether the health checks gave up on its worker.
 const UNAVAILABILITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -48,34 +49,24 @@ pub struct WorkerPool {
     mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
 }
 
-/// What a worker reported about an operation it finished (workers.md §2 `completed_operations`).
-#[derive(Debug, Clone)]
-pub struct WorkerReport {
-    /// `COMPLETED` or `FAILED`.
-    pub status: String,
-    pub result: Option<Value>,
-    pub error_message: Option<String>,
-}
-
-impl WorkerReport {
-    /// The report as the host's last word on the session.
-    fn snapshot(self) -> HostSnapshot {
-        let completed = self.status == "COMPLETED";
-        HostSnapshot {
-            status: if completed { HostStatus::Completed } else { HostStatus::Failed },
-            host_status: self.status.to_ascii_lowercase(),
-            percentage: if completed { 100.0 } else { 0.0 },
-            error: (!completed).then(|| self.error_message.unwrap_or_else(|| "Operation failed (no details)".into())),
-            result: self.result,
-            ..HostSnapshot::default()
-        }
+/// A worker's report that it finished an operation (workers.md §2 `completed_operations`,
+/// `COMPLETED` or `FAILED`) as the host's last word on the session.
+fn reported_snapshot(report: CompletedReport) -> HostSnapshot {
+    let completed = report.status == "COMPLETED";
+    HostSnapshot {
+        status: if completed { HostStatus::Completed } else { HostStatus::Failed },
+        host_status: report.status.to_ascii_lowercase(),
+        percentage: if completed { 100.0 } else { 0.0 },
+        error: (!completed).then(|| report.error_message.unwrap_or_else(|| "Operation failed (no details)".into())),
+        result: report.result,
+        ..HostSnapshot::default()
     }
 }
 
 /// A report waiting for the training it is about.
 #[derive(Default)]
 pub(super) struct Mailbox {
-    report: Mutex<Option<WorkerReport>>,
+    report: Mutex<Option<CompletedReport>>,
     arrived: Notify,
 }
 
@@ -89,7 +80,7 @@ pub(super) struct OpenMailbox<'a> {
 impl OpenMailbox<'_> {
     /// The worker's report, as a snapshot of the session, once one came.
     pub(super) fn take(&self) -> Option<HostSnapshot> {
-        self.mailbox.report.lock().take().map(WorkerReport::snapshot)
+        self.mailbox.report.lock().take().map(reported_snapshot)
     }
 
     /// Until a report comes.
@@ -118,7 +109,7 @@ impl WorkerPool {
 
     /// Hands a worker's report to the training that follows `operation_id` in this process;
     /// false when none does here.
-    pub fn deliver(&self, operation_id: &str, report: WorkerReport) -> bool {
+    pub fn deliver(&self, operation_id: &str, report: CompletedReport) -> bool {
         let Some(mailbox) = self.mailboxes.lock().get(operation_id).cloned() else { return false };
         *mailbox.report.lock() = Some(report);
         mailbox.arrived.notify_one();

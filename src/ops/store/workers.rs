@@ -249,29 +249,25 @@ impl Store {
 
     /// `worker_id` is free again, if it still runs `operation_id`.
     pub async fn release_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
-        on_db!(&self.inner.readers, pool => {
-            sqlx::query(
-                "UPDATE workers SET status = 'available', current_operation_id = NULL, dispatched_operation_id = NULL \
-                 WHERE worker_id = $1 AND dispatched_operation_id = $2",
-            )
-            .bind(worker_id)
-            .bind(operation_id)
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
+        self.end_dispatch(worker_id, operation_id, "available").await
     }
 
     /// `worker_id` stopped answering while it ran `operation_id`, which moves elsewhere: it is
     /// `temporarily_unavailable` until a health check hears from it again, and no longer ours.
     pub async fn lose_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
+        self.end_dispatch(worker_id, operation_id, "temporarily_unavailable").await
+    }
+
+    /// Ends our claim on `worker_id` (if it still runs `operation_id`), leaving it `status`.
+    async fn end_dispatch(&self, worker_id: &str, operation_id: &str, status: &str) -> Result<(), StoreError> {
         on_db!(&self.inner.readers, pool => {
             sqlx::query(
-                "UPDATE workers SET status = 'temporarily_unavailable', current_operation_id = NULL, \
-                   dispatched_operation_id = NULL WHERE worker_id = $1 AND dispatched_operation_id = $2",
+                "UPDATE workers SET status = $3, current_operation_id = NULL, dispatched_operation_id = NULL \
+                 WHERE worker_id = $1 AND dispatched_operation_id = $2",
             )
             .bind(worker_id)
             .bind(operation_id)
+            .bind(status)
             .execute(pool)
             .await?;
         });
