@@ -238,7 +238,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let metrics = Metrics::default();
     let store = Store::open(
         &config.database.url,
-        config.database.max_connections,
+        config.database.pool_limits(),
         config.operations.stuck_transaction_timeout(),
         &metrics,
     )

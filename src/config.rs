@@ -69,6 +69,13 @@ pub struct ServerConfig {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    pub acquire_timeout: HumanDuration,
+}
+
+impl DatabaseConfig {
+    pub fn pool_limits(&self) -> crate::ops::PoolLimits {
+        crate::ops::PoolLimits { max_connections: self.max_connections, acquire_timeout: self.acquire_timeout.0 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +379,7 @@ impl Config {
             return Err(ConfigError::new("server.body_limit_bytes", "must be at least 1024"));
         }
         let positive = [
+            ("database.acquire_timeout", self.database.acquire_timeout),
             ("operations.progress_persist_interval", self.operations.progress_persist_interval),
             ("operations.cancel_grace", self.operations.cancel_grace),
             ("operations.lease_timeout", self.operations.lease_timeout),

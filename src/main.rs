@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ktrdr_ops::cli::Client;
 use ktrdr_ops::config::{Config, Sources};
-use ktrdr_ops::ops::Store;
+use ktrdr_ops::ops::{PoolLimits, Store};
 use ktrdr_ops::sim::worker::{AgentSettings, WorkerFleet};
 use ktrdr_ops::sim::{SimSettings, Simulators};
 use ktrdr_ops::{app, telemetry};
@@ -498,7 +498,14 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
 
 async fn migrate(config: Config) -> ExitCode {
     let metrics = ktrdr_ops::metrics::Metrics::default();
-    match Store::open(&config.database.url, 1, config.operations.stuck_transaction_timeout(), &metrics).await {
+    match Store::open(
+        &config.database.url,
+        PoolLimits { max_connections: 1, ..config.database.pool_limits() },
+        config.operations.stuck_transaction_timeout(),
+        &metrics,
+    )
+    .await
+    {
         Ok(store) => {
             println!("ktrdr-ops: {} database is up to date", store.backend().as_str());
             ExitCode::SUCCESS

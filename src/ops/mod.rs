@@ -23,4 +23,6 @@ pub use orchestrator::{
 pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};
 pub use record::{OperationRecord, Status};
 pub use snapshot::Snapshot;
-pub use store::{Backend, Checkpoint, CheckpointKind, CheckpointStats, IdempotencyKey, ListFilter, Store, StoreError};
+pub use store::{
+    Backend, Checkpoint, CheckpointKind, CheckpointStats, IdempotencyKey, ListFilter, PoolLimits, Store, StoreError,
+};

@@ -118,6 +118,43 @@ async fn version_and_migrate_work_from_the_command_line() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("up to date"));
 }
 
+/// A PostgreSQL that accepts connections and never answers, as one behind a cut network looks:
+/// the service says so within `database.acquire_timeout`, not after half a minute or never.
+#[tokio::test]
+async fn an_unanswering_database_fails_the_start_within_the_acquire_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let url = format!("postgres://ops:secret@127.0.0.1:{port}/ops");
+    let serve = ["serve", "--database-url", &url, "--listen", "127.0.0.1:0"];
+    let migrate = ["migrate", "--database-url", &url];
+    for args in [&serve[..], &migrate[..]] {
+        let command = args[0];
+        let started = std::time::Instant::now();
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+            .args(args)
+            .env("KTRDR_OPS__DATABASE__ACQUIRE_TIMEOUT", "1s")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .unwrap_or_else(|_| panic!("`{command}` still waits for the silent database after 20 s"))
+            .unwrap();
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "`{command}`: {stderr}");
+        assert!(took < Duration::from_secs(8), "`{command}` gave up after {took:?}");
+        assert!(stderr.contains(&format!("postgres://ops:***@127.0.0.1:{port}/ops")), "{stderr}");
+        assert!(!stderr.contains("secret") && stderr.contains("timed out"), "{stderr}");
+    }
+    holder.abort();
+}
+
 #[tokio::test]
 async fn serve_with_sim_uses_the_built_in_hosts() {
     let db = TestDb::sqlite();

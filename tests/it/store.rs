@@ -12,7 +12,9 @@ use ktrdr_ops::ops::{IdempotencyKey, ListFilter, OperationRecord, Snapshot, Stat
 use serde_json::{Map, json};
 
 async fn open(db: &TestDb) -> Store {
-    Store::open(&db.url, 4, Duration::from_secs(5), &Default::default()).await.expect("the store opens")
+    Store::open(&db.url, ktrdr_ops::ops::PoolLimits::new(4), Duration::from_secs(5), &Default::default())
+        .await
+        .expect("the store opens")
 }
 
 fn record(id: &str, kind: &str) -> OperationRecord {

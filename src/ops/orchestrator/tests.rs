@@ -49,7 +49,7 @@ const GRACE: Duration = Duration::from_millis(100);
 async fn orchestrator(dir: &tempfile::TempDir) -> Orchestrator {
     let metrics = Metrics::default();
     let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-    let store = Store::open(&url, 2, Duration::from_secs(5), &metrics).await.unwrap();
+    let store = Store::open(&url, crate::ops::PoolLimits::new(2), Duration::from_secs(5), &metrics).await.unwrap();
     let settings = Settings {
         cancel_grace: GRACE,
         persist_interval: Duration::from_millis(50),

@@ -244,6 +244,24 @@ impl Drop for StoreInner {
     }
 }
 
+/// How many connections a store pools and how long a query waits for one.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Connections for reads (writes go through one batching writer of their own).
+    pub max_connections: u32,
+    /// How long a query waits for a connection — including connecting, so an unreachable
+    /// database is an error after this long rather than after the resolver's or TCP's own
+    /// timeouts (half a minute and more).
+    pub acquire_timeout: Duration,
+}
+
+impl PoolLimits {
+    /// `max_connections` readers, waiting at most 5 s (the configuration's default).
+    pub fn new(max_connections: u32) -> PoolLimits {
+        PoolLimits { max_connections, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
 impl Store {
     /// Opens the database named by `url` and applies pending migrations. With PostgreSQL, the
     /// server ends a session of ours that sits inside a transaction for `stuck_transaction_timeout`
@@ -251,15 +269,15 @@ impl Store {
     /// survivors: their takeover skips locked rows).
     pub async fn open(
         url: &str,
-        max_connections: u32,
+        pool: PoolLimits,
         stuck_transaction_timeout: Duration,
         metrics: &Metrics,
     ) -> Result<Store, StoreError> {
         let (readers, writer, backend) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = postgres::open(url, max_connections, stuck_transaction_timeout).await?;
+            let pool = postgres::open(url, pool, stuck_transaction_timeout).await?;
             (Db::Postgres(pool.clone()), Db::Postgres(pool), Backend::Postgres)
         } else {
-            let (readers, writer) = sqlite::open(url, max_connections).await?;
+            let (readers, writer) = sqlite::open(url, pool).await?;
             (Db::Sqlite(readers), Db::Sqlite(writer), Backend::Sqlite)
         };
         let (writes, urgent) = mpsc::channel(16 * MAX_BATCH);

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::StoreError;
+use super::{PoolLimits, StoreError};
 
 pub(super) async fn open(
     url: &str,
-    max_connections: u32,
+    limits: PoolLimits,
     stuck_transaction_timeout: Duration,
 ) -> Result<PgPool, StoreError> {
     let opening = |source: sqlx::Error| StoreError::Open { database: redact(url), source: source.into() };
@@ -19,7 +19,8 @@ pub(super) async fn open(
     )]);
     let pool = PgPoolOptions::new()
         // The writer holds one connection for its batches; readers share the rest.
-        .max_connections(max_connections + 1)
+        .max_connections(limits.max_connections + 1)
+        .acquire_timeout(limits.acquire_timeout)
         .connect_with(options)
         .await
         .map_err(opening)?;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::StoreError;
+use super::{PoolLimits, StoreError};
 
 /// Returns `(readers, writer)`.
-pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool, SqlitePool), StoreError> {
+pub(super) async fn open(url: &str, limits: PoolLimits) -> Result<(SqlitePool, SqlitePool), StoreError> {
     let opening = |source: sqlx::Error| StoreError::Open { database: url.to_owned(), source: source.into() };
     let options = SqliteConnectOptions::from_str(url)
         .map_err(opening)?
@@ -38,8 +38,12 @@ pub(super) async fn open(url: &str, max_connections: u32) -> Result<(SqlitePool,
         .await
         .map_err(opening)?;
     super::SQLITE_MIGRATIONS.run(&writer).await?;
-    let readers =
-        SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await.map_err(opening)?;
+    let readers = SqlitePoolOptions::new()
+        .max_connections(limits.max_connections)
+        .acquire_timeout(limits.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(opening)?;
     Ok((readers, writer))
 }
 
