@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""No Docker engine runs in CI, so check the container files by construction: the compose file
+"""The container files checked by construction, in a second, before anything is built (the compose
+suite, which starts them for real, comes last and needs a Docker engine): the compose file
 parses, every service is either built from this repository or names an image, every path it
 mounts or builds from exists, and every file the Dockerfile copies exists."""
 import os
