@@ -4,12 +4,14 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable, Aborted};
 use tracing::Instrument;
 
 use super::{DEFAULT_CANCEL_REASON, Inner, SHUTDOWN_REASON};
+use crate::backoff::Backoff;
 use crate::metrics;
 use crate::ops::job::{BoxedJob, JobError, OperationHandle, RemoteStopReport};
 use crate::ops::live::LiveOperation;
@@ -101,9 +103,7 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     let Some(snapshot) = op.finish(outcome, forced, remote_host) else {
         return;
     };
-    if let Err(e) = inner.store.save(vec![snapshot.clone()], &inner.settings.node_id).await {
-        tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
-    }
+    store_final_state(inner, op, &snapshot).await;
     inner.registry.write().remove(&op.id);
     op.mark_settled();
     tracing::info!(status = %snapshot.record.status, "operation finished");
@@ -129,6 +129,29 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
             shutdown: inner.root.clone(),
         };
         inner.tasks.spawn((hook.run)(report).in_current_span());
+    }
+}
+
+/// Stores an operation's final state, trying again while the database cannot take it (unreachable,
+/// restarting, busy): a blip must not leave the record `running` for ever. The operation stays
+/// in the registry meanwhile, so this replica answers with its final state and a cancel waits
+/// for the write. Gives up, saying so, on a write the database refuses, when the service shuts
+/// down, or when another replica has taken the operation over.
+async fn store_final_state(inner: &Inner, op: &LiveOperation, snapshot: &Arc<Snapshot>) {
+    let mut pauses = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)).pauses();
+    loop {
+        let Err(e) = inner.store.save(vec![snapshot.clone()], &inner.settings.node_id).await else {
+            return;
+        };
+        if !e.is_transient() || op.is_abandoned() {
+            tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
+            return;
+        }
+        tracing::warn!(operation_id = %op.id, error = %e, "could not store the final state yet; trying again");
+        if !pauses.sleep(&inner.root).await {
+            tracing::error!(operation_id = %op.id, error = %e, "could not store the final state before the shutdown");
+            return;
+        }
     }
 }
 

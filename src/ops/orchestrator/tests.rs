@@ -2,10 +2,12 @@
 //! its cancel past the grace period, panics, fails with a cause — an outcome is stored, the
 //! cancel answers, and nothing stays `running`.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
+use sqlx::ConnectOptions;
 
 use super::*;
 use crate::dummy::DummyStep;
@@ -47,9 +49,15 @@ impl Job for Misbehaving {
 const GRACE: Duration = Duration::from_millis(100);
 
 async fn orchestrator(dir: &tempfile::TempDir) -> Orchestrator {
+    orchestrator_waiting(dir, Duration::from_secs(5)).await
+}
+
+/// An orchestrator whose store waits `acquire_timeout` for the database.
+async fn orchestrator_waiting(dir: &tempfile::TempDir, acquire_timeout: Duration) -> Orchestrator {
     let metrics = Metrics::default();
     let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-    let store = Store::open(&url, crate::ops::PoolLimits::new(2), Duration::from_secs(5), &metrics).await.unwrap();
+    let limits = crate::ops::PoolLimits { max_connections: 2, acquire_timeout };
+    let store = Store::open(&url, limits, Duration::from_secs(5), &metrics).await.unwrap();
     let settings = Settings {
         cancel_grace: GRACE,
         persist_interval: Duration::from_millis(50),
@@ -184,4 +192,37 @@ async fn a_submission_whose_caller_goes_away_still_runs_its_operation() {
     }
     assert_eq!(stored.len(), 1, "stored once");
     assert_eq!(stored[0].record.status, Status::Failed, "and run to its end, not left pending: {:?}", stored[0].record);
+}
+
+#[tokio::test]
+async fn a_final_state_the_database_cannot_take_yet_is_stored_once_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = orchestrator_waiting(&dir, Duration::from_millis(300)).await;
+    let id = start(&orchestrator, Misbehaving::IgnoresCancel).await;
+    running(&orchestrator, &id).await;
+    // Another program holds the database's write lock for several times as long as a write waits
+    // for it (0.3 s; a failed batch is tried again write by write, so at least twice that).
+    let url = format!("sqlite://{}", dir.path().join("ops.db").display());
+    let mut other = sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().connect().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    let cancelling = tokio::spawn({
+        let (orchestrator, id) = (orchestrator.clone(), id.clone());
+        async move { orchestrator.cancel(&id, None).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failures = r#"ktrdr_ops_store_write_failures_total"#;
+    assert!(
+        orchestrator.metrics().render().lines().any(|l| l.starts_with(failures) && !l.ends_with(" 0")),
+        "the final write failed at least once: {}",
+        orchestrator.metrics().render()
+    );
+    let stored = orchestrator.store().get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.record.status, Status::Running, "not stored while the lock is held");
+    assert!(!cancelling.is_finished(), "the cancel waits for the outcome to be stored");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), cancelling).await.unwrap().unwrap().unwrap();
+    assert_eq!(cancelled.snapshot.record.status, Status::Cancelled);
+    assert_eq!(settled(&orchestrator, &id).await.record.status, Status::Cancelled, "stored once the database could");
+    assert_eq!(orchestrator.active_count(), 0);
 }

@@ -105,6 +105,30 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether the same write may well succeed a little later: the database could not be
+    /// reached, was restarting, or was busy — not a write it refuses.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(cause) = self else {
+            return false;
+        };
+        match cause.as_ref() {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(e) if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+                // An extended result code; its low byte is the primary one: BUSY (5), LOCKED (6).
+                let primary = e.code().and_then(|code| code.parse::<i32>().ok()).map(|code| code & 0xff);
+                matches!(primary, Some(5 | 6))
+            }
+            // PostgreSQL: connection exceptions (08…), shutting down or starting up (57P01–57P03),
+            // serialization failure and deadlock (40001, 40P01).
+            sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+                code.starts_with("08") || ["57P01", "57P02", "57P03", "40001", "40P01"].contains(&code.as_ref())
+            }),
+            _ => false,
+        }
+    }
+}
+
 // The causes are shared (`Arc`) because one failed batch answers every write in it.
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -251,7 +275,7 @@ pub struct PoolLimits {
     pub max_connections: u32,
     /// How long a query waits for a connection — including connecting, so an unreachable
     /// database is an error after this long rather than after the resolver's or TCP's own
-    /// timeouts (half a minute and more).
+    /// timeouts (half a minute and more) — and, with SQLite, for another program's write lock.
     pub acquire_timeout: Duration,
 }
 

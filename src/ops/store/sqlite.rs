@@ -19,7 +19,8 @@ pub(super) async fn open(url: &str, limits: PoolLimits) -> Result<(SqlitePool, S
         // NORMAL in WAL mode is durable against process crashes (the case that matters for
         // restart honesty); only an OS crash may lose the last commits.
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
+        // A write waits for another program's write lock as long as for a connection.
+        .busy_timeout(limits.acquire_timeout)
         .foreign_keys(true);
     if let Some(parent) = Path::new(options.get_filename()).parent()
         && !parent.as_os_str().is_empty()
