@@ -73,16 +73,28 @@ impl Default for TrainingKnobs {
     }
 }
 
+/// What a training was started with: kept with its session and, as `original_request`, in a
+/// shared checkpoint, so that another worker can resume it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunRequest {
+    symbols: Vec<String>,
+    timeframes: Vec<String>,
+    model_type: String,
+    /// The strategy's name (its YAML `name`, or the file a sessions-generation start names).
+    strategy: String,
+    total_epochs: u32,
+    total_batches: u32,
+}
+
 #[derive(Debug, Clone)]
 struct SimSession {
     id: String,
+    request: RunRequest,
     /// The host's own word: initializing/running/completed/stopped/failed (sessions),
     /// pending/running/completed/cancelled/failed (operations).
     status: String,
     epoch: u32,
     batch: u32,
-    total_epochs: u32,
-    total_batches: u32,
     epochs: Vec<Value>,
     error: Option<String>,
     created_at: String,
@@ -91,14 +103,32 @@ struct SimSession {
     /// The run loop has ended (a session can read `cancelled` while still running).
     finished: bool,
     result: Option<Value>,
-    symbols: Vec<String>,
-    timeframes: Vec<String>,
-    model_type: String,
-    /// The strategy's name (its YAML `name`, or the file a sessions-generation start names).
-    strategy: String,
     /// The first epoch this run trains (1-based): after the checkpoint's on a resume.
     first_epoch: u32,
     abort: Option<AbortHandle>,
+}
+
+impl SimSession {
+    /// A run of `request` about to train from `first_epoch` (1-based), reading `status`.
+    fn starting(id: String, request: RunRequest, status: String, first_epoch: u32) -> SimSession {
+        let now = time::format(&time::now());
+        SimSession {
+            id,
+            request,
+            status,
+            epoch: first_epoch - 1,
+            batch: 0,
+            epochs: Vec::new(),
+            error: None,
+            created_at: now.clone(),
+            last_updated: now,
+            stop_requested: false,
+            finished: false,
+            result: None,
+            first_epoch,
+            abort: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -210,7 +240,13 @@ impl TrainingSim {
         let pace = Duration::from_millis(knobs.pace_ms);
         tokio::time::sleep(pace).await;
         let Some((symbols, timeframes, total_epochs, total_batches, first_epoch)) = self.with_session(&id, |s| {
-            (s.symbols.clone(), s.timeframes.clone(), s.total_epochs, s.total_batches, s.first_epoch)
+            (
+                s.request.symbols.clone(),
+                s.request.timeframes.clone(),
+                s.request.total_epochs,
+                s.request.total_batches,
+                s.first_epoch,
+            )
         }) else {
             return;
         };
@@ -280,11 +316,11 @@ impl TrainingSim {
         };
         let result = self.with_session(&id, |s| {
             json!({
-                "model_path": model_path.clone().unwrap_or_else(|| format!("models/sim/{}_{}.pt", s.model_type, s.id)),
+                "model_path": model_path.clone().unwrap_or_else(|| format!("models/sim/{}_{}.pt", s.request.model_type, s.id)),
                 "training_metrics": { "final_train_loss": s.epochs.last().and_then(|e| e.get("train_loss")).cloned(), "epochs_trained": s.epochs.len() },
                 "test_metrics": { "test_accuracy": 0.81, "test_loss": 0.42, "precision": 0.8, "recall": 0.79, "f1_score": 0.795 },
-                "model_info": { "model_type": s.model_type, "parameters_count": 12_345 },
-                "data_summary": { "symbols": s.symbols, "timeframes": s.timeframes },
+                "model_info": { "model_type": s.request.model_type, "parameters_count": 12_345 },
+                "data_summary": { "symbols": s.request.symbols, "timeframes": s.request.timeframes },
             })
         });
         // A training that completed has nothing left to resume.
@@ -315,13 +351,13 @@ impl TrainingSim {
     }
 
     fn percentage(s: &SimSession) -> f64 {
-        let total = f64::from(s.total_epochs * s.total_batches).max(1.0);
-        let done = f64::from(s.epoch.saturating_sub(1) * s.total_batches + s.batch);
+        let total = f64::from(s.request.total_epochs * s.request.total_batches).max(1.0);
+        let done = f64::from(s.epoch.saturating_sub(1) * s.request.total_batches + s.batch);
         if s.status == "completed" { 100.0 } else { (done / total * 1000.0).round() / 10.0 }
     }
 
     fn step_text(s: &SimSession) -> String {
-        format!("Epoch {}/{} · Batch {}/{}", s.epoch, s.total_epochs, s.batch, s.total_batches)
+        format!("Epoch {}/{} · Batch {}/{}", s.epoch, s.request.total_epochs, s.batch, s.request.total_batches)
     }
 }
 
@@ -405,31 +441,15 @@ async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
                 ),
             );
         }
-        let now = time::format(&time::now());
-        sessions.insert(
-            id.clone(),
-            SimSession {
-                id: id.clone(),
-                status: sim.word("starting"),
-                epoch: 0,
-                batch: 0,
-                total_epochs: epochs.unwrap_or(knobs.epochs).max(1),
-                total_batches: knobs.batches.max(1),
-                epochs: Vec::new(),
-                error: None,
-                created_at: now.clone(),
-                last_updated: now,
-                stop_requested: false,
-                finished: false,
-                result: None,
-                symbols,
-                timeframes,
-                model_type,
-                strategy,
-                first_epoch: 1,
-                abort: None,
-            },
-        );
+        let request = RunRequest {
+            symbols,
+            timeframes,
+            model_type,
+            strategy,
+            total_epochs: epochs.unwrap_or(knobs.epochs).max(1),
+            total_batches: knobs.batches.max(1),
+        };
+        sessions.insert(id.clone(), SimSession::starting(id.clone(), request, sim.word("starting"), 1));
     }
     sim.launch(&id);
     let mut answer = json!({

@@ -11,10 +11,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Sim, SimSession, TrainingSim, detail};
+use super::{RunRequest, Sim, SimSession, TrainingSim, detail};
 use crate::sim::fastapi::FastJson;
 use crate::time;
 
@@ -58,7 +58,7 @@ impl TrainingSim {
         let checkpoint = SimCheckpoint { kind, epoch, created_at, figures };
         self.checkpoints.lock().insert(id.to_owned(), checkpoint.clone());
         if let Some(dir) = self.knobs().checkpoint_dir {
-            let state = shared_state(&checkpoint, &session);
+            let state = SharedState::of(&checkpoint, &session);
             let id = id.to_owned();
             let written = tokio::task::spawn_blocking(move || write_shared(&dir, &id, &state)).await;
             if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
@@ -78,19 +78,39 @@ impl TrainingSim {
 }
 
 /// What the shared folder's `state.json` holds: the checkpoint and the original request.
-fn shared_state(checkpoint: &SimCheckpoint, s: &SimSession) -> Value {
-    json!({
-        "checkpoint_type": checkpoint.kind, "epoch": checkpoint.epoch, "created_at": checkpoint.created_at,
-        "figures": checkpoint.figures,
-        "original_request": {
-            "symbols": s.symbols, "timeframes": s.timeframes, "model_type": s.model_type, "strategy": s.strategy,
-            "total_epochs": s.total_epochs, "total_batches": s.total_batches,
-        },
-    })
+#[derive(Serialize, Deserialize)]
+struct SharedState {
+    checkpoint_type: String,
+    epoch: u32,
+    created_at: String,
+    figures: Value,
+    original_request: RunRequest,
+}
+
+impl SharedState {
+    fn of(checkpoint: &SimCheckpoint, session: &SimSession) -> SharedState {
+        SharedState {
+            checkpoint_type: checkpoint.kind.to_owned(),
+            epoch: checkpoint.epoch,
+            created_at: checkpoint.created_at.clone(),
+            figures: checkpoint.figures.clone(),
+            original_request: session.request.clone(),
+        }
+    }
+
+    fn checkpoint(&self) -> SimCheckpoint {
+        let kind = match self.checkpoint_type.as_str() {
+            "cancellation" => "cancellation",
+            "failure" => "failure",
+            "shutdown" => "shutdown",
+            _ => "periodic",
+        };
+        SimCheckpoint { kind, epoch: self.epoch, created_at: self.created_at.clone(), figures: self.figures.clone() }
+    }
 }
 
 /// Writes `{dir}/{id}.tmp/` and renames it into place, so a reader never sees half of one.
-fn write_shared(dir: &std::path::Path, id: &str, state: &Value) -> std::io::Result<()> {
+fn write_shared(dir: &std::path::Path, id: &str, state: &SharedState) -> std::io::Result<()> {
     let (tmp, done) = (dir.join(format!("{id}.tmp")), dir.join(id));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
@@ -103,7 +123,7 @@ fn write_shared(dir: &std::path::Path, id: &str, state: &Value) -> std::io::Resu
 
 /// Reads a checkpoint another worker left in the shared folder: its state, or why it cannot be
 /// used (resume.md §6: the required artifacts must be there and non-empty).
-fn read_shared(dir: &std::path::Path, id: &str) -> Option<Result<Value, String>> {
+fn read_shared(dir: &std::path::Path, id: &str) -> Option<Result<SharedState, String>> {
     let folder = dir.join(id);
     let text = std::fs::read(folder.join("state.json")).ok()?;
     for artifact in ["model.pt", "optimizer.pt"] {
@@ -112,55 +132,6 @@ fn read_shared(dir: &std::path::Path, id: &str) -> Option<Result<Value, String>>
         }
     }
     Some(serde_json::from_slice(&text).map_err(|e| format!("Checkpoint corrupted: state.json: {e}")))
-}
-
-/// A session rebuilt from a shared checkpoint's original request (another worker started it).
-fn session_from_shared(id: &str, state: &Value) -> Option<(SimCheckpoint, SimSession)> {
-    let request = state.get("original_request")?;
-    let list = |key: &str| -> Vec<String> {
-        request
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default()
-    };
-    let text = |key: &str| request.get(key).and_then(Value::as_str).unwrap_or("unnamed").to_owned();
-    let number = |v: Option<&Value>| v.and_then(Value::as_u64).map(|n| n as u32);
-    let kind = match state.get("checkpoint_type").and_then(Value::as_str) {
-        Some("cancellation") => "cancellation",
-        Some("failure") => "failure",
-        Some("shutdown") => "shutdown",
-        _ => "periodic",
-    };
-    let checkpoint = SimCheckpoint {
-        kind,
-        epoch: number(state.get("epoch"))?,
-        created_at: state.get("created_at").and_then(Value::as_str).unwrap_or_default().to_owned(),
-        figures: state.get("figures").cloned().unwrap_or(Value::Null),
-    };
-    let now = time::format(&time::now());
-    let session = SimSession {
-        id: id.to_owned(),
-        status: String::new(),
-        epoch: 0,
-        batch: 0,
-        total_epochs: number(request.get("total_epochs"))?,
-        total_batches: number(request.get("total_batches"))?,
-        epochs: Vec::new(),
-        error: None,
-        created_at: now.clone(),
-        last_updated: now,
-        stop_requested: false,
-        finished: true,
-        result: None,
-        symbols: list("symbols"),
-        timeframes: list("timeframes"),
-        model_type: text("model_type"),
-        strategy: text("strategy"),
-        first_epoch: 1,
-        abort: None,
-    };
-    Some((checkpoint, session))
 }
 
 #[derive(Deserialize)]
@@ -174,25 +145,21 @@ pub(super) async fn resume(State(sim): Sim, FastJson(body): FastJson<ResumeBody>
     sim.count("/training/resume");
     let id = body.operation_id;
     let mut here = sim.checkpoints.lock().get(&id).cloned();
+    // The original request of a training another worker started, read with its checkpoint.
+    let mut shared_request = None;
     if here.is_none()
         && let Some(dir) = sim.knobs().checkpoint_dir
     {
         let read_id = id.clone();
-        let shared = tokio::task::spawn_blocking(move || read_shared(&dir, &read_id)).await.ok().flatten();
-        match shared.map(|read| read.map(|state| session_from_shared(&id, &state))) {
+        match tokio::task::spawn_blocking(move || read_shared(&dir, &read_id)).await.ok().flatten() {
             None => {}
             Some(Err(corrupted)) => return detail(StatusCode::UNPROCESSABLE_ENTITY, corrupted),
-            Some(Ok(None)) => {
-                return detail(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("Checkpoint corrupted: no original request for {id}"),
-                );
-            }
-            Some(Ok(Some((checkpoint, session)))) => {
-                // Another worker started it: this one knows it from now on.
-                sim.sessions.lock().entry(id.clone()).or_insert(session);
+            Some(Ok(state)) => {
+                // Another worker started it: this one knows its checkpoint from now on.
+                let checkpoint = state.checkpoint();
                 sim.checkpoints.lock().insert(id.clone(), checkpoint.clone());
                 here = Some(checkpoint);
+                shared_request = Some(state.original_request);
             }
         }
     }
@@ -201,7 +168,7 @@ pub(super) async fn resume(State(sim): Sim, FastJson(body): FastJson<ResumeBody>
     };
     {
         let mut sessions = sim.sessions.lock();
-        let Some(old) = sessions.get(&id).cloned() else {
+        let Some(request) = sessions.get(&id).map(|old| old.request.clone()).or(shared_request) else {
             return detail(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("Checkpoint corrupted: no original request for {id}"),
@@ -210,26 +177,8 @@ pub(super) async fn resume(State(sim): Sim, FastJson(body): FastJson<ResumeBody>
         if sessions.values().filter(|s| !s.finished).count() >= sim.knobs().max_sessions {
             return detail(StatusCode::SERVICE_UNAVAILABLE, "Service temporarily unavailable: the worker is busy");
         }
-        let now = time::format(&time::now());
-        let first_epoch = checkpoint.epoch + 2;
-        sessions.insert(
-            id.clone(),
-            SimSession {
-                status: sim.word("starting"),
-                epoch: first_epoch - 1,
-                batch: 0,
-                epochs: Vec::new(),
-                error: None,
-                created_at: now.clone(),
-                last_updated: now,
-                stop_requested: false,
-                finished: false,
-                result: None,
-                first_epoch,
-                abort: None,
-                ..old
-            },
-        );
+        let session = SimSession::starting(id.clone(), request, sim.word("starting"), checkpoint.epoch + 2);
+        sessions.insert(id.clone(), session);
     }
     sim.launch(&id);
     Json(json!({ "success": true, "operation_id": id, "status": "started", "resumed_from_epoch": checkpoint.epoch }))

@@ -11,9 +11,9 @@ use crate::time;
 /// `{models_dir}/{strategy}/{timeframe}_v{N}` (N = the highest there + 1), written whole
 /// under a temporary name and renamed into place; `{timeframe}_latest` then points at it.
 pub(super) fn write(models_dir: &Path, s: &SimSession) -> std::io::Result<String> {
-    let strategy_dir = models_dir.join(safe(&s.strategy));
+    let strategy_dir = models_dir.join(safe(&s.request.strategy));
     std::fs::create_dir_all(&strategy_dir)?;
-    let timeframe = s.timeframes.first().cloned().unwrap_or_default();
+    let timeframe = s.request.timeframes.first().cloned().unwrap_or_default();
     let prefix = format!("{timeframe}_v");
     let temp = strategy_dir.join(format!(".{}.{}.tmp", safe(&s.id), fastrand::u64(..)));
     std::fs::create_dir_all(&temp)?;
@@ -23,9 +23,9 @@ pub(super) fn write(models_dir: &Path, s: &SimSession) -> std::io::Result<String
             |key: &str| s.epochs.iter().filter_map(|e| e.get(key).and_then(Value::as_f64)).fold(f64::NAN, f64::max);
         let created_at = time::now().format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
         let metadata = json!({
-            "strategy_name": s.strategy, "symbol": s.symbols.first(), "timeframe": timeframe,
-            "created_at": created_at, "is_trained": true, "model_type": s.model_type,
-            "model_version": "pure_fuzzy_v1", "architecture_type": s.model_type, "input_size": 6,
+            "strategy_name": s.request.strategy, "symbol": s.request.symbols.first(), "timeframe": timeframe,
+            "created_at": created_at, "is_trained": true, "model_type": s.request.model_type,
+            "model_version": "pure_fuzzy_v1", "architecture_type": s.request.model_type, "input_size": 6,
             "pytorch_version": "simulated",
             "training_summary": { "epochs": s.epochs.len(), "final_accuracy": metric("train_accuracy"), "best_val_accuracy": best("val_accuracy") },
         });
@@ -35,7 +35,7 @@ pub(super) fn write(models_dir: &Path, s: &SimSession) -> std::io::Result<String
             "final_val_loss": metric("val_loss"), "final_val_accuracy": metric("val_accuracy"),
             "best_val_accuracy": best("val_accuracy"), "training_time": 0.0, "history": s.epochs,
             "test_accuracy": 0.81, "test_loss": 0.42, "precision": 0.8, "recall": 0.79, "f1_score": 0.795,
-            "symbols": s.symbols,
+            "symbols": s.request.symbols,
         });
         std::fs::write(temp.join("metadata.json"), serde_json::to_vec_pretty(&metadata)?)?;
         std::fs::write(temp.join("metrics.json"), serde_json::to_vec_pretty(&metrics)?)?;
