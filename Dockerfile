@@ -1,8 +1,9 @@
-# syntax=docker/dockerfile:1
 # Multi-stage build: the dependencies compiled in a layer of their own (a change under src/ does
 # not compile polars again), then the service; the runtime is a slim Debian with the binary, its
 # config and the example strategies, run as a non-root user, health-checked by the binary itself.
-# Without a registry, tests/compose/base-images.sh makes the two base images locally.
+# Without a registry, tests/compose/base-images.sh makes the two base images locally. No
+# `# syntax=` line: nothing here needs a newer frontend than the engine's own, and BuildKit would
+# have to pull one from a registry.
 
 # The sources of the service, gathered in a small stage of their own so that they enter the build
 # stage as one layer: every layer over the compiled dependencies costs seconds (the storage driver
