@@ -200,6 +200,7 @@ async fn a_final_state_the_database_cannot_take_yet_is_stored_once_it_can() {
     let orchestrator = orchestrator_waiting(&dir, Duration::from_millis(300)).await;
     let id = start(&orchestrator, Misbehaving::IgnoresCancel).await;
     running(&orchestrator, &id).await;
+    orchestrator.store().flush().await.unwrap();
     // Another program holds the database's write lock for several times as long as a write waits
     // for it (0.3 s; a failed batch is tried again write by write, so at least twice that).
     let url = format!("sqlite://{}", dir.path().join("ops.db").display());
