@@ -462,9 +462,16 @@ async fn a_training_whose_workers_keep_dying_fails_after_max_moves_saying_why() 
                 && r["progress"]["context"]["worker_id"] == worker.as_str()
         }
     };
+    // Asked of the worker itself too: our record names the new worker (beside the old one's last
+    // host status) before the worker has the training, and a kill then would hit its start.
+    let running_there = |r: &Value| r["status"] == "running";
     until_record(&app.base, &id, "running on the first", Duration::from_secs(10), on(ids[0].clone())).await;
+    until_record(&first_url, &id, "running on the first itself", Duration::from_secs(10), running_there).await;
     first.kill().await.unwrap();
     until_record(&app.base, &id, "running on the second", Duration::from_secs(10), on(ids[1].clone())).await;
+    until_record(&second_url, &id, "running on the second itself", Duration::from_secs(10), running_there).await;
+    // The worker answers the resume as the training there starts running: let the answer arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     second.kill().await.unwrap();
     let failed =
         until_record(&app.base, &id, "the failure", Duration::from_secs(10), |r| r["status"] == "failed").await;
