@@ -90,6 +90,16 @@ struct Lineage {
     resumes: bool,
 }
 
+/// A new operation once its job's types are erased: its type's name, its request as `metadata`,
+/// its job, and how it relates to an earlier operation.
+struct Submission {
+    operation_type: String,
+    metadata: Map<String, Value>,
+    job: BoxedJob,
+    idempotency: Option<IdempotencyKey>,
+    lineage: Lineage,
+}
+
 pub enum Submitted {
     Started(Arc<Snapshot>),
     /// The Idempotency-Key had already started this operation.
@@ -316,27 +326,17 @@ impl Orchestrator {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Submitted, SubmitError> {
         let metadata = request_metadata::<J>(request);
-        self.submit_erased(J::TYPE, metadata, BoxedJob::new(job), idempotency, Lineage::default()).await
+        let job = BoxedJob::new(job);
+        let operation_type = J::TYPE.to_owned();
+        self.submit_erased(Submission { operation_type, metadata, job, idempotency, lineage: Lineage::default() }).await
     }
 
-    /// [`submit`](Self::submit) once the job's types are erased: its type's name, its request as
-    /// `metadata`, and how it relates to an earlier operation. Storing and starting run as a task
-    /// of their own: once the record is stored the operation must run even if the caller is gone
-    /// (a client giving up on a slow database would otherwise leave it `pending` for ever).
-    async fn submit_erased(
-        &self,
-        operation_type: &str,
-        metadata: Map<String, Value>,
-        job: BoxedJob,
-        idempotency: Option<IdempotencyKey>,
-        lineage: Lineage,
-    ) -> Result<Submitted, SubmitError> {
+    /// [`submit`](Self::submit) once the job's types are erased. Storing and starting run as a
+    /// task of their own: once the record is stored the operation must run even if the caller is
+    /// gone (a client giving up on a slow database would otherwise leave it `pending` for ever).
+    async fn submit_erased(&self, submission: Submission) -> Result<Submitted, SubmitError> {
         let this = self.clone();
-        let operation_type = operation_type.to_owned();
-        let submitting = self
-            .inner
-            .tasks
-            .spawn(async move { this.store_and_start(&operation_type, metadata, job, idempotency, lineage).await });
+        let submitting = self.inner.tasks.spawn(async move { this.store_and_start(submission).await });
         match submitting.await {
             Ok(submitted) => submitted,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -344,19 +344,13 @@ impl Orchestrator {
         }
     }
 
-    async fn store_and_start(
-        &self,
-        operation_type: &str,
-        metadata: Map<String, Value>,
-        job: BoxedJob,
-        idempotency: Option<IdempotencyKey>,
-        lineage: Lineage,
-    ) -> Result<Submitted, SubmitError> {
+    async fn store_and_start(&self, submission: Submission) -> Result<Submitted, SubmitError> {
+        let Submission { operation_type, metadata, job, idempotency, lineage } = submission;
         let inner = &self.inner;
         if !inner.accepting.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        let ty = inner.types.get(operation_type).ok_or_else(|| SubmitError::UnknownType(operation_type.to_owned()))?;
+        let ty = inner.types.get(operation_type.as_str()).ok_or(SubmitError::UnknownType(operation_type))?;
         let not_before = time::now() - inner.settings.idempotency_ttl;
         if let Some(key) = &idempotency
             && let Some((operation_id, fingerprint)) =

@@ -78,7 +78,7 @@ impl Orchestrator {
             None => return Err(ContinueError::Refused(cannot(record, "retried"))),
         };
         let lineage = Lineage { parent: Some(record.operation_id.clone()), resumes: false };
-        let submitted = self.submit_erased(&record.operation_type, record.metadata.clone(), job, None, lineage).await?;
+        let submitted = self.submit_erased(Submission::after(record, job, lineage)).await?;
         self.inner.metrics.counter(metrics::RETRIES, &[("type", record.operation_type.as_str())]).increment(1);
         Ok(Self::started(submitted))
     }
@@ -115,10 +115,7 @@ impl Orchestrator {
             None => return Err(ContinueError::Refused(cannot(record, "resumed"))),
         };
         let lineage = Lineage { parent: Some(record.operation_id.clone()), resumes: true };
-        let submitted = self
-            .submit_erased(&record.operation_type, record.metadata.clone(), job, None, lineage)
-            .await
-            .map_err(|e| match e {
+        let submitted = self.submit_erased(Submission::after(record, job, lineage)).await.map_err(|e| match e {
             SubmitError::AlreadyResumed { resumed, continuation } => {
                 ContinueError::AlreadyResumed { resumed, continuation }
             }
@@ -167,4 +164,12 @@ impl Orchestrator {
 
 fn cannot(record: &OperationRecord, what: &str) -> String {
     format!("{} operations cannot be {what}", record.operation_type)
+}
+
+impl Submission {
+    /// The operation that continues or repeats `record`: same type, same request.
+    fn after(record: &OperationRecord, job: BoxedJob, lineage: Lineage) -> Submission {
+        let (operation_type, metadata) = (record.operation_type.clone(), record.metadata.clone());
+        Submission { operation_type, metadata, job, idempotency: None, lineage }
+    }
 }

@@ -2,12 +2,10 @@
 //! its cancel past the grace period, panics, fails with a cause — an outcome is stored, the
 //! cancel answers, and nothing stays `running`.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
-use sqlx::ConnectOptions;
 
 use super::*;
 use crate::dummy::DummyStep;
@@ -204,8 +202,7 @@ async fn a_final_state_the_database_cannot_take_yet_is_stored_once_it_can() {
     // Another program holds the database's write lock for several times as long as a write waits
     // for it (0.3 s; a failed batch is tried again write by write, so at least twice that).
     let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-    let mut other = sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().connect().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    let lock = crate::ops::store::ForeignWriteLock::take(&url).await;
     let cancelling = tokio::spawn({
         let (orchestrator, id) = (orchestrator.clone(), id.clone());
         async move { orchestrator.cancel(&id, None).await }
@@ -220,7 +217,7 @@ async fn a_final_state_the_database_cannot_take_yet_is_stored_once_it_can() {
     let stored = orchestrator.store().get(&id).await.unwrap().unwrap();
     assert_eq!(stored.record.status, Status::Running, "not stored while the lock is held");
     assert!(!cancelling.is_finished(), "the cancel waits for the outcome to be stored");
-    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    lock.release().await;
 
     let cancelled = tokio::time::timeout(Duration::from_secs(10), cancelling).await.unwrap().unwrap().unwrap();
     assert_eq!(cancelled.snapshot.record.status, Status::Cancelled);

@@ -4,8 +4,12 @@
 //! transaction; `writer.rs`), reads go straight to a pool. What several replicas ask of the store
 //! is in `cluster.rs`, its PostgreSQL-only part on [`Replicas`]. The backend is a [`Backend`].
 
+mod error;
 mod postgres;
 mod sqlite;
+pub use error::StoreError;
+#[cfg(test)]
+pub(crate) use sqlite::ForeignWriteLock;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,72 +79,6 @@ impl Channel {
 const MAX_BATCH: usize = 512;
 /// The most rows one transaction writes (bounds how long a queued state change can wait).
 const MAX_BATCH_ROWS: usize = 512;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// `database` names it without its password.
-    #[error("cannot open the database {database}: {source}")]
-    Open {
-        database: String,
-        #[source]
-        source: Arc<sqlx::Error>,
-    },
-    #[error("cannot create the database's folder {}: {source}", folder.display())]
-    Folder {
-        folder: std::path::PathBuf,
-        #[source]
-        source: Arc<std::io::Error>,
-    },
-    #[error("cannot apply the database migrations: {0}")]
-    Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
-    #[error("database error: {0}")]
-    Database(#[source] Arc<sqlx::Error>),
-    #[error("stored operation {id} is unreadable: {source}")]
-    Corrupt {
-        id: String,
-        #[source]
-        source: Arc<serde_json::Error>,
-    },
-    #[error("the store is shutting down")]
-    Closed,
-}
-
-impl StoreError {
-    /// Whether the same write may well succeed a little later: the database could not be
-    /// reached, was restarting, or was busy — not a write it refuses.
-    pub fn is_transient(&self) -> bool {
-        let StoreError::Database(cause) = self else {
-            return false;
-        };
-        match cause.as_ref() {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(e) if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
-                // An extended result code; its low byte is the primary one: BUSY (5), LOCKED (6).
-                let primary = e.code().and_then(|code| code.parse::<i32>().ok()).map(|code| code & 0xff);
-                matches!(primary, Some(5 | 6))
-            }
-            // PostgreSQL: connection exceptions (08…), shutting down or starting up (57P01–57P03),
-            // serialization failure and deadlock (40001, 40P01).
-            sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-                code.starts_with("08") || ["57P01", "57P02", "57P03", "40001", "40P01"].contains(&code.as_ref())
-            }),
-            _ => false,
-        }
-    }
-}
-
-// The causes are shared (`Arc`) because one failed batch answers every write in it.
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(Arc::new(e))
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(e: sqlx::migrate::MigrateError) -> Self {
-        StoreError::Migrate(Arc::new(e))
-    }
-}
 
 #[derive(Clone)]
 enum Db {

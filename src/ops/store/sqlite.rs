@@ -63,3 +63,23 @@ pub(super) async fn checkpoint_periodically(readers: SqlitePool, closed: tokio_u
         }
     }
 }
+
+/// Another program's hold on an SQLite database's write lock, for tests of what the service does
+/// while it cannot write.
+#[cfg(test)]
+pub(crate) struct ForeignWriteLock(sqlx::SqliteConnection);
+
+#[cfg(test)]
+impl ForeignWriteLock {
+    /// Takes the lock on the database at `url` through a connection of its own.
+    pub(crate) async fn take(url: &str) -> ForeignWriteLock {
+        use sqlx::ConnectOptions;
+        let mut connection = SqliteConnectOptions::from_str(url).unwrap().connect().await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE").execute(&mut connection).await.unwrap();
+        ForeignWriteLock(connection)
+    }
+
+    pub(crate) async fn release(mut self) {
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+    }
+}
