@@ -17,6 +17,7 @@ use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
 use crate::data::DataService;
 use crate::data::job::LoadSettings;
 use crate::data::repository::Repository;
+use crate::data::series_lock::SeriesLocks;
 use crate::dummy;
 use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
@@ -246,6 +247,8 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let hosts = build_hosts(&config, &metrics)?;
     let data = DataService {
         repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),
+        // Replicas sharing a database share the data folder: one writer per series among them.
+        locks: Arc::new(SeriesLocks::new(store.replicas())),
         ib: hosts.ib.clone(),
         settings: LoadSettings {
             save_interval: config.data.save_interval.0,

@@ -157,6 +157,13 @@ impl Coverage {
         self.complete.add(w);
         self.incomplete.remove(w);
     }
+
+    /// What another writer of the same CSV recorded as complete is complete here too.
+    pub fn absorb(&mut self, theirs: &Coverage) {
+        for w in theirs.complete.windows() {
+            self.done(*w);
+        }
+    }
 }
 
 /// The file's shape: readable by people, timestamps as text.

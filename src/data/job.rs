@@ -19,6 +19,7 @@ use crate::data::gateway::GatewayGuard;
 use crate::data::plan::{self, Cached, Window};
 use crate::data::repository::{CacheError, Repository};
 use crate::data::request::{LoadSpec, Mode};
+use crate::data::series_lock::{Held, SeriesGuard, SeriesLocks};
 use crate::hosts::ib::{IbClient, IbError};
 use crate::hosts::stall::observe_stalls;
 use crate::ops::{CheckpointKind, Job, JobContext, JobError, JobResult, OperationHandle, Steps};
@@ -52,6 +53,7 @@ pub struct DataLoadJob {
     pub spec: LoadSpec,
     pub ib: IbClient,
     pub repository: Arc<Repository>,
+    pub locks: Arc<SeriesLocks>,
     pub settings: LoadSettings,
 }
 
@@ -152,18 +154,21 @@ impl LoadCheckpoint {
     }
 }
 
-/// The series as saved: its bars and its coverage index, always written in that order.
+/// The series as saved: its bars and its coverage index, always written in that order, under
+/// the series' lock.
 struct Series<'a> {
     repository: &'a Repository,
     spec: &'a LoadSpec,
     bars: Arc<Bars>,
     coverage: Coverage,
+    lock: SeriesGuard,
 }
 
 impl Series<'_> {
     /// Merges what was fetched into the file, then records what is now complete in the index.
     /// Runs whatever the token says: a cancel keeps what was fetched.
-    async fn save(&mut self, downloads: &mut Downloads) -> Result<(), JobError> {
+    async fn save(&mut self, downloads: &mut Downloads, ctx: &OperationHandle) -> Result<(), JobError> {
+        self.hold(ctx).await?;
         let failed = |e: CacheError| JobError::failed_by(e.to_string(), e);
         if !downloads.pending.is_empty() {
             let fetched = Bars::from_bars(&downloads.pending);
@@ -175,14 +180,35 @@ impl Series<'_> {
         for w in downloads.done.drain(..) {
             self.coverage.done(w);
         }
-        self.write_coverage().await
+        self.write_coverage_held().await
     }
 
-    async fn write_coverage(&self) -> Result<(), JobError> {
+    async fn write_coverage(&mut self, ctx: &OperationHandle) -> Result<(), JobError> {
+        self.hold(ctx).await?;
+        self.write_coverage_held().await
+    }
+
+    async fn write_coverage_held(&self) -> Result<(), JobError> {
         self.repository
             .write_coverage(&self.spec.symbol, self.spec.timeframe, &self.coverage, &self.bars)
             .await
             .map_err(|e| JobError::failed_by(e.to_string(), e))
+    }
+
+    /// Before a write: the series' lock is still this load's. When it had to be taken again,
+    /// another load may have written meanwhile: what it saved is kept, and ours goes on top.
+    async fn hold(&mut self, ctx: &OperationHandle) -> Result<(), JobError> {
+        if self.lock.confirm(ctx).await? == Held::Throughout {
+            return Ok(());
+        }
+        let (symbol, timeframe) = (&self.spec.symbol, self.spec.timeframe);
+        let on_disk =
+            self.repository.read(symbol, timeframe).await.map_err(|e| JobError::failed_by(e.to_string(), e))?;
+        if let Some(theirs) = self.repository.read_coverage(symbol, timeframe, on_disk.clone()).await {
+            self.coverage.absorb(&theirs);
+        }
+        self.bars = Arc::new(on_disk.merge(&self.bars));
+        Ok(())
     }
 }
 
@@ -225,7 +251,7 @@ impl DataLoadJob {
 
         ctx.step(LoadStep::ValidateSymbol, format!("Validating symbol {sym}"));
         let head = self.validate(&gateway).await?;
-        let _series_lock = self.lock_series(&ctx).await?;
+        let lock = self.locks.lock(&self.spec.file_name(), &ctx).await?;
 
         ctx.step(LoadStep::ReadCache, format!("Loading cached data for {sym} {tf}"));
         let (bars, coverage) = self.read_cache().await?;
@@ -245,8 +271,8 @@ impl DataLoadJob {
         ctx.step(LoadStep::AnalyzeGaps, format!("Analyzing data gaps for {sym} ({} mode)", mode.as_str()));
         let (plan, coverage) = self.plan(&bars, coverage, cached, start, end).await?;
         self.warn_if_backfill_stops_short(&ctx, &plan, &coverage, end);
-        let mut series = Series { repository: &self.repository, spec: &self.spec, bars, coverage };
-        self.record_plan(&ctx, &plan, &series).await?;
+        let mut series = Series { repository: &self.repository, spec: &self.spec, bars, coverage, lock };
+        self.record_plan(&ctx, &plan, &mut series).await?;
 
         let n = plan.segments.len();
         ctx.step(LoadStep::CreateSegments, format!("Creating {n} download segments"));
@@ -265,23 +291,9 @@ impl DataLoadJob {
         ctx.step(LoadStep::Save, format!("Merging and saving {sym} {tf} data"));
         // A local load only reads: it leaves the folder as it found it.
         if mode != Mode::Local {
-            series.save(&mut downloads).await?;
+            series.save(&mut downloads, &ctx).await?;
         }
         Ok(summary(&series, &downloads))
-    }
-
-    /// One load per series at a time; the second waits, and says so.
-    async fn lock_series(&self, ctx: &OperationHandle) -> Result<tokio::sync::OwnedMutexGuard<()>, JobError> {
-        let lock = self.repository.series_lock(&self.spec.symbol, self.spec.timeframe);
-        if let Ok(guard) = lock.clone().try_lock_owned() {
-            return Ok(guard);
-        }
-        let (sym, tf) = (self.spec.symbol.as_str(), self.spec.timeframe.as_str());
-        ctx.progress().detail(format!("waiting for another load of {sym} {tf} to finish"));
-        tokio::select! {
-            guard = lock.lock_owned() => Ok(guard),
-            _ = ctx.cancelled() => Err(JobError::Cancelled),
-        }
     }
 
     /// Step 2: the cached series and its coverage index.
@@ -295,10 +307,10 @@ impl DataLoadJob {
     /// Step 4, once planned: the span is stored (a replica that takes this load over fetches
     /// what is still missing in it), and the planned ranges stay "incomplete" in the index until
     /// fetched, so that a load interrupted halfway leaves its unfinished part for the next one.
-    async fn record_plan(&self, ctx: &JobContext<Self>, plan: &Plan, series: &Series<'_>) -> Result<(), JobError> {
+    async fn record_plan(&self, ctx: &JobContext<Self>, plan: &Plan, series: &mut Series<'_>) -> Result<(), JobError> {
         if let (Some(first), Some(last)) = (plan.ranges.first(), plan.ranges.last()) {
             ctx.save_state(&LoadState { planned: Window { start: first.start, end: last.end } }).await?;
-            series.write_coverage().await?;
+            series.write_coverage(ctx).await?;
             if let Some(state) = LoadCheckpoint::of(plan, series, &Downloads::default()) {
                 ctx.checkpoint(CheckpointKind::Periodic, state).await;
             }
@@ -354,7 +366,7 @@ impl DataLoadJob {
                 }
             };
             if let Some(stop) = stop {
-                series.save(&mut downloads).await?;
+                series.save(&mut downloads, ctx).await?;
                 // The stop is what the record must say; a summary that could not be stored is a warning.
                 if let Err(e) = ctx.result_so_far(summary(series, &downloads)).await {
                     ctx.warn(e.to_string());
@@ -375,7 +387,7 @@ impl DataLoadJob {
             ]);
             progress.step_progress(i as u64 + 1, n as u64, Some(downloads.rows_downloaded), None);
             if last_save.elapsed() >= self.settings.save_interval {
-                series.save(&mut downloads).await?;
+                series.save(&mut downloads, ctx).await?;
                 ctx.result_so_far(summary(series, &downloads)).await?;
                 if let Some(state) = LoadCheckpoint::of(plan, series, &downloads) {
                     ctx.checkpoint(CheckpointKind::Periodic, state).await;
@@ -384,7 +396,7 @@ impl DataLoadJob {
             }
         }
         if n > 0 && downloads.segments_failed == n as u64 {
-            series.save(&mut downloads).await?;
+            series.save(&mut downloads, ctx).await?;
             ctx.result_so_far(summary(series, &downloads)).await?;
             if let Some(state) = LoadCheckpoint::of(plan, series, &downloads) {
                 ctx.checkpoint(CheckpointKind::Failure, state).await;

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod renderer;
 pub mod repository;
 pub mod request;
+pub mod series_lock;
 pub mod timeframe;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::ops::{Checkpoint, OperationType, Reattach, Restart, ResumeRefused, Re
 use job::{DataLoadJob, LoadCheckpoint, LoadSettings, LoadState};
 use repository::Repository;
 use request::LoadSpec;
+use series_lock::SeriesLocks;
 
 pub const OPERATION_TYPE: &str = "data_load";
 
@@ -28,6 +30,7 @@ pub const OPERATION_TYPE: &str = "data_load";
 #[derive(Clone)]
 pub struct DataService {
     pub repository: Arc<Repository>,
+    pub locks: Arc<SeriesLocks>,
     pub ib: crate::hosts::ib::IbClient,
     pub settings: LoadSettings,
 }
@@ -40,7 +43,13 @@ impl DataService {
     }
 
     pub fn job(&self, spec: LoadSpec) -> DataLoadJob {
-        DataLoadJob { spec, ib: self.ib.clone(), repository: self.repository.clone(), settings: self.settings.clone() }
+        DataLoadJob {
+            spec,
+            ib: self.ib.clone(),
+            repository: self.repository.clone(),
+            locks: self.locks.clone(),
+            settings: self.settings.clone(),
+        }
     }
 }
 

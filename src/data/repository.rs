@@ -2,12 +2,11 @@
 //! `{data_dir}/{SYMBOL}_{tf}.csv`, header `timestamp,open,high,low,close,volume`, UTC times
 //! spelled `2024-01-02T14:30:00Z`. Read and written with polars (the time column is read as text
 //! and parsed by a fixed-format parser — far faster than generic date inference). Writes are
-//! atomic: a temp file in the same folder, fsync, rename. Loads of one series are serialised by a
-//! per-series lock. Recently read frames are kept in memory while their file is unchanged. Each
+//! atomic: a temp file in the same folder, fsync, rename (loads of one series are serialised by
+//! `series_lock.rs`). Recently read frames are kept in memory while their file is unchanged. Each
 //! series' coverage index (`coverage.rs`) lives beside its file.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -262,7 +261,6 @@ impl FrameCache {
 /// The cache folder.
 pub struct Repository {
     dir: PathBuf,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     frames: Mutex<FrameCache>,
     max_cached_rows: usize,
 }
@@ -274,7 +272,7 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 impl Repository {
     pub fn new(dir: PathBuf, max_cached_rows: usize) -> Self {
-        Self { dir, locks: Mutex::new(HashMap::new()), frames: Mutex::new(FrameCache::default()), max_cached_rows }
+        Self { dir, frames: Mutex::new(FrameCache::default()), max_cached_rows }
     }
 
     pub fn dir(&self) -> &Path {
@@ -327,13 +325,6 @@ impl Repository {
                 file: format!("{}_{}.coverage.json", symbol.as_str(), timeframe.as_str()),
                 reason,
             })
-    }
-
-    /// The lock that serialises loads of one series.
-    pub fn series_lock(&self, symbol: &Symbol, timeframe: Timeframe) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock();
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        locks.entry(file_name(symbol, timeframe)).or_default().clone()
     }
 
     /// The cached bars of a series (empty when there is no file). Parsing runs off the async threads.

@@ -370,6 +370,51 @@ async fn a_survivor_takes_over_the_data_load_and_training_of_a_killed_replica() 
     cluster.both_finish_on(&b, &load, &file, &training).await;
 }
 
+/// Rows of a CSV in the data folder, header aside.
+fn rows(path: &Path) -> usize {
+    ktrdr_ops::data::repository::read_csv(path).expect("a complete, valid CSV").len()
+}
+
+#[tokio::test]
+#[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
+async fn two_replicas_loading_one_series_at_once_keep_both_loads_bars() {
+    let cluster = Cluster::new().await;
+    let a = cluster.replica("node-a", &[]).await;
+    let b = cluster.replica("node-b", &[]).await;
+    let cluster = &cluster;
+    let load = |on, start: &'static str, end: &'static str| {
+        let body = json!({ "symbol": "MSFT", "timeframe": "1h", "mode": "full", "start_date": start, "end_date": end });
+        async move { cluster.post(on, "/api/v1/data/load", body).await["data"]["operation_id"].as_str().unwrap().to_owned() }
+    };
+    // Two disjoint ranges of one series, one on each replica, started together.
+    let (first, second) = tokio::join!(load(&a, "2021-01-01", "2021-09-01"), load(&b, "2022-01-01", "2022-09-01"));
+
+    let mut waited = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut done_first, mut done_second) = (None, None);
+    while done_first.is_none() || done_second.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the loads did not end");
+        for (on, id, done) in [(&a, &first, &mut done_first), (&b, &second, &mut done_second)] {
+            let record = cluster.record(on, id).await;
+            waited |= record.to_string().contains("waiting for another load of MSFT 1h to finish (on another replica)");
+            if finished(&record) {
+                *done = Some(record);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (done_first, done_second) = (done_first.unwrap(), done_second.unwrap());
+    for record in [&done_first, &done_second] {
+        assert_eq!(status(record), "completed", "{record}");
+    }
+    let downloaded = |r: &Value| r["result_summary"]["rows_downloaded"].as_u64().unwrap() as usize;
+    let file = cluster.data.path().join("MSFT_1h.csv");
+    assert!(downloaded(&done_first) > 1000 && downloaded(&done_second) > 1000);
+    assert_eq!(rows(&file), downloaded(&done_first) + downloaded(&done_second), "every bar of both loads is saved");
+    assert!(covers(&file, "2021-01-05T00:00:00Z", "2022-08-30T00:00:00Z"));
+    assert!(waited, "the second load said it waited for the first, on the other replica");
+}
+
 #[tokio::test]
 #[cfg_attr(not(postgres_tests), ignore = "KTRDR_OPS_TEST_DATABASE_URL is not set: the cluster suite did NOT run")]
 async fn a_replica_paused_past_its_lease_cannot_overwrite_its_successors_result() {

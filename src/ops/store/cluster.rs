@@ -127,7 +127,7 @@ impl Store {
 /// over, claiming a dead replica's work, announcements. PostgreSQL only — [`Store::replicas`].
 #[derive(Clone, Debug)]
 pub struct Replicas {
-    pool: sqlx::PgPool,
+    pub(super) pool: sqlx::PgPool,
 }
 
 impl Store {

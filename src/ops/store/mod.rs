@@ -104,9 +104,11 @@ const CONTINUATION_OF: &str = "SELECT operation_id FROM operations WHERE resumes
 mod checkpoints;
 mod cluster;
 mod lineage;
+mod locks;
 mod workers;
 pub use checkpoints::{Checkpoint, CheckpointKind, CheckpointStats};
 pub use cluster::Replicas;
+pub use locks::ClusterLock;
 pub use workers::{HealthOutcome, StoredWorker};
 mod writer;
 
