@@ -64,6 +64,7 @@ async fn main() {
             health_ttl: Duration::from_secs(5),
             stall_notice: Duration::from_secs(10),
             bearer: None,
+            endpoint_policy: None,
         },
         Default::default(),
     )

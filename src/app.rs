@@ -19,6 +19,7 @@ use crate::data::job::LoadSettings;
 use crate::data::repository::Repository;
 use crate::data::series_lock::SeriesLocks;
 use crate::dummy;
+use crate::hosts::endpoints::EndpointPolicy;
 use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
 use crate::hosts::training::{Protocol, ProtocolChoice, TrainingClient};
@@ -26,6 +27,7 @@ use crate::hosts::{ClientBuildError, HostClient, HostSettings, Hosts, RetryPolic
 use crate::metrics::Metrics;
 use crate::ops::orchestrator::{ClusterSettings, claim_node_id};
 use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, StoreError};
+use crate::server::ConnectionLimits;
 use crate::sim::worker::{AgentSettings, WorkerFleet};
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
@@ -45,6 +47,39 @@ pub enum StartError {
     Hosts(#[from] ClientBuildError),
     #[error(transparent)]
     NodeIdInUse(#[from] NodeIdInUse),
+    #[error("the {what} folder {} cannot be written: {source}", folder.display())]
+    Unwritable { what: &'static str, folder: std::path::PathBuf, source: std::io::Error },
+}
+
+/// 32 random bytes from the system, as hex.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        // Two v7 UUIDs carry 148 random bits between them.
+        Err(_) => format!("{}{}", uuid::Uuid::now_v7().simple(), uuid::Uuid::now_v7().simple()),
+    }
+}
+
+/// Proves `folder` can be written — a probe file written, synced to disk and deleted — so that
+/// a folder the service cannot use fails the start, not the first load. A missing folder is
+/// created for the probe and removed again (the service creates it when it first writes there).
+fn check_writable(what: &'static str, folder: &std::path::Path) -> Result<(), StartError> {
+    use std::io::Write;
+    let unwritable = |source| StartError::Unwritable { what, folder: folder.to_owned(), source };
+    let existed = folder.is_dir();
+    std::fs::create_dir_all(folder).map_err(unwritable)?;
+    let probe = folder.join(format!(".ktrdr-ops-probe-{}", std::process::id()));
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(b"probe")?;
+        file.sync_all()
+    });
+    let removed = std::fs::remove_file(&probe);
+    if !existed {
+        let _ = std::fs::remove_dir(folder);
+    }
+    written.and(removed).map_err(unwritable)
 }
 
 impl From<StartupCheck> for StartError {
@@ -130,6 +165,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
             .filter(|(_, limit)| **limit > 0)
             .map(|(name, limit)| (name.clone(), *limit))
             .collect(),
+        max_active: config.operations.max_active,
         remote_cache_ttl: config.operations.remote_cache_ttl.0,
         remote_poll_interval: config.operations.remote_poll_interval.0,
         // Only PostgreSQL is shared by several replicas.
@@ -171,6 +207,7 @@ fn host_settings(name: &'static str, url: &str, hosts: &HostsConfig) -> HostSett
         health_ttl: hosts.health_ttl.0,
         stall_notice: hosts.stall_notice.0,
         bearer: None,
+        endpoint_policy: None,
     }
 }
 
@@ -215,6 +252,10 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
     let simulators = if options.with_simulators {
+        // Auth on and no worker token: the built-in workers get one of their own, made up now.
+        if config.auth.worker_token.is_empty() && !config.auth.api_token.is_empty() {
+            config.auth.worker_token = random_token();
+        }
         let _ = std::fs::create_dir_all(&config.data.dir);
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let settings =
@@ -225,7 +266,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             gpu_workers: config.sim.gpu_workers,
             backend_url: format!("http://{reach}"),
             advertised_host: String::new(),
-            agent: AgentSettings::default(),
+            agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
         };
         let simulators =
             Simulators::start(settings, loopback, loopback, Some(&fleet)).await.map_err(StartError::Simulators)?;
@@ -235,6 +276,11 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     } else {
         None
     };
+    check_writable("data", &config.data.dir)?;
+    check_writable("models", &config.training.models_dir)?;
+    for key in config.auth.short_tokens() {
+        tracing::warn!("{key} is shorter than {} characters: easy to guess", crate::config::AuthConfig::SHORT_TOKEN);
+    }
     let config = Arc::new(config);
     let metrics = Metrics::default();
     let store = Store::open(
@@ -258,11 +304,16 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             wait_for_gateway: config.data.wait_for_gateway,
         },
     };
+    // Where registered workers may point, for registration and for every call to them.
+    let endpoint_policy = Arc::new(EndpointPolicy::new(config.workers.allowed()));
     let training = TrainingService {
         client: hosts.training.clone(),
         pool: Some(Arc::new(WorkerPool::new(
             store.clone(),
-            host_settings("worker", "", &config.hosts),
+            HostSettings {
+                endpoint_policy: Some(endpoint_policy.clone()),
+                ..host_settings("worker", "", &config.hosts)
+            },
             metrics.clone(),
             !config.hosts.training.url.is_empty(),
         ))),
@@ -295,6 +346,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             health_check_timeout: config.workers.health_check_timeout.0,
             health_check_failures: config.workers.health_check_failures.max(1),
             removal_threshold: config.workers.removal_threshold.0,
+            endpoint_policy: endpoint_policy.clone(),
         },
     );
     orchestrator.spawn_loop(
@@ -309,19 +361,24 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         training,
         catalog: Catalog::new(config.training.strategies_dir.clone(), config.training.models_dir.clone()),
         config: config.clone(),
+        endpoint_policy,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         openapi: Default::default(),
     });
 
     let shutdown = CancellationToken::new();
     let deadline = config.shutdown_deadline();
+    let limits = ConnectionLimits {
+        header_read_timeout: config.server.header_read_timeout.0,
+        max_connections: config.server.max_connections,
+    };
+    limits.check_descriptor_limit();
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
         let orchestrator = orchestrator.clone();
         let fleet = fleet.clone();
         async move {
-            let http = tokio::spawn(
-                axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
-            );
+            let http = tokio::spawn(crate::server::serve(listener, router, limits, shutdown.clone()));
             shutdown.cancelled().await;
             let end = Instant::now() + deadline;
             tracing::info!(

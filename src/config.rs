@@ -26,6 +26,7 @@ const LEGACY_ENV: &[(&str, &str)] = &[
     ("IB_HOST_SERVICE_URL", "hosts.ib.url"),
     ("TRAINING_HOST_SERVICE_URL", "hosts.training.url"),
     ("KTRDR_OPS_API_TOKEN", "auth.api_token"),
+    ("KTRDR_OPS_WORKER_TOKEN", "auth.worker_token"),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +53,32 @@ pub struct WorkersConfig {
     pub health_check_timeout: HumanDuration,
     pub health_check_failures: u32,
     pub removal_threshold: HumanDuration,
+    pub trusted_networks: Vec<String>,
+    pub allowed_networks: Vec<String>,
+}
+
+impl WorkersConfig {
+    /// `trusted_networks`, parsed (checked at start).
+    pub fn trusted(&self) -> Vec<ipnet::IpNet> {
+        parse_networks(&self.trusted_networks).unwrap_or_default()
+    }
+
+    /// `allowed_networks`, parsed (checked at start).
+    pub fn allowed(&self) -> Vec<ipnet::IpNet> {
+        parse_networks(&self.allowed_networks).unwrap_or_default()
+    }
+}
+
+/// CIDRs (a bare address is one host); the first that does not parse is the error.
+fn parse_networks(list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    list.iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("`{text}` is not a network (CIDR such as 10.0.0.0/8) or an address"))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +89,9 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     pub cors_origins: Vec<String>,
     pub shutdown_deadline: HumanDuration,
+    pub header_read_timeout: HumanDuration,
+    pub max_connections: usize,
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +153,7 @@ pub struct OperationsConfig {
     pub takeover_scan_interval: HumanDuration,
     pub cancel_notify: bool,
     pub cancel_poll_interval: HumanDuration,
+    pub max_active: usize,
     pub remote_poll_interval: HumanDuration,
     pub remote_cache_ttl: HumanDuration,
 }
@@ -232,6 +263,22 @@ pub struct SimConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub api_token: String,
+    pub worker_token: String,
+    pub public_metrics: bool,
+}
+
+impl AuthConfig {
+    /// Tokens shorter than this are easy to guess: a warning at start.
+    pub const SHORT_TOKEN: usize = 16;
+
+    /// The tokens that are set, by key, for the start-up warning about short ones.
+    pub fn short_tokens(&self) -> Vec<&'static str> {
+        [("auth.api_token", &self.api_token), ("auth.worker_token", &self.worker_token)]
+            .into_iter()
+            .filter(|(_, token)| !token.is_empty() && token.chars().count() < Self::SHORT_TOKEN)
+            .map(|(key, _)| key)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -389,10 +436,34 @@ impl Config {
             ("operations.remote_poll_interval", self.operations.remote_poll_interval),
             ("workers.health_check_interval", self.workers.health_check_interval),
             ("workers.health_check_timeout", self.workers.health_check_timeout),
+            ("server.header_read_timeout", self.server.header_read_timeout),
         ];
         for (key, value) in positive {
             if value.0.is_zero() {
                 return Err(ConfigError::new(key, "must be longer than zero"));
+            }
+        }
+        for (key, token) in [("auth.api_token", &self.auth.api_token), ("auth.worker_token", &self.auth.worker_token)] {
+            if !token.is_empty() && token.trim() != token {
+                return Err(ConfigError::new(
+                    key,
+                    "is blank or begins or ends with white space: nobody could present it (leave it empty for no authentication)",
+                ));
+            }
+        }
+        for (key, list) in [
+            ("workers.trusted_networks", &self.workers.trusted_networks),
+            ("workers.allowed_networks", &self.workers.allowed_networks),
+        ] {
+            parse_networks(list).map_err(|message| ConfigError::new(key, message))?;
+        }
+        for (key, value) in [
+            ("server.max_connections", self.server.max_connections),
+            ("server.max_streams", self.server.max_streams),
+            ("operations.max_active", self.operations.max_active),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
             }
         }
         if self.operations.heartbeat_interval.0 * 2 > self.operations.lease_timeout.0 {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::hosts::workers::WorkerProbe;
+use crate::hosts::endpoints::EndpointPolicy;
+use crate::hosts::workers::{WorkerProbe, plain_id};
 use crate::invalid::Invalid;
 use crate::ops::store::{HealthOutcome, StoredWorker};
 use crate::ops::{Store, StoreError};
@@ -41,6 +42,8 @@ pub struct FleetSettings {
     pub health_check_timeout: Duration,
     pub health_check_failures: u32,
     pub removal_threshold: Duration,
+    /// Where workers may point: every health check and shutdown notice resolves through it.
+    pub endpoint_policy: Arc<EndpointPolicy>,
 }
 
 /// A worker, as ktrdr's API shows it: a bare record (workers.md §1).
@@ -87,6 +90,7 @@ impl From<StoredWorker> for WorkerRecord {
 
 /// An operation a worker says it finished.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CompletedReport {
     pub operation_id: String,
     /// Upper case: `COMPLETED`, `FAILED`, `CANCELLED`, …
@@ -101,6 +105,7 @@ pub struct CompletedReport {
 
 /// The body of `POST /workers/register`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Registration {
     pub worker_id: String,
     pub worker_type: String,
@@ -114,23 +119,56 @@ pub struct Registration {
     pub completed_operations: Vec<CompletedReport>,
 }
 
+/// The most a registration's `capabilities` may hold, as JSON.
+pub const MAX_CAPABILITIES_BYTES: usize = 16 << 10;
+/// The most of a worker's `error_message` or reason kept (the rest is cut).
+pub const MAX_WORKER_WORDS: usize = 1_000;
+/// The most operations one registration may report.
+const MAX_REPORTS: usize = 1_000;
+
+/// A worker's words, cut to [`MAX_WORKER_WORDS`] characters.
+pub fn cap_worker_words(words: &str) -> String {
+    words.chars().take(MAX_WORKER_WORDS).collect()
+}
+
 impl Registration {
-    /// Checks every field a person could get wrong, naming it.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        let id = self.worker_id.trim();
-        if id.is_empty() || id.len() > 200 {
-            return Err(Invalid::new("worker_id", "worker_id must be 1–200 characters"));
+    /// Checks every field a person could get wrong, naming it; returns the endpoint as the
+    /// service will call it.
+    pub fn validate(&self, endpoints: &EndpointPolicy) -> Result<String, Invalid> {
+        if !plain_id(&self.worker_id) {
+            return Err(Invalid::new(
+                "worker_id",
+                "worker_id must be 1–128 characters of A–Z, a–z, 0–9, `.`, `_`, `-`",
+            ));
         }
         check_worker_type(&self.worker_type)?;
-        let url = self.endpoint_url.trim();
-        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        if !scheme_ok || url.len() <= "https://".len() || url.contains(char::is_whitespace) {
-            return Err(Invalid::new(
+        let endpoint = endpoints.check_url(&self.endpoint_url).map_err(|why| {
+            Invalid::new(
                 "endpoint_url",
-                format!("endpoint_url `{url}` must be an http:// or https:// URL the service can reach"),
+                format!("endpoint_url must be an http:// or https:// URL the service can reach: it {why}"),
+            )
+        })?;
+        let capabilities =
+            self.capabilities.as_ref().map_or(0, |c| serde_json::to_vec(c).map_or(usize::MAX, |v| v.len()));
+        if capabilities > MAX_CAPABILITIES_BYTES {
+            return Err(Invalid::new(
+                "capabilities",
+                format!("capabilities must be at most {} KB of JSON", MAX_CAPABILITIES_BYTES >> 10),
+            ));
+        }
+        if self.current_operation_id.as_deref().is_some_and(|id| !plain_id(id)) {
+            return Err(Invalid::new("current_operation_id", "current_operation_id is not an operation id"));
+        }
+        if self.completed_operations.len() > MAX_REPORTS {
+            return Err(Invalid::new(
+                "completed_operations",
+                format!("at most {MAX_REPORTS} reports per registration"),
             ));
         }
         for report in &self.completed_operations {
+            if !plain_id(&report.operation_id) {
+                return Err(Invalid::new("completed_operations.operation_id", "not an operation id"));
+            }
             if !REPORT_STATUSES.contains(&report.status.as_str()) {
                 return Err(Invalid::new(
                     "completed_operations.status",
@@ -138,7 +176,7 @@ impl Registration {
                 ));
             }
         }
-        Ok(())
+        Ok(endpoint)
     }
 }
 
@@ -159,7 +197,7 @@ const SHUTDOWN_NOTICE: Duration = Duration::from_secs(2);
 
 impl Fleet {
     pub fn new(store: Store, settings: FleetSettings) -> Self {
-        let probe = WorkerProbe::new(settings.health_check_timeout, SHUTDOWN_NOTICE);
+        let probe = WorkerProbe::new(settings.health_check_timeout, SHUTDOWN_NOTICE, settings.endpoint_policy.clone());
         Fleet { store, probe, settings: Arc::new(settings) }
     }
 
@@ -258,11 +296,18 @@ mod tests {
 
     #[test]
     fn registrations_are_checked_field_by_field() {
-        assert!(registration("training", "http://10.0.0.7:5003").validate().is_ok());
-        assert_eq!(registration("trainer", "http://x:1").validate().unwrap_err().field, "worker_type");
-        for url in ["ftp://x", "10.0.0.7:5003", "http://", "http://a b"] {
-            assert_eq!(registration("training", url).validate().unwrap_err().field, "endpoint_url", "{url}");
+        let policy = EndpointPolicy::default();
+        assert_eq!(
+            registration("training", "http://10.0.0.7:5003/").validate(&policy).unwrap(),
+            "http://10.0.0.7:5003"
+        );
+        assert_eq!(registration("trainer", "http://x:1").validate(&policy).unwrap_err().field, "worker_type");
+        for url in ["ftp://x", "10.0.0.7:5003", "http://", "http://a b", "http://169.254.169.254", "http://x:1/?a"] {
+            assert_eq!(registration("training", url).validate(&policy).unwrap_err().field, "endpoint_url", "{url}");
         }
+        let mut odd = registration("training", "http://x:1");
+        odd.worker_id = "w 1/../x".into();
+        assert_eq!(odd.validate(&policy).unwrap_err().field, "worker_id");
         let mut lower = registration("training", "http://x:1");
         lower.completed_operations.push(CompletedReport {
             operation_id: "op".into(),
@@ -271,6 +316,6 @@ mod tests {
             error_message: None,
             completed_at: "2026-11-28T00:00:00Z".into(),
         });
-        assert_eq!(lower.validate().unwrap_err().field, "completed_operations.status");
+        assert_eq!(lower.validate(&policy).unwrap_err().field, "completed_operations.status");
     }
 }

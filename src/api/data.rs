@@ -190,16 +190,46 @@ async fn bars(
     };
     let frame = state.data.repository.read(&symbol, timeframe).await?;
     let rows = frame.window(start, end, limit);
-    let body = tokio::task::spawn_blocking(move || render(&frame, rows, symbol.as_str(), timeframe.as_str()))
-        .await
-        .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error", &e))?;
+    // Rendered piece by piece off the async threads and sent as it goes: an answer of millions
+    // of bars costs a few chunks of memory, not the whole text at once.
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        render(&frame, rows, symbol.as_str(), timeframe.as_str(), |chunk| chunks.blocking_send(Ok(chunk)).is_ok())
+    });
+    let body = axum::body::Body::from_stream(tokio_stream_of(body));
     Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
-/// Writes the answer directly (a 100,000-bar answer is megabytes; no intermediate JSON tree).
-fn render(bars: &Bars, rows: std::ops::Range<usize>, symbol: &str, timeframe: &str) -> Bytes {
+/// Chunks of an answer rendered but not yet sent.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// A chunk is sent once it holds this much text.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// The receiving end of a channel as a stream (one item at a time, awaited).
+fn tokio_stream_of<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// Writes the answer directly, in chunks of about [`CHUNK_BYTES`] handed to `emit` (no
+/// intermediate JSON tree; the same bytes as one piece). Stops when `emit` says the client is gone.
+fn render(
+    bars: &Bars,
+    rows: std::ops::Range<usize>,
+    symbol: &str,
+    timeframe: &str,
+    mut emit: impl FnMut(Bytes) -> bool,
+) -> bool {
     let n = rows.len();
-    let mut out = String::with_capacity(64 + n * 80);
+    let mut out = String::with_capacity(CHUNK_BYTES + 1024);
+    let mut flush = |out: &mut String, at_least: usize| -> bool {
+        if out.len() < at_least {
+            return true;
+        }
+        let chunk = Bytes::from(std::mem::replace(out, String::with_capacity(CHUNK_BYTES + 1024)));
+        emit(chunk)
+    };
     out.push_str(r#"{"success":true,"data":{"dates":["#);
     for (k, i) in rows.clone().enumerate() {
         if k > 0 {
@@ -208,6 +238,9 @@ fn render(bars: &Bars, rows: std::ops::Range<usize>, symbol: &str, timeframe: &s
         out.push('"');
         push_ts(bars.ts[i], &mut out);
         out.push('"');
+        if !flush(&mut out, CHUNK_BYTES) {
+            return false;
+        }
     }
     out.push_str(r#"],"ohlcv":["#);
     let number = |out: &mut String, x: f64| {
@@ -229,6 +262,9 @@ fn render(bars: &Bars, rows: std::ops::Range<usize>, symbol: &str, timeframe: &s
             number(&mut out, x);
         }
         out.push(']');
+        if !flush(&mut out, CHUNK_BYTES) {
+            return false;
+        }
     }
     let stamp = |i: Option<usize>| -> String {
         i.map(|i| {
@@ -245,5 +281,5 @@ fn render(bars: &Bars, rows: std::ops::Range<usize>, symbol: &str, timeframe: &s
         stamp((n > 0).then_some(rows.start)),
         stamp((n > 0).then(|| rows.end - 1)),
     );
-    Bytes::from(out)
+    flush(&mut out, 0)
 }

@@ -15,11 +15,19 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Value,
+    /// Seconds for a `Retry-After` header (a limit that frees up soon).
+    pub retry_after: Option<u16>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: json!({}) }
+        Self { status, code, message: message.into(), details: json!({}), retry_after: None }
+    }
+
+    /// Adds `Retry-After: seconds`.
+    pub fn retry_after(mut self, seconds: u16) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn details(mut self, details: Value) -> Self {
@@ -56,7 +64,11 @@ impl IntoResponse for ApiError {
             "detail": self.message,
             "error": { "code": self.code, "message": self.message, "details": self.details },
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -66,7 +78,13 @@ impl From<Invalid> for ApiError {
         if let Some(allowed) = e.allowed {
             details["allowed"] = *allowed;
         }
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).details(details)
+        // A name that resolves outside its folder is refused as the catalog refuses it.
+        let status = if e.code == crate::training::strategy::OUTSIDE_FOLDER {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        ApiError::new(status, e.code, e.message).details(details)
     }
 }
 
@@ -104,6 +122,15 @@ impl From<SubmitError> for ApiError {
                 format!("Operation {resumed} was already resumed by {continuation}"),
             )
             .details(json!({ "operation_id": resumed, "continued_by": continuation })),
+            SubmitError::TooManyActive(limit) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_ACTIVE_OPERATIONS",
+                format!(
+                    "{limit} operations are already running or pending (operations.max_active): \
+                     wait for some to finish, then try again"
+                ),
+            )
+            .retry_after(5),
             SubmitError::Store(e) => e.into(),
         }
     }

@@ -5,22 +5,33 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::AppState;
+use crate::api::auth::Anonymous;
 use crate::api::schemas::{ActiveOperations, Health, HostsHealth, IbHealth, TrainingHealth};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
 
-/// The service, its database and its hosts. Needs no token.
+/// The service, its database and its hosts. Needs no token; with `auth.api_token` set, a caller
+/// without it is told only `{"status": "ok"}` (no hosts, node or replica names).
 #[utoipa::path(get, path = "/api/v1/health", tag = "service", security(()), responses((status = 200, body = Health)))]
-async fn health(State(state): State<AppState>) -> Json<Health> {
+async fn health(State(state): State<AppState>, anonymous: Option<Extension<Anonymous>>) -> Response {
+    if anonymous.is_some() {
+        return Json(json!({ "status": "ok" })).into_response();
+    }
+    details(state).await.into_response()
+}
+
+async fn details(state: AppState) -> Json<Health> {
     let store = state.orchestrator.store();
     let training = &state.hosts.training;
     let protocol = async {

@@ -4,18 +4,19 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::operations::summary;
 use crate::api::schemas::{ErrorEnvelope, OperationEnvelope, OperationList};
-use crate::ops::{ContinueError, Status};
+use crate::api::{AppState, idempotency_key, replayed};
+use crate::ops::{ContinueError, Status, Submitted};
 use crate::time;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -125,17 +126,33 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result
 /// Starts a `failed` or `cancelled` operation's work again from scratch under a new operation
 /// (the answer's record), which names the old one in `parent_operation_id`.
 #[utoipa::path(post, path = "/api/v1/operations/{id}/retry", tag = "operations",
-    params(("id" = String, Path, description = "The operation to start again")),
+    params(
+        ("id" = String, Path, description = "The operation to start again"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe: the same key returns the operation it started"),
+    ),
     responses(
-        (status = 200, description = "The new operation", body = OperationEnvelope),
+        (status = 200, description = "The new operation (`Idempotent-Replayed: true` when the key had started it)", body = OperationEnvelope),
         (status = 400, description = "Not failed or cancelled", body = ErrorEnvelope),
         (status = 404, description = "No such operation", body = ErrorEnvelope),
         (status = 409, description = "Its type cannot start again (e.g. the strategy no longer validates)", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
-async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<OperationEnvelope>, ApiError> {
-    let snapshot = state.orchestrator.retry(&id).await.map_err(|e| continuation_error(e, true))?;
-    Ok(Json(OperationEnvelope { success: true, data: snapshot.record.clone() }))
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers, "POST /operations/retry", &id)?;
+    let submitted = state.orchestrator.retry(&id, key).await.map_err(|e| continuation_error(e, true))?;
+    let (snapshot, replay) = match submitted {
+        Submitted::Started(snapshot) => (snapshot, false),
+        Submitted::Existing(started) => match state.orchestrator.get(&started).await? {
+            Some(found) => (found.snapshot(), true),
+            None => return Err(ApiError::operation_not_found(&started)),
+        },
+    };
+    let answer = Json(OperationEnvelope { success: true, data: snapshot.record.clone() }).into_response();
+    Ok(replayed(answer, replay))
 }
 
 /// The operations that continue (resume) or repeat (retry) this one, oldest first.

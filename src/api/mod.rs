@@ -4,7 +4,7 @@
 //! envelope; `schemas.rs` the answer types. Auth, request timeouts, CORS, body limits and panic
 //! catching are layers here.
 
-mod auth;
+pub mod auth;
 mod catalog;
 mod checkpoints;
 mod dashboard;
@@ -56,8 +56,30 @@ pub struct AppState {
     pub training: TrainingService,
     pub catalog: Catalog,
     pub config: Arc<Config>,
+    /// Event streams and long-polls open at once (`server.max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Where registered workers may point.
+    pub endpoint_policy: Arc<crate::hosts::endpoints::EndpointPolicy>,
     /// The OpenAPI document, serialised once.
     pub openapi: openapi::Document,
+}
+
+impl AppState {
+    /// A place for one more event stream or long-poll, held while it lasts; 503 with
+    /// `Retry-After` when `server.max_streams` are open.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "TOO_MANY_STREAMS",
+                format!(
+                    "{} event streams and long-polls are open (server.max_streams); try again shortly",
+                    self.config.server.max_streams
+                ),
+            )
+            .retry_after(2)
+        })
+    }
 }
 
 /// Every documented route: the service's API and the OpenAPI document describing it. Handlers
@@ -97,8 +119,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(durations, record_duration))
         .layer(DefaultBodyLimit::max(config.server.body_limit_bytes))
         .layer(axum::Extension(extract::BodyLimit(config.server.body_limit_bytes)));
-    if !config.auth.api_token.is_empty() {
-        router = router.layer(auth::BearerAuth::new(&config.auth.api_token));
+    if let Some(credentials) = auth::Credentials::from_config(&config) {
+        router = router.layer(auth::Authenticate::new(credentials));
     }
     if let Some(cors) = cors(&config.server.cors_origins) {
         router = router.layer(cors);

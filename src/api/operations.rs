@@ -11,7 +11,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -153,7 +153,7 @@ struct GetQuery {
     (status = 304, description = "Unchanged since the ETag in If-None-Match"),
     (status = 404, description = "No such operation", body = ErrorEnvelope),
     (status = 422, description = "`wait` or `since` is invalid", body = ErrorEnvelope),
-    (status = 503, description = "The database is unavailable", body = ErrorEnvelope),
+    (status = 503, description = "The database is unavailable, or too many long-polls open (`server.max_streams`)", body = ErrorEnvelope),
 ))]
 async fn get_one(
     State(state): State<AppState>,
@@ -174,6 +174,7 @@ async fn get_one(
                     .map_err(|_| ApiError::invalid("since", format!("since must be a version number, not `{text}`")))?,
                 None => lookup.snapshot().version(),
             };
+            let _slot = state.stream_slot()?;
             let shutdown = state.orchestrator.shutdown_token();
             let fresh = tokio::select! {
                 snapshot = lookup.wait_newer(since, wait) => Some(snapshot),
@@ -195,6 +196,14 @@ async fn get_one(
         snapshot.envelope_json(),
     )
         .into_response())
+}
+
+/// `stream`, keeping its place among the open streams until it ends or its client goes.
+fn holding<S: Stream>(slot: tokio::sync::OwnedSemaphorePermit, stream: S) -> impl Stream<Item = S::Item> {
+    stream.map(move |item| {
+        let _held = &slot;
+        item
+    })
 }
 
 /// Just the `If-None-Match` header (copying the whole header map costs on the hot path).
@@ -267,9 +276,10 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let lookup = find(&state, &id).await?;
+    let slot = state.stream_slot()?;
     let last_seen =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    let stream = operation_events(lookup, last_seen, state.orchestrator.shutdown_token());
+    let stream = holding(slot, operation_events(lookup, last_seen, state.orchestrator.shutdown_token()));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
 }
 
@@ -281,11 +291,13 @@ async fn events(
     ("Last-Event-ID" = Option<String>, Header, description = "The last sequence number received"),
 ), responses(
     (status = 200, description = "A stream of `operation` (and `reset`) events", content_type = "text/event-stream", body = OperationEvent),
+    (status = 503, description = "Too many streams open (`server.max_streams`); see Retry-After", body = ErrorEnvelope),
 ))]
 async fn all_events(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state.stream_slot()?;
     let feed_now = state.orchestrator.feed().current();
     let last = headers
         .get("last-event-id")
@@ -336,7 +348,7 @@ async fn all_events(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+    Ok(Sse::new(holding(slot, stream)).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
 }
 
 fn operation_event(snapshot: &Snapshot) -> Event {

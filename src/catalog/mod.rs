@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::catalog::models::{ModelFolders, ModelInfo};
+use crate::training::strategy::{Resolved, resolve_file};
 
 /// What a strategy file says of itself: the part of a list entry that depends on the file only.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -117,14 +118,11 @@ impl Catalog {
         if !plain {
             return Err(NameError::Invalid(name.to_owned()));
         }
-        let path = self.strategies_dir.join(format!("{name}.yaml"));
-        let (Ok(real), Ok(dir)) = (path.canonicalize(), self.strategies_dir.canonicalize()) else {
-            return Err(NameError::NotFound(name.to_owned()));
-        };
-        if !real.starts_with(&dir) {
-            return Err(NameError::Invalid(name.to_owned()));
+        match resolve_file(&self.strategies_dir, name) {
+            Resolved::Inside(path) => Ok(path),
+            Resolved::Outside => Err(NameError::Invalid(name.to_owned())),
+            Resolved::Missing => Err(NameError::NotFound(name.to_owned())),
         }
-        Ok(path)
     }
 
     /// One strategy file, parsed (from the cache while the file is unchanged).
@@ -154,11 +152,16 @@ impl Catalog {
     /// Every `*.yaml` of the strategies folder (not recursive), parsed, by file name.
     fn files(&self) -> Vec<Arc<StrategyFile>> {
         let Ok(entries) = std::fs::read_dir(&self.strategies_dir) else { return Vec::new() };
-        // One stat per file (through links, as reading it does).
+        // One stat per file (through links, as reading it does); what resolves outside the
+        // folder is not listed.
         let mut found: Vec<(PathBuf, SystemTime, u64)> = entries
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .filter(|p| {
+                let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                matches!(resolve_file(&self.strategies_dir, &name), Resolved::Inside(_))
+            })
             .filter_map(|p| {
                 let meta = std::fs::metadata(&p).ok().filter(std::fs::Metadata::is_file)?;
                 Some((p, meta.modified().ok()?, meta.len()))

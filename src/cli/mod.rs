@@ -106,6 +106,7 @@ impl Client {
                 health_ttl: Duration::ZERO,
                 stall_notice: Duration::from_secs(10),
                 bearer: token.filter(|t| !t.is_empty()),
+                endpoint_policy: None,
             },
             crate::metrics::Metrics::default(),
         )

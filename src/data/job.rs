@@ -416,7 +416,9 @@ impl DataLoadJob {
         let timeframes = [tf];
         match gateway.call(|| self.ib.validate(sym, &timeframes, gateway.ctx.token())).await {
             Ok(v) if v.is_valid => Ok(v.head(tf)),
-            Ok(v) => Err(JobError::failed(v.error_message.unwrap_or_else(|| format!("Symbol {sym} not found")))),
+            Ok(v) => Err(JobError::failed(
+                v.error_message.map_or_else(|| format!("Symbol {sym} not found"), |m| crate::hosts::cap_words(&m)),
+            )),
             Err(IbError::Cancelled) => Err(JobError::Cancelled),
             Err(IbError::UnknownSymbol(m) | IbError::GatewayDown(m)) => Err(JobError::failed(m)),
             Err(e) => Err(JobError::failed_by(format!("could not validate {sym} with the IB host: {e}"), e)),

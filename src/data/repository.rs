@@ -7,6 +7,7 @@
 //! series' coverage index (`coverage.rs`) lives beside its file.
 
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -262,6 +263,9 @@ impl FrameCache {
 pub struct Repository {
     dir: PathBuf,
     frames: Mutex<FrameCache>,
+    /// One parse per file at a time: concurrent readers of a file wait for the first and share
+    /// its frame, instead of each holding a copy of a large series while parsing.
+    parsing: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     max_cached_rows: usize,
 }
 
@@ -272,7 +276,7 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 impl Repository {
     pub fn new(dir: PathBuf, max_cached_rows: usize) -> Self {
-        Self { dir, frames: Mutex::new(FrameCache::default()), max_cached_rows }
+        Self { dir, frames: Mutex::new(FrameCache::default()), parsing: Mutex::default(), max_cached_rows }
     }
 
     pub fn dir(&self) -> &Path {
@@ -330,20 +334,43 @@ impl Repository {
     /// The cached bars of a series (empty when there is no file). Parsing runs off the async threads.
     pub async fn read(&self, symbol: &Symbol, timeframe: Timeframe) -> Result<Arc<Bars>, CacheError> {
         let path = self.path(symbol, timeframe);
-        let Some((modified, len)) = file_stamp(&path) else {
-            return Ok(Arc::new(Bars::default()));
-        };
-        if let Some(bars) = self.frames.lock().get(&path, modified, len) {
+        if let Some(bars) = self.cached(&path) {
             return Ok(bars);
         }
-        let file = path.clone();
+        let turn = self.parsing.lock().entry(path.clone()).or_default().clone();
+        let parsed = {
+            let _turn = turn.lock().await;
+            // Parsed meanwhile by the reader we waited for?
+            match self.cached(&path) {
+                Some(bars) => Ok(bars),
+                None => self.parse(&path, symbol, timeframe).await,
+            }
+        };
+        drop(turn);
+        self.parsing.lock().retain(|_, turn| Arc::strong_count(turn) > 1);
+        parsed
+    }
+
+    /// The file's frame from the cache while the file is unchanged; an empty frame for no file.
+    fn cached(&self, path: &Path) -> Option<Arc<Bars>> {
+        let Some((modified, len)) = file_stamp(path) else {
+            return Some(Arc::new(Bars::default()));
+        };
+        self.frames.lock().get(path, modified, len)
+    }
+
+    async fn parse(&self, path: &Path, symbol: &Symbol, timeframe: Timeframe) -> Result<Arc<Bars>, CacheError> {
+        let Some((modified, len)) = file_stamp(path) else {
+            return Ok(Arc::new(Bars::default()));
+        };
+        let file = path.to_owned();
         let bars = tokio::task::spawn_blocking(move || read_csv(&file))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r)
             .map_err(|reason| CacheError::Unreadable { file: file_name(symbol, timeframe), reason })?;
         let bars = Arc::new(bars);
-        self.frames.lock().put(path, modified, len, bars.clone(), self.max_cached_rows);
+        self.frames.lock().put(path.to_owned(), modified, len, bars.clone(), self.max_cached_rows);
         Ok(bars)
     }
 

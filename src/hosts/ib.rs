@@ -91,6 +91,8 @@ impl From<HostError> for IbError {
 
 /// Classifies the `error` text of a `"success": false` answer.
 pub fn classify(error: &str) -> IbError {
+    // The host's words go into records: capped, on one line.
+    let error = &crate::hosts::cap_words(error);
     let lower = error.to_ascii_lowercase();
     if lower.starts_with("no data returned") || lower.contains("returned no data") {
         return IbError::NoData(error.to_owned());

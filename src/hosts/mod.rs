@@ -8,6 +8,7 @@
 //! Depends on nothing domain-side.
 
 pub mod backend;
+pub mod endpoints;
 pub mod ib;
 pub mod pacing;
 pub mod sse;
@@ -55,7 +56,12 @@ pub struct HostSettings {
     pub bearer: Option<String>,
     /// A call without an answer for this long is reported to the operation that made it.
     pub stall_notice: Duration,
+    /// For hosts that registered themselves (workers): the addresses their names may resolve to.
+    pub endpoint_policy: Option<Arc<endpoints::EndpointPolicy>>,
 }
+
+/// The largest answer read from a host; a larger one is an error, not a memory spike.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How often a host call is tried, and the pauses between: exponential with full jitter.
 #[derive(Debug, Clone, Copy)]
@@ -211,12 +217,16 @@ pub struct HostResponse {
     pub body: Bytes,
 }
 
+/// The longest part of a host's own words kept in an error, a record or a log line.
+pub const MAX_HOST_WORDS: usize = 500;
+
 /// The host's own message in an error body: FastAPI's `detail` (text or validation list), the
-/// IB host's `error`, else the text itself.
+/// IB host's `error`, or a `message` — capped at [`MAX_HOST_WORDS`] characters. Anything else is
+/// described, never copied: a host's raw answer (or whatever a redirect or a rogue worker
+/// brought) does not reach records and logs.
 pub fn host_message(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return text.chars().take(500).collect();
+        return describe_answer(body);
     };
     let from = |v: &Value| -> Option<String> {
         match v {
@@ -224,19 +234,64 @@ pub fn host_message(body: &[u8]) -> String {
             Value::Array(items) => Some(
                 items
                     .iter()
-                    .map(|i| i.get("msg").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                    .filter_map(|i| i.get("msg").and_then(Value::as_str).map(str::to_owned))
                     .collect::<Vec<_>>()
                     .join("; "),
             ),
-            Value::Null => None,
-            other => Some(other.to_string()),
+            Value::Object(o) => o.get("error").or_else(|| o.get("message")).and_then(Value::as_str).map(str::to_owned),
+            _ => None,
         }
     };
-    value
-        .get("detail")
-        .and_then(from)
-        .or_else(|| value.get("error").and_then(from))
-        .unwrap_or_else(|| text.chars().take(500).collect())
+    ["detail", "error", "message"]
+        .iter()
+        .find_map(|key| value.get(key).and_then(from))
+        .filter(|words| !words.trim().is_empty())
+        .map_or_else(|| describe_answer(body), |words| cap_words(&words))
+}
+
+/// A host's words, kept to [`MAX_HOST_WORDS`] characters on one line.
+pub fn cap_words(words: &str) -> String {
+    let mut kept: String = words.chars().take(MAX_HOST_WORDS).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if words.chars().count() > MAX_HOST_WORDS {
+        kept.push('…');
+    }
+    kept
+}
+
+/// What an answer was, without its content: "an answer of 2,341 bytes".
+pub fn describe_answer(body: &[u8]) -> String {
+    if body.is_empty() {
+        return "an empty answer".to_owned();
+    }
+    let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() { "JSON" } else { "non-JSON" };
+    format!("a {kind} answer of {} bytes", group_digits(body.len()))
+}
+
+fn group_digits(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A response's body, at most `cap` bytes: `Err(None)` when it is larger.
+pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, Option<reqwest::Error>> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(Some)? {
+        if body.len() + chunk.len() > cap {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// What a health probe found.
@@ -294,15 +349,19 @@ pub struct ClientBuildError {
 impl HostClient {
     /// A client recording its requests, errors, retries, latencies and stalls into `metrics`.
     pub fn new(settings: HostSettings, metrics: Metrics) -> Result<Self, ClientBuildError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
+            // A host answers itself: a redirect could aim our calls (and what they carry) anywhere.
+            .redirect(reqwest::redirect::Policy::none())
             // Host services run beside the service; a proxy from the environment would only get in the way.
-            .no_proxy()
-            .build()
-            .map_err(|source| ClientBuildError { host: settings.name, source })?;
+            .no_proxy();
+        if let Some(policy) = &settings.endpoint_policy {
+            builder = builder.dns_resolver(Arc::new(endpoints::GuardedResolver::new(policy.clone())));
+        }
+        let http = builder.build().map_err(|source| ClientBuildError { host: settings.name, source })?;
         let stalls = metrics.counter(crate::metrics::HOST_STALLS, &[("host", settings.name)]);
         Ok(Self { inner: Arc::new(Inner { settings, http, stalls, metrics, health: Mutex::new(None) }) })
     }
@@ -422,7 +481,13 @@ impl HostClient {
         }
         let response = request.send().await.map_err(|e| self.transport_error(call, &e))?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| self.transport_error(call, &e))?;
+        if (300..400).contains(&status) {
+            let message = "answered with a redirect, which is not followed".to_owned();
+            return Err(self.error(call, HostErrorKind::Status(status), message));
+        }
+        let body = read_capped(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| e.map_or_else(|| self.too_large(call), |e| self.transport_error(call, &e)))?;
         if !(200..300).contains(&status) {
             return Err(self.error(call, HostErrorKind::Status(status), host_message(&body)));
         }
@@ -444,6 +509,10 @@ impl HostClient {
             source = cause.source();
         }
         self.error(call, kind, message)
+    }
+
+    fn too_large(&self, call: &Call) -> HostError {
+        self.error(call, HostErrorKind::Body, format!("answered more than {} MiB", MAX_ANSWER_BYTES >> 20))
     }
 
     fn error(&self, call: &Call, kind: HostErrorKind, message: String) -> HostError {
@@ -525,6 +594,10 @@ mod tests {
             host_message(br#"{"success":false,"error":"No data returned for AAPL 1h"}"#),
             "No data returned for AAPL 1h"
         );
-        assert_eq!(host_message(b"Bad Gateway"), "Bad Gateway");
+        assert_eq!(host_message(b"Bad Gateway"), "a non-JSON answer of 11 bytes");
+        assert_eq!(host_message(br#"{"secret":"internal"}"#), "a JSON answer of 21 bytes", "never the raw answer");
+        assert_eq!(host_message(br#"{"message":"slow down"}"#), "slow down");
+        let long = format!(r#"{{"detail":"{}"}}"#, "x".repeat(2000));
+        assert_eq!(host_message(long.as_bytes()).chars().count(), MAX_HOST_WORDS + 1);
     }
 }

@@ -200,8 +200,9 @@ fn f64_of(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
+/// A host's text field, capped (it may end up in a record or a log line).
 fn text_of(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
+    v.get(key).and_then(Value::as_str).map(crate::hosts::cap_words)
 }
 
 /// `"Epoch 8/100 · Batch 34/35"` → (8, 100, 34, 35), for hosts that only say it in words.
@@ -372,8 +373,9 @@ impl TrainingClient {
             Protocol::Operations => text_of(&answer, "operation_id").or_else(|| text_of(&answer, "session_id")),
             Protocol::Sessions => text_of(&answer, "session_id"),
         };
-        let id = id.ok_or_else(|| {
-            StartError::Rejected(format!("the training host answered without a session id: {answer}"))
+        let id = id.filter(|id| crate::hosts::workers::plain_id(id)).ok_or_else(|| {
+            let what = crate::hosts::describe_answer(answer.to_string().as_bytes());
+            StartError::Rejected(format!("the training host answered without a usable session id ({what})"))
         })?;
         Ok(Session { id, protocol })
     }

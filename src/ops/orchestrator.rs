@@ -73,6 +73,8 @@ pub struct Settings {
     /// Most operations of a type running at once (types not named are unlimited). The rest
     /// wait `pending`, first come first served.
     pub max_concurrent: HashMap<String, usize>,
+    /// Operations running or pending here at once, all types: a start beyond it is refused.
+    pub max_active: usize,
     /// Other replicas' operations are read from the store at most this often (a short cache).
     pub remote_cache_ttl: Duration,
     /// Long-polls and streams of other replicas' operations re-read the store this often.
@@ -116,6 +118,9 @@ pub enum SubmitError {
     IdempotencyKeyReused(String),
     #[error("Operation {resumed} was already resumed by {continuation}")]
     AlreadyResumed { resumed: String, continuation: String },
+    /// `max_active` operations run or wait already; nothing was stored.
+    #[error("{0} operations are already running or pending here")]
+    TooManyActive(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -357,6 +362,10 @@ impl Orchestrator {
                 inner.store.find_idempotency(&key.scope, &key.key, not_before).await?
         {
             return existing(key, operation_id, fingerprint);
+        }
+        // A replayed key above still finds its operation; a new one must fit.
+        if inner.registry.read().len() >= inner.settings.max_active {
+            return Err(SubmitError::TooManyActive(inner.settings.max_active));
         }
 
         let id = format!("op_{}_{}", ty.name, Uuid::now_v7().simple());

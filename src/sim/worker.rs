@@ -34,6 +34,8 @@ pub struct AgentSettings {
     /// After a shutdown notice, try to register every `retry_every` for at most `retry_for`.
     pub retry_every: Duration,
     pub retry_for: Duration,
+    /// The service's worker token (`auth.worker_token`), sent as a bearer token when set.
+    pub worker_token: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -43,6 +45,7 @@ impl Default for AgentSettings {
             stale_after: Duration::from_secs(30),
             retry_every: Duration::from_secs(2),
             retry_for: Duration::from_secs(120),
+            worker_token: None,
         }
     }
 }
@@ -79,7 +82,7 @@ impl Agent {
     ) -> Arc<Self> {
         Arc::new(Agent {
             identity,
-            backend: BackendClient::new(backend_url),
+            backend: BackendClient::new(backend_url, settings.worker_token.clone()),
             sim,
             settings,
             last_checked: Mutex::new(None),

@@ -83,15 +83,50 @@ impl Strategy {
         Ok(Strategy { name: name.to_owned(), yaml, parsed: value, symbols, timeframes, epochs, model_type })
     }
 
-    /// Reads `{dir}/{name}.yaml`; a missing file is `STRATEGY_NOT_FOUND`.
+    /// Reads `{dir}/{name}.yaml`; a missing file is `STRATEGY_NOT_FOUND`, one that resolves
+    /// outside the folder (a link) `INVALID_STRATEGY_NAME` (400).
     pub fn load(dir: &Path, name: &str) -> Result<Strategy, Invalid> {
         validate_name(name)?;
-        let path: PathBuf = dir.join(format!("{name}.yaml"));
-        let yaml = std::fs::read_to_string(&path).map_err(|_| {
+        let not_found = || {
             Invalid::new("strategy_name", format!("strategy `{name}` was not found in the strategies folder"))
                 .code("STRATEGY_NOT_FOUND")
-        })?;
+        };
+        let path = match resolve_file(dir, name) {
+            Resolved::Inside(path) => path,
+            Resolved::Missing => return Err(not_found()),
+            Resolved::Outside => {
+                return Err(Invalid::new(
+                    "strategy_name",
+                    format!("strategy `{name}` links outside the strategies folder: refused"),
+                )
+                .code(OUTSIDE_FOLDER));
+            }
+        };
+        let yaml = std::fs::read_to_string(&path).map_err(|_| not_found())?;
         Self::parse(name, yaml)
+    }
+}
+
+/// The code (and 400) of a strategy that resolves outside the strategies folder.
+pub const OUTSIDE_FOLDER: &str = "INVALID_STRATEGY_NAME";
+
+/// Where `{dir}/{name}.yaml` really is: inside the folder, outside it (through a link), or nowhere.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Inside(PathBuf),
+    Outside,
+    Missing,
+}
+
+/// The one check of every user of strategy files (list, get, validate, features, training
+/// start): the file, links followed, must be a file inside the strategies folder. `name` must
+/// already be a plain name (no separators).
+pub fn resolve_file(dir: &Path, name: &str) -> Resolved {
+    let path = dir.join(format!("{name}.yaml"));
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(real), Ok(dir)) if real.starts_with(&dir) && real.is_file() => Resolved::Inside(path),
+        (Ok(real), Ok(dir)) if !real.starts_with(&dir) => Resolved::Outside,
+        _ => Resolved::Missing,
     }
 }
 

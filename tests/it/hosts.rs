@@ -275,6 +275,7 @@ fn client(url: &str, attempts: u32) -> HostClient {
             health_ttl: Duration::from_secs(5),
             stall_notice: Duration::from_secs(10),
             bearer: None,
+            endpoint_policy: None,
         },
         Default::default(),
     )

@@ -16,4 +16,5 @@ mod process;
 mod production;
 mod store;
 mod training;
+mod trust;
 mod workers;

@@ -189,8 +189,14 @@ async fn a_configured_token_guards_every_api_route_but_health() {
     assert_eq!(response.status(), 200);
     let response = app.http.post(app.url("/api/v1/dummy/start")).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(app.get("/api/v1/health").await.0, 200, "health needs no token");
-    assert_eq!(app.http.get(app.url("/metrics")).send().await.unwrap().status(), 200);
+    let (status, health) = app.get("/api/v1/health").await;
+    assert_eq!((status, health), (200, json!({ "status": "ok" })), "health needs no token, and says only that");
+    let full = app.http.get(app.url("/api/v1/health")).bearer_auth("s3cret-token").send().await.unwrap();
+    let full: Value = full.json().await.unwrap();
+    assert!(full["hosts"].is_object() && full["node_id"].is_string(), "with the token, the details: {full}");
+    assert_eq!(app.http.get(app.url("/metrics")).send().await.unwrap().status(), 401, "metrics need it too");
+    let metrics = app.http.get(app.url("/metrics")).bearer_auth("s3cret-token").send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
     assert_eq!(app.get("/api/v1/openapi.json").await.0, 401);
 
     let open = TestApp::spawn().await;

@@ -71,16 +71,23 @@ async fn workers_register_list_and_read_back_as_bare_records() {
     let (status, body) = app.get("/api/v1/workers?worker_type=toaster").await;
     assert_eq!((status, assert_envelope(&body)), (422, "VALIDATION_ERROR".to_owned()));
 
-    // The same worker restarted under a new id at the same endpoint replaces its old entry.
+    // While a worker is live, its id stays bound to its endpoint and its endpoint to its id.
     let mut again = body_with_id(
         &json!({ "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" }),
         "training-worker-2",
     );
     again["capabilities"] = json!({ "gpu": false });
-    assert_eq!(register(&app, again).await.0, 200);
-    let (status, gone) = app.get("/api/v1/workers/training-worker-1").await;
-    assert_eq!(status, 404, "{gone}");
-    assert_eq!(gone["detail"], "Worker not found: training-worker-1");
+    let (status, refused) = register(&app, again).await;
+    assert_eq!((status, assert_envelope(&refused)), (409, "WORKER_CONFLICT".to_owned()), "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("training-worker-1"), "{refused}");
+    let moved =
+        json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://10.0.0.99:5003" });
+    assert_eq!(register(&app, moved).await.0, 409, "a live id cannot be re-pointed");
+    let again =
+        json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" });
+    let (status, same) = register(&app, again).await;
+    assert_eq!(status, 200, "the same worker registering again is welcome: {same}");
+    assert_eq!(app.get("/api/v1/workers/training-worker-1").await.1["endpoint_url"], "http://10.0.0.7:5003");
     let (status, cli) = cli_workers(&app).await;
     assert!(status.success(), "{cli}");
     assert!(cli.contains("training") && cli.contains("http://10.0.0.7:5003") && cli.contains("backtesting"), "{cli}");
@@ -154,21 +161,44 @@ async fn health_checks_follow_a_workers_own_health_and_remove_the_silent_ones() 
     assert!(metrics.contains(r#"ktrdr_ops_workers{type="training",status="available"} 1"#), "{metrics}");
 }
 
+/// A training placed on worker `w` (a simulator of its own), once placed.
+async fn training_on_worker(app: &TestApp) -> (String, Value) {
+    let series = app.data_dir.path().join("EURUSD_1h.csv");
+    std::fs::write(series, "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n").unwrap();
+    let endpoint = worker_sim(app.data_dir.path()).await;
+    let body = json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": endpoint });
+    assert_eq!(register(app, body.clone()).await.0, 200);
+    let id = start_example(app).await;
+    assert_eq!(placed_on(app, &id).await, "w");
+    (id, body)
+}
+
 #[tokio::test]
 async fn a_worker_naming_a_finished_operation_is_told_to_stop_it_and_the_operation_stays_as_it_ended() {
     let app = TestApp::spawn_with_sim(|_| {}).await;
-    let id = app.start_dummy(1000, 50).await;
-    app.wait_for_status(&id, "running", Duration::from_secs(5)).await;
+    let (id, mut body) = training_on_worker(&app).await;
     app.delete(&format!("/api/v1/operations/{id}")).await;
-    let body = json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "http://10.0.0.9:5003",
-                       "current_operation_id": id,
-                       "completed_operations": [{ "operation_id": id, "status": "COMPLETED", "result": {},
-                                                  "completed_at": "2026-11-28T00:00:00Z" }] });
+    app.wait_for_status(&id, "cancelled", Duration::from_secs(10)).await;
+    body["current_operation_id"] = json!(id);
+    body["completed_operations"] =
+        json!([{ "operation_id": id, "status": "COMPLETED", "result": {}, "completed_at": "2026-11-28T00:00:00Z" }]);
     let (status, answer) = register(&app, body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["stop_operations"], json!([id, id]));
     let record = app.record(&id).await;
     assert_eq!(record["status"], "cancelled", "terminal is final: {record}");
+
+    // What a worker says of operations not dispatched to it is none of its business: ignored.
+    let dummy = app.start_dummy(1000, 50).await;
+    app.wait_for_status(&dummy, "running", Duration::from_secs(5)).await;
+    let stranger = json!({ "worker_id": "stranger", "worker_type": "training", "endpoint_url": "http://10.0.0.9:5003",
+                           "current_operation_id": dummy,
+                           "completed_operations": [{ "operation_id": dummy, "status": "CANCELLED",
+                                                      "completed_at": "2026-11-28T00:00:00Z" }] });
+    let (status, answer) = register(&app, stranger).await;
+    assert_eq!((status, &answer["stop_operations"]), (200, &json!([])), "{answer}");
+    assert_eq!(answer["status"], "available", "not busy with another's operation");
+    assert_eq!(app.record(&dummy).await["status"], "running", "a stranger's report cancels nothing");
 }
 
 #[tokio::test]
@@ -223,8 +253,14 @@ async fn a_workers_status_report_cancels_a_running_operation_and_never_changes_a
     let (status, _) = patch("op_nothing".into(), json!({ "status": "CANCELLED" })).await;
     assert_eq!(status, 404);
 
-    let running = app.start_dummy(1000, 50).await;
-    app.wait_for_status(&running, "running", Duration::from_secs(5)).await;
+    // Only an operation dispatched to a worker, from that worker: never a dummy or a data load.
+    let dummy = app.start_dummy(1000, 50).await;
+    app.wait_for_status(&dummy, "running", Duration::from_secs(5)).await;
+    let (status, body) = patch(dummy.clone(), json!({ "status": "CANCELLED" })).await;
+    assert_eq!((status, assert_envelope(&body)), (403, "NOT_THIS_WORKERS_OPERATION".to_owned()));
+    assert_eq!(app.record(&dummy).await["status"], "running");
+
+    let (running, _) = training_on_worker(&app).await;
     let (status, body) = patch(running.clone(), json!({ "status": "sideways" })).await;
     assert_eq!((status, assert_envelope(&body)), (400, "OPERATIONS-StatusUpdateError".to_owned()));
     let (status, body) = patch(running.clone(), json!({ "status": "COMPLETED" })).await;
@@ -289,7 +325,8 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
         let endpoint = worker_sim(app.data_dir.path()).await;
         let body = json!({ "worker_id": id, "worker_type": "training", "endpoint_url": endpoint,
                            "capabilities": { "gpu": gpu } });
-        assert_eq!(register(&app, body).await.0, 200);
+        let (status, answer) = register(&app, body).await;
+        assert_eq!(status, 200, "{answer}");
     }
     let worker_of = |r: &Value| r["progress"]["context"]["worker_id"].as_str().map(str::to_owned);
     // The GPU worker first.

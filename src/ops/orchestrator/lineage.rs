@@ -69,8 +69,13 @@ impl Orchestrator {
     }
 
     /// Starts a `failed` or `cancelled` operation's work again from scratch under a new
-    /// operation whose parent it is.
-    pub async fn retry(&self, operation_id: &str) -> Result<Arc<Snapshot>, ContinueError> {
+    /// operation whose parent it is. With an Idempotency-Key, a retry already made with it is
+    /// answered with the operation it started ([`Submitted::Existing`]).
+    pub async fn retry(
+        &self,
+        operation_id: &str,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Submitted, ContinueError> {
         let stored = self.ended(operation_id).await?;
         let record = &stored.record;
         let job = match self.inner.types.get(record.operation_type.as_str()).and_then(|ty| ty.retry(record)) {
@@ -78,9 +83,12 @@ impl Orchestrator {
             None => return Err(ContinueError::Refused(cannot(record, "retried"))),
         };
         let lineage = Lineage { parent: Some(record.operation_id.clone()), resumes: false };
-        let submitted = self.submit_erased(Submission::after(record, job, lineage)).await?;
-        self.inner.metrics.counter(metrics::RETRIES, &[("type", record.operation_type.as_str())]).increment(1);
-        Ok(Self::started(submitted))
+        let submission = Submission { idempotency, ..Submission::after(record, job, lineage) };
+        let submitted = self.submit_erased(submission).await?;
+        if matches!(submitted, Submitted::Started(_)) {
+            self.inner.metrics.counter(metrics::RETRIES, &[("type", record.operation_type.as_str())]).increment(1);
+        }
+        Ok(submitted)
     }
 
     /// Continues a `failed` or `cancelled` operation from its checkpoint under a new operation

@@ -109,7 +109,7 @@ mod workers;
 pub use checkpoints::{Checkpoint, CheckpointKind, CheckpointStats};
 pub use cluster::Replicas;
 pub use locks::ClusterLock;
-pub use workers::{HealthOutcome, StoredWorker};
+pub use workers::{HealthOutcome, Registered, StoredWorker};
 mod writer;
 
 use writer::{WriteCmd, writer_loop};

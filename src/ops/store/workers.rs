@@ -20,6 +20,18 @@ pub struct StoredWorker {
     pub health_check_failures: u32,
 }
 
+/// What a registration found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Registered {
+    Stored(Box<StoredWorker>),
+    /// A live worker (not `temporarily_unavailable`) holds the id at another endpoint, or the
+    /// endpoint under another id: nothing was changed.
+    Conflict {
+        worker_id: String,
+        endpoint_url: String,
+    },
+}
+
 /// What a health check found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HealthOutcome {
@@ -63,11 +75,13 @@ where
 }
 
 impl Store {
-    /// Registers a worker (workers.md §2): a new id is stored `available`, and other ids with the
-    /// same endpoint are dropped (the worker restarted under a new id); a known id gets its
+    /// Registers a worker (workers.md §2, §9): a new id is stored `available`, and other ids with
+    /// the same endpoint are dropped (the worker restarted under a new id); a known id gets its
     /// endpoint and capabilities replaced and is `available` again, keeping its type and failure
     /// count. A worker that `runs` an operation still running here, or that we sent one, is
-    /// `busy` with it instead (and cannot be claimed for another).
+    /// `busy` with it instead (and cannot be claimed for another). While a worker is live its id
+    /// stays bound to its endpoint and its endpoint to its id: a second claimant changes nothing
+    /// ([`Registered::Conflict`]); an unavailable worker may be replaced.
     pub async fn register_worker(
         &self,
         worker_id: &str,
@@ -75,16 +89,34 @@ impl Store {
         endpoint_url: &str,
         capabilities: &Value,
         runs: Option<&str>,
-    ) -> Result<StoredWorker, StoreError> {
+    ) -> Result<Registered, StoreError> {
         let now = time::to_micros(&time::now());
         let capabilities = capabilities.to_string();
         on_db!(&self.inner.readers, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM workers WHERE endpoint_url = $1 AND worker_id <> $2")
-                .bind(endpoint_url)
-                .bind(worker_id)
-                .execute(&mut *tx)
-                .await?;
+            // A write first, so that SQLite takes its write lock now (waiting for it) rather than
+            // failing to upgrade a read later: unavailable workers at this endpoint make way.
+            sqlx::query(
+                "DELETE FROM workers WHERE endpoint_url = $1 AND worker_id <> $2 AND status = 'temporarily_unavailable'",
+            )
+            .bind(endpoint_url)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
+            let conflict: Option<(String, String)> = sqlx::query_as(
+                "SELECT worker_id, endpoint_url FROM workers \
+                 WHERE status <> 'temporarily_unavailable' \
+                   AND ((worker_id = $1 AND endpoint_url <> $2) OR (endpoint_url = $2 AND worker_id <> $1)) \
+                 LIMIT 1",
+            )
+            .bind(worker_id)
+            .bind(endpoint_url)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((holder, held_endpoint)) = conflict {
+                tx.rollback().await?;
+                return Ok(Registered::Conflict { worker_id: holder, endpoint_url: held_endpoint });
+            }
             sqlx::query(
                 "INSERT INTO workers (worker_id, worker_type, endpoint_url, status, current_operation_id, \
                    dispatched_operation_id, capabilities, metadata, registered_at, last_health_check, last_healthy_at, \
@@ -107,7 +139,7 @@ impl Store {
             .await?;
             tx.commit().await?;
         });
-        self.worker(worker_id).await?.ok_or(StoreError::Closed)
+        Ok(Registered::Stored(Box::new(self.worker(worker_id).await?.ok_or(StoreError::Closed)?)))
     }
 
     /// Registered workers, in registration order, optionally of one type and one status. The
