@@ -72,6 +72,7 @@ async fn start(
         (status = 413, description = "Body too large", body = ErrorEnvelope),
         (status = 415, description = "Body not JSON", body = ErrorEnvelope),
         (status = 422, description = "Invalid symbol, timeframe, mode or dates", body = ErrorEnvelope),
+        (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
 async fn load(
@@ -110,6 +111,7 @@ async fn load(
         (status = 413, description = "Body too large", body = ErrorEnvelope),
         (status = 415, description = "Body not JSON", body = ErrorEnvelope),
         (status = 422, description = "Invalid symbol, timeframe, mode or dates", body = ErrorEnvelope),
+        (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
 async fn download(

@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 413, description = "Body too large", body = ErrorEnvelope),
         (status = 415, description = "Body not JSON", body = ErrorEnvelope),
         (status = 422, description = "Invalid parameters", body = ErrorEnvelope),
+        (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
 

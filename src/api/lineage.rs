@@ -103,6 +103,7 @@ fn continuation_error(e: ContinueError, retrying: bool) -> ApiError {
         (status = 200, body = ResumeAnswer),
         (status = 404, description = "No such operation, or it saved no checkpoint", body = ErrorEnvelope),
         (status = 409, description = "Pending, running, completed, already resumed, or its type or host cannot resume", body = ErrorEnvelope),
+        (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
 async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ResumeAnswer>, ApiError> {
@@ -135,6 +136,7 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result
         (status = 400, description = "Not failed or cancelled", body = ErrorEnvelope),
         (status = 404, description = "No such operation", body = ErrorEnvelope),
         (status = 409, description = "Its type cannot start again (e.g. the strategy no longer validates)", body = ErrorEnvelope),
+        (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
 async fn retry(

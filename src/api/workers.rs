@@ -39,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A worker's report on an operation's status (workers.md §6: sent on SIGTERM during a training).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StatusReport {
     /// `CANCELLED`, `FAILED`, … (any case).
     pub status: String,

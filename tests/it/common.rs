@@ -81,6 +81,43 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config
 }
 
+/// With `KTRDR_OPS_TEST_AUTH=1` the suites that support it run with both tokens set: the service
+/// requires them, and the tests' clients, workers and processes present them.
+pub fn auth_mode() -> bool {
+    std::env::var("KTRDR_OPS_TEST_AUTH").is_ok_and(|v| v == "1")
+}
+
+/// The client token of auth mode.
+pub const TEST_CLIENT_TOKEN: &str = "test-client-token-0123456789";
+/// The worker token of auth mode.
+pub const TEST_WORKER_TOKEN: &str = "test-worker-token-0123456789";
+
+/// An HTTP client that presents the client token in auth mode.
+pub fn client() -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if auth_mode() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {TEST_CLIENT_TOKEN}").parse().unwrap();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    builder.build().unwrap()
+}
+
+/// `request`, as a worker sends it: with the worker token in auth mode.
+pub fn as_worker(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    if auth_mode() { request.bearer_auth(TEST_WORKER_TOKEN) } else { request }
+}
+
+/// The environment that gives a child process (service or simulated workers) the tokens.
+pub fn auth_env() -> Vec<(&'static str, &'static str)> {
+    if auth_mode() {
+        vec![("KTRDR_OPS_API_TOKEN", TEST_CLIENT_TOKEN), ("KTRDR_OPS_WORKER_TOKEN", TEST_WORKER_TOKEN)]
+    } else {
+        Vec::new()
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
@@ -129,15 +166,13 @@ impl TestApp {
     async fn start(db: TestDb, tweak: impl FnOnce(&mut Config), options: app::Options) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&db, data_dir.path());
+        if auth_mode() {
+            config.auth.api_token = TEST_CLIENT_TOKEN.into();
+            config.auth.worker_token = TEST_WORKER_TOKEN.into();
+        }
         tweak(&mut config);
         let server = app::start(config, options).await.expect("the service starts");
-        TestApp {
-            base: format!("http://{}", server.addr()),
-            http: reqwest::Client::new(),
-            server: Some(server),
-            db,
-            data_dir,
-        }
+        TestApp { base: format!("http://{}", server.addr()), http: client(), server: Some(server), db, data_dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -326,6 +361,7 @@ pub async fn sim_process(
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
         .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", data_dir])
         .args(args)
+        .envs(auth_env())
         // Model folders of finished trainings go next to the data, not into the repository.
         .env("KTRDR_OPS__TRAINING__MODELS_DIR", format!("{data_dir}/models"))
         .envs(env.iter().copied())
@@ -368,6 +404,7 @@ impl ServiceProcess {
         command
             .args(args)
             .env_remove("RUST_LOG")
+            .envs(auth_env())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

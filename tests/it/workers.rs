@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, TestDb, assert_envelope};
+use crate::common::{TestApp, TestDb, as_worker, assert_envelope, json_of};
 
 fn quick_checks(c: &mut ktrdr_ops::config::Config) {
     c.workers.health_check_interval = ktrdr_ops::time::HumanDuration(Duration::from_millis(100));
@@ -17,7 +17,8 @@ fn quick_checks(c: &mut ktrdr_ops::config::Config) {
 }
 
 async fn register(app: &TestApp, body: Value) -> (u16, Value) {
-    app.post("/api/v1/workers/register", body).await
+    let request = as_worker(app.http.post(app.url("/api/v1/workers/register")).json(&body));
+    json_of(request.send().await.unwrap()).await
 }
 
 async fn until_worker(app: &TestApp, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -102,6 +103,7 @@ fn body_with_id(base: &Value, id: &str) -> Value {
 async fn cli_workers(app: &TestApp) -> (std::process::ExitStatus, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
         .args(["workers", "--url", &app.base])
+        .envs(crate::common::auth_mode().then_some(("KTRDR_API_TOKEN", crate::common::TEST_CLIENT_TOKEN)))
         .output()
         .await
         .unwrap();
@@ -247,7 +249,7 @@ async fn on_shutdown_every_registered_worker_is_told() {
 async fn a_workers_status_report_cancels_a_running_operation_and_never_changes_a_finished_one() {
     let app = TestApp::spawn_with_sim(|_| {}).await;
     let patch = |id: String, body: Value| {
-        let request = app.http.patch(app.url(&format!("/api/v1/operations/{id}/status"))).json(&body);
+        let request = as_worker(app.http.patch(app.url(&format!("/api/v1/operations/{id}/status"))).json(&body));
         async move { crate::common::json_of(request.send().await.unwrap()).await }
     };
     let (status, _) = patch("op_nothing".into(), json!({ "status": "CANCELLED" })).await;
@@ -396,7 +398,7 @@ async fn worker_process(data_dir: &std::path::Path, backend: &str, pace_ms: &str
 
 /// Waits until the registry lists these endpoints; their worker ids, in the same order.
 async fn registered(base: &str, endpoints: &[&str]) -> Vec<String> {
-    let http = reqwest::Client::new();
+    let http = crate::common::client();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let fleet: Value = http.get(format!("{base}/api/v1/workers")).send().await.unwrap().json().await.unwrap();
@@ -412,7 +414,7 @@ async fn registered(base: &str, endpoints: &[&str]) -> Vec<String> {
 }
 
 async fn until_record(base: &str, id: &str, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
-    let http = reqwest::Client::new();
+    let http = crate::common::client();
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let response = http.get(format!("{base}/api/v1/operations/{id}")).send().await;
