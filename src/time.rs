@@ -52,6 +52,16 @@ pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
         .map(|t| Utc.from_utc_datetime(&t))
 }
 
+/// An end date as people mean it (ends are inclusive): a bare date (`2025-12-31`) includes that
+/// whole day, so it ends at its last second (`2025-12-31T23:59:59Z`); a date-time is as written.
+pub fn parse_end(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(day) => day.and_hms_opt(23, 59, 59).map(|t| Utc.from_utc_datetime(&t)),
+        Err(_) => parse_timestamp(text),
+    }
+}
+
 /// `2024-01-02T00:00:00+00:00`: how we send times to the hosts (aware UTC).
 pub fn format_for_host(ts: &Timestamp) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Secs, false)
@@ -166,6 +176,9 @@ mod tests {
         }
         assert_eq!(parse_timestamp("2024-01-02"), Some(from_micros(1_704_153_600_000_000)));
         assert_eq!(parse_timestamp("yesterday"), None);
+        // A bare end date includes its day; a date-time end is as written.
+        assert_eq!(parse_end("2025-12-31"), parse_timestamp("2025-12-31T23:59:59Z"));
+        assert_eq!(parse_end("2025-12-31T12:00:00Z"), parse_timestamp("2025-12-31T12:00:00Z"));
         assert_eq!(format_for_host(&expected), "2024-01-02T14:30:00+00:00");
     }
 

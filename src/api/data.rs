@@ -145,6 +145,7 @@ async fn info(State(state): State<AppState>) -> Result<Response, ApiError> {
 struct BarsQuery {
     /// `YYYY-MM-DD` or ISO 8601.
     start_date: Option<String>,
+    /// Inclusive; a bare `YYYY-MM-DD` includes that whole day.
     end_date: Option<String>,
     /// The most recent N bars of the range.
     limit: Option<String>,
@@ -170,10 +171,12 @@ async fn bars(
 ) -> Result<Response, ApiError> {
     let symbol = Symbol::parse(&symbol)?;
     let timeframe = parse_timeframe(&timeframe)?;
+    // The window's end is inclusive: a bare end date includes its whole day.
     let date = |field: &str, text: &Option<String>| -> Result<Option<i64>, ApiError> {
+        let parse = if field == "end_date" { time::parse_end } else { time::parse_timestamp };
         match text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             None => Ok(None),
-            Some(t) => time::parse_timestamp(t).map(|ts| Some(ts.timestamp())).ok_or_else(|| {
+            Some(t) => parse(t).map(|ts| Some(ts.timestamp())).ok_or_else(|| {
                 ApiError::invalid(field, format!("{field} `{t}` is not a date (YYYY-MM-DD or ISO 8601)"))
             }),
         }

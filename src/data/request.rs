@@ -124,8 +124,10 @@ pub struct LoadBody {
     #[schema(pattern = "^(local|tail|backfill|full)$")]
     #[serde(default)]
     pub mode: Option<String>,
+    /// `YYYY-MM-DD` or ISO 8601; inclusive.
     #[serde(default)]
     pub start_date: Option<String>,
+    /// `YYYY-MM-DD` (that whole day included) or ISO 8601 (inclusive).
     #[serde(default)]
     pub end_date: Option<String>,
     #[serde(default)]
@@ -158,10 +160,12 @@ pub struct LoadParameters {
     pub filters: Filters,
 }
 
+/// A start or end date; a bare end date includes its whole day ([`time::parse_end`]).
 fn parse_date(field: &str, text: Option<&str>) -> Result<Option<Timestamp>, Invalid> {
+    let parse = if field == "end_date" { time::parse_end } else { time::parse_timestamp };
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(None),
-        Some(text) => time::parse_timestamp(text).map(Some).ok_or_else(|| {
+        Some(text) => parse(text).map(Some).ok_or_else(|| {
             Invalid::new(field, format!("{field} `{text}` is not a date (use YYYY-MM-DD or an ISO 8601 date-time)"))
         }),
     }
@@ -246,6 +250,7 @@ mod tests {
         b.end_date = Some("2024-04-01".into());
         let spec = LoadSpec::from_body(&b, true).unwrap();
         assert_eq!(spec.mode, Mode::Tail);
+        assert_eq!(spec.end, time::parse_timestamp("2024-04-01T23:59:59Z"), "a bare end date includes its day");
         assert_eq!(spec.file_name(), "AAPL_1h.csv");
     }
 

@@ -208,7 +208,7 @@ async fn cancelling_in_the_middle_of_downloading_keeps_every_fetched_segment() {
     assert_eq!(summary["segments_fetched"].as_u64().unwrap(), answered.len() as u64, "{summary}");
     let missing = summary["missing"].as_array().unwrap();
     assert_eq!(missing.len(), 1, "{summary}");
-    assert_eq!(missing[0]["end"], "2024-06-30T00:00:00.000000Z", "{summary}");
+    assert_eq!(missing[0]["end"], "2024-06-30T23:59:59.000000Z", "a bare end date includes its day: {summary}");
 }
 
 /// The historical windows the simulator answered, as `(start, end)`.

@@ -44,15 +44,17 @@ impl Orchestrator {
     /// The stored operation, if it ended in a way that can be continued.
     async fn ended(&self, operation_id: &str) -> Result<Snapshot, ContinueError> {
         // Still running here: memory is ahead of the store.
-        if let Some(op) = self.live(operation_id) {
-            let status = op.snapshot().record.status;
-            if !status.is_terminal() {
-                return Err(ContinueError::NotEnded { id: operation_id.to_owned(), status });
-            }
+        let live = self.live(operation_id).map(|op| op.snapshot());
+        if let Some(live) = &live
+            && !live.record.status.is_terminal()
+        {
+            return Err(ContinueError::NotEnded { id: operation_id.to_owned(), status: live.record.status });
         }
-        let stored = match self.inner.store.get(operation_id).await? {
-            Some(stored) => stored,
-            None => return Err(ContinueError::NotFound(operation_id.to_owned())),
+        let stored = match (self.inner.store.get(operation_id).await?, live) {
+            // Ended here a moment ago, its final state not yet stored: memory says how it ended.
+            (Some(stored), Some(live)) if !stored.is_terminal() => Snapshot::new(live.record.clone(), stored.job_state),
+            (Some(stored), _) => stored,
+            (None, _) => return Err(ContinueError::NotFound(operation_id.to_owned())),
         };
         match stored.record.status {
             Status::Failed | Status::Cancelled => Ok(stored),
