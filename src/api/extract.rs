@@ -22,6 +22,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
         let limit = req.extensions().get::<BodyLimit>().copied();
+        refuse_declared_oversize(&req, limit)?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text(), limit))?;
         if !json {
             return Err(unsupported_media_type());
@@ -39,6 +40,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
         let limit = req.extensions().get::<BodyLimit>().copied();
+        refuse_declared_oversize(&req, limit)?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| body_error(e.status(), e.body_text(), limit))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
@@ -47,6 +49,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
             return Err(unsupported_media_type());
         }
         parse(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+/// A body whose declared `Content-Length` is over the limit is refused before a byte of it is
+/// read (a client would otherwise send a megabyte before hearing 413).
+fn refuse_declared_oversize(req: &Request, limit: Option<BodyLimit>) -> Result<(), ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (declared, limit) {
+        (Some(declared), Some(BodyLimit(limit))) if declared > limit as u64 => {
+            Err(body_error(StatusCode::PAYLOAD_TOO_LARGE, String::new(), Some(BodyLimit(limit))))
+        }
+        _ => Ok(()),
     }
 }
 

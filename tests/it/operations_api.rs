@@ -496,3 +496,20 @@ async fn one_stream_follows_every_operation_and_resumes_after_the_last_event_id(
     assert!(again.len() <= 2, "coalesced to one event per operation: {again:?}");
     assert!(again.iter().all(|e| e.data["status"] == "completed"));
 }
+
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /api/v1/dummy/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Nothing more is sent: the answer must not wait for the 50 MB.
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut answer)).await;
+    let n = read.expect("answered without waiting for the body").unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("PAYLOAD_TOO_LARGE"), "{text}");
+}
