@@ -104,7 +104,8 @@ enum OpsCommand {
     },
     /// One operation's record.
     Show { id: String },
-    /// Follow an operation with a progress bar until it ends (Ctrl-C cancels it).
+    /// Follow an operation with a progress bar until it ends (Ctrl-C stops watching; the
+    /// operation goes on).
     Watch { id: String },
     /// Cancel an operation; answers once its work has stopped.
     Cancel {
@@ -341,7 +342,7 @@ fn main() -> ExitCode {
             match command {
                 OpsCommand::List { status, operation_type, limit } => c.list(status, operation_type, limit).await,
                 OpsCommand::Show { id } => c.show(&id).await,
-                OpsCommand::Watch { id } => c.follow(&id).await,
+                OpsCommand::Watch { id } => c.follow(&id, ktrdr_ops::cli::OnCtrlC::StopWatching).await,
                 OpsCommand::Cancel { id, reason } => c.cancel(&id, reason).await,
                 OpsCommand::Resume { id } => {
                     c.start_and_follow(&format!("/api/v1/operations/{id}/resume"), json!({})).await

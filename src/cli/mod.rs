@@ -1,8 +1,10 @@
 //! The command-line client of a running service: list, show, watch and cancel operations; start
 //! data loads and trainings and follow them with a progress bar fed by the operation's event
-//! stream. Ctrl-C cancels the operation on the server and waits for it to say `cancelled`.
-//! Exit codes: 0 completed (and `ops cancel` that cancelled), 1 failed, 130 a followed operation
-//! ended cancelled (Ctrl-C), 2 could not ask (unreachable, refused).
+//! stream. Ctrl-C on a command that started the work cancels the operation on the server and
+//! waits for it to say `cancelled`; Ctrl-C on `ops watch` only stops watching.
+//! Exit codes: 0 completed (and `ops cancel` that cancelled, and `ops show` of any operation it
+//! found), 1 failed, 130 a followed operation ended cancelled or a watch was interrupted (Ctrl-C),
+//! 2 could not ask (unreachable, refused).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,6 +32,16 @@ pub struct Client {
     url: String,
     /// Print JSON records instead of people's text.
     pub json: bool,
+}
+
+/// What Ctrl-C does while an operation is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCtrlC {
+    /// Cancel the operation on the server and wait for it to say `cancelled` (`data load`,
+    /// `train`: the command started the work).
+    Cancel,
+    /// Stop following it; it goes on (`ops watch`).
+    StopWatching,
 }
 
 /// How a command ended.
@@ -210,11 +222,8 @@ impl Client {
                 } else {
                     out!("{}", serde_json::to_string_pretty(record).expect("JSON values serialise"));
                 }
-                match status_of(record) {
-                    "failed" => Outcome::Failed,
-                    "cancelled" => Outcome::Cancelled,
-                    _ => Outcome::Completed,
-                }
+                // Found and shown: whatever its status, showing it worked.
+                Outcome::Completed
             }
             Err(outcome) => outcome,
         }
@@ -253,11 +262,13 @@ impl Client {
         if !self.json {
             eprintln!("started {id}");
         }
-        self.follow(id).await
+        // What this command started, its Ctrl-C stops.
+        self.follow(id, OnCtrlC::Cancel).await
     }
 
-    /// `ops watch ID`: a progress bar until the operation ends; Ctrl-C cancels it.
-    pub async fn follow(&self, id: &str) -> Outcome {
+    /// `ops watch ID`: a progress bar until the operation ends. Ctrl-C stops the command that
+    /// started the work ([`OnCtrlC::Cancel`]); a watch only stops watching ([`OnCtrlC::StopWatching`]).
+    pub async fn follow(&self, id: &str, on_ctrl_c: OnCtrlC) -> Outcome {
         let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(1000) };
         bar.set_style(
             // Percentage, ETA and counts always show; the step text is what the width shortens.
@@ -300,6 +311,11 @@ impl Client {
                     }
                 },
                 _ = &mut ctrl_c, if !interrupted => {
+                    if on_ctrl_c == OnCtrlC::StopWatching {
+                        bar.abandon();
+                        eprintln!("stopped watching {id}; it goes on — cancel it with: ktrdr-ops ops cancel {id}");
+                        return Outcome::Cancelled;
+                    }
                     interrupted = true;
                     bar.set_message("cancelling…");
                     let call = Call { body: Some(json!({ "reason": "Cancelled from the command line (Ctrl-C)" })), ..Call::delete("cli", format!("/api/v1/operations/{id}")) };

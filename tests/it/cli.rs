@@ -1,5 +1,6 @@
 //! The command-line client against a running service (`serve --sim`, as a process): a load
-//! followed to the end, Ctrl-C cancelling on the server, JSON output, an unreachable server.
+//! followed to the end, Ctrl-C cancelling on the server (a watch only stops watching), JSON
+//! output, an unreachable server.
 
 use crate::common;
 
@@ -94,6 +95,34 @@ async fn ctrl_c_cancels_the_operation_on_the_server_and_exits_130() {
     tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).await.unwrap();
     let last: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(last["status"], "cancelled", "--json prints the final record");
+}
+
+#[tokio::test]
+async fn ctrl_c_on_a_watch_stops_watching_and_the_operation_goes_on() {
+    let (service, _db, _data) = service("0").await;
+    let http = reqwest::Client::new();
+    let started = http
+        .post(service.url("/api/v1/dummy/start"))
+        .json(&serde_json::json!({ "iterations": 200, "interval_ms": 50 }));
+    let (_, answer) = json_of(started.send().await.unwrap()).await;
+    let id = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    let mut child = cli(&service.base, &["ops", "watch", &id]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
+    assert!(stderr.contains(&format!("ktrdr-ops ops cancel {id}")), "says how to cancel: {stderr}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, record) = json_of(http.get(service.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    assert_eq!(record["data"]["status"], "running", "a watch does not cancel: {record}");
+
+    // `ops show` of a cancelled operation worked: exit 0.
+    http.delete(service.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap();
+    let output = cli(&service.base, &["ops", "show", &id]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
 }
 
 #[tokio::test]
