@@ -136,6 +136,7 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result
         (status = 400, description = "Not failed or cancelled", body = ErrorEnvelope),
         (status = 404, description = "No such operation", body = ErrorEnvelope),
         (status = 409, description = "Its type cannot start again (e.g. the strategy no longer validates)", body = ErrorEnvelope),
+        (status = 422, description = "An invalid Idempotency-Key, or one already used to retry another operation", body = ErrorEnvelope),
         (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),
     ))]
