@@ -55,11 +55,13 @@ impl DataService {
 
 /// A load another replica was running when it died is started again here from its request: a
 /// load is incremental, so what the dead replica saved is kept and only the rest is fetched.
-/// After a restart of this same service the load is reported interrupted instead (its caller
-/// decides whether to load again).
+/// After a restart of this same service the load is reported interrupted and continued by a
+/// linked operation from its checkpoint (`operations.resume_interrupted`) — whether the service
+/// crashed or was stopped: at a graceful stop the load saves what it fetched and is left for the
+/// restart (`Shutdown`), never cancelled.
 impl Reattach<DataLoadJob> for DataService {
     fn reattach(&self, mut spec: LoadSpec, state: Option<LoadState>, cause: Resumption) -> Option<DataLoadJob> {
-        if cause != Resumption::Takeover {
+        if !matches!(cause, Resumption::Takeover | Resumption::Shutdown) {
             return None;
         }
         // The dead replica may have fetched the oldest part first, so the request's own mode

@@ -146,6 +146,11 @@ pub enum Resumption {
     /// This service is stopping: would the work go on without it, to be re-attached (`Restart`)
     /// when it is back? Only work running on a machine of its own should say yes.
     Detach,
+    /// This service is stopping and no replica can take its work: would the work be continued,
+    /// from what it saved, when the service is back — as after a crash? Work that says yes is
+    /// stopped without an outcome, its progress and checkpoint saved, and picked up by the
+    /// restart; work that says no is cancelled.
+    Shutdown,
 }
 
 type ErasedReattach = dyn Fn(&OperationRecord, Option<&Value>, Resumption) -> Option<BoxedJob> + Send + Sync;

@@ -531,13 +531,15 @@ impl Orchestrator {
     /// Stops accepting, cancels everything running, waits for the work to stop and its outcome
     /// to be stored (aborting what ignores the cancel), and flushes the store — within `deadline`.
     /// With other replicas alive, what they can resume is handed over to them first; work that
-    /// runs on a machine of its own and can be re-attached is left running there.
+    /// runs on a machine of its own and can be re-attached is left running there; work that the
+    /// restart continues from what it saved is left for it (as after a crash, never cancelled).
     pub async fn shutdown(&self, deadline: Duration) {
         let inner = &self.inner;
         let end = Instant::now() + deadline;
         inner.accepting.store(false, Ordering::Release);
         self.hand_over(deadline / 2).await;
         self.detach(deadline / 4).await;
+        self.leave_for_restart(deadline / 4).await;
         inner.root.cancel();
         inner.tasks.close();
         let grace = inner.settings.cancel_grace.min(deadline / 2);

@@ -541,8 +541,9 @@ pub(crate) fn client_of(
 }
 
 impl Reattach<TrainingJob> for TrainingReattach {
-    /// A training on a registered worker goes on there while the service restarts; one on the
-    /// configured host is stopped with the service, as before.
+    /// A training on a registered worker goes on there while the service restarts (it is
+    /// detached before anything else is set aside); one on the configured host is stopped with
+    /// the service, as before.
     fn reattach(
         &self,
         request: TrainingRequest,
@@ -550,7 +551,7 @@ impl Reattach<TrainingJob> for TrainingReattach {
         cause: Resumption,
     ) -> Option<TrainingJob> {
         let TrainingState { session_id, protocol, worker } = state?;
-        if cause == Resumption::Detach && worker.is_none() {
+        if matches!(cause, Resumption::Detach | Resumption::Shutdown) && worker.is_none() {
             return None;
         }
         Some(TrainingJob {

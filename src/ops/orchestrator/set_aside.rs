@@ -1,7 +1,7 @@
 //! Setting running operations aside when this process stops, instead of cancelling them: their
 //! copy here ends without an outcome and their latest progress is stored, because their work goes
-//! on elsewhere — taken over by another replica, or running on a machine of its own and
-//! re-attached when the service is back.
+//! on elsewhere — taken over by another replica, running on a machine of its own and re-attached
+//! when the service is back, or continued by the restart from what it saved.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ impl Orchestrator {
             .filter(|op| {
                 let snapshot = op.snapshot();
                 !snapshot.is_terminal()
+                    && !op.is_abandoned()
                     && snapshot.record.cancellation.is_none()
                     && inner.reattach(&snapshot, cause).is_some()
             })
@@ -60,5 +61,22 @@ impl Orchestrator {
             operations = detached.len(),
             "left operations running on their own machines; they are followed again after the restart"
         );
+    }
+
+    /// At shutdown, with no replica left to take them: operations their type continues after a
+    /// restart from what they saved — as after a crash — are stopped without an outcome (saving
+    /// their progress and checkpoint as they stop) and left for the restart, instead of being
+    /// cancelled. A graceful stop is never worse than a crash; only work that cannot continue is
+    /// cancelled.
+    pub(super) async fn leave_for_restart(&self, within: Duration) {
+        if !self.inner.settings.resume_interrupted {
+            return;
+        }
+        let left = self.resumable_for(Resumption::Shutdown);
+        if left.is_empty() {
+            return;
+        }
+        self.set_aside(&left, within).await;
+        tracing::info!(operations = left.len(), "left operations for the restart to continue from what they saved");
     }
 }
