@@ -51,6 +51,18 @@ pub enum StartError {
     Unwritable { what: &'static str, folder: std::path::PathBuf, source: std::io::Error },
 }
 
+/// The id prefix of `serve --sim`'s built-in workers: `{node id}-builtin-worker`, so that a
+/// restart of the same node knows its previous run's ones.
+fn builtin_workers(config: &Config) -> String {
+    let node: String = config
+        .node_id()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .take(96)
+        .collect();
+    format!("{node}-builtin-worker")
+}
+
 /// 32 random bytes from the system, as hex.
 fn random_token() -> String {
     use std::io::Read;
@@ -267,6 +279,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             backend_url: format!("http://{reach}"),
             advertised_host: String::new(),
             agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
+            id_prefix: Some(builtin_workers(&config)),
         };
         let simulators =
             Simulators::start(settings, loopback, loopback, Some(&fleet)).await.map_err(StartError::Simulators)?;
@@ -290,6 +303,14 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         &metrics,
     )
     .await?;
+    if simulators.is_some() {
+        // The built-in workers of this service's previous run died with it: not ghosts in the
+        // fleet for minutes, and their names are free for this run's (they register once served).
+        let removed = store.remove_workers_named(&builtin_workers(&config)).await?;
+        if removed > 0 {
+            tracing::info!(removed, "dropped the built-in workers of the previous run");
+        }
+    }
     let hosts = build_hosts(&config, &metrics)?;
     let data = DataService {
         repository: Arc::new(Repository::new(config.data.dir.clone(), config.data.frame_cache_rows)),

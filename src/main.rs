@@ -425,6 +425,7 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
             backend_url: args.backend_url.clone(),
             advertised_host: args.worker_host.clone().unwrap_or_else(|| advertised_host(config.sim.training_listen)),
             agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
+            id_prefix: None,
         });
         match Simulators::start(settings, config.sim.ib_listen, config.sim.training_listen, fleet.as_ref()).await {
             Ok(simulators) => {

@@ -113,7 +113,8 @@ impl Client {
             out!("No workers registered");
             return Outcome::Completed;
         }
-        out!("{:<14} {:<24} {:<6} {:<30} {}", "TYPE", "STATUS", "GPU", "ENDPOINT", "OPERATION");
+        let id_width = list.iter().filter_map(|w| w["worker_id"].as_str()).map(str::len).max().unwrap_or(2).max(2);
+        out!("{:<id_width$} {:<14} {:<24} {:<6} {:<30} {}", "ID", "TYPE", "STATUS", "GPU", "ENDPOINT", "OPERATION");
         for w in &list {
             let endpoint = w["endpoint_url"].as_str().unwrap_or_default();
             let endpoint = if endpoint.chars().count() > 30 {
@@ -122,7 +123,8 @@ impl Client {
                 endpoint.to_owned()
             };
             out!(
-                "{:<14} {:<24} {:<6} {:<30} {}",
+                "{:<id_width$} {:<14} {:<24} {:<6} {:<30} {}",
+                w["worker_id"].as_str().unwrap_or_default(),
                 w["worker_type"].as_str().unwrap_or_default(),
                 w["status"].as_str().unwrap_or_default(),
                 w["capabilities"]["gpu_type"].as_str().unwrap_or("-"),

@@ -122,8 +122,7 @@ impl Simulators {
                 for n in 0..fleet.count {
                     let port = if training_listen.port() == 0 { 0 } else { training_listen.port() + n as u16 };
                     let listen = SocketAddr::new(training_listen.ip(), port);
-                    let gpu = n < fleet.gpu_workers;
-                    let (worker, handles) = serve_worker(new_training(), listen, fleet, gpu, &shutdown).await?;
+                    let (worker, handles) = serve_worker(new_training(), listen, fleet, n, &shutdown).await?;
                     tasks.extend(handles);
                     workers.push(worker);
                 }

@@ -254,7 +254,10 @@ impl TrainingSim {
             for timeframe in &timeframes {
                 let file = self.data_dir.join(format!("{symbol}_{timeframe}.csv"));
                 if !file.is_file() {
-                    let error = format!("Training failed: No data found in cache for {symbol} {timeframe}");
+                    let error = format!(
+                        "Training failed: No data found in cache for {symbol} {timeframe} (looked for {})",
+                        file.display()
+                    );
                     self.end(&id, "failed", Some(error), None);
                     return;
                 }

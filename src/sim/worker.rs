@@ -216,6 +216,9 @@ pub struct WorkerFleet {
     /// The host name workers advertise in their `endpoint_url` (their address's IP when empty).
     pub advertised_host: String,
     pub agent: AgentSettings,
+    /// Worker ids `{prefix}-{n}` (the built-in workers of `serve --sim`, which a restarted service
+    /// recognises as its own); `None`: `training-worker-<8 hex>`, as ktrdr's workers name themselves.
+    pub id_prefix: Option<String>,
 }
 
 /// A served training simulator that registers itself as a worker.
@@ -231,18 +234,18 @@ pub async fn serve_worker(
     sim: Arc<TrainingSim>,
     listen: SocketAddr,
     fleet: &WorkerFleet,
-    gpu: bool,
+    n: usize,
     stop: &CancellationToken,
 ) -> std::io::Result<(ServedWorker, Vec<JoinHandle<()>>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let host = if fleet.advertised_host.is_empty() { addr.ip().to_string() } else { fleet.advertised_host.clone() };
-    let short = uuid::Uuid::new_v4().simple().to_string();
-    let identity = WorkerIdentity {
-        worker_id: format!("training-worker-{}", &short[..8]),
-        endpoint_url: format!("http://{host}:{}", addr.port()),
-        gpu,
+    let gpu = n < fleet.gpu_workers;
+    let worker_id = match &fleet.id_prefix {
+        Some(prefix) => format!("{prefix}-{}", n + 1),
+        None => format!("training-worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };
+    let identity = WorkerIdentity { worker_id, endpoint_url: format!("http://{host}:{}", addr.port()), gpu };
     let agent = Agent::new(identity, &fleet.backend_url, sim.clone(), fleet.agent.clone());
     let router = agent.router();
     let server = tokio::spawn({

@@ -79,7 +79,12 @@ pub(super) async fn place(
                 // checks find it back.
                 tried.clear();
                 progress.detail(match claim {
-                    Claim::NoneFree { busy } => format!("waiting for a free training worker ({busy} busy)"),
+                    Claim::NoneFree { busy, unavailable: 0 } => {
+                        format!("waiting for a free training worker ({busy} busy)")
+                    }
+                    Claim::NoneFree { busy, unavailable } => {
+                        format!("waiting for a free training worker ({busy} busy, {unavailable} unavailable)")
+                    }
                     _ => "waiting for a training worker to register (none is, and hosts.training.url is empty)".into(),
                 });
                 if !pauses.sleep(token).await {

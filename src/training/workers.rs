@@ -29,7 +29,8 @@ pub enum Claim {
     /// This worker is ours until released.
     Got(Box<StoredWorker>),
     /// Training workers are registered, none is free: this many are busy (or unavailable).
-    NoneFree { busy: usize },
+    /// Every registered worker is busy (live) or unavailable (not answering its health checks).
+    NoneFree { busy: usize, unavailable: usize },
     /// No training worker is registered: use the configured training host.
     NoWorkers,
     /// No training worker is registered and no training host is configured: wait for one.
@@ -144,7 +145,8 @@ impl WorkerPool {
                 return Ok(Claim::Got(Box::new(worker.clone())));
             }
         }
-        Ok(Claim::NoneFree { busy: workers.len() })
+        let count = |status: &str| workers.iter().filter(|w| w.status == status).count();
+        Ok(Claim::NoneFree { busy: count("busy"), unavailable: count("temporarily_unavailable") })
     }
 
     /// Counts one dispatch decision: `worker` (started on a registered worker), `host` (none

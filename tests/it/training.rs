@@ -253,7 +253,9 @@ async fn a_training_on_data_loaded_by_the_service_succeeds_and_one_without_data_
     let id = rig.train(json!({ "strategy_name": "short", "symbols": ["GBPUSD"] })).await;
     let record = rig.until(&id, "the training", is_final).await;
     assert_eq!(record["status"], "failed");
-    assert_eq!(record["error_message"], "Training failed: No data found in cache for GBPUSD 1h");
+    let error = record["error_message"].as_str().unwrap();
+    assert!(error.starts_with("Training failed: No data found in cache for GBPUSD 1h (looked for "), "{error}");
+    assert!(error.ends_with("GBPUSD_1h.csv)"), "the folder searched is named: {error}");
 }
 
 both_generations!(

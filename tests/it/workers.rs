@@ -92,6 +92,7 @@ async fn workers_register_list_and_read_back_as_bare_records() {
     let (status, cli) = cli_workers(&app).await;
     assert!(status.success(), "{cli}");
     assert!(cli.contains("training") && cli.contains("http://10.0.0.7:5003") && cli.contains("backtesting"), "{cli}");
+    assert!(cli.contains("ID") && cli.contains("training-worker-1") && cli.contains("cpu-1"), "ids are shown: {cli}");
 }
 
 fn body_with_id(base: &Value, id: &str) -> Value {
@@ -615,4 +616,24 @@ async fn with_no_training_host_configured_a_training_waits_for_a_worker_to_regis
     let done = until_record(&app.base, &id, "the end", Duration::from_secs(20), |r| r["status"] != "running").await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["context"]["worker_id"], "late");
+}
+
+#[tokio::test]
+async fn a_restarted_service_drops_its_previous_built_in_workers() {
+    let listed = |app: &TestApp| {
+        let request = app.http.get(app.url("/api/v1/workers"));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let app = TestApp::spawn_with_sim(|c| c.sim.training_workers = 1).await;
+    let before = listed(&app).await;
+    assert_eq!(before.as_array().map(Vec::len), Some(1), "{before}");
+    assert_eq!(before[0]["worker_id"], "test-node-builtin-worker-1");
+    let db = app.shutdown().await;
+
+    let app = TestApp::spawn_on_with_sim(db, |c| c.sim.training_workers = 1).await;
+    let after = listed(&app).await;
+    assert_eq!(after.as_array().map(Vec::len), Some(1), "no ghost of the previous run: {after}");
+    assert_eq!(after[0]["worker_id"], "test-node-builtin-worker-1");
+    assert_eq!(after[0]["status"], "available");
+    assert_ne!(after[0]["endpoint_url"], before[0]["endpoint_url"], "this run's worker, at its own port");
 }

@@ -319,6 +319,19 @@ impl Store {
         Ok(removed)
     }
 
+    /// Drops the workers whose id starts with `prefix` (a restarted service's own built-in
+    /// workers of its previous run, which died with it); returns how many.
+    pub async fn remove_workers_named(&self, prefix: &str) -> Result<u64, StoreError> {
+        let removed = on_db!(&self.inner.readers, pool => {
+            sqlx::query("DELETE FROM workers WHERE substr(worker_id, 1, length($1)) = $1")
+                .bind(prefix)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(removed)
+    }
+
     /// Takes or renews the lease `name` for `holder` until `until`; false while another holder's
     /// lease has not expired.
     pub async fn hold_lease(&self, name: &str, holder: &str, until: Timestamp) -> Result<bool, StoreError> {
