@@ -76,7 +76,7 @@ impl From<HostError> for Outcome {
 /// One clear line for a failed request.
 fn describe(e: &HostError) -> String {
     match e.kind {
-        HostErrorKind::Connect | HostErrorKind::Timeout => {
+        HostErrorKind::Connect | HostErrorKind::Timeout | HostErrorKind::Broken => {
             format!("cannot reach the service: {}", first_cause(&e.message))
         }
         HostErrorKind::Status(401) => "the service needs an API token (--token or KTRDR_API_TOKEN)".to_owned(),
@@ -132,7 +132,7 @@ impl Client {
 
     fn unusable(&self, e: HostError) -> Outcome {
         let mut message = describe(&e);
-        if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout) {
+        if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout | HostErrorKind::Broken) {
             message = format!("cannot reach the service at {}: {}", self.url, first_cause(&e.message));
         }
         Outcome::Unusable(message)

@@ -150,6 +150,9 @@ pub enum HostErrorKind {
     /// No connection could be made.
     Connect,
     Timeout,
+    /// The connection broke (closed or reset) after the request went out and before an answer
+    /// came: the host went away mid-call.
+    Broken,
     /// The host answered with a non-2xx status.
     Status(u16),
     /// The answer could not be read or decoded.
@@ -180,7 +183,7 @@ impl HostError {
     /// Worth trying again later (the host or the network, not the request, was the problem).
     pub fn is_transient(&self) -> bool {
         match self.kind {
-            HostErrorKind::Connect | HostErrorKind::Timeout => true,
+            HostErrorKind::Connect | HostErrorKind::Timeout | HostErrorKind::Broken => true,
             HostErrorKind::Status(status) => matches!(status, 502..=504),
             HostErrorKind::Body | HostErrorKind::Cancelled => false,
         }
@@ -196,6 +199,7 @@ impl fmt::Display for HostError {
         let what = match self.kind {
             HostErrorKind::Connect => "cannot connect".to_owned(),
             HostErrorKind::Timeout => "timed out".to_owned(),
+            HostErrorKind::Broken => "the connection broke before the answer".to_owned(),
             HostErrorKind::Status(status) => format!("HTTP {status}"),
             HostErrorKind::Body => "unreadable answer".to_owned(),
             HostErrorKind::Cancelled => "cancelled".to_owned(),
@@ -315,6 +319,7 @@ fn error_class(kind: &HostErrorKind) -> &'static str {
     match kind {
         HostErrorKind::Connect => "connect",
         HostErrorKind::Timeout => "timeout",
+        HostErrorKind::Broken => "broken",
         HostErrorKind::Status(s) if *s < 500 => "4xx",
         HostErrorKind::Status(_) => "5xx",
         HostErrorKind::Body => "body",
@@ -479,7 +484,15 @@ impl HostClient {
         if let Some(timeout) = call.timeout {
             request = request.timeout(timeout);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(call, &e))?;
+        // Before a status arrives, a failure that is neither connecting nor a timeout is the
+        // connection breaking under the request (the host died mid-call).
+        let response = request.send().await.map_err(|e| {
+            let mut error = self.transport_error(call, &e);
+            if error.kind == HostErrorKind::Body {
+                error.kind = HostErrorKind::Broken;
+            }
+            error
+        })?;
         let status = response.status().as_u16();
         if (300..400).contains(&status) {
             let message = "answered with a redirect, which is not followed".to_owned();

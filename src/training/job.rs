@@ -436,6 +436,7 @@ async fn follow(
                 errors += 1;
                 let why = match on_worker {
                     Some(_) if e.kind == HostErrorKind::Connect => Some(format!("it refuses connections: {e}")),
+                    Some(_) if e.kind == HostErrorKind::Broken => Some(format!("it went away mid-answer: {e}")),
                     _ if errors >= settings.poll_errors => Some(format!("{errors} polls failed in a row: {e}")),
                     _ => None,
                 };

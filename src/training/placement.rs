@@ -115,7 +115,9 @@ pub(super) async fn place(
             }
             Err(StartError::Cancelled) => return Err(JobError::Cancelled),
             Err(StartError::Busy(_)) => {}
-            Err(StartError::Failed(e)) if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout) => {}
+            // Gone — refusing connections, silent, or dying while it answered: the next one.
+            Err(StartError::Failed(e))
+                if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout | HostErrorKind::Broken) => {}
             Err(e) => {
                 release.now().await;
                 return Err(JobError::failed(format!("worker {} could not start the training: {e}", worker.worker_id)));
