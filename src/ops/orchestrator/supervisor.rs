@@ -98,6 +98,17 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
         op.mark_settled();
         return;
     }
+    // Completed work has nothing left to resume — nor has the operation it continued or repeated.
+    // Deleted before anyone can see `completed`, so that a completed record never sits beside a
+    // checkpoint offering to resume it.
+    if matches!(outcome, Outcome::Completed(_)) {
+        let parent = op.snapshot().record.parent_operation_id.clone();
+        for id in std::iter::once(&op.id).chain(parent.as_ref()) {
+            if let Err(e) = inner.store.delete_checkpoint(id).await {
+                tracing::warn!(operation_id = %id, error = %e, "could not delete the checkpoint of completed work");
+            }
+        }
+    }
     let hook = op.take_remote_stop();
     let remote_host = hook.as_ref().map(|h| h.host.clone());
     let Some(snapshot) = op.finish(outcome, forced, remote_host) else {
@@ -107,14 +118,6 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     inner.registry.write().remove(&op.id);
     op.mark_settled();
     tracing::info!(status = %snapshot.record.status, "operation finished");
-    // Completed work has nothing left to resume — nor has the operation it continued or repeated.
-    if snapshot.record.status == Status::Completed {
-        for id in std::iter::once(&op.id).chain(snapshot.record.parent_operation_id.as_ref()) {
-            if let Err(e) = inner.store.delete_checkpoint(id).await {
-                tracing::warn!(operation_id = %id, error = %e, "could not delete the checkpoint of completed work");
-            }
-        }
-    }
     let (kind, status) = (snapshot.record.operation_type.as_str(), snapshot.record.status.as_str());
     inner.metrics.counter(metrics::OPERATIONS_FINISHED, &[("type", kind), ("status", status)]).increment(1);
     if let Some(seconds) = snapshot.record.duration_seconds() {
