@@ -383,6 +383,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         catalog: Catalog::new(config.training.strategies_dir.clone(), config.training.models_dir.clone()),
         config: config.clone(),
         endpoint_policy,
+        fleet: fleet.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         openapi: Default::default(),
     });

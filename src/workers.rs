@@ -233,6 +233,17 @@ impl Fleet {
         Ok((checked, removed))
     }
 
+    /// Whether the worker `worker_id` at `endpoint` is gone: its health check fails now. A gone
+    /// worker is marked `temporarily_unavailable` at once (so that a registration claiming its id
+    /// or its endpoint may replace it, rather than wait for the periodic checks to notice).
+    pub async fn gone(&self, worker_id: &str, endpoint: &str) -> Result<bool, StoreError> {
+        if self.probe.health(endpoint).await.is_some() {
+            return Ok(false);
+        }
+        self.store.record_worker_health(worker_id, &HealthOutcome::Failed { unavailable_after: 1 }).await?;
+        Ok(true)
+    }
+
     /// Tells every registered worker the service is stopping (`POST {endpoint}/backend-shutdown`,
     /// workers.md §6): they register again once it is back. Best effort, all at once, 2 s each.
     pub async fn announce_shutdown(&self) {

@@ -56,6 +56,8 @@ pub struct AppState {
     pub training: TrainingService,
     pub catalog: Catalog,
     pub config: Arc<Config>,
+    /// The worker registry and its health checks.
+    pub fleet: crate::workers::Fleet,
     /// Event streams and long-polls open at once (`server.max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Where registered workers may point.

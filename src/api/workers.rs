@@ -212,18 +212,26 @@ async fn register(State(state): State<AppState>, ApiJson(body): ApiJson<Registra
     }
     let capabilities = json!(body.capabilities.clone().unwrap_or_default());
     let store = state.orchestrator.store();
-    let stored = match store.register_worker(worker_id, &body.worker_type, &endpoint, &capabilities, runs).await? {
+    let mut registered = store.register_worker(worker_id, &body.worker_type, &endpoint, &capabilities, runs).await?;
+    // The claimant may be the worker itself, back at a new address (or a new id at its old
+    // one) after a restart: when the holder does not answer now, it is gone and may be replaced.
+    if let Registered::Conflict { worker_id: holder, endpoint_url } = &registered
+        && state.fleet.gone(holder, endpoint_url).await?
+    {
+        registered = store.register_worker(worker_id, &body.worker_type, &endpoint, &capabilities, runs).await?;
+    }
+    let stored = match registered {
         Registered::Stored(stored) => *stored,
         Registered::Conflict { worker_id: holder, endpoint_url } => {
             let message = if holder == worker_id {
                 format!(
-                    "worker {holder} is registered at another endpoint ({endpoint_url}) and is live: a live worker's id \
-                     stays bound to its endpoint (use another id, or wait until it is temporarily_unavailable)"
+                    "worker {holder} is registered at another endpoint ({endpoint_url}), which still answers: a live \
+                     worker's id stays bound to its endpoint (use another id, or wait until it is temporarily_unavailable)"
                 )
             } else {
                 format!(
-                    "{endpoint_url} is the endpoint of live worker {holder}: a live worker's endpoint stays bound to its \
-                     id (register under that id, or wait until it is temporarily_unavailable)"
+                    "{endpoint_url} is the endpoint of live worker {holder}, which still answers there: a live worker's \
+                     endpoint stays bound to its id (register under that id, or wait until it is temporarily_unavailable)"
                 )
             };
             return Err(ApiError::new(StatusCode::CONFLICT, "WORKER_CONFLICT", message));

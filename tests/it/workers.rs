@@ -45,7 +45,9 @@ async fn workers_register_list_and_read_back_as_bare_records() {
     let (status, list) = app.get("/api/v1/workers").await;
     assert_eq!((status, list), (200, json!([])), "a bare, empty array");
 
-    let body = json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003",
+    // A live worker: it answers its health checks.
+    let live = answers_health_only().await;
+    let body = json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": live,
                        "capabilities": { "gpu": true, "gpu_type": "CUDA", "gpu_count": 1 }, "current_operation_id": null,
                        "completed_operations": [] });
     let (status, worker) = register(&app, body.clone()).await;
@@ -60,7 +62,7 @@ async fn workers_register_list_and_read_back_as_bare_records() {
     assert_eq!(worker["stop_operations"], json!([]));
 
     // Only the four basic fields, as the older training host sends them.
-    let cpu = json!({ "worker_id": "cpu-1", "worker_type": "backtesting", "endpoint_url": "http://10.0.0.8:5003" });
+    let cpu = json!({ "worker_id": "cpu-1", "worker_type": "backtesting", "endpoint_url": "http://127.0.0.1:9" });
     assert_eq!(register(&app, cpu).await.0, 200);
     let (_, all) = app.get("/api/v1/workers").await;
     let ids: Vec<&str> = all.as_array().unwrap().iter().map(|w| w["worker_id"].as_str().unwrap()).collect();
@@ -73,25 +75,21 @@ async fn workers_register_list_and_read_back_as_bare_records() {
     assert_eq!((status, assert_envelope(&body)), (422, "VALIDATION_ERROR".to_owned()));
 
     // While a worker is live, its id stays bound to its endpoint and its endpoint to its id.
-    let mut again = body_with_id(
-        &json!({ "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" }),
-        "training-worker-2",
-    );
+    let mut again = body_with_id(&json!({ "worker_type": "training", "endpoint_url": live }), "training-worker-2");
     again["capabilities"] = json!({ "gpu": false });
     let (status, refused) = register(&app, again).await;
     assert_eq!((status, assert_envelope(&refused)), (409, "WORKER_CONFLICT".to_owned()), "{refused}");
     assert!(refused["detail"].as_str().unwrap().contains("training-worker-1"), "{refused}");
     let moved =
-        json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://10.0.0.99:5003" });
+        json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://127.0.0.1:10" });
     assert_eq!(register(&app, moved).await.0, 409, "a live id cannot be re-pointed");
-    let again =
-        json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" });
+    let again = json!({ "worker_id": "training-worker-1", "worker_type": "training", "endpoint_url": live });
     let (status, same) = register(&app, again).await;
     assert_eq!(status, 200, "the same worker registering again is welcome: {same}");
-    assert_eq!(app.get("/api/v1/workers/training-worker-1").await.1["endpoint_url"], "http://10.0.0.7:5003");
+    assert_eq!(app.get("/api/v1/workers/training-worker-1").await.1["endpoint_url"], live.as_str());
     let (status, cli) = cli_workers(&app).await;
     assert!(status.success(), "{cli}");
-    assert!(cli.contains("training") && cli.contains("http://10.0.0.7:5003") && cli.contains("backtesting"), "{cli}");
+    assert!(cli.contains("training") && cli.contains("http://127.0.0.1:9") && cli.contains("backtesting"), "{cli}");
     assert!(cli.contains("ID") && cli.contains("training-worker-1") && cli.contains("cpu-1"), "ids are shown: {cli}");
 }
 
@@ -114,7 +112,7 @@ async fn cli_workers(app: &TestApp) -> (std::process::ExitStatus, String) {
 #[tokio::test]
 async fn bad_registrations_are_refused_with_the_field_named() {
     let app = TestApp::spawn_with_sim(|_| {}).await;
-    let good = json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "http://10.0.0.7:5003" });
+    let good = json!({ "worker_id": "w", "worker_type": "training", "endpoint_url": "http://127.0.0.1:9" });
     let cases = [
         (json!({ "worker_type": "training", "endpoint_url": "http://x:1" }), "worker_id"),
         (json!({ "worker_id": "w", "worker_type": "trainer", "endpoint_url": "http://x:1" }), "worker_type"),
@@ -194,7 +192,7 @@ async fn a_worker_naming_a_finished_operation_is_told_to_stop_it_and_the_operati
     // What a worker says of operations not dispatched to it is none of its business: ignored.
     let dummy = app.start_dummy(1000, 50).await;
     app.wait_for_status(&dummy, "running", Duration::from_secs(5)).await;
-    let stranger = json!({ "worker_id": "stranger", "worker_type": "training", "endpoint_url": "http://10.0.0.9:5003",
+    let stranger = json!({ "worker_id": "stranger", "worker_type": "training", "endpoint_url": "http://127.0.0.1:11",
                            "current_operation_id": dummy,
                            "completed_operations": [{ "operation_id": dummy, "status": "CANCELLED",
                                                       "completed_at": "2026-11-28T00:00:00Z" }] });
@@ -211,7 +209,7 @@ async fn replicas_on_one_postgresql_database_share_the_fleet() {
     let second = db.shared();
     let a = TestApp::spawn_with(db, |c| c.node.id = "node-a".into()).await;
     let b = TestApp::spawn_with(second, |c| c.node.id = "node-b".into()).await;
-    let body = json!({ "worker_id": "shared", "worker_type": "training", "endpoint_url": "http://10.0.0.10:5003" });
+    let body = json!({ "worker_id": "shared", "worker_type": "training", "endpoint_url": "http://127.0.0.1:12" });
     assert_eq!(register(&a, body).await.0, 200);
     let (status, worker) = b.get("/api/v1/workers/shared").await;
     assert_eq!(status, 200, "registered on A, seen on B: {worker}");
@@ -636,4 +634,45 @@ async fn a_restarted_service_drops_its_previous_built_in_workers() {
     assert_eq!(after[0]["worker_id"], "test-node-builtin-worker-1");
     assert_eq!(after[0]["status"], "available");
     assert_ne!(after[0]["endpoint_url"], before[0]["endpoint_url"], "this run's worker, at its own port");
+}
+
+/// A "worker" that answers its health checks and closes the connection on anything else, as a
+/// worker dying in the middle of answering does.
+async fn answers_health_only() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                if head[..n].starts_with(b"GET /health") {
+                    let body = r#"{"healthy":true,"worker_status":"idle","current_operation":null}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+                // Anything else: the connection closes with no answer.
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_while_answering_the_start_is_passed_over() {
+    let app = TestApp::spawn_with_sim(|c| c.hosts.training.url = String::new()).await;
+    eurusd(app.data_dir.path());
+    let dying = json!({ "worker_id": "dying", "worker_type": "training", "endpoint_url": answers_health_only().await,
+                        "capabilities": { "gpu": true } });
+    assert_eq!(register(&app, dying).await.0, 200);
+    let good = json!({ "worker_id": "good", "worker_type": "training", "endpoint_url": worker_sim(app.data_dir.path()).await });
+    assert_eq!(register(&app, good).await.0, 200);
+    let id = start_example(&app).await;
+    assert_eq!(placed_on(&app, &id).await, "good", "the GPU worker broke the connection: passed over");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"ktrdr_ops_dispatches_total{outcome="passed_over"} 1"#), "{metrics}");
 }
