@@ -177,7 +177,8 @@ struct ServeArgs {
 
 #[derive(Args, Default)]
 struct SimArgs {
-    /// Where the IB simulator listens (sim.ib_listen).
+    /// Where the IB simulator listens (sim.ib_listen). With --training-workers an IB simulator
+    /// starts only when this is given.
     #[arg(long, value_name = "ADDR:PORT")]
     ib_listen: Option<String>,
     /// Where the training simulator listens (sim.training_listen).
@@ -427,12 +428,18 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
             agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
             id_prefix: None,
         });
-        match Simulators::start(settings, config.sim.ib_listen, config.sim.training_listen, fleet.as_ref()).await {
+        // Workers alone need no IB simulator (a second worker process would clash on its port):
+        // one is started when asked for, or when no worker is.
+        let ib_listen = (args.ib_listen.is_some() || fleet.is_none()).then_some(config.sim.ib_listen);
+        match Simulators::start(settings, ib_listen, config.sim.training_listen, fleet.as_ref()).await {
             Ok(simulators) => {
+                let ib = match simulators.ib_addr {
+                    Some(_) => format!("IB simulator on {}", simulators.ib_url()),
+                    None => "no IB simulator (--ib-listen starts one)".to_owned(),
+                };
                 match &fleet {
                     Some(fleet) => println!(
-                        "IB simulator on {}, {} training workers on {} registering with {}",
-                        simulators.ib_url(),
+                        "{ib}, {} training workers on {} registering with {}",
                         simulators.workers.len(),
                         simulators.worker_urls().join(" "),
                         fleet.backend_url

@@ -72,7 +72,8 @@ impl SimSettings {
 
 /// The two simulators, running.
 pub struct Simulators {
-    pub ib_addr: SocketAddr,
+    /// `None` when only training workers were asked for.
+    pub ib_addr: Option<SocketAddr>,
     pub training_addr: SocketAddr,
     pub ib: Arc<IbSim>,
     /// The (first) training simulator.
@@ -84,12 +85,13 @@ pub struct Simulators {
 }
 
 impl Simulators {
-    /// Binds both (port 0 picks free ports) and serves them in the background. With `workers`
+    /// Binds both (port 0 picks free ports; no `ib_listen`: no IB simulator) and serves them in
+    /// the background. With `workers`
     /// (operations generation only), `count` training simulators serve on `training_listen`'s
     /// port and the next ones (port 0: free ports), each registering with the service as a worker.
     pub async fn start(
         mut settings: SimSettings,
-        ib_listen: SocketAddr,
+        ib_listen: impl Into<Option<SocketAddr>>,
         training_listen: SocketAddr,
         workers: Option<&WorkerFleet>,
     ) -> std::io::Result<Self> {
@@ -107,15 +109,22 @@ impl Simulators {
                 settings.training.clone(),
             )
         };
-        let ib_listener = TcpListener::bind(ib_listen).await?;
-        let ib_addr = ib_listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| {
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             })
         };
-        let mut tasks = vec![serve(ib_listener, ib.router(), shutdown.clone())];
+        let mut tasks = Vec::new();
+        let ib_addr = match ib_listen.into() {
+            Some(listen) => {
+                let ib_listener = TcpListener::bind(listen).await?;
+                let addr = ib_listener.local_addr()?;
+                tasks.push(serve(ib_listener, ib.router(), shutdown.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
         let mut workers = Vec::new();
         let (training_addr, training) = match fleet {
             Some(fleet) => {
@@ -136,7 +145,7 @@ impl Simulators {
                 (addr, training)
             }
         };
-        tracing::info!(%ib_addr, %training_addr, workers = workers.len(), "host simulators running");
+        tracing::info!(ib_addr = ?ib_addr, %training_addr, workers = workers.len(), "host simulators running");
         Ok(Self { ib_addr, training_addr, ib, training, workers, shutdown, tasks })
     }
 
@@ -156,8 +165,9 @@ impl Simulators {
         self.workers.iter().map(|w| format!("http://{}", w.addr)).collect()
     }
 
+    /// The IB simulator's URL (empty when none was started).
     pub fn ib_url(&self) -> String {
-        format!("http://{}", self.ib_addr)
+        self.ib_addr.map(|addr| format!("http://{addr}")).unwrap_or_default()
     }
 
     pub fn training_url(&self) -> String {

@@ -172,6 +172,46 @@ async fn serve_with_sim_uses_the_built_in_hosts() {
     assert_eq!(health["hosts"]["training"]["protocol"], "operations");
 }
 
+/// Workers alone need no IB simulator: two such processes on one machine do not clash on :5001.
+#[tokio::test]
+async fn the_sim_command_with_workers_alone_starts_no_ib_simulator() {
+    let data = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
+            .args([
+                "sim",
+                "--training-workers",
+                "1",
+                "--backend-url",
+                "http://127.0.0.1:9",
+                "--training-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+        let line = loop {
+            let line =
+                tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+            if line.contains("training workers on") {
+                break line;
+            }
+        };
+        assert!(line.starts_with("no IB simulator"), "{line}");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        children.push(child);
+    }
+    for child in &mut children {
+        assert!(child.try_wait().unwrap().is_none(), "both keep running");
+    }
+}
+
 #[tokio::test]
 async fn the_sim_command_serves_both_simulators() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
