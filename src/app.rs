@@ -178,6 +178,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
             .map(|(name, limit)| (name.clone(), *limit))
             .collect(),
         max_active: config.operations.max_active,
+        stop_confirm_wait: config.hosts.stop_confirm_wait.0,
         remote_cache_ttl: config.operations.remote_cache_ttl.0,
         remote_poll_interval: config.operations.remote_poll_interval.0,
         // Only PostgreSQL is shared by several replicas.

@@ -183,6 +183,7 @@ pub struct HostsConfig {
     pub health_timeout: HumanDuration,
     pub health_ttl: HumanDuration,
     pub stall_notice: HumanDuration,
+    pub stop_confirm_wait: HumanDuration,
     pub ib: IbHostConfig,
     pub training: TrainingHostConfig,
 }

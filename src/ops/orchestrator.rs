@@ -75,6 +75,9 @@ pub struct Settings {
     pub max_concurrent: HashMap<String, usize>,
     /// Operations running or pending here at once, all types: a start beyond it is refused.
     pub max_active: usize,
+    /// How long a resume waits for a stopped host's last word (its final state and stop
+    /// checkpoint) before it decides from what it has.
+    pub stop_confirm_wait: Duration,
     /// Other replicas' operations are read from the store at most this often (a short cache).
     pub remote_cache_ttl: Duration,
     /// Long-polls and streams of other replicas' operations re-read the store this often.
@@ -173,6 +176,9 @@ struct Inner {
     remote_cache: RemoteCache,
     /// Operations other replicas stored finished, as PostgreSQL announces them.
     finished_elsewhere: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Remote stops in flight here (a cancelled operation's host told to stop, its last word —
+    /// final state, stop checkpoint — not yet heard): each turns `true` when the stop is over.
+    stops_in_flight: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
 }
 
 impl Inner {
@@ -232,6 +238,7 @@ impl Orchestrator {
             feed: Arc::new(ChangeFeed::default()),
             remote_cache,
             finished_elsewhere: tokio::sync::broadcast::channel(1024).0,
+            stops_in_flight: Default::default(),
         });
         inner.loops.spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         inner.loops.spawn(inner.metrics.clone().upkeep(METRICS_UPKEEP, inner.root.clone()));

@@ -345,6 +345,26 @@ async fn a_training_cancelled_midway_resumes_from_the_hosts_checkpoint_and_repor
     assert_eq!((status, assert_envelope(&again)), (409, "ALREADY_RESUMED".to_owned()));
 }
 
+/// A resume sent the moment the DELETE answers waits for the host's last word and continues from
+/// its stop checkpoint — it used to answer 404 "retry it", and a user who obeyed lost the epochs.
+#[tokio::test]
+async fn a_resume_right_after_the_cancel_waits_for_the_hosts_stop_checkpoint() {
+    let rig = rig(SimTrainingProtocol::Operations, 10, |_| {}).await;
+    rig.write_data("EURUSD", "1h");
+    let old = rig.train(json!({ "strategy_name": "long" })).await;
+    rig.until(&old, "three epochs", |r| r["metrics"]["epochs"].as_array().map_or(0, Vec::len) >= 3).await;
+    let (status, _) = rig.app.delete(&format!("/api/v1/operations/{old}")).await;
+    assert_eq!(status, 200);
+    let asked = std::time::Instant::now();
+    let (status, answer) = rig.app.post(&format!("/api/v1/operations/{old}/resume"), json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["resumed_from"]["checkpoint_type"], "cancellation", "{answer}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "within hosts.stop_confirm_wait");
+    let new = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    let done = rig.until(&new, "the resumed training's end", is_final).await;
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
 #[tokio::test]
 async fn a_training_on_a_host_that_cannot_resume_is_refused_with_the_advice_to_retry() {
     let rig = rig(SimTrainingProtocol::Sessions, 10, |_| {}).await;

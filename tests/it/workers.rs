@@ -303,12 +303,17 @@ async fn placed_on(app: &TestApp, id: &str) -> String {
 /// A training worker simulator of its own on a free port (the operations generation, as ktrdr's
 /// workers speak it), reading the series from `data_dir`.
 async fn worker_sim(data_dir: &std::path::Path) -> String {
+    worker_sim_paced(data_dir, 40).await
+}
+
+/// [`worker_sim`] with `pace_ms` per batch (a training is 100 batches).
+async fn worker_sim_paced(data_dir: &std::path::Path, pace_ms: u64) -> String {
     use ktrdr_ops::sim::training::{TrainingKnobs, TrainingSim};
     let sim = TrainingSim::new(
         ktrdr_ops::hosts::training::Protocol::Operations,
         data_dir.to_owned(),
         None,
-        TrainingKnobs { pace_ms: 40, ..TrainingKnobs::default() },
+        TrainingKnobs { pace_ms, ..TrainingKnobs::default() },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -323,7 +328,9 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
     let series = app.data_dir.path().join("EURUSD_1h.csv");
     std::fs::write(series, "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n").unwrap();
     for (id, gpu) in [("cpu-1", false), ("cpu-2", false), ("gpu-1", true)] {
-        let endpoint = worker_sim(app.data_dir.path()).await;
+        // 10 s a training: none ends (freeing its worker) before the others are placed, even
+        // on a loaded machine (4 s was not always enough in CI).
+        let endpoint = worker_sim_paced(app.data_dir.path(), 100).await;
         let body = json!({ "worker_id": id, "worker_type": "training", "endpoint_url": endpoint,
                            "capabilities": { "gpu": gpu } });
         let (status, answer) = register(&app, body).await;

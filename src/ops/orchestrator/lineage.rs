@@ -115,6 +115,7 @@ impl Orchestrator {
         if let Some(continuation) = self.inner.store.continuation(operation_id).await? {
             return Err(ContinueError::AlreadyResumed { resumed: operation_id.to_owned(), continuation });
         }
+        self.until_stop_heard(&stored).await;
         let checkpoint = self.inner.store.checkpoint(operation_id).await?;
         let ty = self.inner.types.get(record.operation_type.as_str());
         let job = match ty.and_then(|ty| ty.resume(record, stored.job_state.as_ref(), checkpoint.clone())) {
@@ -132,6 +133,46 @@ impl Orchestrator {
             other => other.into(),
         })?;
         Ok(Resumed { snapshot: Self::started(submitted), checkpoint })
+    }
+
+    /// While the host of a cancelled operation has been told to stop and has not said its last
+    /// word (final state, stop checkpoint), a resume waits for it — at most `stop_confirm_wait`
+    /// — so that it continues from the stop checkpoint instead of an older one, or answering
+    /// "no checkpoint" a moment before the host saves it. The stop runs here: its end is awaited;
+    /// it runs on another replica: the stored record says when the host's final state is known.
+    async fn until_stop_heard(&self, stored: &Snapshot) {
+        let id = stored.record.operation_id.as_str();
+        let wait = self.inner.settings.stop_confirm_wait;
+        let in_flight = self.inner.stops_in_flight.lock().get(id).cloned();
+        if let Some(mut over) = in_flight {
+            if tokio::time::timeout(wait, over.wait_for(|over| *over)).await.is_err() {
+                tracing::info!(
+                    operation_id = id,
+                    "the host did not confirm its stop in time; resuming from what is saved"
+                );
+            }
+            return;
+        }
+        let pending = |s: &Snapshot| {
+            let remote = s.record.cancellation.as_ref().and_then(|c| c.remote.as_ref());
+            remote.is_some_and(|r| r.error.is_none() && r.host_final_status.is_none())
+        };
+        if !pending(stored) {
+            return;
+        }
+        // Its stop runs on another replica (or ran on one that died): read until it is heard.
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(STOP_HEARD_POLL).await;
+            match self.inner.store.get(id).await {
+                Ok(Some(now)) if pending(&now) => {}
+                _ => {
+                    // Its final state is known; the stop checkpoint follows it in the same look.
+                    tokio::time::sleep(STOP_HEARD_POLL).await;
+                    return;
+                }
+            }
+        }
     }
 
     /// After a restart: continues an operation that was just failed as interrupted, if its type
@@ -175,6 +216,9 @@ impl Orchestrator {
 fn cannot(record: &OperationRecord, what: &str) -> String {
     format!("{} operations cannot be {what}", record.operation_type)
 }
+
+/// How often a resume re-reads an operation whose stop another replica follows.
+const STOP_HEARD_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Submission {
     /// The operation that continues or repeats `record`: same type, same request.

@@ -131,7 +131,18 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
             reason: snapshot.record.error_message.clone().unwrap_or_default(),
             shutdown: inner.root.clone(),
         };
-        inner.tasks.spawn((hook.run)(report).in_current_span());
+        // A resume waits for this stop's end: the host's stop checkpoint is what it continues from.
+        let (over, in_flight) = tokio::sync::watch::channel(false);
+        inner.stops_in_flight.lock().insert(op.id.clone(), in_flight);
+        let (stops, id) = (inner.clone(), op.id.clone());
+        inner.tasks.spawn(
+            async move {
+                (hook.run)(report).await;
+                stops.stops_in_flight.lock().remove(&id);
+                let _ = over.send(true);
+            }
+            .in_current_span(),
+        );
     }
 }
 

@@ -66,6 +66,7 @@ async fn orchestrator_waiting(dir: &tempfile::TempDir, acquire_timeout: Duration
         checkpoint_retention: Duration::from_secs(86_400),
         max_concurrent: HashMap::new(),
         max_active: 100_000,
+        stop_confirm_wait: Duration::from_secs(10),
         remote_cache_ttl: Duration::ZERO,
         remote_poll_interval: Duration::from_millis(50),
         cluster: None,
