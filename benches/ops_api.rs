@@ -22,18 +22,7 @@ use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use common::{Service, env_number, percentile, send_json, start_dummy, wrk};
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
+use common::{Service, env_number, percentile, rss_mb, send_json, start_dummy, wrk};
 
 /// The scale reference: a bare axum handler answering a fixed JSON document out of a map.
 async fn bare_axum() -> String {

@@ -20,20 +20,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{Service, env_number, ms, percentile, start_dummy, wrk};
+use common::{Service, env_number, ms, percentile, rss_mb, start_dummy, wrk};
 
 const CLIENT: &str = "bench-client-token-0123456789";
 const WORKER: &str = "bench-worker-token-0123456789";
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// The release binary on a free port with its own database and data folder.
 async fn service(dir: &std::path::Path, guarded: bool, extra: &[(&str, &str)]) -> Service {

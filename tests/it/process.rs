@@ -172,6 +172,20 @@ async fn serve_with_sim_uses_the_built_in_hosts() {
     assert_eq!(health["hosts"]["training"]["protocol"], "operations");
 }
 
+/// The first line of `child`'s output that contains `text` (within 20 s); the rest is read on
+/// in the background, so that the child never blocks on a full pipe.
+async fn first_line_with(child: &mut tokio::process::Child, text: &str) -> String {
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+        if line.contains(text) {
+            break line;
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    line
+}
+
 /// Workers alone need no IB simulator: two such processes on one machine do not clash on :5001.
 #[tokio::test]
 async fn the_sim_command_with_workers_alone_starts_no_ib_simulator() {
@@ -195,16 +209,8 @@ async fn the_sim_command_with_workers_alone_starts_no_ib_simulator() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-        let line = loop {
-            let line =
-                tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-            if line.contains("training workers on") {
-                break line;
-            }
-        };
+        let line = first_line_with(&mut child, "training workers on").await;
         assert!(line.starts_with("no IB simulator"), "{line}");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         children.push(child);
     }
     for child in &mut children {
@@ -228,13 +234,7 @@ async fn the_sim_command_serves_both_simulators() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-    let line = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-        if line.contains("IB simulator on") {
-            break line;
-        }
-    };
+    let line = first_line_with(&mut child, "IB simulator on").await;
     let urls: Vec<&str> =
         line.split_whitespace().filter(|w| w.starts_with("http://")).map(|w| w.trim_end_matches(',')).collect();
     let http = reqwest::Client::new();
