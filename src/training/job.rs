@@ -163,6 +163,14 @@ impl TrainingJob {
         let Self { asked, mut start, session, total_epochs, client, settings, pool, worker } = self;
         let progress = ctx.progress();
         let token = ctx.token().clone();
+        // What the step names ("mlp on EURUSD [1h]"), from the request — a resumed, re-attached or
+        // moved training's too, which start from a session rather than a request.
+        progress.context([
+            ("model_type".to_owned(), json!(asked.model_type)),
+            ("symbols".to_owned(), json!(asked.symbols)),
+            ("timeframes".to_owned(), json!(asked.timeframes)),
+            ("total_epochs".to_owned(), json!(total_epochs)),
+        ]);
         let mut placement = match session {
             Some(session) => {
                 progress.detail(format!("following training host session {}", session.id));
@@ -172,12 +180,6 @@ impl TrainingJob {
             None => {
                 let request = start.as_mut().ok_or_else(|| failed("nothing to train: no request and no session"))?;
                 request.task_id = ctx.operation_id().to_owned();
-                progress.context([
-                    ("model_type".to_owned(), json!(request.model_type)),
-                    ("symbols".to_owned(), json!(request.symbols)),
-                    ("timeframes".to_owned(), json!(request.timeframes)),
-                    ("total_epochs".to_owned(), json!(total_epochs)),
-                ]);
                 ctx.step(TrainingStep::Start, "Starting training on the host");
                 match &pool {
                     Some(pool) => {

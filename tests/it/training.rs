@@ -363,6 +363,8 @@ async fn a_resume_right_after_the_cancel_waits_for_the_hosts_stop_checkpoint() {
     let new = answer["data"]["operation_id"].as_str().unwrap().to_owned();
     let done = rig.until(&new, "the resumed training's end", is_final).await;
     assert_eq!(done["status"], "completed", "{done}");
+    let step = done["progress"]["current_step"].as_str().unwrap_or_default();
+    assert!(step.contains("on EURUSD [1h]"), "the continuation's step keeps its request's context: {step}");
 }
 
 #[tokio::test]
