@@ -178,7 +178,11 @@ impl TrainingJob {
                 Placement { client, worker, session }
             }
             None => {
-                let request = start.as_mut().ok_or_else(|| failed("nothing to train: no request and no session"))?;
+                // A training picked up before it reached a host starts from its request again.
+                let request = match start.as_mut() {
+                    Some(request) => request,
+                    None => start.insert(rebuilt_request(&asked, &settings, ctx.operation_id()).await?),
+                };
                 request.task_id = ctx.operation_id().to_owned();
                 ctx.step(TrainingStep::Start, "Starting training on the host");
                 match &pool {
@@ -553,7 +557,23 @@ impl Reattach<TrainingJob> for TrainingReattach {
         state: Option<TrainingState>,
         cause: Resumption,
     ) -> Option<TrainingJob> {
-        let TrainingState { session_id, protocol, worker } = state?;
+        let Some(TrainingState { session_id, protocol, worker }) = state else {
+            // Never reached a host (it waited for a free worker or host): nothing runs anywhere,
+            // so nothing is lost — it queues again, from its request, wherever it is picked up.
+            if cause == Resumption::Detach {
+                return None;
+            }
+            return Some(TrainingJob {
+                total_epochs: request.parameters.epochs.filter(|t| *t > 0),
+                asked: request,
+                start: None,
+                session: None,
+                client: self.client.clone(),
+                settings: self.settings.clone(),
+                pool: self.pool.clone(),
+                worker: None,
+            });
+        };
         if matches!(cause, Resumption::Detach | Resumption::Shutdown) && worker.is_none() {
             return None;
         }

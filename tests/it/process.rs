@@ -528,3 +528,58 @@ async fn a_restarted_service_hears_from_its_workers_again_and_follows_their_trai
     assert_eq!(registered_again["current_operation_id"], id.as_str(), "{registered_again}");
     assert_the_training_went_on(&http, &service, &id).await;
 }
+
+/// Work that waits is never failed by a crash: a training waiting for a worker (none is
+/// registered yet) queues again after kill -9 and a restart, and runs once a worker joins.
+#[tokio::test]
+async fn a_training_waiting_for_a_worker_survives_a_crash_and_runs_when_one_joins() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("EURUSD_1h.csv"),
+        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+    )
+    .unwrap();
+    let data_dir = data.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--database-url",
+        &db.url,
+        "--data-dir",
+        &data_dir,
+        "--strategies-dir",
+        strategies,
+    ];
+    // No training host: trainings wait for a worker to register.
+    let env = [("KTRDR_OPS__HOSTS__TRAINING__URL", "")];
+    let http = reqwest::Client::new();
+    let mut service = ServiceProcess::start(&args, &env).await;
+    let id = start_training_until(&http, &service, |r| {
+        r["progress"]["current_step"].as_str().unwrap_or_default().contains("waiting for a training worker")
+    })
+    .await;
+    service.kill9().await;
+
+    let service = ServiceProcess::start(&args, &env).await;
+    let after = record(&http, &service, &id).await;
+    assert!(["pending", "running"].contains(&after["status"].as_str().unwrap()), "queued again, not failed: {after}");
+    let backend = format!("http://{listen}");
+    let worker_args = ["--training-workers", "1", "--backend-url", &backend, "--sim-training-pace-ms", "5"];
+    let (_worker, _ib, _url) = sim_process(&data_dir, &worker_args, &[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let r = record(&http, &service, &id).await;
+        if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ran: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["progress"]["context"]["worker_id"].is_string(), "{done}");
+}
