@@ -58,11 +58,16 @@ impl DataService {
 /// After a restart of this same service the load is reported interrupted and continued by a
 /// linked operation from its checkpoint (`operations.resume_interrupted`) — whether the service
 /// crashed or was stopped: at a graceful stop the load saves what it fetched and is left for the
-/// restart (`Shutdown`), never cancelled.
+/// restart (`Shutdown`), never cancelled. A load that had not yet planned (it was waiting) is
+/// queued again instead.
 impl Reattach<DataLoadJob> for DataService {
     fn reattach(&self, mut spec: LoadSpec, state: Option<LoadState>, cause: Resumption) -> Option<DataLoadJob> {
-        if !matches!(cause, Resumption::Takeover | Resumption::Shutdown) {
-            return None;
+        match cause {
+            Resumption::Takeover | Resumption::Shutdown => {}
+            // It never got as far as a plan (it waited for a slot or for its series): nothing was
+            // fetched or saved, so it is queued again as it was asked rather than failed.
+            Resumption::Restart if state.is_none() => return Some(self.job(spec)),
+            _ => return None,
         }
         // The dead replica may have fetched the oldest part first, so the request's own mode
         // could now find nothing to do: fill whatever is missing in the span it planned.

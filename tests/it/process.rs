@@ -583,3 +583,52 @@ async fn a_training_waiting_for_a_worker_survives_a_crash_and_runs_when_one_join
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["progress"]["context"]["worker_id"].is_string(), "{done}");
 }
+
+/// A load waiting for a concurrency slot is never failed by a crash: after kill -9 and a
+/// restart it is queued again and runs, while the one that was running is interrupted and
+/// continued from its checkpoint.
+#[tokio::test]
+async fn a_load_waiting_for_a_slot_survives_a_crash_and_runs_after_the_restart() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let (_sim, ib_url, training_url) = sim_process(&data_dir, &["--sim-latency-ms", "40"], &[]).await;
+    let mut args = serve_args(&db);
+    args.extend(["--ib-url", &ib_url, "--training-url", &training_url, "--data-dir", &data_dir].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [("KTRDR_OPS__OPERATIONS__MAX_CONCURRENT__DATA_LOAD", "1"), ("KTRDR_OPS__HOSTS__IB__PACING", "off")];
+    let http = reqwest::Client::new();
+    let mut service = ServiceProcess::start(&args, &env).await;
+    let start = |symbol: &str| {
+        let body = json!({ "symbol": symbol, "timeframe": "1h", "mode": "backfill", "start_date": "2021-01-01", "end_date": "2024-01-01" });
+        http.post(service.url("/api/v1/data/load")).json(&body).send()
+    };
+    let (_, first) = json_of(start("AAPL").await.unwrap()).await;
+    let (_, second) = json_of(start("MSFT").await.unwrap()).await;
+    let (first, second) = (
+        first["data"]["operation_id"].as_str().unwrap().to_owned(),
+        second["data"]["operation_id"].as_str().unwrap().to_owned(),
+    );
+    loop {
+        let r = record(&http, &service, &first).await;
+        if r["progress"]["context"]["segments_done"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(record(&http, &service, &second).await["status"], "pending", "waiting for the slot");
+    service.kill9().await;
+
+    let service = ServiceProcess::start(&args, &env).await;
+    assert_eq!(record(&http, &service, &first).await["status"], "failed", "the running one: interrupted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let r = record(&http, &service, &second).await;
+        if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the waiting load never ran: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["status"], "completed", "queued again, not failed: {done}");
+}
