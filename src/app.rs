@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::server::ConnectionLimits;
 use crate::api::{self, AppState};
 use crate::catalog::Catalog;
 use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
@@ -27,7 +28,6 @@ use crate::hosts::{ClientBuildError, HostClient, HostSettings, Hosts, RetryPolic
 use crate::metrics::Metrics;
 use crate::ops::orchestrator::{ClusterSettings, claim_node_id};
 use crate::ops::{NodeIdInUse, Orchestrator, Settings, StartupCheck, Store, StoreError};
-use crate::server::ConnectionLimits;
 use crate::sim::worker::{AgentSettings, WorkerFleet};
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
@@ -264,6 +264,8 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let listen = config.server.listen;
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
+    // The built-in workers' names: this run registers them, and drops its previous run's.
+    let builtin = options.with_simulators.then(|| builtin_workers(&config));
     let simulators = if options.with_simulators {
         // Auth on and no worker token: the built-in workers get one of their own, made up now.
         if config.auth.worker_token.is_empty() && !config.auth.api_token.is_empty() {
@@ -280,7 +282,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             backend_url: format!("http://{reach}"),
             advertised_host: String::new(),
             agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
-            id_prefix: Some(builtin_workers(&config)),
+            id_prefix: builtin.clone(),
         };
         let simulators =
             Simulators::start(settings, loopback, loopback, Some(&fleet)).await.map_err(StartError::Simulators)?;
@@ -304,10 +306,10 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         &metrics,
     )
     .await?;
-    if simulators.is_some() {
+    if let Some(builtin) = &builtin {
         // The built-in workers of this service's previous run died with it: not ghosts in the
         // fleet for minutes, and their names are free for this run's (they register once served).
-        let removed = store.remove_workers_named(&builtin_workers(&config)).await?;
+        let removed = store.remove_workers_named(builtin).await?;
         if removed > 0 {
             tracing::info!(removed, "dropped the built-in workers of the previous run");
         }
@@ -401,7 +403,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         let orchestrator = orchestrator.clone();
         let fleet = fleet.clone();
         async move {
-            let http = tokio::spawn(crate::server::serve(listener, router, limits, shutdown.clone()));
+            let http = tokio::spawn(crate::api::server::serve(listener, router, limits, shutdown.clone()));
             shutdown.cancelled().await;
             let end = Instant::now() + deadline;
             tracing::info!(

@@ -29,8 +29,6 @@ pub mod metrics;
 /// The generic operations core: records, progress, cancellation, orchestrator, store.
 pub mod ops;
 /// Host simulators (IB and training) speaking the real protocols.
-/// The HTTP listener: connection and header-time bounds, peer addresses, graceful shutdown.
-pub mod server;
 pub mod sim;
 /// Logging setup.
 pub mod telemetry;

@@ -2,7 +2,7 @@
 //! One file per resource, each owning its `router()` of annotated handlers, so the OpenAPI
 //! document is assembled from the same routes the service serves. `error.rs` is the one error
 //! envelope; `schemas.rs` the answer types. Auth, request timeouts, CORS, body limits and panic
-//! catching are layers here.
+//! catching are layers here; `server.rs` is the listener that serves it all.
 
 pub mod auth;
 mod catalog;
@@ -18,6 +18,7 @@ pub mod openapi;
 mod operations;
 mod prometheus;
 pub mod schemas;
+pub mod server;
 mod trainings;
 mod workers;
 

@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
@@ -20,7 +19,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::schemas::ErrorEnvelope;
-use crate::hosts::endpoints::canonical;
+use crate::hosts::endpoints::{addresses_of, canonical};
 use crate::hosts::workers::plain_id;
 use crate::invalid::Invalid;
 use crate::ops::store::Registered;
@@ -146,20 +145,7 @@ async fn report_status(
 /// that resolves to 127.0.1.1).
 async fn is_address_of(endpoint: &str, peer: IpAddr) -> bool {
     let peer = canonical(peer);
-    let Ok(url) = url::Url::parse(endpoint) else { return false };
-    let port = url.port_or_known_default().unwrap_or(80);
-    let addresses: Vec<IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
-        Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
-        Some(url::Host::Domain(name)) => {
-            let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((name, port))).await;
-            match lookup {
-                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-                _ => return false,
-            }
-        }
-        None => return false,
-    };
+    let addresses = addresses_of(endpoint).await.unwrap_or_default();
     addresses.into_iter().map(canonical).any(|ip| ip == peer || (ip.is_loopback() && peer.is_loopback()))
 }
 

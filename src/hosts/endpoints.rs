@@ -70,17 +70,27 @@ impl EndpointPolicy {
     /// that does not resolve (yet) passes — every connection resolves it again through
     /// [`GuardedResolver`].
     pub async fn check_resolved(&self, url: &str) -> Result<(), String> {
-        let Ok(url) = Url::parse(url) else { return Ok(()) };
-        let (Some(Host::Domain(name)), Some(port)) = (url.host(), url.port_or_known_default()) else { return Ok(()) };
-        let Ok(Ok(addrs)) = tokio::time::timeout(RESOLVE_WITHIN, tokio::net::lookup_host((name, port))).await else {
-            return Ok(());
-        };
-        for addr in addrs {
-            if let Some(why) = self.refuses(addr.ip()) {
-                return Err(format!("{name} resolves to {why}"));
+        for ip in addresses_of(url).await.unwrap_or_default() {
+            if let Some(why) = self.refuses(ip) {
+                return Err(format!("{url} points to {why}"));
             }
         }
         Ok(())
+    }
+}
+
+/// The addresses `url`'s host stands for: its own, or what its name resolves to now (waiting at
+/// most [`RESOLVE_WITHIN`]); `None` when it has no host or its name does not resolve.
+pub async fn addresses_of(url: &str) -> Option<Vec<IpAddr>> {
+    let url = Url::parse(url).ok()?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    match url.host()? {
+        Host::Ipv4(ip) => Some(vec![IpAddr::V4(ip)]),
+        Host::Ipv6(ip) => Some(vec![IpAddr::V6(ip)]),
+        Host::Domain(name) => {
+            let found = tokio::time::timeout(RESOLVE_WITHIN, tokio::net::lookup_host((name, port))).await.ok()?.ok()?;
+            Some(found.map(|addr| addr.ip()).collect())
+        }
     }
 }
 

@@ -3,10 +3,11 @@
 //! drops the request the moment it fires), retries with exponential backoff and jitter only where
 //! repeating is safe, errors that carry the host's own message, a cached health probe and
 //! per-endpoint counters and latency histograms, and stalled calls reported to the operation that
-//! made them (`stall`), Server-Sent Events streams (`sse`). `ib` and `training` speak the two
-//! protocols.
+//! made them (`stall`), Server-Sent Events streams (`sse`), and what of a host's answer may be
+//! read and repeated (`answer`). `ib` and `training` speak the two protocols.
 //! Depends on nothing domain-side.
 
+mod answer;
 pub mod backend;
 pub mod endpoints;
 pub mod ib;
@@ -27,6 +28,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+pub use answer::{MAX_ANSWER_BYTES, MAX_HOST_WORDS, cap, cap_words, describe_answer, host_message, read_capped};
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
@@ -59,9 +62,6 @@ pub struct HostSettings {
     /// For hosts that registered themselves (workers): the addresses their names may resolve to.
     pub endpoint_policy: Option<Arc<endpoints::EndpointPolicy>>,
 }
-
-/// The largest answer read from a host; a larger one is an error, not a memory spike.
-pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How often a host call is tried, and the pauses between: exponential with full jitter.
 #[derive(Debug, Clone, Copy)]
@@ -221,83 +221,6 @@ pub struct HostResponse {
     pub body: Bytes,
 }
 
-/// The longest part of a host's own words kept in an error, a record or a log line.
-pub const MAX_HOST_WORDS: usize = 500;
-
-/// The host's own message in an error body: FastAPI's `detail` (text or validation list), the
-/// IB host's `error`, or a `message` — capped at [`MAX_HOST_WORDS`] characters. Anything else is
-/// described, never copied: a host's raw answer (or whatever a redirect or a rogue worker
-/// brought) does not reach records and logs.
-pub fn host_message(body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return describe_answer(body);
-    };
-    let from = |v: &Value| -> Option<String> {
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(items) => Some(
-                items
-                    .iter()
-                    .filter_map(|i| i.get("msg").and_then(Value::as_str).map(str::to_owned))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
-            Value::Object(o) => o.get("error").or_else(|| o.get("message")).and_then(Value::as_str).map(str::to_owned),
-            _ => None,
-        }
-    };
-    ["detail", "error", "message"]
-        .iter()
-        .find_map(|key| value.get(key).and_then(from))
-        .filter(|words| !words.trim().is_empty())
-        .map_or_else(|| describe_answer(body), |words| cap_words(&words))
-}
-
-/// A host's words, kept to [`MAX_HOST_WORDS`] characters on one line.
-pub fn cap_words(words: &str) -> String {
-    let mut kept: String = words.chars().take(MAX_HOST_WORDS).map(|c| if c.is_control() { ' ' } else { c }).collect();
-    if words.chars().count() > MAX_HOST_WORDS {
-        kept.push('…');
-    }
-    kept
-}
-
-/// What an answer was, without its content: "an answer of 2,341 bytes".
-pub fn describe_answer(body: &[u8]) -> String {
-    if body.is_empty() {
-        return "an empty answer".to_owned();
-    }
-    let kind = if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() { "JSON" } else { "non-JSON" };
-    format!("a {kind} answer of {} bytes", group_digits(body.len()))
-}
-
-fn group_digits(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A response's body, at most `cap` bytes: `Err(None)` when it is larger.
-pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Bytes, Option<reqwest::Error>> {
-    if response.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(None);
-    }
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(Some)? {
-        if body.len() + chunk.len() > cap {
-            return Err(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
 /// What a health probe found.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthReport {
@@ -325,6 +248,13 @@ fn error_class(kind: &HostErrorKind) -> &'static str {
         HostErrorKind::Body => "body",
         HostErrorKind::Cancelled => "cancelled",
     }
+}
+
+/// Where a transport error struck: before the host's answer began, or while reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    BeforeAnswer,
+    Answer,
 }
 
 /// A pooled, cancellable client for one host service. Cheap to clone.
@@ -486,13 +416,7 @@ impl HostClient {
         }
         // Before a status arrives, a failure that is neither connecting nor a timeout is the
         // connection breaking under the request (the host died mid-call).
-        let response = request.send().await.map_err(|e| {
-            let mut error = self.transport_error(call, &e);
-            if error.kind == HostErrorKind::Body {
-                error.kind = HostErrorKind::Broken;
-            }
-            error
-        })?;
+        let response = request.send().await.map_err(|e| self.transport_error(call, &e, Stage::BeforeAnswer))?;
         let status = response.status().as_u16();
         if (300..400).contains(&status) {
             let message = "answered with a redirect, which is not followed".to_owned();
@@ -500,18 +424,21 @@ impl HostClient {
         }
         let body = read_capped(response, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| e.map_or_else(|| self.too_large(call), |e| self.transport_error(call, &e)))?;
+            .map_err(|e| e.map_or_else(|| self.too_large(call), |e| self.transport_error(call, &e, Stage::Answer)))?;
         if !(200..300).contains(&status) {
             return Err(self.error(call, HostErrorKind::Status(status), host_message(&body)));
         }
         Ok(HostResponse { status, body })
     }
 
-    fn transport_error(&self, call: &Call, e: &reqwest::Error) -> HostError {
+    fn transport_error(&self, call: &Call, e: &reqwest::Error, stage: Stage) -> HostError {
         let kind = if e.is_timeout() {
             HostErrorKind::Timeout
         } else if e.is_connect() {
             HostErrorKind::Connect
+        } else if stage == Stage::BeforeAnswer {
+            // Connected, and the connection broke before a status came: the host went away mid-call.
+            HostErrorKind::Broken
         } else {
             HostErrorKind::Body
         };
@@ -587,30 +514,5 @@ impl HostClient {
         };
         *self.inner.health.lock() = Some((Instant::now(), report.clone()));
         report
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_messages_come_from_detail_error_or_text() {
-        assert_eq!(host_message(br#"{"detail":"Service temporarily unavailable"}"#), "Service temporarily unavailable");
-        assert_eq!(
-            host_message(
-                br#"{"detail":[{"loc":["body","symbol"],"msg":"field required","type":"value_error.missing"}]}"#
-            ),
-            "field required"
-        );
-        assert_eq!(
-            host_message(br#"{"success":false,"error":"No data returned for AAPL 1h"}"#),
-            "No data returned for AAPL 1h"
-        );
-        assert_eq!(host_message(b"Bad Gateway"), "a non-JSON answer of 11 bytes");
-        assert_eq!(host_message(br#"{"secret":"internal"}"#), "a JSON answer of 21 bytes", "never the raw answer");
-        assert_eq!(host_message(br#"{"message":"slow down"}"#), "slow down");
-        let long = format!(r#"{{"detail":"{}"}}"#, "x".repeat(2000));
-        assert_eq!(host_message(long.as_bytes()).chars().count(), MAX_HOST_WORDS + 1);
     }
 }

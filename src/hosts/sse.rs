@@ -6,7 +6,7 @@ use std::time::Duration;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt, future, stream};
 
-use crate::hosts::{Call, HostClient, HostError, HostErrorKind, host_message};
+use crate::hosts::{Call, HostClient, HostError, HostErrorKind, Stage, host_message};
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl HostClient {
             };
             let events = response.bytes_stream().eventsource().map(move |item| match item {
                 Ok(event) => Ok(SseEvent::from(event)),
-                Err(EventStreamError::Transport(e)) => Err(client.transport_error(&call, &e)),
+                Err(EventStreamError::Transport(e)) => Err(client.transport_error(&call, &e, Stage::Answer)),
                 Err(e) => Err(client.error(&call, HostErrorKind::Body, e.to_string())),
             });
             // Nothing after a failure: the stream is broken.
@@ -70,7 +70,7 @@ impl HostClient {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(call, &e))?;
+        let response = request.send().await.map_err(|e| self.transport_error(call, &e, Stage::BeforeAnswer))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let body = response.bytes().await.unwrap_or_default();

@@ -545,8 +545,8 @@ impl Orchestrator {
         let end = Instant::now() + deadline;
         inner.accepting.store(false, Ordering::Release);
         self.hand_over(deadline / 2).await;
-        self.detach(deadline / 4).await;
-        self.leave_for_restart(deadline / 4).await;
+        self.keep_for(Resumption::Detach, deadline / 4).await;
+        self.keep_for(Resumption::Shutdown, deadline / 4).await;
         inner.root.cancel();
         inner.tasks.close();
         let grace = inner.settings.cancel_grace.min(deadline / 2);

@@ -472,32 +472,50 @@ async fn start_training_until(
     id
 }
 
+/// A service that keeps its address across restarts (workers register with the same one), on a
+/// database and a data folder (holding EURUSD 1h) of its own, with the repository's strategies.
+struct RestartRig {
+    db: TestDb,
+    data: tempfile::TempDir,
+    listen: String,
+}
+
+impl RestartRig {
+    fn new() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(
+            data.path().join("EURUSD_1h.csv"),
+            "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        RestartRig { db: TestDb::sqlite(), data, listen: format!("127.0.0.1:{port}") }
+    }
+
+    fn data_dir(&self) -> String {
+        self.data.path().display().to_string()
+    }
+
+    fn backend(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// `serve`'s arguments, to be borrowed as `&str`s.
+    fn args(&self) -> Vec<String> {
+        let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
+        ["serve", "--listen", &self.listen, "--database-url", &self.db.url, "--data-dir", &self.data_dir()]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--strategies-dir".to_owned(), strategies.to_owned()])
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn a_restarted_service_hears_from_its_workers_again_and_follows_their_trainings_to_the_end() {
-    let db = TestDb::sqlite();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(
-        data.path().join("EURUSD_1h.csv"),
-        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
-    )
-    .unwrap();
-    let data_dir = data.path().display().to_string();
-    // A fixed port: the worker registers with the same address after the restart.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let backend = format!("http://{listen}");
-    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
-    let args = [
-        "serve",
-        "--listen",
-        &listen,
-        "--database-url",
-        &db.url,
-        "--data-dir",
-        &data_dir,
-        "--strategies-dir",
-        strategies,
-    ];
+    let rig = RestartRig::new();
+    let (owned, data_dir, backend) = (rig.args(), rig.data_dir(), rig.backend());
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let mut service = ServiceProcess::start(&args, &[]).await;
     let worker_args = ["--training-workers", "1", "--backend-url", &backend, "--sim-training-pace-ms", "40"];
     let (_worker, _ib, worker_url) = sim_process(&data_dir, &worker_args, &[]).await;
@@ -529,32 +547,31 @@ async fn a_restarted_service_hears_from_its_workers_again_and_follows_their_trai
     assert_the_training_went_on(&http, &service, &id).await;
 }
 
+/// The operation's record once it has ended; panics if it has not within `within`.
+async fn ended_within(
+    http: &reqwest::Client,
+    service: &ServiceProcess,
+    id: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let r = record(http, service, id).await;
+        if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never ended: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Work that waits is never failed by a crash: a training waiting for a worker (none is
 /// registered yet) queues again after kill -9 and a restart, and runs once a worker joins.
 #[tokio::test]
 async fn a_training_waiting_for_a_worker_survives_a_crash_and_runs_when_one_joins() {
-    let db = TestDb::sqlite();
-    let data = tempfile::tempdir().unwrap();
-    std::fs::write(
-        data.path().join("EURUSD_1h.csv"),
-        "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
-    )
-    .unwrap();
-    let data_dir = data.path().display().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let strategies = concat!(env!("CARGO_MANIFEST_DIR"), "/strategies");
-    let args = [
-        "serve",
-        "--listen",
-        &listen,
-        "--database-url",
-        &db.url,
-        "--data-dir",
-        &data_dir,
-        "--strategies-dir",
-        strategies,
-    ];
+    let rig = RestartRig::new();
+    let (owned, data_dir, backend) = (rig.args(), rig.data_dir(), rig.backend());
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     // No training host: trainings wait for a worker to register.
     let env = [("KTRDR_OPS__HOSTS__TRAINING__URL", "")];
     let http = reqwest::Client::new();
@@ -568,18 +585,9 @@ async fn a_training_waiting_for_a_worker_survives_a_crash_and_runs_when_one_join
     let service = ServiceProcess::start(&args, &env).await;
     let after = record(&http, &service, &id).await;
     assert!(["pending", "running"].contains(&after["status"].as_str().unwrap()), "queued again, not failed: {after}");
-    let backend = format!("http://{listen}");
     let worker_args = ["--training-workers", "1", "--backend-url", &backend, "--sim-training-pace-ms", "5"];
     let (_worker, _ib, _url) = sim_process(&data_dir, &worker_args, &[]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let r = record(&http, &service, &id).await;
-        if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
-            break r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never ran: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = ended_within(&http, &service, &id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["progress"]["context"]["worker_id"].is_string(), "{done}");
 }
@@ -621,14 +629,6 @@ async fn a_load_waiting_for_a_slot_survives_a_crash_and_runs_after_the_restart()
 
     let service = ServiceProcess::start(&args, &env).await;
     assert_eq!(record(&http, &service, &first).await["status"], "failed", "the running one: interrupted");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let r = record(&http, &service, &second).await;
-        if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
-            break r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the waiting load never ran: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = ended_within(&http, &service, &second, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "completed", "queued again, not failed: {done}");
 }

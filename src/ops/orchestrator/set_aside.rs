@@ -48,35 +48,27 @@ impl Orchestrator {
         }
     }
 
-    /// At shutdown: operations whose work runs on a machine of its own and that their type
-    /// re-attaches after a restart are left running there, to be followed again when this
-    /// service is back, instead of being cancelled.
-    pub(super) async fn detach(&self, within: Duration) {
-        let detached = self.resumable_for(Resumption::Detach);
-        if detached.is_empty() {
+    /// At shutdown, before anything is cancelled: operations their type would pick up again for
+    /// `cause` are set aside instead — `Detach`: work running on a machine of its own, left
+    /// running there and followed again after the restart; `Shutdown` (with no replica left to
+    /// take them, and `operations.resume_interrupted`): work the restart continues from what it
+    /// saved, as after a crash. A graceful stop is never worse than a crash; only work that
+    /// cannot continue is cancelled.
+    pub(super) async fn keep_for(&self, cause: Resumption, within: Duration) {
+        if cause == Resumption::Shutdown && !self.inner.settings.resume_interrupted {
             return;
         }
-        self.set_aside(&detached, within).await;
-        tracing::info!(
-            operations = detached.len(),
-            "left operations running on their own machines; they are followed again after the restart"
-        );
-    }
-
-    /// At shutdown, with no replica left to take them: operations their type continues after a
-    /// restart from what they saved — as after a crash — are stopped without an outcome (saving
-    /// their progress and checkpoint as they stop) and left for the restart, instead of being
-    /// cancelled. A graceful stop is never worse than a crash; only work that cannot continue is
-    /// cancelled.
-    pub(super) async fn leave_for_restart(&self, within: Duration) {
-        if !self.inner.settings.resume_interrupted {
+        let kept = self.resumable_for(cause);
+        if kept.is_empty() {
             return;
         }
-        let left = self.resumable_for(Resumption::Shutdown);
-        if left.is_empty() {
-            return;
-        }
-        self.set_aside(&left, within).await;
-        tracing::info!(operations = left.len(), "left operations for the restart to continue from what they saved");
+        self.set_aside(&kept, within).await;
+        let what = match cause {
+            Resumption::Detach => {
+                "left operations running on their own machines; they are followed again after the restart"
+            }
+            _ => "left operations for the restart to continue from what they saved",
+        };
+        tracing::info!(operations = kept.len(), "{what}");
     }
 }
