@@ -65,7 +65,9 @@ impl Fetch<'_> {
                 progress.detail(format!("{label}: waiting for IB pacing ({} s)", left.as_secs_f64().ceil() as u64))
             };
             let (from, to) = (to_timestamp(start), to_timestamp(segment.end));
-            let result = gateway.call(|| gateway.ib.historical(sym, tf, from, to, token, on_wait)).await;
+            let result = gateway
+                .call(|| gateway.ib.historical(gateway.ctx.operation_id(), sym, tf, from, to, token, on_wait))
+                .await;
             if !matches!(result, Err(IbError::Cancelled)) {
                 downloads.requests += 1;
             }

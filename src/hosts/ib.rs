@@ -236,11 +236,14 @@ impl IbClient {
         &self.pacing
     }
 
-    /// Bars of `symbol`/`timeframe` in `[start, end]` (both inclusive). Waits for the pacing
-    /// limiter first, reporting the time left through `on_wait`; a pacing violation from the
-    /// host makes the limiter hold back. Not retried here: a repeat must go through the limiter.
+    /// Bars of `symbol`/`timeframe` in `[start, end]` (both inclusive), fetched for `operation_id`.
+    /// Waits for the pacing limiter first, reporting the time left through `on_wait`; a pacing
+    /// violation from the host makes the limiter hold back. Not retried here: a repeat must go
+    /// through the limiter.
+    #[allow(clippy::too_many_arguments)]
     pub async fn historical(
         &self,
+        operation_id: &str,
         symbol: &str,
         timeframe: &str,
         start: Timestamp,
@@ -254,7 +257,9 @@ impl IbClient {
         self.pacing.acquire(&key, token, on_wait).await.map_err(|_| IbError::Cancelled)?;
         let body =
             json!({ "symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "instrument_type": null });
-        let call = Call::post("/data/historical", "/data/historical", &body).retry(Retry::ConnectOnly);
+        let call = Call::post("/data/historical", "/data/historical", &body)
+            .retry(Retry::ConnectOnly)
+            .for_operation(operation_id);
         let answer: HistoricalAnswer = self.host.json(&call, token).await?;
         if !answer.success {
             let error = classify(answer.error.as_deref().unwrap_or("the IB host failed without a message"));

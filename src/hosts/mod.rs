@@ -90,6 +90,9 @@ pub enum Retry {
     Never,
 }
 
+/// The header naming the operation a host call works for.
+pub const OPERATION_HEADER: &str = "x-operation-id";
+
 /// One request.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -101,6 +104,9 @@ pub struct Call {
     pub body: Option<Value>,
     pub retry: Retry,
     pub timeout: Option<Duration>,
+    /// The operation the call works for, sent as `X-Operation-Id` so that a host's request log
+    /// (the simulators', for the soak's checker) can tell whose call it was; hosts ignore it.
+    pub operation_id: Option<String>,
 }
 
 impl Call {
@@ -113,6 +119,7 @@ impl Call {
             body: None,
             retry: Retry::Safe,
             timeout: None,
+            operation_id: None,
         }
     }
 
@@ -141,6 +148,11 @@ impl Call {
 
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn for_operation(mut self, operation_id: &str) -> Self {
+        self.operation_id = Some(operation_id.to_owned());
         self
     }
 }
@@ -407,6 +419,9 @@ impl HostClient {
         }
         if !call.query.is_empty() {
             request = request.query(&call.query);
+        }
+        if let Some(id) = &call.operation_id {
+            request = request.header(OPERATION_HEADER, id);
         }
         if let Some(body) = &call.body {
             request = request.json(body);

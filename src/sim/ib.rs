@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use crate::data::calendar::InstrumentKind;
 use crate::data::timeframe::Timeframe;
+use crate::hosts::OPERATION_HEADER;
 use crate::hosts::pacing::{PacingKey, PacingLimiter, PacingRules};
 use crate::sim::fastapi::{FastJson, unprocessable};
 use crate::sim::market::Instrument;
@@ -80,6 +81,10 @@ impl Default for IbKnobs {
 /// One `/data/historical` request as the simulator saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoricalLog {
+    /// When the request arrived (RFC 3339, UTC).
+    pub received_at: String,
+    /// The `X-Operation-Id` the client sent, when it is a plausible id.
+    pub operation_id: Option<String>,
     pub symbol: String,
     pub timeframe: String,
     pub start: String,
@@ -282,8 +287,15 @@ struct HistoricalBody {
     instrument_type: Option<String>,
 }
 
-async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -> Response {
+async fn historical(State(sim): Sim, headers: HeaderMap, FastJson(body): FastJson<HistoricalBody>) -> Response {
     sim.count("/data/historical");
+    let received_at = time::format(&time::now());
+    // Logged, so only what looks like one of our ids (a client may send anything).
+    let operation_id = headers
+        .get(OPERATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| id.len() <= 100 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        .map(str::to_owned);
     let mut guard = sim.enter();
     sim.latency().await;
     let (answer, rows, outcome) = match sim.gateway_down(&body.symbol).await {
@@ -291,6 +303,8 @@ async fn historical(State(sim): Sim, FastJson(body): FastJson<HistoricalBody>) -
         None => historical_answer(&sim, &body),
     };
     sim.stats.lock().historical.push(HistoricalLog {
+        received_at,
+        operation_id,
         symbol: body.symbol.clone(),
         timeframe: body.timeframe.clone(),
         start: body.start.clone(),

@@ -569,7 +569,12 @@ async fn stats(State(sim): Sim) -> Json<Value> {
         .sessions
         .lock()
         .values()
-        .map(|s| json!({ "id": s.id, "status": s.status, "finished": s.finished, "stop_requested": s.stop_requested, "epochs": s.epochs.len() }))
+        .map(|s| {
+            json!({
+                "id": s.id, "status": s.status, "finished": s.finished, "stop_requested": s.stop_requested,
+                "epochs": s.epochs.len(), "created_at": s.created_at, "last_updated": s.last_updated,
+            })
+        })
         .collect();
     Json(json!({
         "protocol": sim.protocol, "requests": stats.requests, "starts": stats.starts,

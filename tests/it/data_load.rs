@@ -57,9 +57,14 @@ async fn each_mode_from_an_empty_cache_fetches_the_range_in_its_order() {
         let app = TestApp::spawn_with_sim(|_| {}).await;
         let body = json!({ "symbol": "AAPL", "timeframe": "1h", "mode": mode,
                            "start_date": "2024-01-01", "end_date": "2024-03-31T23:00:00Z" });
-        let record = finished(&app, &load(&app, body).await).await;
+        let id = load(&app, body).await;
+        let record = finished(&app, &id).await;
         assert_eq!(record["status"], "completed", "{mode}: {record}");
         let windows = windows_of(&app.ib_windows().await);
+        // Each request names the load it was made for (X-Operation-Id), for the host's log.
+        let named: Vec<Value> =
+            app.ib_stats().await["historical"].as_array().unwrap().iter().map(|h| h["operation_id"].clone()).collect();
+        assert_eq!(named, vec![json!(id); windows.len()], "{mode}");
         let mut ascending = vec![
             w("2024-01-01T00:00:00+00:00", "2024-01-30T23:59:59+00:00"),
             w("2024-01-31T00:00:00+00:00", "2024-02-29T23:59:59+00:00"),

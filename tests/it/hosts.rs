@@ -75,7 +75,7 @@ async fn historical_bars_come_back_typed_and_equal_to_the_simulated_market() {
     let rig = ib_rig(IbKnobs::default()).await;
     let ib = &rig.hosts.ib;
     let (start, end) = (t("2024-07-01T00:00:00Z"), t("2024-07-07T23:00:00Z"));
-    let bars = ib.historical("AAPL", "1h", start, end, &no_token(), |_| {}).await.unwrap();
+    let bars = ib.historical("op_test", "AAPL", "1h", start, end, &no_token(), |_| {}).await.unwrap();
     assert_eq!(bars, Instrument::new("AAPL").bars(Timeframe::H1, start, end));
     assert_eq!(bars.len(), 3 * 7 + 4, "seven a day, four on 3 July (a 13:00 close), none on 4 July");
     assert!(
@@ -84,17 +84,26 @@ async fn historical_bars_come_back_typed_and_equal_to_the_simulated_market() {
     );
     // Overlapping windows agree bar for bar.
     let later = ib
-        .historical("AAPL", "1h", t("2024-07-03T00:00:00Z"), t("2024-07-10T00:00:00Z"), &no_token(), |_| {})
+        .historical("op_test", "AAPL", "1h", t("2024-07-03T00:00:00Z"), t("2024-07-10T00:00:00Z"), &no_token(), |_| {})
         .await
         .unwrap();
     let overlap: Vec<_> = bars.iter().filter(|b| b.timestamp >= t("2024-07-03T00:00:00Z")).cloned().collect();
     assert_eq!(&later[..overlap.len()], &overlap[..]);
 
-    let saturday =
-        ib.historical("AAPL", "1h", t("2024-07-06T00:00:00Z"), t("2024-07-06T23:59:00Z"), &no_token(), |_| {}).await;
+    let saturday = ib
+        .historical("op_test", "AAPL", "1h", t("2024-07-06T00:00:00Z"), t("2024-07-06T23:59:00Z"), &no_token(), |_| {})
+        .await;
     assert!(matches!(saturday, Err(IbError::NoData(_))), "{saturday:?}");
     let eur = ib
-        .historical("EURUSD", "1h", t("2024-01-08T00:00:00Z"), t("2024-01-08T06:00:00Z"), &no_token(), |_| {})
+        .historical(
+            "op_test",
+            "EURUSD",
+            "1h",
+            t("2024-01-08T00:00:00Z"),
+            t("2024-01-08T06:00:00Z"),
+            &no_token(),
+            |_| {},
+        )
         .await
         .unwrap();
     assert!(eur.iter().any(|b| b.timestamp == t("2024-01-08T03:00:00Z")), "forex trades Monday 03:00 UTC");
@@ -110,17 +119,23 @@ async fn ib_errors_are_classified_from_the_hosts_own_answers() {
     let rig = ib_rig(IbKnobs { fail_symbol: Some("MSFT".into()), ..IbKnobs::default() }).await;
     let ib = &rig.hosts.ib;
     let (start, end) = (t("2024-01-02T00:00:00Z"), t("2024-01-03T00:00:00Z"));
-    match ib.historical("XYZ", "1h", start, end, &no_token(), |_| {}).await {
+    match ib.historical("op_test", "XYZ", "1h", start, end, &no_token(), |_| {}).await {
         Err(IbError::UnknownSymbol(m)) => {
             assert_eq!(m, "Symbol validation failed: Symbol XYZ not found")
         }
         other => panic!("{other:?}"),
     }
-    match ib.historical("AAPL", "1d", t("2001-01-01T00:00:00Z"), t("2001-06-01T00:00:00Z"), &no_token(), |_| {}).await {
+    match ib
+        .historical("op_test", "AAPL", "1d", t("2001-01-01T00:00:00Z"), t("2001-06-01T00:00:00Z"), &no_token(), |_| {})
+        .await
+    {
         Err(IbError::BeforeHead { head, .. }) => assert_eq!(head, t("2005-01-03T14:30:00Z")),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(ib.historical("MSFT", "1h", start, end, &no_token(), |_| {}).await, Err(IbError::Transient(_))));
+    assert!(matches!(
+        ib.historical("op_test", "MSFT", "1h", start, end, &no_token(), |_| {}).await,
+        Err(IbError::Transient(_))
+    ));
 
     let valid = ib.validate("EURUSD", &["1h"], &no_token()).await.unwrap();
     assert!(valid.is_valid);
@@ -147,8 +162,9 @@ async fn the_simulated_gateway_goes_down_and_comes_back_as_the_real_one_does() {
     assert_eq!(ib.gateway(true).await, Gateway::Disconnected);
     // Data calls hang, then answer 200 with success: false and "not found".
     let began = Instant::now();
-    let bars =
-        ib.historical("AAPL", "1h", t("2024-01-02T00:00:00Z"), t("2024-01-05T00:00:00Z"), &no_token(), |_| {}).await;
+    let bars = ib
+        .historical("op_test", "AAPL", "1h", t("2024-01-02T00:00:00Z"), t("2024-01-05T00:00:00Z"), &no_token(), |_| {})
+        .await;
     assert!(began.elapsed() >= Duration::from_millis(400), "{:?}", began.elapsed());
     assert!(matches!(&bars, Err(IbError::UnknownSymbol(m)) if m == "Symbol AAPL not found"), "{bars:?}");
     assert!(matches!(ib.validate("AAPL", &["1h"], &no_token()).await, Err(IbError::UnknownSymbol(_))));
@@ -189,9 +205,9 @@ async fn a_pacing_violation_from_the_host_holds_the_client_back() {
     let ib = &rig.hosts.ib;
     let window = |d: u32| (t(&format!("2024-01-{d:02}T00:00:00Z")), t(&format!("2024-01-{d:02}T23:00:00Z")));
     let (s, e) = window(2);
-    ib.historical("AAPL", "1h", s, e, &no_token(), |_| {}).await.unwrap();
+    ib.historical("op_test", "AAPL", "1h", s, e, &no_token(), |_| {}).await.unwrap();
     let (s, e) = window(3);
-    let second = ib.historical("AAPL", "1h", s, e, &no_token(), |_| {}).await;
+    let second = ib.historical("op_test", "AAPL", "1h", s, e, &no_token(), |_| {}).await;
     assert!(matches!(second, Err(IbError::Pacing(_))), "{second:?}");
     assert_eq!(rig.ib_stats().await["pacing_violations"], 1);
 }
@@ -206,7 +222,7 @@ async fn our_pacing_keeps_the_simulators_ib_rules() {
     let mut waits = Vec::new();
     for day in 2..=4 {
         let (s, e) = (t(&format!("2024-01-{day:02}T00:00:00Z")), t(&format!("2024-01-{day:02}T23:00:00Z")));
-        ib.historical("AAPL", "1h", s, e, &no_token(), |left| waits.push(left)).await.unwrap();
+        ib.historical("op_test", "AAPL", "1h", s, e, &no_token(), |left| waits.push(left)).await.unwrap();
     }
     assert!(!waits.is_empty(), "the 2 s minimum gap made later requests wait");
     assert_eq!(rig.ib_stats().await["pacing_violations"], 0);
@@ -227,7 +243,7 @@ async fn a_cancelled_call_returns_at_once_and_the_host_sees_the_connection_drop(
     let result = rig
         .hosts
         .ib
-        .historical("AAPL", "1h", t("2024-01-02T00:00:00Z"), t("2024-01-03T00:00:00Z"), &token, |_| {})
+        .historical("op_test", "AAPL", "1h", t("2024-01-02T00:00:00Z"), t("2024-01-03T00:00:00Z"), &token, |_| {})
         .await;
     let returned = Instant::now();
     assert!(matches!(result, Err(IbError::Cancelled)), "{result:?}");
