@@ -4,7 +4,8 @@
 //! 1. an uninterrupted backfill of one year of 1-minute bars, for the segment count;
 //! 2. the same backfill on a fresh folder, the service killed with -9 at about half of it and
 //!    restarted: the interrupted load's continuation starts by itself — total segments fetched
-//!    over both operations, against the uninterrupted run, for three `data.save_interval`s;
+//!    over both operations, against the uninterrupted run, for three `data.save_interval`s —
+//!    and the same with SIGTERM (a deploy) instead of -9, which must do no worse: ≤ one run + 1;
 //! 3. a backfill cancelled at about half and resumed with `POST /operations/{id}/resume`: from
 //!    the answer to the continuation's first progress (the first version after the one it was
 //!    created with), over `BENCH_RESUMES` series (default and at most 9, the simulator's stocks).
@@ -65,9 +66,9 @@ async fn service(db: &str, data_dir: &str, ib: &str, training: &str, save_interv
     Service::start(command, None).await
 }
 
-/// A backfill killed with -9 at about half and the service restarted: the segments fetched over
-/// both operations, once the continuation completed.
-async fn killed_and_continued(http: &reqwest::Client, save_interval: &str) -> (u64, u64) {
+/// A backfill stopped with `signal` (KILL or TERM) at about half and the service restarted: the
+/// segments fetched over both operations, once the continuation completed.
+async fn stopped_and_continued(http: &reqwest::Client, signal: &str, save_interval: &str) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let (data, db) = (dir.path().join("data"), format!("sqlite://{}", dir.path().join("ops.db").display()));
     let data = data.display().to_string();
@@ -75,7 +76,13 @@ async fn killed_and_continued(http: &reqwest::Client, save_interval: &str) -> (u
     let mut s = service(&db, &data, &ib, &training, save_interval).await;
     let id = start_load(http, &s.base, "MSFT").await;
     halfway(http, &s.base, &id).await;
-    s.child.kill().await.unwrap();
+    if signal == "KILL" {
+        s.child.kill().await.unwrap();
+    } else {
+        let pid = s.child.id().expect("running").to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(s.child.wait().await.unwrap().success(), "a graceful stop exits 0");
+    }
     let before = historical_requests(http, &ib).await;
     let s = service(&db, &data, &ib, &training, save_interval).await;
     let children = send_json(http.get(format!("{}/api/v1/operations/{id}/children", s.base))).await;
@@ -143,10 +150,10 @@ async fn main() {
 
     // 2. Killed at about half, restarted: continued by itself. What the killed process fetched
     // after its last save is lost with it, so the save interval bounds the refetch.
-    for save_interval in ["0s", "1s", "10s"] {
-        let (before, total) = killed_and_continued(&http, save_interval).await;
+    for (signal, save_interval) in [("KILL", "0s"), ("KILL", "1s"), ("KILL", "10s"), ("TERM", "10s")] {
+        let (before, total) = stopped_and_continued(&http, signal, save_interval).await;
         println!(
-            "data.save_interval {save_interval}: killed with -9 at {before} of {one_run} segments, restarted, the \
+            "data.save_interval {save_interval}: SIG{signal} at {before} of {one_run} segments, restarted, the \
              continuation completed; {total} segments fetched over both operations ({} more than uninterrupted)",
             total as i64 - one_run as i64
         );

@@ -5,14 +5,18 @@
 //!    the host to the first `GET /api/v1/operations/{id}` of ours showing it or a later state —
 //!    both sampled every ~2 ms while training moves (20 ms per batch);
 //! 2. polls per minute against a stalled host session (nothing moves), after the poller settles;
-//! 3. DELETE of a running training while the host holds every stop call for 5 s: p50/p99.
+//! 3. DELETE of a running training while the host holds every stop call for 5 s: p50/p99;
+//! 4. a resume sent the instant the DELETE answered, while the host is still finishing its batch
+//!    (200 ms each): it must answer 200 from the host's cancellation checkpoint, at most 100 ms
+//!    after the host saved it (the checkpoint's `created_at`, the host's last word): p50/p99.
 //!
-//! Run: `cargo bench --bench training` (BENCH_STALL_SECONDS=60, BENCH_CANCELS=200 by default).
+//! Run: `cargo bench --bench training` (BENCH_STALL_SECONDS=60, BENCH_CANCELS=200,
+//! BENCH_RESUMES=100 by default).
 
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -162,6 +166,43 @@ async fn main() {
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap())
+    );
+
+    // 4. Resume the instant after the DELETE.
+    let resumes = env_number("BENCH_RESUMES", 100) as usize;
+    bench.knobs(json!({ "pace_ms": 200, "batches": 2, "epochs": 1000, "max_sessions": 100_000 })).await;
+    let (mut confirmations, mut beyond) = (Vec::with_capacity(resumes), Vec::with_capacity(resumes));
+    for _ in 0..resumes {
+        let id = bench.train().await;
+        while bench.record(&id).await["metrics"]["epochs"].as_array().map_or(0, Vec::len) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let asked = SystemTime::now();
+        send_json(bench.http.delete(format!("{}/api/v1/operations/{id}", bench.base))).await;
+        let answer = send_json(bench.http.post(format!("{}/api/v1/operations/{id}/resume", bench.base))).await;
+        let answered = SystemTime::now();
+        let from = &answer["data"]["resumed_from"];
+        assert_eq!(from["checkpoint_type"], "cancellation", "{answer}");
+        let saved: SystemTime = chrono::DateTime::parse_from_rfc3339(from["created_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+            .into();
+        confirmations.push(saved.duration_since(asked).unwrap_or_default());
+        beyond.push(answered.duration_since(saved).unwrap_or_default());
+        let new = answer["data"]["operation_id"].as_str().unwrap();
+        send_json(bench.http.delete(format!("{}/api/v1/operations/{new}", bench.base))).await;
+    }
+    confirmations.sort();
+    beyond.sort();
+    println!(
+        "resume sent as the DELETE answered ({resumes} trainings): 200 from the cancellation checkpoint every time; \
+         the host confirmed its stop p50 {:.0} ms / p99 {:.0} ms after the DELETE; the resume answered p50 {:.1} ms / \
+         p99 {:.1} ms after that (max {:.1} ms)",
+        ms(percentile(&confirmations, 0.5)),
+        ms(percentile(&confirmations, 0.99)),
+        ms(percentile(&beyond, 0.5)),
+        ms(percentile(&beyond, 0.99)),
+        ms(*beyond.last().unwrap())
     );
     child.kill().await.unwrap();
 }
