@@ -205,6 +205,16 @@ impl Tracker {
         self.render(p);
     }
 
+    /// The step's work starts again from an earlier point (a training moved to another worker
+    /// resumes from its checkpoint): the percentage goes back to where the step began — the next
+    /// `step_progress` moves it on from there — so that percentage and step text agree; the rate
+    /// of the run that was lost no longer predicts anything.
+    pub(crate) fn restart_step(&mut self, p: &mut Progress) {
+        p.percentage = p.percentage.min(self.band.start);
+        self.eta = EtaEstimator::default();
+        p.eta_seconds = None;
+    }
+
     pub(crate) fn detail(&mut self, p: &mut Progress, detail: String) {
         p.current_item = Some(detail.clone());
         self.detail = Some(detail);
@@ -238,6 +248,12 @@ impl ProgressReporter {
     /// so far and a detail line (also shown as `current_item`).
     pub fn step_progress(&self, current: u64, total: u64, items: Option<u64>, detail: Option<String>) {
         self.op.edit_progress(|t, p| t.step_progress(p, current, total, items, detail));
+    }
+
+    /// The current step starts over from an earlier point: its percentage goes back to the
+    /// step's start (the one exception to "never backwards", for work that really went back).
+    pub fn restart_step(&self) {
+        self.op.edit_progress(|t, p| t.restart_step(p));
     }
 
     /// A new detail line without moving the percentage (e.g. "waiting for a free host").

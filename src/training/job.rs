@@ -256,6 +256,8 @@ impl TrainingJob {
                 Some(epoch) if session.protocol == Protocol::Operations => Launch::Resume { request, epoch },
                 _ => Launch::Start(request),
             };
+            // The new worker trains from the checkpoint: what ran after it is done again.
+            progress.restart_step();
             let avoid = HashSet::from([lost.worker_id.clone()]);
             placement = place(pool, &client, launch, &avoid, &settings, &ctx, &progress, &token).await?;
         }

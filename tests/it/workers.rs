@@ -483,6 +483,15 @@ async fn a_killed_workers_training_moves_to_another_worker_and_resumes_from_its_
     let warning = moved["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n");
     assert!(warning.contains(&format!("worker {} stopped answering", ids[0])), "{moved}");
     assert!(warning.contains("resuming from its checkpoint after epoch 10"), "{moved}");
+    // Percentage and step agree on the new worker: back to epoch 11 of 30, not still at 13.
+    let resumed = until_record(&app.base, &id, "progress from the new worker", Duration::from_secs(10), |r| {
+        let context = &r["progress"]["context"];
+        context["worker_id"] == ids[1].as_str() && context["host_status"] == "running"
+    })
+    .await;
+    let epoch = resumed["progress"]["context"]["epoch"].as_f64().unwrap();
+    let percentage = resumed["progress"]["percentage"].as_f64().unwrap();
+    assert!(percentage <= 5.0 + 90.0 * epoch / 30.0 + 1.0, "{percentage} % at epoch {epoch} of 30: {resumed}");
 
     let done = until_record(&app.base, &id, "the end", Duration::from_secs(30), |r| {
         !["pending", "running"].contains(&r["status"].as_str().unwrap_or("running"))
