@@ -197,7 +197,7 @@ impl TrainingJob {
                 }
             }
         };
-        let mut moves = 0;
+        let (mut moves, mut follows) = (0, 0);
         loop {
             let Placement { client: host, worker, session } = &placement;
             // Stored for a later re-attach (a resumed, re-attached or moved training too), and
@@ -229,6 +229,21 @@ impl TrainingJob {
             let (Some(pool), Some(lost)) = (&pool, worker.clone()) else {
                 return Err(failed(format!("training host lost session {}: {why}", session.id)));
             };
+            // The worker itself, back at a new address (it registered again there): its session
+            // may live on, so it is followed there before anything moves.
+            if follows < MAX_FOLLOWS
+                && let Some(endpoint_url) = pool.moved_to(&lost).await
+            {
+                follows += 1;
+                ctx.warn(format!(
+                    "worker {} registered again at {endpoint_url}: the training follows it there",
+                    lost.worker_id
+                ));
+                let client = pool.client_for(&endpoint_url).map_err(|e| failed(e.to_string()))?;
+                let worker = Some(WorkerRef { worker_id: lost.worker_id, endpoint_url });
+                placement = Placement { client, worker, session: session.clone() };
+                continue;
+            }
             pool.lose(&lost.worker_id, ctx.operation_id()).await;
             if moves >= settings.max_moves {
                 return Err(failed(format!(
@@ -407,7 +422,7 @@ async fn follow(
             // A worker that hangs is given up on by the health checks long before a poll times out.
             (None, Some((pool, worker))) => tokio::select! {
                 polled = client.poll(session, token) => polled,
-                why = pool.until_unavailable(&worker.worker_id) => Err(PollError::Lost(why)),
+                why = pool.until_unavailable(worker) => Err(PollError::Lost(why)),
             },
             (None, None) => client.poll(session, token).await,
         };
@@ -527,6 +542,10 @@ fn relay(
     });
     progress.step_progress((s.percentage * 10.0).round() as u64, 1000, s.items_processed, Some(message));
 }
+
+/// How many times one training follows its worker to a new endpoint (a worker that keeps
+/// re-registering elsewhere is not followed forever: the training moves instead).
+const MAX_FOLLOWS: u32 = 10;
 
 /// Pauses between tries to start a training on a busy host.
 const BUSY_HOST: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(15)).factor(1.5);

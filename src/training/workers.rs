@@ -18,6 +18,8 @@ use crate::ops::store::StoredWorker;
 use crate::ops::{Store, StoreError};
 use crate::workers::CompletedReport;
 
+use super::job::WorkerRef;
+
 /// How often a training reads whether the health checks gave up on its worker.
 const UNAVAILABILITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -164,15 +166,30 @@ impl WorkerPool {
         }
     }
 
-    /// Resolves once the health checks have found `worker_id` unavailable, or removed it: how
-    /// it was found. The checks may run on another replica, so this reads the registry in the
-    /// database, once a second (a training follows one worker; this is one small read).
-    pub async fn until_unavailable(&self, worker_id: &str) -> String {
+    /// Where `worker` answers now when it registered again at another endpoint (a restart at a
+    /// new address) and is live there; `None` while it is where we follow it, or is gone.
+    pub async fn moved_to(&self, worker: &WorkerRef) -> Option<String> {
+        match self.store.worker(&worker.worker_id).await {
+            Ok(Some(w)) if w.status != "temporarily_unavailable" && w.endpoint_url != worker.endpoint_url => {
+                Some(w.endpoint_url)
+            }
+            _ => None,
+        }
+    }
+
+    /// Resolves once the health checks have found `worker` unavailable, or removed it, or it
+    /// registered again at another endpoint: how it was found. The checks may run on another
+    /// replica, so this reads the registry in the database, once a second (a training follows
+    /// one worker; this is one small read).
+    pub async fn until_unavailable(&self, worker: &WorkerRef) -> String {
         loop {
             tokio::time::sleep(UNAVAILABILITY_CHECK).await;
-            match self.store.worker(worker_id).await {
+            match self.store.worker(&worker.worker_id).await {
                 Ok(Some(w)) if w.status == "temporarily_unavailable" => {
                     return format!("its health checks failed {} times", w.health_check_failures);
+                }
+                Ok(Some(w)) if w.endpoint_url != worker.endpoint_url => {
+                    return format!("it registered again at {}", w.endpoint_url);
                 }
                 Ok(None) => return "it was removed from the registry".to_owned(),
                 // The database, not the worker, is in trouble: no reason to move.

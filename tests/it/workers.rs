@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 
 use crate::common::{TestApp, TestDb, as_worker, assert_envelope, json_of};
 
-fn quick_checks(c: &mut ktrdr_ops::config::Config) {
+pub(crate) fn quick_checks(c: &mut ktrdr_ops::config::Config) {
     c.workers.health_check_interval = ktrdr_ops::time::HumanDuration(Duration::from_millis(100));
     c.workers.health_check_timeout = ktrdr_ops::time::HumanDuration(Duration::from_millis(500));
     c.workers.health_check_failures = 2;
     c.workers.removal_threshold = ktrdr_ops::time::HumanDuration(Duration::from_millis(600));
 }
 
-async fn register(app: &TestApp, body: Value) -> (u16, Value) {
+pub(crate) async fn register(app: &TestApp, body: Value) -> (u16, Value) {
     let request = as_worker(app.http.post(app.url("/api/v1/workers/register")).json(&body));
     json_of(request.send().await.unwrap()).await
 }
@@ -307,7 +307,7 @@ async fn worker_sim(data_dir: &std::path::Path) -> String {
 }
 
 /// [`worker_sim`] with `pace_ms` per batch (a training is 100 batches).
-async fn worker_sim_paced(data_dir: &std::path::Path, pace_ms: u64) -> String {
+pub(crate) async fn worker_sim_paced(data_dir: &std::path::Path, pace_ms: u64) -> String {
     use ktrdr_ops::sim::training::{TrainingKnobs, TrainingSim};
     let sim = TrainingSim::new(
         ktrdr_ops::hosts::training::Protocol::Operations,
@@ -388,7 +388,7 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
 }
 
 /// A strategies folder with `long`: the example strategy trained for `epochs` epochs.
-fn long_strategy(epochs: u32) -> tempfile::TempDir {
+pub(crate) fn long_strategy(epochs: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/strategies/example_mlp.yaml")).unwrap();
     let long =
@@ -397,7 +397,7 @@ fn long_strategy(epochs: u32) -> tempfile::TempDir {
     dir
 }
 
-fn eurusd(data_dir: &std::path::Path) {
+pub(crate) fn eurusd(data_dir: &std::path::Path) {
     std::fs::write(
         data_dir.join("EURUSD_1h.csv"),
         "timestamp,open,high,low,close,volume\n2024-01-02T00:00:00Z,1,1,1,1,1\n",
@@ -429,7 +429,13 @@ async fn registered(base: &str, endpoints: &[&str]) -> Vec<String> {
     }
 }
 
-async fn until_record(base: &str, id: &str, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until_record(
+    base: &str,
+    id: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let http = crate::common::client();
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -445,7 +451,7 @@ async fn until_record(base: &str, id: &str, what: &str, within: Duration, check:
     }
 }
 
-fn epochs_of(record: &Value) -> Vec<u64> {
+pub(crate) fn epochs_of(record: &Value) -> Vec<u64> {
     record["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect()
 }
 

@@ -1,0 +1,90 @@
+//! A worker that comes back at a new address (a restart on another IP, a new port) while it
+//! trains is followed there: its session lives on, so nothing moves and no epoch is trained twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::common::TestApp;
+use crate::workers::{epochs_of, eurusd, long_strategy, quick_checks, register, until_record, worker_sim_paced};
+
+/// A TCP forwarder to `target`: its URL, and the switch that makes it go silent — every
+/// connection, open or new, held open with nothing passed on (an address that no longer leads
+/// anywhere, without the refusal that would say so at once).
+async fn forwarder(target: &str) -> (String, Arc<watch::Sender<bool>>) {
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let silent = Arc::new(watch::Sender::new(false));
+    let switch = silent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (target, mut silenced) = (target.clone(), silent.subscribe());
+            tokio::spawn(async move {
+                let Ok(mut upstream) = TcpStream::connect(&target).await else { return };
+                if !*silenced.borrow() {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => return,
+                        _ = silenced.wait_for(|s| *s) => {}
+                    }
+                }
+                // Silent: both ends stay open and nothing moves.
+                std::future::pending::<()>().await;
+                drop((inbound, upstream));
+            });
+        }
+    });
+    (url, switch)
+}
+
+#[tokio::test]
+async fn a_worker_registered_again_at_a_new_endpoint_is_followed_there_and_nothing_moves() {
+    let strategies = long_strategy(30);
+    let app = TestApp::spawn_with_sim(|c| {
+        quick_checks(c);
+        c.training.strategies_dir = strategies.path().to_owned();
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let worker = worker_sim_paced(app.data_dir.path(), 10).await;
+    let (old_address, silence) = forwarder(&worker).await;
+    let (status, answer) =
+        register(&app, json!({ "worker_id": "wanderer", "worker_type": "training", "endpoint_url": old_address }))
+            .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "long" })).await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["task_id"].as_str().unwrap().to_owned();
+    until_record(&app.base, &id, "a few epochs", Duration::from_secs(20), |r| {
+        r["metrics"]["epochs"].as_array().is_some_and(|e| e.len() >= 3)
+    })
+    .await;
+
+    // The old address goes silent; the worker registers again at its new one.
+    silence.send_replace(true);
+    let body = json!({ "worker_id": "wanderer", "worker_type": "training", "endpoint_url": worker,
+                       "current_operation_id": id });
+    let (status, answer) = register(&app, body).await;
+    assert_eq!(status, 200, "the old address no longer answers: the worker may move on: {answer}");
+
+    let done = until_record(&app.base, &id, "the end", Duration::from_secs(30), |r| {
+        !["pending", "running"].contains(&r["status"].as_str().unwrap_or("running"))
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(epochs_of(&done), (0..30).collect::<Vec<u64>>(), "one session, every epoch once: {done}");
+    let warnings: Vec<&str> = done["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains(&format!("worker wanderer registered again at {worker}"))),
+        "{warnings:?}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("moves to another worker")), "{warnings:?}");
+    assert_eq!(done["progress"]["context"]["worker_id"], "wanderer");
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("ktrdr_ops_worker_moves_total 1"), "{metrics}");
+    let (_, fleet) = app.get("/api/v1/workers/wanderer").await;
+    assert_eq!((fleet["status"].as_str(), fleet["endpoint_url"].as_str()), (Some("available"), Some(worker.as_str())));
+}
