@@ -89,7 +89,7 @@ impl From<StoredWorker> for WorkerRecord {
 }
 
 /// An operation a worker says it finished.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletedReport {
     pub operation_id: String,

@@ -267,10 +267,9 @@ async fn finish_reported(state: &AppState, worker_id: &str, report: &CompletedRe
         "COMPLETED" | "FAILED" => {
             let mut report = report.clone();
             report.error_message = report.error_message.as_deref().map(cap_worker_words);
-            let delivered = state.training.pool.as_ref().is_some_and(|pool| pool.deliver(id, report));
-            if !delivered {
-                // Followed by another replica, which hears the outcome from the worker itself.
-                tracing::info!(operation_id = id, worker_id, "a worker's report about an operation followed elsewhere");
+            // Followed here, or by another replica, which takes it from the database.
+            if let Some(pool) = &state.training.pool {
+                pool.hand_over(id, report).await;
             }
         }
         // Still pending or running on the worker: following it says as much.

@@ -1,6 +1,7 @@
 //! The training domain: strategies, the validated training request, the training job (which
 //! hands the work to the training host and follows it) and its renderer.
 
+mod follow;
 pub mod job;
 mod placement;
 pub mod renderer;

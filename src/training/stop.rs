@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::hosts::training::{HostStatus, PollError, Session, TrainingClient};
 use crate::ops::{CheckpointKind, RemoteStopHook, RemoteStopReport};
-use crate::training::job::{Release, TrainingSettings, checkpoint_kind};
+use crate::training::follow::checkpoint_kind;
+use crate::training::job::{Release, TrainingSettings};
 
 /// Pauses between tries to deliver a stop.
 const STOP_RETRY: Backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30));

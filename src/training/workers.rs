@@ -20,8 +20,9 @@ use crate::workers::CompletedReport;
 
 use super::job::WorkerRef;
 
-/// How often a training reads whether the health checks gave up on its worker.
-const UNAVAILABILITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a training reads the registry's news of its worker (the health checks gave up on
+/// it, it registered elsewhere, it reported at another replica).
+pub(super) const REGISTRY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The worker type trainings go to.
 pub const TRAINING_WORKER: &str = "training";
@@ -177,25 +178,46 @@ impl WorkerPool {
         }
     }
 
-    /// Resolves once the health checks have found `worker` unavailable, or removed it, or it
-    /// registered again at another endpoint: how it was found. The checks may run on another
-    /// replica, so this reads the registry in the database, once a second (a training follows
-    /// one worker; this is one small read).
-    pub async fn until_unavailable(&self, worker: &WorkerRef) -> String {
+    /// Watches the registry for news of the training on `worker`: `Err(why)` once the health
+    /// checks found it unavailable, or removed it, or it registered again at another endpoint;
+    /// `Ok(last word)` once it reported the operation finished at another replica. The checks
+    /// and reports may reach any replica, so this reads the database, once a second (a training
+    /// follows one worker; these are two small reads).
+    pub async fn watch(&self, worker: &WorkerRef, operation_id: &str) -> Result<HostSnapshot, String> {
         loop {
-            tokio::time::sleep(UNAVAILABILITY_CHECK).await;
+            tokio::time::sleep(REGISTRY_CHECK).await;
+            if let Some(reported) = self.report_left_for(operation_id).await {
+                return Ok(reported);
+            }
             match self.store.worker(&worker.worker_id).await {
                 Ok(Some(w)) if w.status == "temporarily_unavailable" => {
-                    return format!("its health checks failed {} times", w.health_check_failures);
+                    return Err(format!("its health checks failed {} times", w.health_check_failures));
                 }
                 Ok(Some(w)) if w.endpoint_url != worker.endpoint_url => {
-                    return format!("it registered again at {}", w.endpoint_url);
+                    return Err(format!("it registered again at {}", w.endpoint_url));
                 }
-                Ok(None) => return "it was removed from the registry".to_owned(),
+                Ok(None) => return Err("it was removed from the registry".to_owned()),
                 // The database, not the worker, is in trouble: no reason to move.
                 Ok(Some(_)) | Err(_) => {}
             }
         }
+    }
+
+    /// Hands a worker's report to the training that follows `operation_id`: at once when it is
+    /// followed in this process, else through the database to the replica that follows it.
+    pub async fn hand_over(&self, operation_id: &str, report: CompletedReport) {
+        let kept = serde_json::to_value(&report).expect("a report serialises");
+        if !self.deliver(operation_id, report)
+            && let Err(e) = self.store.leave_worker_report(operation_id, &kept).await
+        {
+            tracing::warn!(operation_id, error = %e, "could not keep a worker's report for the replica following it");
+        }
+    }
+
+    /// The report a worker left at another replica for `operation_id`, as the session's last word.
+    pub(super) async fn report_left_for(&self, operation_id: &str) -> Option<HostSnapshot> {
+        let kept = self.store.take_worker_report(operation_id).await.ok().flatten()?;
+        serde_json::from_value::<CompletedReport>(kept).ok().map(reported_snapshot)
     }
 
     /// The worker is free again (if it still runs `operation_id`).

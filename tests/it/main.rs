@@ -17,5 +17,5 @@ mod production;
 mod store;
 mod training;
 mod trust;
-mod worker_relocation;
+mod worker_reach;
 mod workers;

@@ -279,6 +279,35 @@ impl Store {
         Ok(claimed > 0)
     }
 
+    /// Keeps a worker's report about `operation_id` for the replica that follows it (the first
+    /// report stays: a worker finishes an operation once).
+    pub async fn leave_worker_report(&self, operation_id: &str, report: &Value) -> Result<(), StoreError> {
+        let now = time::to_micros(&time::now());
+        on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "INSERT INTO worker_reports (operation_id, report, received_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (operation_id) DO NOTHING",
+            )
+            .bind(operation_id)
+            .bind(report.to_string())
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Takes (reads and deletes) the report a worker left for `operation_id` at another replica.
+    pub async fn take_worker_report(&self, operation_id: &str) -> Result<Option<Value>, StoreError> {
+        let report: Option<String> = on_db!(&self.inner.readers, pool => {
+            sqlx::query_scalar("DELETE FROM worker_reports WHERE operation_id = $1 RETURNING report")
+                .bind(operation_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(report.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
     /// `worker_id` is free again, if it still runs `operation_id`.
     pub async fn release_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
         self.end_dispatch(worker_id, operation_id, "available").await
