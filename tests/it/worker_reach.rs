@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::common::{TestApp, TestDb};
-use crate::workers::{epochs_of, eurusd, long_strategy, quick_checks, register, until_record, worker_sim_paced};
+use crate::workers::{app_with_long_strategy, epochs_of, eurusd, register, until_record, worker_sim_paced};
 
 /// A TCP forwarder to `target`: its URL, and the switch that makes it go silent — every
 /// connection, open or new, held open with nothing passed on (an address that no longer leads
@@ -44,13 +44,7 @@ async fn forwarder(target: &str) -> (String, Arc<watch::Sender<bool>>) {
 
 #[tokio::test]
 async fn a_worker_registered_again_at_a_new_endpoint_is_followed_there_and_nothing_moves() {
-    let strategies = long_strategy(30);
-    let app = TestApp::spawn_with_sim(|c| {
-        quick_checks(c);
-        c.training.strategies_dir = strategies.path().to_owned();
-    })
-    .await;
-    eurusd(app.data_dir.path());
+    let (app, _strategies) = app_with_long_strategy().await;
     let worker = worker_sim_paced(app.data_dir.path(), 10).await;
     let (old_address, silence) = forwarder(&worker).await;
     let (status, answer) =

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::common::{TestApp, TestDb, as_worker, assert_envelope, json_of};
 
-pub(crate) fn quick_checks(c: &mut ktrdr_ops::config::Config) {
+fn quick_checks(c: &mut ktrdr_ops::config::Config) {
     c.workers.health_check_interval = ktrdr_ops::time::HumanDuration(Duration::from_millis(100));
     c.workers.health_check_timeout = ktrdr_ops::time::HumanDuration(Duration::from_millis(500));
     c.workers.health_check_failures = 2;
@@ -388,7 +388,7 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
 }
 
 /// A strategies folder with `long`: the example strategy trained for `epochs` epochs.
-pub(crate) fn long_strategy(epochs: u32) -> tempfile::TempDir {
+fn long_strategy(epochs: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/strategies/example_mlp.yaml")).unwrap();
     let long =
@@ -455,8 +455,9 @@ pub(crate) fn epochs_of(record: &Value) -> Vec<u64> {
     record["metrics"]["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect()
 }
 
-#[tokio::test]
-async fn a_killed_workers_training_moves_to_another_worker_and_resumes_from_its_checkpoint() {
+/// The service with quick health checks, EURUSD 1h data and a strategy `long` of 30 epochs (the
+/// folder goes with the app).
+pub(crate) async fn app_with_long_strategy() -> (TestApp, tempfile::TempDir) {
     let strategies = long_strategy(30);
     let app = TestApp::spawn_with_sim(|c| {
         quick_checks(c);
@@ -464,6 +465,12 @@ async fn a_killed_workers_training_moves_to_another_worker_and_resumes_from_its_
     })
     .await;
     eurusd(app.data_dir.path());
+    (app, strategies)
+}
+
+#[tokio::test]
+async fn a_killed_workers_training_moves_to_another_worker_and_resumes_from_its_checkpoint() {
+    let (app, _strategies) = app_with_long_strategy().await;
     let (mut first, first_url) = worker_process(app.data_dir.path(), &app.base, "10").await;
     let (_second, second_url) = worker_process(app.data_dir.path(), &app.base, "10").await;
     let ids = registered(&app.base, &[&first_url, &second_url]).await;
