@@ -36,6 +36,9 @@ pub(crate) struct LiveOperation {
     dirty: AtomicBool,
     /// Another replica took the operation over: this copy stops and writes nothing more.
     abandoned: AtomicBool,
+    /// Another replica stored its end (a cancel it recorded having waited for this one in vain):
+    /// the store's record is the one to show while this copy stops.
+    overruled: AtomicBool,
     /// Aborts the work when it ignores a cancel past the grace period.
     pub(crate) abort: OnceLock<AbortHandle>,
     /// What to tell a host when this operation is cancelled (set by the job once it has remote work).
@@ -80,6 +83,7 @@ impl LiveOperation {
             token,
             dirty: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            overruled: AtomicBool::new(false),
             abort: OnceLock::new(),
             remote_stop: Mutex::new(None),
         })
@@ -254,6 +258,15 @@ impl LiveOperation {
     pub(crate) fn abandon(&self) {
         self.abandoned.store(true, Ordering::Release);
         self.token.cancel();
+    }
+
+    /// Another replica stored this operation's end: readers get the stored record from now on.
+    pub(crate) fn overrule(&self) {
+        self.overruled.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_overruled(&self) -> bool {
+        self.overruled.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_abandoned(&self) -> bool {

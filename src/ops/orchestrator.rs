@@ -27,6 +27,7 @@ use crate::ops::store::{IdempotencyKey, Inserted, ListFilter, Store, StoreError}
 use crate::time;
 
 mod cluster;
+mod doubt;
 mod lineage;
 mod lookup;
 mod retention;
@@ -179,6 +180,8 @@ struct Inner {
     /// Remote stops in flight here (a cancelled operation's host told to stop, its last word —
     /// final state, stop checkpoint — not yet heard): each turns `true` when the stop is over.
     stops_in_flight: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    /// Whether another replica may have ended what this one still runs (see [`doubt`]).
+    doubt: Arc<doubt::Doubt>,
 }
 
 impl Inner {
@@ -223,6 +226,7 @@ impl Orchestrator {
             .filter_map(|t| settings.max_concurrent.get(t.name).map(|n| (t.name, Arc::new(Semaphore::new(*n)))))
             .collect();
         let remote_cache = RemoteCache { ttl: settings.remote_cache_ttl, entries: Default::default() };
+        let settings_cluster = settings.cluster.is_some();
         let inner = Arc::new(Inner {
             store,
             types: types.into_iter().map(|t| (t.name, t)).collect(),
@@ -239,6 +243,7 @@ impl Orchestrator {
             remote_cache,
             finished_elsewhere: tokio::sync::broadcast::channel(1024).0,
             stops_in_flight: Default::default(),
+            doubt: Arc::new(doubt::Doubt::new(settings_cluster)),
         });
         inner.loops.spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         inner.loops.spawn(inner.metrics.clone().upkeep(METRICS_UPKEEP, inner.root.clone()));
@@ -402,6 +407,15 @@ impl Orchestrator {
     /// Finds an operation: from memory while it runs here, else from the store.
     pub async fn get(&self, operation_id: &str) -> Result<Option<Lookup>, StoreError> {
         if let Some(op) = self.live(operation_id) {
+            // Ended by another replica (a cancel it recorded, having waited for this one in vain),
+            // or maybe, this replica having been out of reach a moment ago: the stored end is
+            // final, whatever this copy still shows while it stops.
+            if (op.is_overruled() || self.inner.doubt.now())
+                && let Some(stored) = self.inner.store.get(operation_id).await?
+                && stored.is_terminal()
+            {
+                return Ok(Some(Lookup::Stored(Arc::new(stored))));
+            }
             let changes = op.subscribe();
             return Ok(Some(Lookup::Live(LiveView { op, changes })));
         }
@@ -434,9 +448,11 @@ impl Orchestrator {
         let operations = page
             .operations
             .into_iter()
+            // The store's terminal state is final even where this replica still runs the
+            // operation (another replica ended it while this one was out of reach).
             .map(|stored| match self.live(&stored.record.operation_id) {
-                Some(op) => op.snapshot(),
-                None => Arc::new(stored),
+                Some(op) if !stored.is_terminal() => op.snapshot(),
+                _ => Arc::new(stored),
             })
             .collect();
         Ok((operations, page.total_count, page.active_count))

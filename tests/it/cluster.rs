@@ -465,8 +465,14 @@ async fn a_cancel_the_owner_cannot_hear_is_recorded_and_carried_out_when_it_retu
     assert_eq!(status(&cluster.record(&b, &id).await), "cancelled");
 
     a.signal("CONT");
-    let on_a = cluster.until(&a, &id, Duration::from_secs(10), finished).await;
+    // Back, A never shows it running again — not even before it has heard (terminal is final;
+    // the soak found A's list and record saying `running` for seconds, seed 20261205).
+    let on_a = cluster.record(&a, &id).await;
     assert_eq!(status(&on_a), "cancelled", "{on_a}");
+    let (_, listed) = json_of(cluster.http.get(a.url("/api/v1/operations?limit=10")).send().await.unwrap()).await;
+    let row = listed["data"].as_array().unwrap().iter().find(|r| r["operation_id"] == id.as_str()).cloned();
+    assert_eq!(row.map(|r| r["status"].clone()), Some(json!("cancelled")), "{listed}");
+    let on_a = cluster.until(&a, &id, Duration::from_secs(10), |r| r["cancellation"]["reason"].is_string()).await;
     assert_eq!(on_a["cancellation"]["reason"], "A is not answering", "{on_a}");
     let stopped_at = on_a["progress"]["percentage"].clone();
     tokio::time::sleep(Duration::from_millis(300)).await;

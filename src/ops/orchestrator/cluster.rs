@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CancelError, Cancelled, DEFAULT_CANCEL_REASON, Inner, Orchestrator, spawn};
 use crate::metrics;
 use crate::ops::job::Resumption;
+use crate::ops::live::LiveOperation;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::store::{Channel, Claimed, Replicas, Standing, StoreError};
 use crate::time;
@@ -174,6 +175,8 @@ impl Orchestrator {
 /// Starts the replica's background loops.
 pub(super) fn spawn_background(inner: &Arc<Inner>, cluster: ClusterSettings) {
     inner.loops.spawn(heartbeats(inner.clone(), cluster.clone()));
+    let (doubt, stop) = (inner.doubt.clone(), inner.root.clone());
+    inner.loops.spawn(async move { doubt.pulse(stop).await });
     inner.loops.spawn(takeovers(inner.clone(), cluster.clone()));
     inner.loops.spawn(finish_announcements(inner.clone(), cluster.replicas.clone()));
     inner.loops.spawn(cancel_intents(inner.clone(), cluster));
@@ -188,8 +191,10 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = inner.doubt.renew_now.notified() => {}
             _ = inner.root.cancelled() => return,
         }
+        let generation = inner.doubt.generation();
         let now = time::now();
         let node = inner.settings.node_id.as_str();
         match cluster.replicas.replica_alive(node, &cluster.instance, now, now - cluster.lease_timeout).await {
@@ -201,29 +206,51 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
             Ok(owned) => owned,
             Err(e) => {
                 tracing::warn!(error = %e, "could not renew leases");
+                inner.doubt.raise();
+                // Back in touch soon, rather than a whole interval later.
+                tick.reset_after(RENEWAL_RETRY.min(cluster.heartbeat_interval));
                 continue;
             }
         };
+        let mut settled = true;
         for op in inner.running().into_iter().filter(|op| !owned.contains(&op.id)) {
-            match inner.store.standing(&op.id).await {
-                Ok(Some(Standing { owner: Some(owner), .. })) if owner != inner.settings.node_id => {
-                    tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
-                    op.abandon();
-                    inner.registry.write().remove(&op.id);
-                    op.mark_settled();
-                }
-                // Another replica recorded the cancel it passed on, having waited for this one
-                // in vain: the work (and any remote work) stops now.
-                Ok(Some(Standing { finished: true, cancel_reason, .. })) => {
-                    tracing::warn!(operation_id = %op.id, "cancelled elsewhere while this replica was unresponsive; stopping it");
-                    Orchestrator { inner: inner.clone() }.cancel_in_background(op.id.clone(), cancel_reason);
-                }
-                // Stored after the renewal read the table: still ours.
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not check an operation's owner"),
-            }
+            settled &= settle_unowned(&inner, &op).await;
+        }
+        if settled {
+            inner.doubt.clear_since(generation);
         }
     }
+}
+
+/// After a failed renewal, the next try comes this soon.
+const RENEWAL_RETRY: Duration = Duration::from_millis(500);
+
+/// An operation this replica runs but no longer holds the lease of: another replica took it
+/// over (abandoned here), or ended it (stopped here — with its remote work). False when its
+/// standing could not be read.
+async fn settle_unowned(inner: &Arc<Inner>, op: &Arc<LiveOperation>) -> bool {
+    match inner.store.standing(&op.id).await {
+        Ok(Some(Standing { owner: Some(owner), .. })) if owner != inner.settings.node_id => {
+            tracing::warn!(operation_id = %op.id, new_owner = %owner, "lost the lease; abandoning the operation here");
+            op.abandon();
+            inner.registry.write().remove(&op.id);
+            op.mark_settled();
+        }
+        // Another replica recorded the cancel it passed on, having waited for this one in vain:
+        // the work (and any remote work) stops now.
+        Ok(Some(Standing { finished: true, cancel_reason, .. })) => {
+            tracing::warn!(operation_id = %op.id, "cancelled elsewhere while this replica was unresponsive; stopping it");
+            op.overrule();
+            Orchestrator { inner: inner.clone() }.cancel_in_background(op.id.clone(), cancel_reason);
+        }
+        // Stored after the renewal read the table: still ours.
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check an operation's owner");
+            return false;
+        }
+    }
+    true
 }
 
 /// How many operations one takeover scan claims at a time.
@@ -378,6 +405,13 @@ async fn finish_announcements(inner: Arc<Inner>, replicas: Replicas) {
             _ = inner.root.cancelled() => return,
             id = announcements.next() => match id {
                 Ok(id) => {
+                    // Still running here: another replica ended it (a cancel it recorded, having
+                    // waited for this one in vain) — it stops here at once, not at the next renewal.
+                    if let Some(op) = inner.live(&id)
+                        && !op.snapshot().is_terminal()
+                    {
+                        settle_unowned(&inner, &op).await;
+                    }
                     // Nobody waiting is the common case.
                     let _ = inner.finished_elsewhere.send(Arc::from(id));
                 }

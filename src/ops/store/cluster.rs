@@ -119,6 +119,12 @@ impl Store {
             .await?
             .rows_affected()
         });
+        // The owner, if it hears, stops at once (else at its next lease renewal).
+        if let Db::Postgres(pool) = &self.inner.readers
+            && changed > 0
+        {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(Channel::Finished.name()).bind(&c.id).execute(pool).await?;
+        }
         Ok(changed > 0)
     }
 }
