@@ -23,7 +23,7 @@ use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
 use crate::ops::record::{Outcome, Status};
 use crate::ops::snapshot::Snapshot;
-use crate::ops::store::{IdempotencyKey, Inserted, ListFilter, Store, StoreError};
+use crate::ops::store::{IdempotencyKey, Inserted, Store, StoreError};
 use crate::time;
 
 mod cluster;
@@ -402,60 +402,6 @@ impl Orchestrator {
         inner.metrics.counter(metrics::OPERATIONS_STARTED, &[("type", ty.name)]).increment(1);
         spawn(inner.clone(), op.clone(), job, false);
         Ok(Submitted::Started(op.snapshot()))
-    }
-
-    /// Finds an operation: from memory while it runs here, else from the store.
-    pub async fn get(&self, operation_id: &str) -> Result<Option<Lookup>, StoreError> {
-        if let Some(op) = self.live(operation_id) {
-            // Ended by another replica (a cancel it recorded, having waited for this one in vain),
-            // or maybe, this replica having been out of reach a moment ago: the stored end is
-            // final, whatever this copy still shows while it stops.
-            if (op.is_overruled() || self.inner.doubt.now())
-                && let Some(stored) = self.inner.store.get(operation_id).await?
-                && stored.is_terminal()
-            {
-                return Ok(Some(Lookup::Stored(Arc::new(stored))));
-            }
-            let changes = op.subscribe();
-            return Ok(Some(Lookup::Live(LiveView { op, changes })));
-        }
-        let snapshot = match self.inner.remote_cache.get(operation_id) {
-            Some(snapshot) => snapshot,
-            None => match self.inner.store.get(operation_id).await? {
-                Some(stored) => {
-                    let snapshot = Arc::new(stored);
-                    self.inner.remote_cache.put(operation_id, snapshot.clone());
-                    snapshot
-                }
-                None => return Ok(None),
-            },
-        };
-        Ok(Some(if snapshot.is_terminal() {
-            Lookup::Stored(snapshot)
-        } else {
-            Lookup::Remote(RemoteView {
-                inner: self.inner.clone(),
-                snapshot,
-                changes: self.inner.feed.subscribe(),
-                seen: self.inner.feed.current(),
-            })
-        }))
-    }
-
-    /// A page of stored operations, newest first; running ones show their live progress.
-    pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<Arc<Snapshot>>, u64, u64), StoreError> {
-        let page = self.inner.store.list(filter).await?;
-        let operations = page
-            .operations
-            .into_iter()
-            // The store's terminal state is final even where this replica still runs the
-            // operation (another replica ended it while this one was out of reach).
-            .map(|stored| match self.live(&stored.record.operation_id) {
-                Some(op) if !stored.is_terminal() => op.snapshot(),
-                _ => Arc::new(stored),
-            })
-            .collect();
-        Ok((operations, page.total_count, page.active_count))
     }
 
     /// Cancels an operation and answers once its work has stopped and `cancelled` is stored

@@ -63,10 +63,18 @@ pub(super) async fn place(
     let mut tried = avoid.clone();
     let mut pauses = WAITING_FOR_WORKER.pauses();
     loop {
-        let claim = pool
-            .claim(ctx.operation_id(), &tried)
-            .await
-            .map_err(|e| JobError::failed_by(format!("could not read the registered workers: {e}"), e))?;
+        let claim = match pool.claim(ctx.operation_id(), &tried).await {
+            Ok(claim) => claim,
+            // A database restarting or out of reach for a moment: the training waits for it.
+            Err(e) if e.is_transient() => {
+                progress.detail(format!("waiting for the database to read the registered workers ({e})"));
+                if !pauses.sleep(token).await {
+                    return Err(JobError::Cancelled);
+                }
+                continue;
+            }
+            Err(e) => return Err(JobError::failed_by(format!("could not read the registered workers: {e}"), e)),
+        };
         let worker = match claim {
             Claim::NoWorkers => {
                 let session = start_on_host(host, launch.request(), settings, ctx, progress, token).await?;

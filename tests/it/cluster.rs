@@ -17,6 +17,8 @@ const LEASE: &str = "2s";
 
 /// The simulators in their own process, a database, a data folder and strategies shared by
 /// every replica.
+mod cut_off;
+
 struct Cluster {
     db: TestDb,
     _sim: tokio::process::Child,
@@ -467,9 +469,12 @@ async fn a_cancel_the_owner_cannot_hear_is_recorded_and_carried_out_when_it_retu
     a.signal("CONT");
     // Back, A never shows it running again — not even before it has heard (terminal is final;
     // the soak found A's list and record saying `running` for seconds, seed 20261205).
-    let on_a = cluster.record(&a, &id).await;
+    // (A fresh client: A closes the connections that idled past their timeout while it was stopped.)
+    let fresh = reqwest::Client::new();
+    let (_, on_a) = json_of(fresh.get(a.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    let on_a = on_a["data"].clone();
     assert_eq!(status(&on_a), "cancelled", "{on_a}");
-    let (_, listed) = json_of(cluster.http.get(a.url("/api/v1/operations?limit=10")).send().await.unwrap()).await;
+    let (_, listed) = json_of(fresh.get(a.url("/api/v1/operations?limit=10")).send().await.unwrap()).await;
     let row = listed["data"].as_array().unwrap().iter().find(|r| r["operation_id"] == id.as_str()).cloned();
     assert_eq!(row.map(|r| r["status"].clone()), Some(json!("cancelled")), "{listed}");
     assert_eq!(on_a["cancellation"]["reason"], "A is not answering", "{on_a}");
@@ -481,11 +486,13 @@ async fn a_cancel_the_owner_cannot_hear_is_recorded_and_carried_out_when_it_retu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let on_a = cluster.record(&a, &id).await;
+    let (_, on_a) = json_of(fresh.get(a.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    let on_a = on_a["data"].clone();
     assert_eq!(status(&on_a), "cancelled", "{on_a}");
     let stopped_at = on_a["progress"]["percentage"].clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(cluster.record(&a, &id).await["progress"]["percentage"], stopped_at, "A stopped the work");
+    let (_, again) = json_of(fresh.get(a.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap()).await;
+    assert_eq!(again["data"]["progress"]["percentage"], stopped_at, "A stopped the work");
 }
 
 #[tokio::test]

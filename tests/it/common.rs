@@ -457,3 +457,33 @@ impl ServiceProcess {
             .unwrap()
     }
 }
+
+/// A TCP forwarder to `target` (`host:port`): its address, and the switch that makes it go
+/// silent — every connection, open or new, held open with nothing passed on (an address that no
+/// longer leads anywhere, or a network cut, without the refusal that would say so at once).
+pub async fn forwarder(target: &str) -> (String, std::sync::Arc<tokio::sync::watch::Sender<bool>>) {
+    use tokio::net::{TcpListener, TcpStream};
+    let target = target.to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = listener.local_addr().unwrap().to_string();
+    let silent = std::sync::Arc::new(tokio::sync::watch::Sender::new(false));
+    let switch = silent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (target, mut silenced) = (target.clone(), silent.subscribe());
+            tokio::spawn(async move {
+                let Ok(mut upstream) = TcpStream::connect(&target).await else { return };
+                if !*silenced.borrow() {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => return,
+                        _ = silenced.wait_for(|s| *s) => {}
+                    }
+                }
+                // Silent: both ends stay open and nothing moves.
+                std::future::pending::<()>().await;
+                drop((inbound, upstream));
+            });
+        }
+    });
+    (url, switch)
+}

@@ -3,50 +3,19 @@
 //! session lives on, so nothing moves and no epoch is trained twice — and a worker's report that
 //! it finished reaches the follower even when it registered at another replica.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-use crate::common::{TestApp, TestDb};
+use crate::common::{TestApp, TestDb, forwarder};
 use crate::workers::{app_with_long_strategy, epochs_of, eurusd, register, until_record, worker_sim_paced};
-
-/// A TCP forwarder to `target`: its URL, and the switch that makes it go silent — every
-/// connection, open or new, held open with nothing passed on (an address that no longer leads
-/// anywhere, without the refusal that would say so at once).
-async fn forwarder(target: &str) -> (String, Arc<watch::Sender<bool>>) {
-    let target = target.trim_start_matches("http://").to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let silent = Arc::new(watch::Sender::new(false));
-    let switch = silent.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let (target, mut silenced) = (target.clone(), silent.subscribe());
-            tokio::spawn(async move {
-                let Ok(mut upstream) = TcpStream::connect(&target).await else { return };
-                if !*silenced.borrow() {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => return,
-                        _ = silenced.wait_for(|s| *s) => {}
-                    }
-                }
-                // Silent: both ends stay open and nothing moves.
-                std::future::pending::<()>().await;
-                drop((inbound, upstream));
-            });
-        }
-    });
-    (url, switch)
-}
 
 #[tokio::test]
 async fn a_worker_registered_again_at_a_new_endpoint_is_followed_there_and_nothing_moves() {
     let (app, _strategies) = app_with_long_strategy().await;
     let worker = worker_sim_paced(app.data_dir.path(), 10).await;
-    let (old_address, silence) = forwarder(&worker).await;
+    let (old_address, silence) = forwarder(worker.trim_start_matches("http://")).await;
+    let old_address = format!("http://{old_address}");
     let (status, answer) =
         register(&app, json!({ "worker_id": "wanderer", "worker_type": "training", "endpoint_url": old_address }))
             .await;

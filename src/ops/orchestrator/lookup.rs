@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Inner;
+use super::{Inner, Orchestrator};
 use crate::ops::live::LiveOperation;
 use crate::ops::snapshot::Snapshot;
+use crate::ops::store::{ListFilter, StoreError};
 
 /// An operation found by id: running here, running on another replica, or finished.
 pub enum Lookup {
@@ -149,5 +150,76 @@ impl RemoteCache {
 
     pub(super) fn forget(&self, id: &str) {
         self.entries.lock().remove(id);
+    }
+}
+
+impl Orchestrator {
+    /// Finds an operation: from memory while it runs here, else from the store.
+    pub async fn get(&self, operation_id: &str) -> Result<Option<Lookup>, StoreError> {
+        if let Some(op) = self.live(operation_id) {
+            // Ended by another replica (a cancel it recorded, having waited for this one in vain),
+            // or maybe, this replica having been out of reach a moment ago: the stored end is
+            // final, whatever this copy still shows while it stops.
+            // In a cluster an end is shown once stored (a live copy that ended is being written):
+            // until then another replica may take the operation on and end it otherwise.
+            let unstored_end = self.inner.settings.cluster.is_some() && op.snapshot().is_terminal();
+            if (op.is_overruled() || unstored_end || self.inner.doubt.now())
+                && let Some(stored) = self.inner.store.get(operation_id).await?
+                && (stored.is_terminal() || op.snapshot().is_terminal())
+            {
+                let stored = Arc::new(stored);
+                return Ok(Some(if stored.is_terminal() {
+                    Lookup::Stored(stored)
+                } else {
+                    Lookup::Remote(RemoteView {
+                        inner: self.inner.clone(),
+                        snapshot: stored,
+                        changes: self.inner.feed.subscribe(),
+                        seen: self.inner.feed.current(),
+                    })
+                }));
+            }
+            let changes = op.subscribe();
+            return Ok(Some(Lookup::Live(LiveView { op, changes })));
+        }
+        let snapshot = match self.inner.remote_cache.get(operation_id) {
+            Some(snapshot) => snapshot,
+            None => match self.inner.store.get(operation_id).await? {
+                Some(stored) => {
+                    let snapshot = Arc::new(stored);
+                    self.inner.remote_cache.put(operation_id, snapshot.clone());
+                    snapshot
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(if snapshot.is_terminal() {
+            Lookup::Stored(snapshot)
+        } else {
+            Lookup::Remote(RemoteView {
+                inner: self.inner.clone(),
+                snapshot,
+                changes: self.inner.feed.subscribe(),
+                seen: self.inner.feed.current(),
+            })
+        }))
+    }
+
+    /// A page of stored operations, newest first; running ones show their live progress.
+    pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<Arc<Snapshot>>, u64, u64), StoreError> {
+        let in_cluster = self.inner.settings.cluster.is_some();
+        let page = self.inner.store.list(filter).await?;
+        let operations = page
+            .operations
+            .into_iter()
+            // The store's terminal state is final even where this replica still runs the
+            // operation (another replica ended it while this one was out of reach).
+            // and, in a cluster, an end this replica reached is shown once stored.
+            .map(|stored| match self.live(&stored.record.operation_id) {
+                Some(op) if !stored.is_terminal() && !(in_cluster && op.snapshot().is_terminal()) => op.snapshot(),
+                _ => Arc::new(stored),
+            })
+            .collect();
+        Ok((operations, page.total_count, page.active_count))
     }
 }

@@ -161,6 +161,9 @@ async fn store_final_state(inner: &Inner, op: &LiveOperation, snapshot: &Arc<Sna
             tracing::error!(operation_id = %op.id, error = %e, "could not store the final state");
             return;
         }
+        // Out of touch with the database: until it is back, this end is not settled (another
+        // replica may take the operation on), so reads go by the store.
+        inner.doubt.raise();
         tracing::warn!(operation_id = %op.id, error = %e, "could not store the final state yet; trying again");
         if !pauses.sleep(&inner.root).await {
             tracing::error!(operation_id = %op.id, error = %e, "could not store the final state before the shutdown");

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::dummy::DummyStep;
+use crate::ops::ListFilter;
 use crate::ops::job::{Job, JobContext, JobError, JobResult};
 use crate::ops::progress::DefaultRenderer;
 
