@@ -216,7 +216,7 @@ impl Orchestrator {
             // operation (another replica ended it while this one was out of reach).
             // and, in a cluster, an end this replica reached is shown once stored.
             .map(|stored| match self.live(&stored.record.operation_id) {
-                Some(op) if !stored.is_terminal() && !(in_cluster && op.snapshot().is_terminal()) => op.snapshot(),
+                Some(op) if !(stored.is_terminal() || in_cluster && op.snapshot().is_terminal()) => op.snapshot(),
                 _ => Arc::new(stored),
             })
             .collect();
