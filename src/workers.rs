@@ -195,6 +195,10 @@ const CONCURRENT_CHECKS: usize = 1024;
 /// How long a worker is given to take the shutdown notice.
 const SHUTDOWN_NOTICE: Duration = Duration::from_secs(2);
 
+/// How long after its operation ended a worker still held by it is freed by the health checks
+/// (longer than any stop confirmation takes).
+pub const LOST_RELEASE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Fleet {
     pub fn new(store: Store, settings: FleetSettings) -> Self {
         let probe = WorkerProbe::new(settings.health_check_timeout, SHUTDOWN_NOTICE, settings.endpoint_policy.clone());
@@ -209,7 +213,8 @@ impl Fleet {
         &self.settings
     }
 
-    /// Checks every registered worker, all at once: `GET {endpoint_url}/health`.
+    /// Checks every registered worker, all at once: `GET {endpoint_url}/health`; frees a worker
+    /// still held by an operation that ended [`LOST_RELEASE_AFTER`] ago.
     pub async fn check_all(&self) -> Result<(usize, u64), StoreError> {
         let workers = self.store.workers(None, None).await?;
         let checked = workers.len();
@@ -225,6 +230,12 @@ impl Fleet {
             .buffer_unordered(CONCURRENT_CHECKS);
         while let Some((id, outcome)) = checks.next().await {
             self.store.record_worker_health(&id, &outcome).await?;
+        }
+        // A training that ended frees its worker (a cancelled one once its host confirmed the
+        // stop); when that release was lost, this does, a while later.
+        let freed = self.store.free_workers_of_finished_operations(time::now() - LOST_RELEASE_AFTER).await?;
+        if freed > 0 {
+            tracing::warn!(freed, "freed workers whose operation had ended without freeing them");
         }
         let removed = self.store.remove_dead_workers(time::now() - self.settings.removal_threshold).await?;
         if removed > 0 {

@@ -226,6 +226,31 @@ async fn checkpoints_are_replaced_listed_and_expire_by_age(db: TestDb) {
     assert!(!store.delete_checkpoint("op_new").await.unwrap(), "only once");
 }
 
+/// A worker still held by an operation that ended (its release was lost with the replica that
+/// would have freed it) is freed once the operation has been over a while — not before (the soak
+/// found a worker busy for good with an ended training: seed 20261205).
+async fn a_worker_held_by_an_ended_operation_is_freed_a_while_later(db: TestDb) {
+    let store = open(&db).await;
+    let capabilities = json!({});
+    store.register_worker("w1", "training", "http://127.0.0.1:9", &capabilities, None).await.unwrap();
+    let mut r = record("op_t_1", "training");
+    store.insert(snap(&r), "n", None).await.unwrap();
+    assert!(store.claim_worker("w1", "op_t_1").await.unwrap());
+    let now = ktrdr_ops::time::now();
+    assert_eq!(store.free_workers_of_finished_operations(now).await.unwrap(), 0, "still running");
+    r.start(now).unwrap();
+    r.finish(Outcome::Failed("lost".into()), now).unwrap();
+    r.version = 3;
+    store.save(vec![snap(&r)], "n").await.unwrap();
+    let before_it_ended = now - chrono::Duration::seconds(30);
+    assert_eq!(store.free_workers_of_finished_operations(before_it_ended).await.unwrap(), 0, "not yet");
+    assert_eq!(store.worker("w1").await.unwrap().unwrap().status, "busy");
+    let later = ktrdr_ops::time::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.free_workers_of_finished_operations(later).await.unwrap(), 1);
+    let worker = store.worker("w1").await.unwrap().unwrap();
+    assert_eq!((worker.status.as_str(), worker.current_operation_id), ("available", None));
+}
+
 macro_rules! store_suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -261,4 +286,5 @@ store_suite!(
     checkpoints_are_replaced_listed_and_expire_by_age,
     the_api_runs_and_cancels_operations_on_this_backend,
     a_killed_service_leaves_nothing_running_on_this_backend,
+    a_worker_held_by_an_ended_operation_is_freed_a_while_later,
 );

@@ -257,11 +257,18 @@ def check_no_work_after_end(all_records, faults_log):
     return violations
 
 
+# A worker whose release was lost is freed by the health checks (every 10 s) once its operation
+# has been over for 30 s (workers::LOST_RELEASE_AFTER): that long, and a check more, at most.
+WORKERS_FREE_WITHIN = 30 + 10 + 10
+
+
 def check_workers_free():
-    violations = []
-    _, fleet = stack.call("GET", f"{stack.REPLICAS['ktrdr-ops']}/api/v1/workers")
-    for worker in fleet or []:
-        if worker.get("current_operation_id") or worker.get("status") == "busy":
-            violations.append(f"worker {worker['worker_id']} not free at the end: {worker.get('status')} "
-                              f"with {worker.get('current_operation_id')}")
-    return violations
+    deadline = time.monotonic() + WORKERS_FREE_WITHIN
+    while True:
+        _, fleet = stack.call("GET", f"{stack.REPLICAS['ktrdr-ops']}/api/v1/workers")
+        held = [w for w in fleet or [] if w.get("current_operation_id") or w.get("status") == "busy"]
+        if not held or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    return [f"worker {w['worker_id']} not free {WORKERS_FREE_WITHIN} s after the work ended: {w.get('status')} "
+            f"with {w.get('current_operation_id')}" for w in held]

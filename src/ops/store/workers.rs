@@ -308,6 +308,25 @@ impl Store {
         Ok(report.and_then(|text| serde_json::from_str(&text).ok()))
     }
 
+    /// Frees the workers whose dispatched operation ended before `ended_before` and still holds
+    /// them (its own release was lost: the replica freeing it died, or could not reach the
+    /// database): how many.
+    pub async fn free_workers_of_finished_operations(&self, ended_before: Timestamp) -> Result<u64, StoreError> {
+        let freed = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE workers SET current_operation_id = NULL, dispatched_operation_id = NULL, \
+                   status = CASE WHEN status = 'busy' THEN 'available' ELSE status END \
+                 WHERE dispatched_operation_id IN (SELECT operation_id FROM operations \
+                   WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at < $1)",
+            )
+            .bind(time::to_micros(&ended_before))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(freed)
+    }
+
     /// `worker_id` is free again, if it still runs `operation_id`.
     pub async fn release_worker(&self, worker_id: &str, operation_id: &str) -> Result<(), StoreError> {
         self.end_dispatch(worker_id, operation_id, "available").await
