@@ -27,6 +27,8 @@ LEASE = 15.0
 # After the last fault: the lease, a takeover scan, and the longest piece of work the workload
 # starts (a 1m load of 25 days, a training of 15 s) finishing on the replica that took it over.
 SETTLE = LEASE + 30 + 90
+# How long before the faults end the workload stops starting work.
+WORK_DRAIN = 120.0
 
 
 def main():
@@ -74,11 +76,15 @@ def soak(seed, minutes):
     time.sleep(10)
     fault_thread = threading.Thread(target=faults.run, daemon=True)
     fault_thread.start()
-    time.sleep(minutes * 60)
-    stop_faults.set()
+    # The work stops starting new operations two minutes before the faults end: what is queued
+    # drains under faults, and everything can have ended soon after the last one.
+    drain = min(WORK_DRAIN, minutes * 60 / 3)
+    time.sleep(minutes * 60 - drain)
     stop_work.set()
-    fault_thread.join()
     threads[1].join()
+    time.sleep(drain)
+    stop_faults.set()
+    fault_thread.join()
     last_fault = max(faults.last_ended(), time.time())
     print(f"soak: faults and work stopped; {len(faults.log)} faults, waiting for the work to settle", flush=True)
 
