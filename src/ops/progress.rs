@@ -205,10 +205,10 @@ impl Tracker {
         self.render(p);
     }
 
-    /// The step's work starts again from an earlier point (a training moved to another worker
-    /// resumes from its checkpoint): the percentage goes back to where the step began — the next
+    /// The step's work starts again from an earlier point (work that moved elsewhere goes on
+    /// from a saved point): the percentage goes back to where the step began — the next
     /// `step_progress` moves it on from there — so that percentage and step text agree; the rate
-    /// of the run that was lost no longer predicts anything.
+    /// of the lost run no longer predicts anything.
     pub(crate) fn restart_step(&mut self, p: &mut Progress) {
         p.percentage = p.percentage.min(self.band.start);
         self.eta = EtaEstimator::default();

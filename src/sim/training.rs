@@ -25,6 +25,7 @@ use crate::sim::fastapi::FastJson;
 use crate::time;
 
 mod checkpoint;
+mod controls;
 mod model_folder;
 mod wire;
 
@@ -175,9 +176,9 @@ impl TrainingSim {
         let mut router = Router::new()
             .route("/health", get(health))
             .route("/training/start", post(start))
-            .route("/sim/stats", get(stats))
-            .route("/sim/knobs", put(set_knobs).get(get_knobs))
-            .route("/sim/crash", post(crash));
+            .route("/sim/stats", get(controls::stats))
+            .route("/sim/knobs", put(controls::set_knobs).get(controls::get_knobs))
+            .route("/sim/crash", post(controls::crash));
         router = match self.protocol {
             Protocol::Sessions => router
                 .route("/training/status/{id}", get(session_status))
@@ -561,44 +562,4 @@ async fn cancel_operation(
         }
         None => detail(StatusCode::NOT_FOUND, format!("Operation not found: {id}")),
     }
-}
-
-async fn stats(State(sim): Sim) -> Json<Value> {
-    let stats = sim.stats.lock();
-    let sessions: Vec<Value> = sim
-        .sessions
-        .lock()
-        .values()
-        .map(|s| {
-            json!({
-                "id": s.id, "status": s.status, "finished": s.finished, "stop_requested": s.stop_requested,
-                "epochs": s.epochs.len(), "created_at": s.created_at, "last_updated": s.last_updated,
-            })
-        })
-        .collect();
-    Json(json!({
-        "protocol": sim.protocol, "requests": stats.requests, "starts": stats.starts,
-        "busy_rejections": stats.busy_rejections, "stops": stats.stops, "crashes": stats.crashes, "sessions": sessions,
-    }))
-}
-
-async fn get_knobs(State(sim): Sim) -> Json<TrainingKnobs> {
-    Json(sim.knobs())
-}
-
-async fn set_knobs(State(sim): Sim, FastJson(knobs): FastJson<TrainingKnobs>) -> Json<TrainingKnobs> {
-    *sim.knobs.write() = knobs.clone();
-    Json(knobs)
-}
-
-/// Forgets every session, as a restarted host would.
-async fn crash(State(sim): Sim) -> StatusCode {
-    let sessions = std::mem::take(&mut *sim.sessions.lock());
-    for session in sessions.values() {
-        if let Some(abort) = &session.abort {
-            abort.abort();
-        }
-    }
-    sim.stats.lock().crashes += 1;
-    StatusCode::NO_CONTENT
 }
