@@ -17,5 +17,6 @@ mod production;
 mod store;
 mod training;
 mod trust;
+mod worker_ends;
 mod worker_reach;
 mod workers;
