@@ -90,6 +90,14 @@ pub trait Job: Send + Sized + 'static {
     fn summary(request: &Self::Request) -> Option<String>;
 
     fn run(self, ctx: JobContext<Self>) -> impl Future<Output = JobResult> + Send + 'static;
+
+    /// How to stop remote work that runs before the job does (a session resumed or re-attached
+    /// on its host): set when the operation is taken on, before it waits for anything, so that a
+    /// cancel the instant the operation exists still reaches the host. The job may replace it
+    /// with [`OperationHandle::on_cancel`] as it goes.
+    fn remote_stop(&self, _operation_id: &str) -> Option<RemoteStopHook> {
+        None
+    }
 }
 
 /// A job ready to start, type-erased.
@@ -97,9 +105,15 @@ pub struct BoxedJob(Box<dyn FnOnce(OperationHandle) -> BoxFuture<JobResult> + Se
 
 impl BoxedJob {
     pub fn new<J: Job>(job: J) -> Self {
-        BoxedJob(Box::new(move |handle| Box::pin(job.run(JobContext { handle, job: PhantomData }))))
+        BoxedJob(Box::new(move |handle| {
+            if let Some(hook) = job.remote_stop(handle.operation_id()) {
+                handle.on_cancel(hook);
+            }
+            Box::pin(job.run(JobContext { handle, job: PhantomData }))
+        }))
     }
 
+    /// Sets the job's remote stop at once and returns its work, which runs when polled.
     pub(crate) fn start(self, handle: OperationHandle) -> BoxFuture<JobResult> {
         (self.0)(handle)
     }

@@ -17,7 +17,8 @@ use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::Protocol;
 use crate::hosts::training::{Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{
-    Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, Resumption, Steps,
+    Job, JobContext, JobError, JobResult, OperationHandle, ProgressReporter, Reattach, RemoteStopHook, Resumption,
+    Steps,
 };
 use crate::training::TrainingRequest;
 use crate::training::follow::follow_to_the_end;
@@ -140,6 +141,15 @@ impl Job for TrainingJob {
         // Stalled host calls show in the step and stay in the warnings.
         observe_stalls(Arc::new(ctx.progress()), self.train(ctx)).await
     }
+
+    /// A resumed or re-attached session already trains on its host: a cancel that comes before
+    /// the job has run a line must stop it there too (and free its worker once stopped).
+    fn remote_stop(&self, operation_id: &str) -> Option<RemoteStopHook> {
+        let session = self.session.clone()?;
+        let client = client_of(self.worker.as_ref(), self.pool.as_ref(), &self.client).ok()?;
+        let release = release_of(&self.pool, &self.worker, operation_id);
+        Some(remote_stop(client, session, self.settings.clone(), release))
+    }
 }
 
 /// How following a session ended, short of its result.
@@ -173,6 +183,9 @@ impl TrainingJob {
         let mut placement = match session {
             Some(session) => {
                 progress.detail(format!("following training host session {}", session.id));
+                if let (Some(pool), Some(worker)) = (&pool, &worker) {
+                    pool.hold(&worker.worker_id, ctx.operation_id()).await;
+                }
                 let client = client_of(worker.as_ref(), pool.as_ref(), &client).map_err(failed)?;
                 Placement { client, worker, session }
             }
@@ -204,7 +217,7 @@ impl TrainingJob {
             let state =
                 TrainingState { session_id: session.id.clone(), protocol: session.protocol, worker: worker.clone() };
             ctx.save_state(&state).await?;
-            let release = release_of(&pool, worker, &ctx);
+            let release = release_of(&pool, worker, ctx.operation_id());
             ctx.on_cancel(remote_stop(host.clone(), session.clone(), settings.clone(), release.clone()));
             let on_worker = pool.as_deref().zip(worker.as_ref());
             let outcome =
@@ -290,8 +303,8 @@ async fn rebuilt_request(
     Ok(request)
 }
 
-fn release_of(pool: &Option<Arc<WorkerPool>>, worker: &Option<WorkerRef>, ctx: &OperationHandle) -> Option<Release> {
-    Some(Release::new(pool.clone()?, &worker.as_ref()?.worker_id, ctx.operation_id()))
+fn release_of(pool: &Option<Arc<WorkerPool>>, worker: &Option<WorkerRef>, operation_id: &str) -> Option<Release> {
+    Some(Release::new(pool.clone()?, &worker.as_ref()?.worker_id, operation_id))
 }
 
 /// `POST /training/start` on the configured host, waiting (cancellably, with backoff) while it is

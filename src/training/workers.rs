@@ -221,6 +221,16 @@ impl WorkerPool {
     }
 
     /// The worker is free again (if it still runs `operation_id`).
+    /// Marks the worker as running `operation_id`, whose session already runs there (resumed or
+    /// taken over), so that nothing else is sent to it meanwhile.
+    pub async fn hold(&self, worker_id: &str, operation_id: &str) {
+        match self.store.hold_worker(worker_id, operation_id).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(worker_id, operation_id, "the worker was sent another operation meanwhile"),
+            Err(e) => tracing::warn!(worker_id, operation_id, error = %e, "could not mark a worker busy"),
+        }
+    }
+
     pub async fn release(&self, worker_id: &str, operation_id: &str) {
         if let Err(e) = self.store.release_worker(worker_id, operation_id).await {
             tracing::warn!(worker_id, operation_id, error = %e, "could not free a worker");

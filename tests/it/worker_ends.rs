@@ -1,4 +1,5 @@
-//! How a training on a worker ends here: a cancel frees its worker within two seconds; a
+//! How a training on a worker ends here: a cancel frees its worker within two seconds — a
+//! continuation cancelled the instant it exists too, stopped on the worker it resumed on; a
 //! worker's report that it finished ends it with its result; a hung worker's training moves; a
 //! worker that breaks the connection while answering the start is passed over.
 
@@ -8,8 +9,8 @@ use serde_json::json;
 
 use crate::common::TestApp;
 use crate::workers::{
-    eurusd, placed_on, quick_checks, register, registered, start_example, until_record, until_worker, worker_process,
-    worker_sim,
+    eurusd, long_strategy, placed_on, quick_checks, register, registered, start_example, until_record, until_worker,
+    worker_process, worker_sim,
 };
 
 #[tokio::test]
@@ -129,4 +130,94 @@ async fn a_worker_that_dies_while_answering_the_start_is_passed_over() {
     assert_eq!(placed_on(&app, &id).await, "good", "the GPU worker broke the connection: passed over");
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"ktrdr_ops_dispatches_total{outcome="passed_over"} 1"#), "{metrics}");
+}
+
+/// A resume answers once the worker trains on from its checkpoint, but the continuation may wait
+/// for a run slot before its work runs a line: a DELETE meanwhile used to find no stop to send,
+/// and the worker trained on, busy and unstoppable, to the end.
+#[tokio::test]
+async fn a_continuation_cancelled_before_it_ran_stops_on_its_worker_and_frees_it() {
+    let strategies = long_strategy(30);
+    let app = TestApp::spawn_with_sim(|c| {
+        quick_checks(c);
+        c.sim.training_workers = 2;
+        c.sim.training_pace_ms = 50;
+        c.training.strategies_dir = strategies.path().to_owned();
+        c.operations.max_concurrent.insert("training".into(), 1);
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let start = || app.post("/api/v1/trainings/start", json!({ "strategy_name": "long" }));
+    let (status, started) = start().await;
+    assert_eq!(status, 200, "{started}");
+    let old = started["task_id"].as_str().unwrap().to_owned();
+    let running = until_record(&app.base, &old, "an epoch", Duration::from_secs(20), |r| {
+        r["metrics"]["epochs"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let worker = running["progress"]["context"]["worker_id"].as_str().unwrap().to_owned();
+    // Another training takes the only run slot as soon as the first frees it, on the other worker.
+    let (_, other) = start().await;
+    let other = other["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&format!("/api/v1/operations/{old}")).await.0, 200);
+    assert_ne!(placed_on(&app, &other).await, worker);
+    let (status, answer) = app.post(&format!("/api/v1/operations/{old}/resume"), json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let new = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    let (_, waiting) = app.get(&format!("/api/v1/operations/{new}")).await;
+    assert_eq!(waiting["data"]["status"], "pending", "waiting for the run slot: {waiting}");
+    // The continuation trains there already (the worker's health says so).
+    until_worker(&app, &worker, "busy", |w| w["worker"]["status"] == "busy").await;
+    assert_eq!(app.delete(&format!("/api/v1/operations/{new}")).await.0, 200);
+    // The worker would train ~14 s more if the stop never reached it: seconds tell.
+    let stopped = until_record(&app.base, &new, "the worker's stop", Duration::from_secs(5), |r| {
+        r["cancellation"]["remote"]["host_final_status"].is_string()
+    })
+    .await;
+    assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    until_worker(&app, &worker, "freed", |w| w["worker"]["status"] == "available").await;
+    assert_eq!(app.delete(&format!("/api/v1/operations/{other}")).await.0, 200);
+}
+
+/// The worker a continuation trains on is its own from the start: nothing else is sent there
+/// before a health check would notice it busy (10 s by default).
+#[tokio::test]
+async fn a_continuation_holds_the_worker_it_resumed_on() {
+    let strategies = long_strategy(30);
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.training_workers = 1;
+        c.sim.training_pace_ms = 50;
+        c.training.strategies_dir = strategies.path().to_owned();
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let (_, fleet) = app.get("/api/v1/workers").await;
+    let worker = fleet[0]["worker_id"].as_str().unwrap().to_owned();
+    let (_, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "long" })).await;
+    let old = started["task_id"].as_str().unwrap().to_owned();
+    until_record(&app.base, &old, "an epoch", Duration::from_secs(20), |r| {
+        r["metrics"]["epochs"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    assert_eq!(app.delete(&format!("/api/v1/operations/{old}")).await.0, 200);
+    let (status, answer) = app.post(&format!("/api/v1/operations/{old}/resume"), json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let new = answer["data"]["operation_id"].as_str().unwrap().to_owned();
+    until_worker(&app, &worker, "held by the continuation", |w| {
+        w["worker"]["status"] == "busy" && w["worker"]["current_operation_id"] == new.as_str()
+    })
+    .await;
+    let (_, next) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "long" })).await;
+    let next = next["task_id"].as_str().unwrap().to_owned();
+    until_record(&app.base, &next, "waiting", Duration::from_secs(5), |r| {
+        r["progress"]["current_step"]
+            .as_str()
+            .is_some_and(|s| s.contains("waiting for a free training worker (1 busy)"))
+    })
+    .await;
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains(r#"outcome="passed_over""#), "never sent to the held worker: {metrics}");
+    for id in [&new, &next] {
+        assert_eq!(app.delete(&format!("/api/v1/operations/{id}")).await.0, 200);
+    }
 }

@@ -389,7 +389,7 @@ async fn trainings_go_to_free_workers_gpu_first_and_one_more_waits_for_a_free_on
 }
 
 /// A strategies folder with `long`: the example strategy trained for `epochs` epochs.
-fn long_strategy(epochs: u32) -> tempfile::TempDir {
+pub(crate) fn long_strategy(epochs: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/strategies/example_mlp.yaml")).unwrap();
     let long =

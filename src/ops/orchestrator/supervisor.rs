@@ -26,6 +26,11 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
     let span = tracing::info_span!(parent: None, "operation", operation_id = %op.id);
     let tasks = inner.tasks.clone();
     let supervisor = async move {
+        // Taken on now: remote work that already runs (a resumed session) is stoppable from
+        // here on, even if a cancel comes before the job gets a slot.
+        let handle =
+            OperationHandle { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
+        let work = job.start(handle);
         if op.token.is_cancelled() {
             finish(&inner, &op, Outcome::Cancelled { reason: SHUTDOWN_REASON.to_owned() }, false).await;
             return;
@@ -60,13 +65,11 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
                 Err(_) => return,
             }
         }
-        let handle =
-            OperationHandle { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
         // The work runs inside this task (one task per operation), abortable from a cancel
         // that outlives its grace period, and with panics caught so an outcome is always stored.
         let (abort, registration) = AbortHandle::new_pair();
         let _ = op.abort.set(abort);
-        let work = Abortable::new(AssertUnwindSafe(job.start(handle)).catch_unwind(), registration);
+        let work = Abortable::new(AssertUnwindSafe(work).catch_unwind(), registration);
         let (outcome, forced) = match work.await {
             Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
             Ok(Ok(Err(JobError::Failed { message, cause }))) => {

@@ -279,6 +279,24 @@ impl Store {
         Ok(claimed > 0)
     }
 
+    /// Marks `worker_id` as running `operation_id`, which already runs there (its session was
+    /// resumed on it, or is taken over), unless another operation was sent to it since: whether
+    /// it is held now.
+    pub async fn hold_worker(&self, worker_id: &str, operation_id: &str) -> Result<bool, StoreError> {
+        let held = on_db!(&self.inner.readers, pool => {
+            sqlx::query(
+                "UPDATE workers SET status = 'busy', current_operation_id = $2, dispatched_operation_id = $2 \
+                 WHERE worker_id = $1 AND (dispatched_operation_id IS NULL OR dispatched_operation_id = $2)",
+            )
+            .bind(worker_id)
+            .bind(operation_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(held > 0)
+    }
+
     /// Keeps a worker's report about `operation_id` for the replica that follows it (the first
     /// report stays: a worker finishes an operation once).
     pub async fn leave_worker_report(&self, operation_id: &str, report: &Value) -> Result<(), StoreError> {
