@@ -49,6 +49,9 @@ pub struct TrainingKnobs {
     pub stop_delay_ms: u64,
     /// Hold every status answer (session status, operation) this long: a stalled host.
     pub status_delay_ms: u64,
+    /// Take this long to start a session (after which it starts even if the caller hung up, as
+    /// a real host's request handler does).
+    pub start_delay_ms: u64,
     /// Save a `periodic` checkpoint every this many epochs (ktrdr's
     /// `KTRDR_CHECKPOINT_EPOCH_INTERVAL`); 0: only on cancel and failure.
     pub checkpoint_interval: u32,
@@ -68,6 +71,7 @@ impl Default for TrainingKnobs {
             max_sessions: 1,
             stop_delay_ms: 0,
             status_delay_ms: 0,
+            start_delay_ms: 0,
             checkpoint_interval: 10,
             checkpoint_dir: None,
         }
@@ -264,8 +268,19 @@ impl TrainingSim {
                 }
             }
         }
+        // Stopped before it ran: it ends without a batch (and without a checkpoint: nothing trained).
         let running = self.word("running");
-        self.with_session(&id, |s| s.status = running.clone());
+        let stop_first = self.with_session(&id, |s| {
+            if !s.stop_requested {
+                s.status = running.clone();
+            }
+            s.stop_requested
+        });
+        if stop_first == Some(true) && !knobs.ignore_cancel {
+            let stopped = self.word("stopped");
+            self.end(&id, &stopped, None, None);
+            return;
+        }
         let mut last_saved = first_epoch - 1;
         for epoch in first_epoch..=total_epochs {
             for batch in 1..=total_batches {
@@ -383,6 +398,20 @@ fn epochs_in_yaml(text: &str) -> Option<u32> {
 
 async fn start(State(sim): Sim, FastJson(body): FastJson<Value>) -> Response {
     sim.count("/training/start");
+    let delay = sim.knobs().start_delay_ms;
+    if delay == 0 {
+        return start_session(&sim, &body);
+    }
+    // Run apart from the request, so that a caller hanging up does not stop it.
+    let started = tokio::spawn(async move {
+        hold(delay).await;
+        start_session(&sim, &body)
+    });
+    started.await.unwrap_or_else(|_| detail(StatusCode::INTERNAL_SERVER_ERROR, "the start crashed"))
+}
+
+/// Creates and launches the session `body` asks for.
+fn start_session(sim: &Arc<TrainingSim>, body: &Value) -> Response {
     let knobs = sim.knobs();
     let (task_id, symbols, timeframes, epochs, model_type, strategy) = match sim.protocol {
         Protocol::Operations => {

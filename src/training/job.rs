@@ -23,7 +23,7 @@ use crate::ops::{
 use crate::training::TrainingRequest;
 use crate::training::follow::follow_to_the_end;
 use crate::training::placement::{Launch, Placement, place};
-use crate::training::stop::remote_stop;
+use crate::training::stop::{StartGate, remote_stop};
 use crate::training::workers::WorkerPool;
 
 /// Tunables of trainings (config `[training]`).
@@ -148,7 +148,7 @@ impl Job for TrainingJob {
         let session = self.session.clone()?;
         let client = client_of(self.worker.as_ref(), self.pool.as_ref(), &self.client).ok()?;
         let release = release_of(&self.pool, &self.worker, operation_id);
-        Some(remote_stop(client, session, self.settings.clone(), release))
+        Some(remote_stop(client, session, self.settings.clone(), release, StartGate::default()))
     }
 }
 
@@ -218,7 +218,13 @@ impl TrainingJob {
                 TrainingState { session_id: session.id.clone(), protocol: session.protocol, worker: worker.clone() };
             ctx.save_state(&state).await?;
             let release = release_of(&pool, worker, ctx.operation_id());
-            ctx.on_cancel(remote_stop(host.clone(), session.clone(), settings.clone(), release.clone()));
+            ctx.on_cancel(remote_stop(
+                host.clone(),
+                session.clone(),
+                settings.clone(),
+                release.clone(),
+                StartGate::default(),
+            ));
             let on_worker = pool.as_deref().zip(worker.as_ref());
             let outcome =
                 follow_to_the_end(host, session, on_worker, total_epochs, &settings, &ctx, &progress, &token).await;
@@ -317,6 +323,7 @@ pub(super) async fn start_on_host(
     progress: &ProgressReporter,
     token: &CancellationToken,
 ) -> Result<Session, JobError> {
+    let starts = StartGate::default();
     let protocol = client.protocol(token).await.map_err(|e| {
         if e.is_cancelled() { JobError::Cancelled } else { failed(format!("the training host cannot be reached: {e}")) }
     })?;
@@ -324,12 +331,14 @@ pub(super) async fn start_on_host(
         // The host will know the session by our id: if a cancel comes while the start is in
         // flight, the stop can still find it.
         let session = Session { id: request.task_id.clone(), protocol };
-        ctx.on_cancel(remote_stop(client.clone(), session, settings.clone(), None));
+        ctx.on_cancel(remote_stop(client.clone(), session, settings.clone(), None, starts.clone()));
     }
     let deadline = Instant::now() + settings.start_timeout;
     let mut pauses = BUSY_HOST.pauses();
     loop {
-        match client.start(request, token).await {
+        let (host, asked) = (client.clone(), request.clone());
+        let started = starts.run(async move { host.start(&asked, &CancellationToken::new()).await }, token).await;
+        match started.unwrap_or(Err(StartError::Cancelled)) {
             Ok(session) => return Ok(session),
             Err(StartError::Busy(message)) => {
                 if Instant::now() >= deadline {

@@ -15,7 +15,7 @@ use crate::hosts::HostErrorKind;
 use crate::hosts::training::{Protocol, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{JobError, OperationHandle, ProgressReporter};
 use crate::training::job::{Release, TrainingSettings, WorkerRef, start_on_host};
-use crate::training::stop::remote_stop;
+use crate::training::stop::{StartGate, remote_stop};
 use crate::training::workers::{Claim, WorkerPool};
 
 /// Where a training's host session runs.
@@ -114,8 +114,9 @@ pub(super) async fn place(
         progress.detail(format!("starting on worker {}", worker.worker_id));
         // The worker knows the session by our id: a cancel during the start can still stop it.
         let pending = Session { id: launch.request().task_id.clone(), protocol: Protocol::Operations };
-        ctx.on_cancel(remote_stop(client.clone(), pending, settings.clone(), Some(release.clone())));
-        match launch_on(&client, &launch, &worker.worker_id, ctx, token).await {
+        let starts = StartGate::default();
+        ctx.on_cancel(remote_stop(client.clone(), pending, settings.clone(), Some(release.clone()), starts.clone()));
+        match launch_on(&client, &launch, &worker.worker_id, ctx, token, &starts).await {
             Ok(session) => {
                 pool.count("worker");
                 let worker = WorkerRef { worker_id: worker.worker_id, endpoint_url: worker.endpoint_url };
@@ -138,31 +139,35 @@ pub(super) async fn place(
     }
 }
 
-/// Starts or resumes the training on one worker; the record's epochs are cut back to what the
-/// new run continues from.
+/// Starts or resumes the training on one worker (each call runs to its answer, see
+/// [`StartGate`]); the record's epochs are cut back to what the new run continues from.
 async fn launch_on(
-    client: &TrainingClient,
+    client: &Arc<TrainingClient>,
     launch: &Launch<'_>,
     worker_id: &str,
     ctx: &OperationHandle,
     token: &CancellationToken,
+    starts: &StartGate,
 ) -> Result<Session, StartError> {
     if let Launch::Resume { request, epoch } = launch {
-        match client.resume(&request.task_id, token).await {
-            Ok(session) => {
+        let (host, id) = (client.clone(), request.task_id.clone());
+        match starts.run(async move { host.resume(&id, &CancellationToken::new()).await }, token).await {
+            Some(Ok(session)) => {
                 forget_epochs_after(ctx, Some(*epoch));
                 return Ok(session);
             }
-            Err(why) if !token.is_cancelled() => {
+            Some(Err(why)) if !token.is_cancelled() => {
                 ctx.warn(format!(
                     "worker {worker_id} could not resume the training from its checkpoint ({why}): it starts again \
                      from the beginning"
                 ));
             }
-            Err(_) => return Err(StartError::Cancelled),
+            _ => return Err(StartError::Cancelled),
         }
     }
-    let session = client.start(launch.request(), token).await?;
+    let (host, request) = (client.clone(), launch.request().clone());
+    let started = starts.run(async move { host.start(&request, &CancellationToken::new()).await }, token).await;
+    let session = started.ok_or(StartError::Cancelled)??;
     forget_epochs_after(ctx, None);
     Ok(session)
 }

@@ -1,7 +1,8 @@
 //! Stopping a training on its host after the operation is cancelled: the stop delivered (retried
 //! until acknowledged, bounded, even while the service shuts down), then the host session
 //! watched until its final state — a host may acknowledge and train on — and its stop checkpoint
-//! kept; the worker it ran on is freed once the stop is confirmed.
+//! kept; the worker it ran on is freed once the stop is confirmed. A stop never overtakes the
+//! start it stops: starts run to their answer, and the stop waits for them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +23,61 @@ const STOP_RETRY: Backoff = Backoff::exponential(Duration::from_millis(500), Dur
 /// How long a stop sent while the service shuts down waits to read the host's answer.
 const SHUTDOWN_LOOK: Duration = Duration::from_secs(2);
 
-/// Tells the host to stop the session (retried until acknowledged, bounded), then watches it
-/// for a while and records its final status — a host may acknowledge and train on regardless.
+/// How long a stop waits for the starts in flight to be answered (longer than a start call's
+/// own timeout, `hosts.*.request_timeout`).
+const START_ANSWER_WAIT: Duration = Duration::from_secs(90);
+
+/// The starts (or resumes) of one training in flight on its host. A start call cut off by a
+/// cancel may still reach the host, and a stop that overtook it would find no session there and
+/// leave it training, unstopped, to its end: so each start runs to its answer in a task of its
+/// own, and the stop waits for those answers first.
+#[derive(Clone, Default)]
+pub(super) struct StartGate(Arc<tokio::sync::RwLock<()>>);
+
+impl StartGate {
+    /// Runs the host call `start` to its answer, even past a cancel; `None` as soon as `token`
+    /// fires (the answer then only serves the stop, which waits for it).
+    pub(super) async fn run<T: Send + 'static>(
+        &self,
+        start: impl Future<Output = T> + Send + 'static,
+        token: &CancellationToken,
+    ) -> Option<T> {
+        let in_flight = tokio::select! {
+            guard = self.0.clone().read_owned() => guard,
+            _ = token.cancelled() => return None,
+        };
+        let task = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            start.await
+        });
+        tokio::select! {
+            answer = task => match answer {
+                Ok(answer) => Some(answer),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => None,
+            },
+            _ = token.cancelled() => None,
+        }
+    }
+
+    /// Once no start is in flight (bounded by [`START_ANSWER_WAIT`]).
+    async fn answered(&self) {
+        let _ = tokio::time::timeout(START_ANSWER_WAIT, self.0.write()).await;
+    }
+}
+
+/// Tells the host to stop the session (retried until acknowledged, bounded) once the `starts`
+/// in flight were answered, then watches it for a while and records its final status — a host
+/// may acknowledge and train on regardless.
 pub(super) fn remote_stop(
     client: Arc<TrainingClient>,
     session: Session,
     settings: TrainingSettings,
     release: Option<Release>,
+    starts: StartGate,
 ) -> RemoteStopHook {
     RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
+        starts.answered().await;
         watch_stop(&client, &session, &settings, &report, release.as_ref()).await;
         // The worker is free once its stop is confirmed, or the watch gave up.
         if let Some(release) = release {

@@ -221,3 +221,44 @@ async fn a_continuation_holds_the_worker_it_resumed_on() {
         assert_eq!(app.delete(&format!("/api/v1/operations/{id}")).await.0, 200);
     }
 }
+
+/// A cancel while the worker is still answering the start: the stop waits for that answer, so it
+/// never reaches the worker before the session it stops. (It used to overtake it, find nothing
+/// there, and the worker trained the whole training for no one.)
+#[tokio::test]
+async fn a_cancel_during_a_slow_start_stops_the_session_that_start_made() {
+    let strategies = long_strategy(30);
+    let app = TestApp::spawn_with_sim(|c| {
+        quick_checks(c);
+        c.hosts.training.url = String::new();
+        c.training.strategies_dir = strategies.path().to_owned();
+    })
+    .await;
+    eurusd(app.data_dir.path());
+    let endpoint = worker_sim(app.data_dir.path()).await;
+    let knobs = json!({ "pace_ms": 50, "start_delay_ms": 1000 });
+    app.http.put(format!("{endpoint}/sim/knobs")).json(&knobs).send().await.unwrap().error_for_status().unwrap();
+    let body = json!({ "worker_id": "slow", "worker_type": "training", "endpoint_url": endpoint });
+    assert_eq!(register(&app, body).await.0, 200);
+    let (_, started) = app.post("/api/v1/trainings/start", json!({ "strategy_name": "long" })).await;
+    let id = started["task_id"].as_str().unwrap().to_owned();
+    until_record(&app.base, &id, "the start sent", Duration::from_secs(5), |r| {
+        r["progress"]["context"]["worker_id"] == "slow"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    assert_eq!(app.delete(&format!("/api/v1/operations/{id}")).await.0, 200);
+    assert!(asked.elapsed() < Duration::from_millis(500), "the DELETE does not wait for the start");
+    let stopped = until_record(&app.base, &id, "the worker's stop", Duration::from_secs(5), |r| {
+        r["cancellation"]["remote"]["host_final_status"].is_string()
+    })
+    .await;
+    assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    until_record(&endpoint, &id, "the end on the worker", Duration::from_secs(2), |r| r["status"] == "cancelled").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let on_worker: serde_json::Value =
+        app.http.get(format!("{endpoint}/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(on_worker["data"]["status"], "cancelled", "and stays so: {on_worker}");
+    until_worker(&app, "slow", "freed", |w| w["worker"]["status"] == "available").await;
+}
