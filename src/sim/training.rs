@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::hosts::training::Protocol;
 use crate::sim::fastapi::FastJson;
@@ -105,6 +106,9 @@ struct SimSession {
     created_at: String,
     last_updated: String,
     stop_requested: bool,
+    /// Fired with `stop_requested`: wakes the run loop from a batch's pause, as a real host's
+    /// training loop checks for a stop between steps rather than after an hour-long batch.
+    stop_signal: CancellationToken,
     /// The run loop has ended (a session can read `cancelled` while still running).
     finished: bool,
     result: Option<Value>,
@@ -128,11 +132,17 @@ impl SimSession {
             created_at: now.clone(),
             last_updated: now,
             stop_requested: false,
+            stop_signal: CancellationToken::new(),
             finished: false,
             result: None,
             first_epoch,
             abort: None,
         }
+    }
+
+    fn request_stop(&mut self) {
+        self.stop_requested = true;
+        self.stop_signal.cancel();
     }
 }
 
@@ -205,7 +215,7 @@ impl TrainingSim {
     /// Stops these operations: the service they belong to says they are over.
     pub fn stop_operations(&self, ids: &[String]) {
         for id in ids {
-            self.with_session(id, |s| s.stop_requested = true);
+            self.with_session(id, SimSession::request_stop);
         }
     }
 
@@ -243,7 +253,16 @@ impl TrainingSim {
     async fn run(self: Arc<Self>, id: String) {
         let knobs = self.knobs();
         let pace = Duration::from_millis(knobs.pace_ms);
-        tokio::time::sleep(pace).await;
+        // A stop cuts a pause short, unless the host ignores stops.
+        let Some(signal) = self.with_session(&id, |s| s.stop_signal.clone()) else { return };
+        let signal = if knobs.ignore_cancel { CancellationToken::new() } else { signal };
+        let pause = || async {
+            tokio::select! {
+                _ = tokio::time::sleep(pace) => {}
+                _ = signal.cancelled() => {}
+            }
+        };
+        pause().await;
         let Some((symbols, timeframes, total_epochs, total_batches, first_epoch)) = self.with_session(&id, |s| {
             (
                 s.request.symbols.clone(),
@@ -284,7 +303,7 @@ impl TrainingSim {
         let mut last_saved = first_epoch - 1;
         for epoch in first_epoch..=total_epochs {
             for batch in 1..=total_batches {
-                tokio::time::sleep(pace).await;
+                pause().await;
                 let stop = self.with_session(&id, |s| {
                     s.epoch = epoch;
                     s.batch = batch;
@@ -532,7 +551,7 @@ async fn session_stop(State(sim): Sim, FastJson(body): FastJson<StopBody>) -> Re
     sim.count("/training/stop");
     stop_delay(&sim).await;
     sim.stats.lock().stops += 1;
-    match sim.with_session(&body.session_id, |s| s.stop_requested = true) {
+    match sim.with_session(&body.session_id, SimSession::request_stop) {
         Some(()) => Json(json!({
             "session_id": body.session_id, "status": "stopped",
             "message": "Training session stop requested", "checkpoint_saved": true,
@@ -577,7 +596,7 @@ async fn cancel_operation(
     stop_delay(&sim).await;
     sim.stats.lock().stops += 1;
     let cancelled = sim.with_session(&id, |s| {
-        s.stop_requested = true;
+        s.request_stop();
         if !s.finished {
             // Like the real host: the record says cancelled at once, whatever the loop does.
             s.status = "cancelled".into();

@@ -452,3 +452,22 @@ async fn missing_data_fails_the_session_like_the_real_host() {
     let error = snapshot.error.unwrap_or_default();
     assert!(error.starts_with("Training failed: No data found in cache for GBPUSD 1h (looked for "), "{error}");
 }
+
+/// A stop reaches a session in the middle of an hour-long batch: the simulated host checks for it
+/// between steps, as ktrdr's training loop does, rather than training the batch out (a benchmark's
+/// stalled session used to keep its worker busy for the hour).
+#[tokio::test]
+async fn a_stop_ends_a_session_stalled_in_a_batch_at_once() {
+    let knobs = TrainingKnobs { pace_ms: 3_600_000, ..TrainingKnobs::default() };
+    let rig = rig(Protocol::Operations, IbKnobs::default(), knobs, false).await;
+    rig.write_data("EURUSD", "1h");
+    let training = &rig.hosts.training;
+    let session = training.start(&training_request("op_training_e"), &no_token()).await.unwrap();
+    training.stop(&session, "test", &no_token()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while rig.training_stats().await["sessions"][0]["finished"] != true {
+        assert!(tokio::time::Instant::now() < deadline, "{}", rig.training_stats().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(training.poll(&session, &no_token()).await.unwrap().status, HostStatus::Cancelled);
+}
