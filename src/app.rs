@@ -20,6 +20,8 @@ use crate::data::job::LoadSettings;
 use crate::data::repository::Repository;
 use crate::data::series_lock::SeriesLocks;
 use crate::dummy;
+use crate::fleet::pool::WorkerPool;
+use crate::fleet::{Fleet, FleetSettings};
 use crate::hosts::endpoints::EndpointPolicy;
 use crate::hosts::ib::IbClient;
 use crate::hosts::pacing::{PacingLimiter, PacingRules};
@@ -32,8 +34,6 @@ use crate::sim::worker::{AgentSettings, WorkerFleet};
 use crate::sim::{SimSettings, Simulators};
 use crate::training::TrainingService;
 use crate::training::job::TrainingSettings;
-use crate::training::workers::WorkerPool;
-use crate::workers::{Fleet, FleetSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -339,7 +339,6 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
                 ..host_settings("worker", "", &config.hosts)
             },
             metrics.clone(),
-            !config.hosts.training.url.is_empty(),
         ))),
         settings: TrainingSettings {
             start_timeout: config.training.start_timeout.0,
@@ -350,6 +349,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             stop_attempts: config.training.stop_attempts.max(1),
             max_moves: config.training.max_moves,
             strategies_dir: config.training.strategies_dir.clone(),
+            host_configured: !config.hosts.training.url.is_empty(),
         },
     };
     let settings = orchestrator_settings(&config, &store);

@@ -1,6 +1,6 @@
 //! ktrdr-ops: long-running market-data and training operations with live progress and instant
 //! cancellation, over HTTP. The modules (`ops` is the core and knows no domain; `data`,
-//! `training` and `dummy` are the domains plugged into it; `api` and `app` put them together):
+//! `training`, `backtest` and `dummy` are the domains plugged into it; `api` and `app` put them together):
 
 /// The HTTP API.
 pub mod api;
@@ -18,6 +18,9 @@ pub mod config;
 pub mod data;
 /// The reference operation used by tests, demos and benchmarks.
 pub mod dummy;
+/// The worker fleet: workers of every type that register themselves, health-checked, claimed
+/// one operation at a time, followed, stopped.
+pub mod fleet;
 /// Host-service clients: pooled, cancellable, retrying; IB and training protocols.
 pub mod hosts;
 /// The one error domains return for bad input.
@@ -36,5 +39,3 @@ pub mod telemetry;
 pub mod time;
 /// Training: strategies and the training operation.
 pub mod training;
-/// The worker fleet: training hosts that register themselves, health-checked.
-pub mod workers;

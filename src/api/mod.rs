@@ -58,7 +58,7 @@ pub struct AppState {
     pub catalog: Catalog,
     pub config: Arc<Config>,
     /// The worker registry and its health checks.
-    pub fleet: crate::workers::Fleet,
+    pub fleet: crate::fleet::Fleet,
     /// Event streams and long-polls open at once (`server.max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Where registered workers may point.

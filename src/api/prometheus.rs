@@ -40,7 +40,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(workers) = state.orchestrator.store().workers(None, None).await {
         let mut counts = std::collections::BTreeMap::<(&str, &str), u64>::new();
         for w in &workers {
-            for status in crate::workers::WORKER_STATUSES {
+            for status in crate::fleet::WORKER_STATUSES {
                 counts.entry((w.worker_type.as_str(), status)).or_default();
             }
             *counts.entry((w.worker_type.as_str(), w.status.as_str())).or_default() += 1;

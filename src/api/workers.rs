@@ -19,14 +19,12 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiJson;
 use crate::api::schemas::ErrorEnvelope;
+use crate::fleet::probe::plain_id;
+use crate::fleet::{CompletedReport, Registration, WORKER_STATUSES, WorkerRecord, cap_worker_words, check_worker_type};
 use crate::hosts::endpoints::{addresses_of, canonical};
-use crate::hosts::workers::plain_id;
 use crate::invalid::Invalid;
 use crate::ops::store::Registered;
 use crate::ops::{Snapshot, Status};
-use crate::workers::{
-    CompletedReport, Registration, WORKER_STATUSES, WorkerRecord, cap_worker_words, check_worker_type,
-};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -15,7 +15,6 @@ pub mod pacing;
 pub mod sse;
 pub mod stall;
 pub mod training;
-pub mod workers;
 
 use parking_lot::Mutex;
 use std::fmt;

@@ -373,7 +373,7 @@ impl TrainingClient {
             Protocol::Operations => text_of(&answer, "operation_id").or_else(|| text_of(&answer, "session_id")),
             Protocol::Sessions => text_of(&answer, "session_id"),
         };
-        let id = id.filter(|id| crate::hosts::workers::plain_id(id)).ok_or_else(|| {
+        let id = id.filter(|id| crate::fleet::probe::plain_id(id)).ok_or_else(|| {
             let what = crate::hosts::describe_answer(answer.to_string().as_bytes());
             StartError::Rejected(format!("the training host answered without a usable session id ({what})"))
         })?;

@@ -9,11 +9,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::fleet::pool::WorkerRef;
+use crate::fleet::pool::{REGISTRY_CHECK, WorkerPool};
+use crate::fleet::stop::checkpoint_kind;
 use crate::hosts::HostErrorKind;
 use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, TrainingClient};
-use crate::ops::{CheckpointKind, JobContext, JobError, OperationHandle, ProgressReporter};
-use crate::training::job::{Ended, TrainingJob, TrainingSettings, TrainingStep, WorkerRef, failed};
-use crate::training::workers::{REGISTRY_CHECK, WorkerPool};
+use crate::ops::{JobContext, JobError, OperationHandle, ProgressReporter};
+use crate::training::job::{Ended, TrainingJob, TrainingSettings, TrainingStep, failed};
 
 /// Follows the session to its end and fetches the result.
 #[allow(clippy::too_many_arguments)]
@@ -177,15 +179,6 @@ async fn follow(
 /// Keeps the host's checkpoint of the session as the operation's (what a resume continues from).
 async fn record_checkpoint(ctx: &OperationHandle, checkpoint: &Value) {
     ctx.checkpoint(checkpoint_kind(checkpoint), checkpoint.clone()).await;
-}
-
-pub(super) fn checkpoint_kind(checkpoint: &Value) -> CheckpointKind {
-    match checkpoint.get("checkpoint_type").and_then(Value::as_str) {
-        Some("cancellation") => CheckpointKind::Cancellation,
-        Some("failure") => CheckpointKind::Failure,
-        Some("shutdown") => CheckpointKind::Shutdown,
-        _ => CheckpointKind::Periodic,
-    }
 }
 
 /// Host progress → ours: the host's percentage scaled into 5–95, epochs as steps, batches as items.

@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::fleet::pool::WorkerPool;
+use crate::fleet::pool::WorkerRef;
+use crate::fleet::stop::{Release, StartGate, StopSettings, remote_stop};
 use crate::hosts::stall::observe_stalls;
 use crate::hosts::training::Protocol;
 use crate::hosts::training::{Session, StartError, StartRequest, TrainingClient};
@@ -23,8 +26,6 @@ use crate::ops::{
 use crate::training::TrainingRequest;
 use crate::training::follow::follow_to_the_end;
 use crate::training::placement::{Launch, Placement, place};
-use crate::training::stop::{StartGate, remote_stop};
-use crate::training::workers::WorkerPool;
 
 /// Tunables of trainings (config `[training]`).
 #[derive(Debug, Clone)]
@@ -45,6 +46,16 @@ pub struct TrainingSettings {
     pub max_moves: u32,
     /// Where strategy files are (a training that starts again re-reads its strategy).
     pub strategies_dir: std::path::PathBuf,
+    /// Whether a training host is configured (`hosts.training.url`): trainings go there while no
+    /// training worker is registered.
+    pub host_configured: bool,
+}
+
+impl TrainingSettings {
+    /// How a training's stop is delivered and watched.
+    pub fn stop(&self) -> StopSettings {
+        StopSettings { attempts: self.stop_attempts, watch: self.cancel_watch, poll: self.poll_min }
+    }
 }
 
 /// A training: what was asked, and where it runs once placed.
@@ -64,31 +75,6 @@ pub struct TrainingJob {
     pub pool: Option<Arc<WorkerPool>>,
     /// The worker a re-attached or resumed session runs on (freed when it ends).
     pub worker: Option<WorkerRef>,
-}
-
-/// A registered worker a training runs on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerRef {
-    pub worker_id: String,
-    pub endpoint_url: String,
-}
-
-/// Frees a worker once the training on it is over.
-#[derive(Clone)]
-pub(super) struct Release {
-    pool: Arc<WorkerPool>,
-    worker_id: String,
-    operation_id: String,
-}
-
-impl Release {
-    pub(super) fn new(pool: Arc<WorkerPool>, worker_id: &str, operation_id: &str) -> Self {
-        Release { pool, worker_id: worker_id.to_owned(), operation_id: operation_id.to_owned() }
-    }
-
-    pub(super) async fn now(&self) {
-        self.pool.release(&self.worker_id, &self.operation_id).await;
-    }
 }
 
 pub(super) fn failed(message: impl Into<String>) -> JobError {
@@ -148,7 +134,7 @@ impl Job for TrainingJob {
         let session = self.session.clone()?;
         let client = client_of(self.worker.as_ref(), self.pool.as_ref(), &self.client).ok()?;
         let release = release_of(&self.pool, &self.worker, operation_id);
-        Some(remote_stop(client, session, self.settings.clone(), release, StartGate::default()))
+        Some(remote_stop("training", client, session, self.settings.stop(), release, StartGate::default()))
     }
 }
 
@@ -219,9 +205,10 @@ impl TrainingJob {
             ctx.save_state(&state).await?;
             let release = release_of(&pool, worker, ctx.operation_id());
             ctx.on_cancel(remote_stop(
+                "training",
                 host.clone(),
                 session.clone(),
-                settings.clone(),
+                settings.stop(),
                 release.clone(),
                 StartGate::default(),
             ));
@@ -331,7 +318,7 @@ pub(super) async fn start_on_host(
         // The host will know the session by our id: if a cancel comes while the start is in
         // flight, the stop can still find it.
         let session = Session { id: request.task_id.clone(), protocol };
-        ctx.on_cancel(remote_stop(client.clone(), session, settings.clone(), None, starts.clone()));
+        ctx.on_cancel(remote_stop("training", client.clone(), session, settings.stop(), None, starts.clone()));
     }
     let deadline = Instant::now() + settings.start_timeout;
     let mut pauses = BUSY_HOST.pauses();

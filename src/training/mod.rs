@@ -5,9 +5,7 @@ mod follow;
 pub mod job;
 mod placement;
 pub mod renderer;
-mod stop;
 pub mod strategy;
-pub mod workers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -152,7 +150,7 @@ impl TrainingSpec {
 pub struct TrainingService {
     pub client: Arc<TrainingClient>,
     /// The registered workers trainings go to, when there are any.
-    pub pool: Option<Arc<workers::WorkerPool>>,
+    pub pool: Option<Arc<crate::fleet::pool::WorkerPool>>,
     pub settings: TrainingSettings,
 }
 

@@ -11,12 +11,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::fleet::pool::WorkerRef;
+use crate::fleet::pool::{Claim, WorkerPool};
+use crate::fleet::stop::Release;
+use crate::fleet::stop::{StartGate, remote_stop};
 use crate::hosts::HostErrorKind;
 use crate::hosts::training::{Protocol, Session, StartError, StartRequest, TrainingClient};
 use crate::ops::{JobError, OperationHandle, ProgressReporter};
-use crate::training::job::{Release, TrainingSettings, WorkerRef, start_on_host};
-use crate::training::stop::{StartGate, remote_stop};
-use crate::training::workers::{Claim, WorkerPool};
+use crate::training::job::{TrainingSettings, start_on_host};
 
 /// Where a training's host session runs.
 pub(super) struct Placement {
@@ -44,6 +46,9 @@ impl Launch<'_> {
     }
 }
 
+/// The worker type trainings go to.
+pub const TRAINING_WORKER: &str = "training";
+
 /// Pauses while every registered training worker is busy.
 const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
 
@@ -63,7 +68,7 @@ pub(super) async fn place(
     let mut tried = avoid.clone();
     let mut pauses = WAITING_FOR_WORKER.pauses();
     loop {
-        let claim = match pool.claim(ctx.operation_id(), &tried).await {
+        let claim = match pool.claim(TRAINING_WORKER, ctx.operation_id(), &tried).await {
             Ok(claim) => claim,
             // A database restarting or out of reach for a moment: the training waits for it.
             Err(e) if e.is_transient() => {
@@ -76,7 +81,7 @@ pub(super) async fn place(
             Err(e) => return Err(JobError::failed_by(format!("could not read the registered workers: {e}"), e)),
         };
         let worker = match claim {
-            Claim::NoWorkers => {
+            Claim::NoneRegistered if settings.host_configured => {
                 let session = start_on_host(host, launch.request(), settings, ctx, progress, token).await?;
                 forget_epochs_after(ctx, None);
                 return Ok(Placement { client: host.clone(), worker: None, session });
@@ -115,7 +120,14 @@ pub(super) async fn place(
         // The worker knows the session by our id: a cancel during the start can still stop it.
         let pending = Session { id: launch.request().task_id.clone(), protocol: Protocol::Operations };
         let starts = StartGate::default();
-        ctx.on_cancel(remote_stop(client.clone(), pending, settings.clone(), Some(release.clone()), starts.clone()));
+        ctx.on_cancel(remote_stop(
+            "training",
+            client.clone(),
+            pending,
+            settings.stop(),
+            Some(release.clone()),
+            starts.clone(),
+        ));
         match launch_on(&client, &launch, &worker.worker_id, ctx, token, &starts).await {
             Ok(session) => {
                 pool.count("worker");

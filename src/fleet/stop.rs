@@ -1,4 +1,5 @@
-//! Stopping a training on its host after the operation is cancelled: the stop delivered (retried
+//! Stopping work on its host or worker after the operation is cancelled (trainings and
+//! backtests alike): the stop delivered (retried
 //! until acknowledged, bounded, even while the service shuts down), then the host session
 //! watched until its final state — a host may acknowledge and train on — and its stop checkpoint
 //! kept; the worker it ran on is freed once the stop is confirmed. A stop never overtakes the
@@ -12,10 +13,48 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::fleet::pool::WorkerPool;
 use crate::hosts::training::{HostStatus, PollError, Session, TrainingClient};
 use crate::ops::{CheckpointKind, RemoteStopHook, RemoteStopReport};
-use crate::training::follow::checkpoint_kind;
-use crate::training::job::{Release, TrainingSettings};
+
+/// How a stop is delivered and watched.
+#[derive(Debug, Clone)]
+pub struct StopSettings {
+    /// Tries to deliver a stop.
+    pub attempts: u32,
+    /// After a stop is acknowledged, watch the remote work this long for its final state.
+    pub watch: Duration,
+    /// The pause between looks while watching (at least 500 ms).
+    pub poll: Duration,
+}
+
+/// Frees a worker once the work on it is over.
+#[derive(Clone)]
+pub struct Release {
+    pool: Arc<WorkerPool>,
+    worker_id: String,
+    operation_id: String,
+}
+
+impl Release {
+    pub fn new(pool: Arc<WorkerPool>, worker_id: &str, operation_id: &str) -> Self {
+        Release { pool, worker_id: worker_id.to_owned(), operation_id: operation_id.to_owned() }
+    }
+
+    pub async fn now(&self) {
+        self.pool.release(&self.worker_id, &self.operation_id).await;
+    }
+}
+
+/// The kind of a checkpoint a host or worker reported (its `checkpoint_type`).
+pub fn checkpoint_kind(checkpoint: &Value) -> CheckpointKind {
+    match checkpoint.get("checkpoint_type").and_then(Value::as_str) {
+        Some("cancellation") => CheckpointKind::Cancellation,
+        Some("failure") => CheckpointKind::Failure,
+        Some("shutdown") => CheckpointKind::Shutdown,
+        _ => CheckpointKind::Periodic,
+    }
+}
 
 /// Pauses between tries to deliver a stop.
 const STOP_RETRY: Backoff = Backoff::exponential(Duration::from_millis(500), Duration::from_secs(30));
@@ -32,12 +71,12 @@ const START_ANSWER_WAIT: Duration = Duration::from_secs(90);
 /// leave it training, unstopped, to its end: so each start runs to its answer in a task of its
 /// own, and the stop waits for those answers first.
 #[derive(Clone, Default)]
-pub(super) struct StartGate(Arc<tokio::sync::RwLock<()>>);
+pub struct StartGate(Arc<tokio::sync::RwLock<()>>);
 
 impl StartGate {
     /// Runs the host call `start` to its answer, even past a cancel; `None` as soon as `token`
     /// fires (the answer then only serves the stop, which waits for it).
-    pub(super) async fn run<T: Send + 'static>(
+    pub async fn run<T: Send + 'static>(
         &self,
         start: impl Future<Output = T> + Send + 'static,
         token: &CancellationToken,
@@ -69,14 +108,15 @@ impl StartGate {
 /// Tells the host to stop the session (retried until acknowledged, bounded) once the `starts`
 /// in flight were answered, then watches it for a while and records its final status — a host
 /// may acknowledge and train on regardless.
-pub(super) fn remote_stop(
+pub fn remote_stop(
+    host: &'static str,
     client: Arc<TrainingClient>,
     session: Session,
-    settings: TrainingSettings,
+    settings: StopSettings,
     release: Option<Release>,
     starts: StartGate,
 ) -> RemoteStopHook {
-    RemoteStopHook::new("training", move |report: RemoteStopReport| async move {
+    RemoteStopHook::new(host, move |report: RemoteStopReport| async move {
         starts.answered().await;
         watch_stop(&client, &session, &settings, &report, release.as_ref()).await;
         // The worker is free once its stop is confirmed, or the watch gave up.
@@ -90,7 +130,7 @@ pub(super) fn remote_stop(
 async fn watch_stop(
     client: &TrainingClient,
     session: &Session,
-    settings: &TrainingSettings,
+    settings: &StopSettings,
     report: &RemoteStopReport,
     release: Option<&Release>,
 ) {
@@ -98,7 +138,7 @@ async fn watch_stop(
         // The stop must go out even while the service shuts down; each try is bounded by its timeout.
         let unstoppable = CancellationToken::new();
         let mut pauses = STOP_RETRY.pauses();
-        for attempt in 1..=settings.stop_attempts.max(1) {
+        for attempt in 1..=settings.attempts.max(1) {
             report.attempt().await;
             match client.stop(session, report.reason(), &unstoppable).await {
                 Ok(_) => {
@@ -109,7 +149,7 @@ async fn watch_stop(
                     report.failed(format!("the host does not know session {}: {detail}", session.id)).await;
                     return;
                 }
-                Err(e) if attempt == settings.stop_attempts.max(1) => {
+                Err(e) if attempt == settings.attempts.max(1) => {
                     report.failed(e.to_string()).await;
                     return;
                 }
@@ -128,7 +168,7 @@ async fn watch_stop(
             }
             return;
         }
-        let until = Instant::now() + settings.cancel_watch;
+        let until = Instant::now() + settings.watch;
         let mut reported: Option<String> = None;
         let mut kept: Option<Value> = None;
         while Instant::now() < until {
@@ -166,7 +206,7 @@ async fn watch_stop(
                 _ => {}
             }
             tokio::select! {
-                _ = tokio::time::sleep(settings.poll_min.max(Duration::from_millis(500))) => {}
+                _ = tokio::time::sleep(settings.poll.max(Duration::from_millis(500))) => {}
                 _ = report.shutdown().cancelled() => return,
             }
         }

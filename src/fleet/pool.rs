@@ -1,42 +1,43 @@
-//! Training on the registered workers (workers.md §4–5): a free `training` worker is picked —
-//! GPU workers first, then the least recently selected — and claimed in the database, so that
-//! two replicas never pick the same one; one pooled client per worker endpoint; the worker is
-//! freed when its training ends. With no worker registered, trainings go to the configured
-//! training host as before.
+//! Work on the registered workers (workers.md §4–5), whatever their type: a free worker of the
+//! type is picked — GPU workers first, then the least recently selected — and claimed in the
+//! database, so that two replicas never pick the same one; one pooled client per worker
+//! endpoint; workers' reports delivered to the operation they are about; the worker freed when
+//! its work ends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::fleet::CompletedReport;
 use crate::hosts::training::{HostSnapshot, HostStatus, ProtocolChoice, TrainingClient};
 use crate::hosts::{ClientBuildError, HostClient, HostSettings};
 use crate::metrics::Metrics;
 use crate::ops::store::StoredWorker;
 use crate::ops::{Store, StoreError};
-use crate::workers::CompletedReport;
-
-use super::job::WorkerRef;
 
 /// How often a training reads the registry's news of its worker (the health checks gave up on
 /// it, it registered elsewhere, it reported at another replica).
-pub(super) const REGISTRY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+pub const REGISTRY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The worker type trainings go to.
-pub const TRAINING_WORKER: &str = "training";
+/// A registered worker that work runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRef {
+    pub worker_id: String,
+    pub endpoint_url: String,
+}
 
 /// What a claim found.
 pub enum Claim {
     /// This worker is ours until released.
     Got(Box<StoredWorker>),
-    /// Training workers are registered, none is free: this many are busy (or unavailable).
-    /// Every registered worker is busy (live) or unavailable (not answering its health checks).
+    /// Workers of the type are registered, none is free: every one is busy (live) or
+    /// unavailable (not answering its health checks).
     NoneFree { busy: usize, unavailable: usize },
-    /// No training worker is registered: use the configured training host.
-    NoWorkers,
-    /// No training worker is registered and no training host is configured: wait for one.
+    /// No worker of the type is registered.
     NoneRegistered,
 }
 
@@ -45,9 +46,6 @@ pub struct WorkerPool {
     /// Timeouts, retries and stall notice of every worker's client (the endpoint is the worker's).
     template: HostSettings,
     metrics: Metrics,
-    /// Whether a training host is configured (`hosts.training.url`) for when no worker is
-    /// registered.
-    host_configured: bool,
     clients: Mutex<HashMap<String, Arc<TrainingClient>>>,
     /// Where workers' reports reach the trainings followed in this process, by operation.
     mailboxes: Mutex<HashMap<String, Arc<Mailbox>>>,
@@ -69,13 +67,13 @@ fn reported_snapshot(report: CompletedReport) -> HostSnapshot {
 
 /// A report waiting for the training it is about.
 #[derive(Default)]
-pub(super) struct Mailbox {
+pub struct Mailbox {
     report: Mutex<Option<CompletedReport>>,
     arrived: Notify,
 }
 
 /// A training's mailbox, open while it is followed here.
-pub(super) struct OpenMailbox<'a> {
+pub struct OpenMailbox<'a> {
     pool: &'a WorkerPool,
     operation_id: String,
     mailbox: Arc<Mailbox>,
@@ -83,12 +81,12 @@ pub(super) struct OpenMailbox<'a> {
 
 impl OpenMailbox<'_> {
     /// The worker's report, as a snapshot of the session, once one came.
-    pub(super) fn take(&self) -> Option<HostSnapshot> {
+    pub fn take(&self) -> Option<HostSnapshot> {
         self.mailbox.report.lock().take().map(reported_snapshot)
     }
 
     /// Until a report comes.
-    pub(super) async fn arrived(&self) {
+    pub async fn arrived(&self) {
         self.mailbox.arrived.notified().await;
     }
 }
@@ -100,12 +98,12 @@ impl Drop for OpenMailbox<'_> {
 }
 
 impl WorkerPool {
-    pub fn new(store: Store, template: HostSettings, metrics: Metrics, host_configured: bool) -> Self {
-        WorkerPool { store, template, metrics, host_configured, clients: Mutex::default(), mailboxes: Mutex::default() }
+    pub fn new(store: Store, template: HostSettings, metrics: Metrics) -> Self {
+        WorkerPool { store, template, metrics, clients: Mutex::default(), mailboxes: Mutex::default() }
     }
 
     /// Opens the mailbox of a training followed here.
-    pub(super) fn open_mailbox(&self, operation_id: &str) -> OpenMailbox<'_> {
+    pub fn open_mailbox(&self, operation_id: &str) -> OpenMailbox<'_> {
         let mailbox = Arc::new(Mailbox::default());
         self.mailboxes.lock().insert(operation_id.to_owned(), mailbox.clone());
         OpenMailbox { pool: self, operation_id: operation_id.to_owned(), mailbox }
@@ -132,11 +130,17 @@ impl WorkerPool {
         Ok(self.clients.lock().entry(endpoint.to_owned()).or_insert(client).clone())
     }
 
-    /// Claims a free training worker for `operation_id`, skipping `tried` ones.
-    pub async fn claim(&self, operation_id: &str, tried: &HashSet<String>) -> Result<Claim, StoreError> {
-        let workers = self.store.workers(Some(TRAINING_WORKER), None).await?;
+    /// Claims a free worker of `worker_type` for `operation_id`, skipping `tried` ones: GPU
+    /// workers first (they say so in their capabilities), then the least recently selected.
+    pub async fn claim(
+        &self,
+        worker_type: &str,
+        operation_id: &str,
+        tried: &HashSet<String>,
+    ) -> Result<Claim, StoreError> {
+        let workers = self.store.workers(Some(worker_type), None).await?;
         if workers.is_empty() {
-            return Ok(if self.host_configured { Claim::NoWorkers } else { Claim::NoneRegistered });
+            return Ok(Claim::NoneRegistered);
         }
         let mut free: Vec<&StoredWorker> =
             workers.iter().filter(|w| w.status == "available" && !tried.contains(&w.worker_id)).collect();
@@ -215,7 +219,7 @@ impl WorkerPool {
     }
 
     /// The report a worker left at another replica for `operation_id`, as the session's last word.
-    pub(super) async fn report_left_for(&self, operation_id: &str) -> Option<HostSnapshot> {
+    pub async fn report_left_for(&self, operation_id: &str) -> Option<HostSnapshot> {
         let kept = self.store.take_worker_report(operation_id).await.ok().flatten()?;
         serde_json::from_value::<CompletedReport>(kept).ok().map(reported_snapshot)
     }
