@@ -5,6 +5,7 @@
 //! ([`stop`]). A registration never reopens an operation that is terminal here: the answer
 //! names it in `stop_operations` instead. What a type does on its worker lives in its domain.
 
+pub mod follow;
 pub mod pool;
 pub mod probe;
 pub mod registration;

@@ -78,6 +78,27 @@ pub enum StartError {
     Cancelled,
 }
 
+impl StartError {
+    /// A refused or failed start call, by what the host answered.
+    fn from_host(e: HostError) -> StartError {
+        match e.kind {
+            HostErrorKind::Cancelled => StartError::Cancelled,
+            HostErrorKind::Status(503) => StartError::Busy(e.message),
+            HostErrorKind::Status(409) => StartError::Duplicate(e.message),
+            HostErrorKind::Status(400..=499) => StartError::Rejected(e.message),
+            _ => StartError::Failed(e),
+        }
+    }
+}
+
+/// The id a start answer names, when it looks like one (it is used in URLs and records).
+fn usable_id(id: Option<String>, answer: &Value, host: &str) -> Result<String, StartError> {
+    id.filter(|id| crate::fleet::probe::plain_id(id)).ok_or_else(|| {
+        let what = crate::hosts::describe_answer(answer.to_string().as_bytes());
+        StartError::Rejected(format!("the {host} answered without a usable session id ({what})"))
+    })
+}
+
 /// A started session: the id to poll and stop.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -159,6 +180,8 @@ pub struct HostSnapshot {
     /// The host's last checkpoint of the session, when it says (`checkpoint_type`, `epoch`,
     /// `created_at`, losses, learning rate).
     pub checkpoint: Option<Value>,
+    /// The operations generation's `progress.context`, as reported (bounded by the answer's cap).
+    pub context: Option<Value>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -262,6 +285,7 @@ pub fn parse_session_status(body: &Value) -> HostSnapshot {
         error: text_of(body, "error"),
         result: None,
         checkpoint: None,
+        context: None,
     }
 }
 
@@ -297,6 +321,7 @@ pub fn parse_operation(data: &Value) -> HostSnapshot {
         error: text_of(data, "error_message"),
         result: data.get("result_summary").filter(|v| !v.is_null()).cloned(),
         checkpoint: data.get("checkpoint").filter(|v| v.is_object()).cloned(),
+        context: context.is_object().then_some(context.clone()),
     }
 }
 
@@ -362,22 +387,26 @@ impl TrainingClient {
             }),
         };
         let call = Call::post("/training/start", "/training/start", &body);
-        let answer: Value = self.host.json(&call, token).await.map_err(|e| match e.kind {
-            HostErrorKind::Cancelled => StartError::Cancelled,
-            HostErrorKind::Status(503) => StartError::Busy(e.message),
-            HostErrorKind::Status(409) => StartError::Duplicate(e.message),
-            HostErrorKind::Status(400..=499) => StartError::Rejected(e.message),
-            _ => StartError::Failed(e),
-        })?;
+        let answer: Value = self.host.json(&call, token).await.map_err(StartError::from_host)?;
         let id = match protocol {
             Protocol::Operations => text_of(&answer, "operation_id").or_else(|| text_of(&answer, "session_id")),
             Protocol::Sessions => text_of(&answer, "session_id"),
         };
-        let id = id.filter(|id| crate::fleet::probe::plain_id(id)).ok_or_else(|| {
-            let what = crate::hosts::describe_answer(answer.to_string().as_bytes());
-            StartError::Rejected(format!("the training host answered without a usable session id ({what})"))
-        })?;
-        Ok(Session { id, protocol })
+        Ok(Session { id: usable_id(id, &answer, "training host")?, protocol })
+    }
+
+    /// `POST {path}` to a worker of ktrdr's operations generation (a backtest worker's
+    /// `/backtests/start`): it answers with the operation id it runs the work under.
+    pub async fn start_operation(
+        &self,
+        path: &'static str,
+        body: &Value,
+        token: &CancellationToken,
+    ) -> Result<Session, StartError> {
+        let call = Call::post(path, path, body);
+        let answer: Value = self.host.json(&call, token).await.map_err(StartError::from_host)?;
+        let id = text_of(&answer, "operation_id");
+        Ok(Session { id: usable_id(id, &answer, "worker")?, protocol: Protocol::Operations })
     }
 
     /// `POST /training/resume`: the host trains on from its checkpoint of `session_id`, under the
@@ -388,13 +417,26 @@ impl TrainingClient {
         if protocol == Protocol::Sessions {
             return Err("the training host (sessions generation) cannot resume a training: retry it instead".into());
         }
-        let call = Call::post("/training/resume", "/training/resume", &json!({ "operation_id": session_id }));
+        self.resume_operation("/training/resume", "training", session_id, token).await
+    }
+
+    /// `POST {path}` `{"operation_id": id}` to a worker of the operations generation: it goes on
+    /// from its checkpoint of `id`, under the same id. A 404 means it has no checkpoint (or no such
+    /// endpoint). `Err` is said to the user; `what` names the work ("training", "backtest").
+    pub async fn resume_operation(
+        &self,
+        path: &'static str,
+        what: &str,
+        id: &str,
+        token: &CancellationToken,
+    ) -> Result<Session, String> {
+        let call = Call::post(path, path, &json!({ "operation_id": id }));
         match self.host.json::<Value>(&call, token).await {
-            Ok(_) => Ok(Session { id: session_id.to_owned(), protocol }),
+            Ok(_) => Ok(Session { id: id.to_owned(), protocol: Protocol::Operations }),
             Err(e) if matches!(e.kind, HostErrorKind::Status(404 | 405 | 422)) => {
-                Err(format!("the training host cannot resume this training ({}): retry it instead", e.message))
+                Err(format!("the host cannot resume this {what} ({}): retry it instead", e.message))
             }
-            Err(e) => Err(format!("the training host did not resume the training: {e}")),
+            Err(e) => Err(format!("the host did not resume the {what}: {e}")),
         }
     }
 

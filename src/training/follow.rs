@@ -1,21 +1,17 @@
-//! Following a training's host session to its end: polls at an adaptive pace, relays progress
-//! and finished epochs, keeps the host's checkpoints, and notices a lost worker or its report.
+//! Following a training's host session to its end (the fleet's follower) and relaying its
+//! progress and finished epochs; then fetching the result.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::fleet::pool::WorkerRef;
-use crate::fleet::pool::{REGISTRY_CHECK, WorkerPool};
-use crate::fleet::stop::checkpoint_kind;
-use crate::hosts::HostErrorKind;
-use crate::hosts::training::{HostSnapshot, HostStatus, PollError, Session, TrainingClient};
+use crate::fleet::follow::{Ended, follow};
+use crate::fleet::pool::{WorkerPool, WorkerRef};
+use crate::hosts::training::{HostSnapshot, PollError, Session, TrainingClient};
 use crate::ops::{JobContext, JobError, OperationHandle, ProgressReporter};
-use crate::training::job::{Ended, TrainingJob, TrainingSettings, TrainingStep, failed};
+use crate::training::job::{TrainingJob, TrainingSettings, TrainingStep};
 
 /// Follows the session to its end and fetches the result.
 #[allow(clippy::too_many_arguments)]
@@ -34,7 +30,15 @@ pub(super) async fn follow_to_the_end(
         ("host_protocol".to_owned(), json!(session.protocol)),
     ]);
     ctx.step(TrainingStep::Train, "Training");
-    let last = follow(client, session, on_worker, total_epochs, settings, ctx, progress, token).await?;
+    // Epochs already recorded (a re-attached operation keeps its history).
+    let mut recorded: BTreeSet<u32> = ctx
+        .current_metrics()
+        .and_then(|m| m.get("epochs").cloned())
+        .and_then(|e| e.as_array().cloned())
+        .map(|list| list.iter().filter_map(|e| e.get("epoch").and_then(Value::as_u64)).map(|e| e as u32).collect())
+        .unwrap_or_default();
+    let relayed = |s: &HostSnapshot| relay(s, total_epochs, &mut recorded, ctx, progress);
+    let last = follow(client, session, on_worker, &settings.poll(), "training", ctx, progress, token, relayed).await?;
 
     ctx.step(TrainingStep::FetchResult, "Fetching the result");
     let result = match client.result(session, token).await {
@@ -57,128 +61,6 @@ pub(super) async fn follow_to_the_end(
         "host_session_id": session.id,
         "epochs_completed": last.epochs.len(),
     }))
-}
-
-/// What changed between polls, for the adaptive interval.
-fn fingerprint(s: &HostSnapshot) -> (HostStatus, Option<u32>, Option<u32>, u64, usize) {
-    (s.status, s.epoch, s.batch, (s.percentage * 100.0) as u64, s.epochs.len())
-}
-
-/// One poller per session: relays progress and finished epochs until the host's session ends.
-/// A registered worker is lost as soon as it refuses connections or the health checks give up on
-/// it; any host after `poll_errors` failed polls in a row, or when it no longer knows the session.
-#[allow(clippy::too_many_arguments)]
-async fn follow(
-    client: &TrainingClient,
-    session: &Session,
-    on_worker: Option<(&WorkerPool, &WorkerRef)>,
-    total_epochs: Option<u32>,
-    settings: &TrainingSettings,
-    ctx: &OperationHandle,
-    progress: &ProgressReporter,
-    token: &CancellationToken,
-) -> Result<HostSnapshot, Ended> {
-    // Epochs already recorded (a re-attached operation keeps its history).
-    let mut recorded: BTreeSet<u32> = ctx
-        .current_metrics()
-        .and_then(|m| m.get("epochs").cloned())
-        .and_then(|e| e.as_array().cloned())
-        .map(|list| list.iter().filter_map(|e| e.get("epoch").and_then(Value::as_u64)).map(|e| e as u32).collect())
-        .unwrap_or_default();
-    // Polls come at `poll_min` while the session changes, slowing down while it does not.
-    let mut pauses = Backoff::exponential(settings.poll_min, settings.poll_max).factor(1.5).pauses();
-    let mut errors = 0;
-    let mut previous = None;
-    let mut last_checkpoint = None;
-    // A worker may report the training finished when it registers again.
-    let mailbox = on_worker.map(|(pool, _)| pool.open_mailbox(ctx.operation_id()));
-    // A report left at another replica is looked for once a second (polls come more often).
-    let mut looked = Instant::now();
-    loop {
-        let mut reported = mailbox.as_ref().and_then(|m| m.take());
-        if let (None, Some((pool, _))) = (&reported, on_worker)
-            && looked.elapsed() >= REGISTRY_CHECK
-        {
-            looked = Instant::now();
-            reported = pool.report_left_for(ctx.operation_id()).await;
-        }
-        let polled = match (reported, on_worker) {
-            (Some(reported), _) => Ok(reported),
-            // A worker that hangs is given up on by the health checks long before a poll times out.
-            (None, Some((pool, worker))) => tokio::select! {
-                polled = client.poll(session, token) => polled,
-                news = pool.watch(worker, ctx.operation_id()) => news.map_err(PollError::Lost),
-            },
-            (None, None) => client.poll(session, token).await,
-        };
-        // A worker that forgot the session (it restarted) may have reported its end elsewhere.
-        let polled = match (polled, on_worker) {
-            (Err(PollError::Lost(_) | PollError::Failed(_)), Some((pool, _)))
-                if let Some(reported) = pool.report_left_for(ctx.operation_id()).await =>
-            {
-                Ok(reported)
-            }
-            (polled, _) => polled,
-        };
-        match polled {
-            Ok(snapshot) => {
-                errors = 0;
-                let now = fingerprint(&snapshot);
-                if previous != Some(now) {
-                    pauses.reset();
-                }
-                previous = Some(now);
-                relay(&snapshot, total_epochs, &mut recorded, ctx, progress);
-                if snapshot.checkpoint != last_checkpoint {
-                    if let Some(checkpoint) = &snapshot.checkpoint {
-                        record_checkpoint(ctx, checkpoint).await;
-                    }
-                    last_checkpoint = snapshot.checkpoint.clone();
-                }
-                match snapshot.status {
-                    HostStatus::Completed => return Ok(snapshot),
-                    HostStatus::Failed => {
-                        let error = snapshot.error.unwrap_or_else(|| "the training failed on the host".to_owned());
-                        return Err(failed(error).into());
-                    }
-                    HostStatus::Stopped | HostStatus::Cancelled => {
-                        return Err(failed("training stopped on the host").into());
-                    }
-                    HostStatus::Starting | HostStatus::Running => {}
-                }
-            }
-            Err(PollError::Cancelled) => return Err(JobError::Cancelled.into()),
-            Err(PollError::Lost(why)) => return Err(Ended::Lost { why, checkpoint: last_checkpoint }),
-            Err(PollError::Failed(e)) => {
-                errors += 1;
-                let why = match on_worker {
-                    Some(_) if e.kind == HostErrorKind::Connect => Some(format!("it refuses connections: {e}")),
-                    Some(_) if e.kind == HostErrorKind::Broken => Some(format!("it went away mid-answer: {e}")),
-                    _ if errors >= settings.poll_errors => Some(format!("{errors} polls failed in a row: {e}")),
-                    _ => None,
-                };
-                if let Some(why) = why {
-                    return Err(Ended::Lost { why, checkpoint: last_checkpoint });
-                }
-                progress.detail(format!("host unreachable, retrying ({errors}/{})", settings.poll_errors));
-            }
-        }
-        let slept = match &mailbox {
-            Some(mailbox) => tokio::select! {
-                slept = pauses.sleep(token) => slept,
-                _ = mailbox.arrived() => true,
-            },
-            None => pauses.sleep(token).await,
-        };
-        if !slept {
-            return Err(JobError::Cancelled.into());
-        }
-    }
-}
-
-/// Keeps the host's checkpoint of the session as the operation's (what a resume continues from).
-async fn record_checkpoint(ctx: &OperationHandle, checkpoint: &Value) {
-    ctx.checkpoint(checkpoint_kind(checkpoint), checkpoint.clone()).await;
 }
 
 /// Host progress → ours: the host's percentage scaled into 5–95, epochs as steps, batches as items.

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::fleet::follow::{Ended, PollSettings};
 use crate::fleet::pool::WorkerPool;
 use crate::fleet::pool::WorkerRef;
 use crate::fleet::stop::{Release, StartGate, StopSettings, remote_stop};
@@ -52,6 +53,11 @@ pub struct TrainingSettings {
 }
 
 impl TrainingSettings {
+    /// How a training's session is polled.
+    pub fn poll(&self) -> PollSettings {
+        PollSettings { min: self.poll_min, max: self.poll_max, errors: self.poll_errors }
+    }
+
     /// How a training's stop is delivered and watched.
     pub fn stop(&self) -> StopSettings {
         StopSettings { attempts: self.stop_attempts, watch: self.cancel_watch, poll: self.poll_min }
@@ -135,21 +141,6 @@ impl Job for TrainingJob {
         let client = client_of(self.worker.as_ref(), self.pool.as_ref(), &self.client).ok()?;
         let release = release_of(&self.pool, &self.worker, operation_id);
         Some(remote_stop("training", client, session, self.settings.stop(), release, StartGate::default()))
-    }
-}
-
-/// How following a session ended, short of its result.
-pub(super) enum Ended {
-    /// Cancelled, failed on the host, or our own trouble.
-    Job(JobError),
-    /// The host stopped answering, or no longer knows the session; with the last checkpoint it
-    /// reported.
-    Lost { why: String, checkpoint: Option<Value> },
-}
-
-impl From<JobError> for Ended {
-    fn from(e: JobError) -> Self {
-        Ended::Job(e)
     }
 }
 
