@@ -86,6 +86,12 @@ pub trait Job: Send + Sized + 'static {
     type State: Serialize + DeserializeOwned + Send + Sync + 'static;
     type Step: Steps;
 
+    /// Whether the job itself says when its operation starts running
+    /// ([`OperationHandle::running`]): work that first waits its turn elsewhere (a free remote
+    /// worker) reads `pending` until then, like work waiting for a slot. By default an operation
+    /// is `running` as soon as its job runs.
+    const STARTS_ITSELF: bool = false;
+
     /// One line for list rows: what the operation works on.
     fn summary(request: &Self::Request) -> Option<String>;
 
@@ -101,21 +107,26 @@ pub trait Job: Send + Sized + 'static {
 }
 
 /// A job ready to start, type-erased.
-pub struct BoxedJob(Box<dyn FnOnce(OperationHandle) -> BoxFuture<JobResult> + Send>);
+pub struct BoxedJob {
+    start: Box<dyn FnOnce(OperationHandle) -> BoxFuture<JobResult> + Send>,
+    /// [`Job::STARTS_ITSELF`].
+    pub(crate) starts_itself: bool,
+}
 
 impl BoxedJob {
     pub fn new<J: Job>(job: J) -> Self {
-        BoxedJob(Box::new(move |handle| {
+        let start = Box::new(move |handle: OperationHandle| -> BoxFuture<JobResult> {
             if let Some(hook) = job.remote_stop(handle.operation_id()) {
                 handle.on_cancel(hook);
             }
             Box::pin(job.run(JobContext { handle, job: PhantomData }))
-        }))
+        });
+        BoxedJob { start, starts_itself: J::STARTS_ITSELF }
     }
 
     /// Sets the job's remote stop at once and returns its work, which runs when polled.
     pub(crate) fn start(self, handle: OperationHandle) -> BoxFuture<JobResult> {
-        (self.0)(handle)
+        (self.start)(handle)
     }
 }
 
@@ -405,6 +416,17 @@ pub struct OperationHandle {
 impl OperationHandle {
     pub fn operation_id(&self) -> &str {
         &self.op.id
+    }
+
+    /// Moves a `pending` operation to `running` (and stores it soon): for jobs that
+    /// [start themselves](Job::STARTS_ITSELF). Nothing happens to one already running or over.
+    pub async fn running(&self) {
+        if self.op.snapshot().record.status != crate::ops::Status::Pending {
+            return;
+        }
+        if let Ok(snapshot) = self.op.start() {
+            let _ = self.store.save_later(vec![snapshot], &self.owner).await;
+        }
     }
 
     /// The operation's `metrics` as they stand (a re-attached job continues from them).

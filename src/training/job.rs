@@ -123,6 +123,8 @@ impl Job for TrainingJob {
     type Request = TrainingRequest;
     type State = TrainingState;
     type Step = TrainingStep;
+    /// `pending` while it waits for a free worker or host: `running` once one took it.
+    const STARTS_ITSELF: bool = true;
 
     /// The first symbol.
     fn summary(request: &TrainingRequest) -> Option<String> {
@@ -186,6 +188,7 @@ impl TrainingJob {
                 }
             }
         };
+        ctx.running().await;
         let (mut moves, mut follows) = (0, 0);
         loop {
             let Placement { client: host, worker, session } = &placement;

@@ -571,13 +571,16 @@ async fn with_no_training_host_configured_a_training_waits_for_a_worker_to_regis
         r["progress"]["current_step"].as_str().is_some_and(|s| s.contains("waiting for a training worker to register"))
     })
     .await;
-    assert_eq!(waiting["status"], "running", "{waiting}");
+    assert_eq!(waiting["status"], "pending", "running once a worker took it: {waiting}");
     let (_, health) = app.get("/api/v1/health").await;
     assert_eq!(health["hosts"]["training"]["error"], "no URL configured", "{health}");
     let endpoint = worker_sim(app.data_dir.path()).await;
     let body = json!({ "worker_id": "late", "worker_type": "training", "endpoint_url": endpoint });
     assert_eq!(register(&app, body).await.0, 200);
-    let done = until_record(&app.base, &id, "the end", Duration::from_secs(20), |r| r["status"] != "running").await;
+    let done = until_record(&app.base, &id, "the end", Duration::from_secs(20), |r| {
+        !matches!(r["status"].as_str(), Some("pending" | "running"))
+    })
+    .await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["progress"]["context"]["worker_id"], "late");
 }

@@ -30,6 +30,7 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
         // here on, even if a cancel comes before the job gets a slot.
         let handle =
             OperationHandle { op: op.clone(), store: inner.store.clone(), owner: inner.settings.node_id.clone() };
+        let starts_itself = job.starts_itself;
         let work = job.start(handle);
         if op.token.is_cancelled() {
             finish(&inner, &op, Outcome::Cancelled { reason: SHUTDOWN_REASON.to_owned() }, false).await;
@@ -57,7 +58,7 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
             }
             _ => None,
         };
-        if !already_running {
+        if !already_running && !starts_itself {
             match op.start() {
                 Ok(snapshot) => {
                     let _ = inner.store.save_later(vec![snapshot], &inner.settings.node_id).await;
