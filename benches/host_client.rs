@@ -45,6 +45,7 @@ async fn main() {
         training: TrainingKnobs::default(),
         data_dir: data.path().to_owned(),
         models_dir: None,
+        backtest: Default::default(),
     };
     let sims = Simulators::start(settings, loopback, loopback, None).await.unwrap();
     let url = format!("{}/health", sims.ib_url());

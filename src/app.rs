@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::server::ConnectionLimits;
 use crate::api::{self, AppState};
+use crate::backtest::BacktestService;
+use crate::backtest::job::BacktestSettings;
 use crate::catalog::Catalog;
 use crate::config::{Config, HostsConfig, PacingMode, ProtocolSetting};
 use crate::data::DataService;
@@ -284,8 +286,14 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
             id_prefix: builtin.clone(),
         };
-        let simulators =
+        let mut simulators =
             Simulators::start(settings, loopback, loopback, Some(&fleet)).await.map_err(StartError::Simulators)?;
+        let backtesters = WorkerFleet {
+            count: config.sim.backtest_workers,
+            id_prefix: builtin.as_ref().map(|b| format!("{b}-backtesting")),
+            ..fleet
+        };
+        simulators.serve_backtest_workers(loopback, &backtesters).await.map_err(StartError::Simulators)?;
         config.hosts.ib.url = simulators.ib_url();
         config.hosts.training.url = simulators.training_url();
         Some(simulators)
@@ -330,16 +338,15 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     };
     // Where registered workers may point, for registration and for every call to them.
     let endpoint_policy = Arc::new(EndpointPolicy::new(config.workers.allowed()));
+    // One pool of registered workers for every type that runs on them.
+    let pool = Arc::new(WorkerPool::new(
+        store.clone(),
+        HostSettings { endpoint_policy: Some(endpoint_policy.clone()), ..host_settings("worker", "", &config.hosts) },
+        metrics.clone(),
+    ));
     let training = TrainingService {
         client: hosts.training.clone(),
-        pool: Some(Arc::new(WorkerPool::new(
-            store.clone(),
-            HostSettings {
-                endpoint_policy: Some(endpoint_policy.clone()),
-                ..host_settings("worker", "", &config.hosts)
-            },
-            metrics.clone(),
-        ))),
+        pool: Some(pool.clone()),
         settings: TrainingSettings {
             start_timeout: config.training.start_timeout.0,
             poll_min: config.training.poll_min.0,
@@ -352,6 +359,14 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
             host_configured: !config.hosts.training.url.is_empty(),
         },
     };
+    let backtests = BacktestService {
+        pool,
+        settings: BacktestSettings {
+            poll: training.settings.poll(),
+            stop: training.settings.stop(),
+            max_moves: training.settings.max_moves,
+        },
+    };
     let settings = orchestrator_settings(&config, &store);
     if let Some(cluster) = &settings.cluster {
         claim_node_id(&settings.node_id, cluster).await?;
@@ -359,7 +374,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     let orchestrator = Orchestrator::new(
         store.clone(),
         settings,
-        vec![dummy::operation_type(), data.operation_type(), training.operation_type()],
+        vec![dummy::operation_type(), data.operation_type(), training.operation_type(), backtests.operation_type()],
         metrics,
     );
     orchestrator.reconcile().await?;
@@ -383,6 +398,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         hosts: hosts.clone(),
         data,
         training,
+        backtests,
         catalog: Catalog::new(config.training.strategies_dir.clone(), config.training.models_dir.clone()),
         config: config.clone(),
         endpoint_policy,

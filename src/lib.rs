@@ -8,6 +8,8 @@ pub mod api;
 pub mod app;
 /// The one backoff policy of every retry and wait loop.
 pub mod backoff;
+/// Backtests: the backtest operation on the registered backtest workers.
+pub mod backtest;
 /// The strategy and model catalog: strategy files listed, validated, resolved to features; trained models.
 pub mod catalog;
 /// The command-line client of a running service.

@@ -1,5 +1,5 @@
 //! The `ktrdr-ops` command line: `serve` (the default), `sim`, `migrate`, and the client commands
-//! `ops`, `data` and `train`. Nothing else lives here.
+//! `ops`, `data`, `train` and `backtest`. Nothing else lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use ktrdr_ops::cli::Client;
 use ktrdr_ops::config::{Config, Sources};
 use ktrdr_ops::ops::{PoolLimits, Store};
-use ktrdr_ops::sim::worker::{AgentSettings, WorkerFleet};
+use ktrdr_ops::sim::worker::{AgentSettings, WorkerFleet, advertised_host};
 use ktrdr_ops::sim::{SimSettings, Simulators};
 use ktrdr_ops::{app, telemetry};
 use serde_json::json;
@@ -56,11 +56,38 @@ enum Command {
     },
     /// The trained models of a running service.
     Models,
-    /// The training workers registered with a running service.
+    /// The workers (training and backtesting) registered with a running service.
     Workers,
     /// Whether a running service and its database are well: exit 0, else 1 (2: unreachable).
     /// Made for container health checks.
     Health,
+    /// Backtest a trained model of a strategy through a running service (on a registered
+    /// backtest worker), with a progress bar and a table of the results.
+    Backtest {
+        /// A strategy name (`strategies/{STRATEGY}.yaml` on the service).
+        strategy: String,
+        #[arg(long, value_name = "DATE")]
+        start: String,
+        #[arg(long, value_name = "DATE")]
+        end: String,
+        /// A model folder (`models/{strategy}/{timeframe}_v3`; default: the newest trained).
+        #[arg(short = 'm', long, value_name = "PATH")]
+        model_path: Option<String>,
+        /// Default: the strategy's first symbol.
+        #[arg(long)]
+        symbol: Option<String>,
+        /// Default: the strategy's first timeframe.
+        #[arg(long)]
+        timeframe: Option<String>,
+        #[arg(short = 'c', long, default_value_t = 100_000.0)]
+        capital: f64,
+        /// Per fill, as a fraction of the notional.
+        #[arg(long, default_value_t = 0.001)]
+        commission: f64,
+        /// Per fill, as a fraction of the price.
+        #[arg(long, default_value_t = 0.0005)]
+        slippage: f64,
+    },
     /// Train a strategy through a running service, with a progress bar.
     Train {
         /// A strategy name (`strategies/{STRATEGY}.yaml` on the service).
@@ -171,6 +198,9 @@ struct ServeArgs {
     /// Under --sim: training simulators serving as registered workers (sim.training_workers, 1).
     #[arg(long, value_name = "N")]
     sim_training_workers: Option<usize>,
+    /// Under --sim: backtest simulators serving as registered workers (sim.backtest_workers, 1).
+    #[arg(long, value_name = "N")]
+    sim_backtest_workers: Option<usize>,
     #[command(flatten)]
     knobs: SimKnobArgs,
 }
@@ -191,6 +221,13 @@ struct SimArgs {
     /// from --training-listen's upward (port 0: free ports). 0: one plain training host.
     #[arg(long, value_name = "N", default_value_t = 0)]
     training_workers: usize,
+    /// Serve N backtest simulators as `backtesting` workers registering with --backend-url, on
+    /// the ports from --backtest-listen's upward (port 0: free ports).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    backtest_workers: usize,
+    /// Where the first backtest simulator listens (sim.backtest_listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    backtest_listen: Option<String>,
     /// The service the workers register with (with or without `/api/v1`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
     backend_url: String,
@@ -370,6 +407,26 @@ fn main() -> ExitCode {
                 c.start_and_follow("/api/v1/trainings/start", body).await
             }))
         }
+        Some(Command::Backtest {
+            strategy,
+            start,
+            end,
+            model_path,
+            symbol,
+            timeframe,
+            capital,
+            commission,
+            slippage,
+        }) => {
+            let body = json!({
+                "strategy_name": strategy, "start_date": start, "end_date": end, "initial_capital": capital,
+                "commission": commission, "slippage": slippage, "model_path": model_path, "symbol": symbol,
+                "timeframe": timeframe,
+            });
+            runtime.block_on(run_client(cli.client, |c| async move {
+                c.start_and_follow("/api/v1/backtests/start", body).await
+            }))
+        }
         Some(Command::Strategies { command }) => runtime.block_on(run_client(cli.client, |c| async move {
             match command {
                 None => c.strategies().await,
@@ -395,6 +452,7 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
     let pacing = args.ib_pacing.clone().or_else(|| args.sim.then(|| "off".to_owned()));
     sources.set("hosts.ib.pacing", pacing.as_ref());
     sources.set("sim.training_workers", args.sim_training_workers);
+    sources.set("sim.backtest_workers", args.sim_backtest_workers);
     args.knobs.apply(&mut sources);
     let config = match load(&sources) {
         Ok(c) => c,
@@ -410,6 +468,7 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
     sources.set("log.format", args.log_format.as_ref());
     sources.set("sim.ib_listen", args.ib_listen.as_ref());
     sources.set("sim.training_listen", args.training_listen.as_ref());
+    sources.set("sim.backtest_listen", args.backtest_listen.as_ref());
     sources.set("data.dir", args.data_dir.as_ref().map(|d| d.display()));
     args.knobs.apply(&mut sources);
     let config = match load(&sources) {
@@ -420,36 +479,36 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
     runtime.block_on(async move {
         let settings =
             SimSettings::from_config(&config.sim, config.data.dir.clone(), config.training.models_dir.clone());
-        let fleet = (args.training_workers > 0).then(|| WorkerFleet {
-            count: args.training_workers,
-            gpu_workers: config.sim.gpu_workers,
-            backend_url: args.backend_url.clone(),
-            advertised_host: args.worker_host.clone().unwrap_or_else(|| advertised_host(config.sim.training_listen)),
-            agent: AgentSettings { worker_token: Some(config.auth.worker_token.clone()), ..AgentSettings::default() },
-            id_prefix: None,
-        });
+        let workers = |count: usize, gpu_workers: usize, listen| {
+            (count > 0).then(|| WorkerFleet {
+                count,
+                gpu_workers,
+                backend_url: args.backend_url.clone(),
+                advertised_host: args.worker_host.clone().unwrap_or_else(|| advertised_host(listen)),
+                agent: AgentSettings {
+                    worker_token: Some(config.auth.worker_token.clone()),
+                    ..AgentSettings::default()
+                },
+                id_prefix: None,
+            })
+        };
+        let fleet = workers(args.training_workers, config.sim.gpu_workers, config.sim.training_listen);
+        let backtesters = workers(args.backtest_workers, 0, config.sim.backtest_listen);
         // Workers alone need no IB simulator (a second worker process would clash on its port):
         // one is started when asked for, or when no worker is.
-        let ib_listen = (args.ib_listen.is_some() || fleet.is_none()).then_some(config.sim.ib_listen);
-        match Simulators::start(settings, ib_listen, config.sim.training_listen, fleet.as_ref()).await {
+        let no_workers = fleet.is_none() && backtesters.is_none();
+        let ib_listen = (args.ib_listen.is_some() || no_workers).then_some(config.sim.ib_listen);
+        let started = Simulators::start(settings, ib_listen, config.sim.training_listen, fleet.as_ref()).await;
+        let started = match (started, &backtesters) {
+            (Ok(mut simulators), Some(backtesters)) => {
+                simulators.serve_backtest_workers(config.sim.backtest_listen, backtesters).await.map(|()| simulators)
+            }
+            (started, _) => started,
+        };
+        match started {
             Ok(simulators) => {
-                let ib = match simulators.ib_addr {
-                    Some(_) => format!("IB simulator on {}", simulators.ib_url()),
-                    None => "no IB simulator (--ib-listen starts one)".to_owned(),
-                };
-                match &fleet {
-                    Some(fleet) => println!(
-                        "{ib}, {} training workers on {} registering with {}",
-                        simulators.workers.len(),
-                        simulators.worker_urls().join(" "),
-                        fleet.backend_url
-                    ),
-                    None => println!(
-                        "IB simulator on {}, training simulator on {}",
-                        simulators.ib_url(),
-                        simulators.training_url()
-                    ),
-                }
+                let backend = (!no_workers).then_some(args.backend_url.as_str());
+                println!("{}", simulators.banner(backend));
                 wait_for_signal().await;
                 simulators.shutdown().await;
                 ExitCode::SUCCESS
@@ -460,15 +519,6 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
             }
         }
     })
-}
-
-/// The host name a worker listening on `listen` is reached at: its address, or this machine's
-/// name when it listens on all of them.
-fn advertised_host(listen: std::net::SocketAddr) -> String {
-    if !listen.ip().is_unspecified() {
-        return listen.ip().to_string();
-    }
-    ktrdr_ops::config::host_name().unwrap_or_else(|| "localhost".to_owned())
 }
 
 async fn run_client<F, Fut>(args: ClientArgs, command: F) -> ExitCode

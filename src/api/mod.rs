@@ -5,6 +5,7 @@
 //! catching are layers here; `server.rs` is the listener that serves it all.
 
 pub mod auth;
+mod backtests;
 mod catalog;
 mod checkpoints;
 mod dashboard;
@@ -55,6 +56,7 @@ pub struct AppState {
     pub hosts: Hosts,
     pub data: DataService,
     pub training: TrainingService,
+    pub backtests: crate::backtest::BacktestService,
     pub catalog: Catalog,
     pub config: Arc<Config>,
     /// The worker registry and its health checks.
@@ -99,6 +101,7 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
         .merge(timed(workers::router()))
         .merge(timed(data::router()))
         .merge(timed(trainings::router()))
+        .merge(timed(backtests::router()))
         .merge(timed(catalog::router()))
         .merge(timed(dummy::router()))
         .merge(timed(health::router()))

@@ -30,6 +30,7 @@ use crate::api::AppState;
         (name = "operations", description = "Any operation: progress, events, cancellation, results"),
         (name = "data", description = "Market-data loads and the cache"),
         (name = "trainings", description = "Model trainings on the training host"),
+        (name = "backtests", description = "Backtests of trained models on the registered backtest workers"),
         (name = "catalog", description = "Strategy files (list, validation, features) and trained models"),
         (name = "service", description = "Health, metrics, this document"),
     )

@@ -224,6 +224,21 @@ pub struct TrainingStarted {
     pub estimated_duration_minutes: Option<f64>,
 }
 
+/// ktrdr's answer to a backtest start: no `data` envelope.
+#[derive(Serialize, ToSchema)]
+pub struct BacktestStarted {
+    pub success: bool,
+    /// `op_backtesting_…`
+    pub operation_id: String,
+    /// Always `started`.
+    pub status: String,
+    pub message: String,
+    pub symbol: String,
+    pub timeframe: String,
+    /// Always `distributed`: it runs on a registered backtest worker.
+    pub mode: String,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Performance {
     pub success: bool,

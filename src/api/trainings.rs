@@ -15,6 +15,7 @@ use crate::api::schemas::{ErrorEnvelope, Performance, TrainingStarted};
 use crate::api::{AppState, idempotency_key, replayed};
 use crate::catalog::validate;
 use crate::ops::{Status, Submitted};
+use crate::training::strategy::Strategy;
 use crate::training::{self, TrainingBody, TrainingSpec};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -45,7 +46,7 @@ async fn start(
     let spec = tokio::task::spawn_blocking(move || TrainingSpec::from_body(&checked, &dir))
         .await
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error", &e))??;
-    refuse_invalid_v3(&spec)?;
+    refuse_invalid_v3(&spec.strategy)?;
     let idempotency = idempotency_key(&headers, "POST /api/v1/trainings/start", &body)?;
     let (task_id, replay) =
         match state.orchestrator.submit(state.training.job(&spec), &spec.request, idempotency).await? {
@@ -70,11 +71,11 @@ async fn start(
     Ok(replayed(answer.into_response(), replay))
 }
 
-/// A v3 strategy with validation errors would fail on the host after the data is read and the
-/// GPU allocated: refused here with the same issues as `POST /strategies/validate/{name}`.
+/// A v3 strategy with validation errors would fail on the host after the data is read (and the
+/// GPU allocated): refused here with the same issues as `POST /strategies/validate/{name}`.
 /// Older strategy shapes pass — the sessions-generation hosts train them.
-fn refuse_invalid_v3(spec: &TrainingSpec) -> Result<(), ApiError> {
-    let value = &spec.strategy.parsed;
+pub(crate) fn refuse_invalid_v3(strategy: &Strategy) -> Result<(), ApiError> {
+    let value = &strategy.parsed;
     if !validate::looks_like_v3(value) {
         return Ok(());
     }
@@ -86,7 +87,7 @@ fn refuse_invalid_v3(spec: &TrainingSpec) -> Result<(), ApiError> {
     Err(ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "STRATEGY_INVALID",
-        format!("Strategy '{}' does not validate:\n{}", spec.strategy.name, lines.join("\n")),
+        format!("Strategy '{}' does not validate:\n{}", strategy.name, lines.join("\n")),
     )
     .details(json!({ "field": "strategy_name", "issues": issues })))
 }

@@ -1,5 +1,5 @@
 //! The command-line client of a running service: list, show, watch and cancel operations; start
-//! data loads and trainings and follow them with a progress bar fed by the operation's event
+//! data loads, trainings and backtests and follow them with a progress bar fed by the operation's event
 //! stream. Ctrl-C on a command that started the work cancels the operation on the server and
 //! waits for it to say `cancelled`; Ctrl-C on `ops watch` only stops watching.
 //! Exit codes: 0 completed (and `ops cancel` that cancelled, and `ops show` of any operation it
@@ -335,8 +335,10 @@ impl Client {
         } else {
             let detail = last["error_message"].as_str().map(|m| format!(": {m}")).unwrap_or_default();
             eprintln!("{id} {}{detail}", status_of(&last));
-            if let Some(result) = last.get("result_summary").filter(|r| !r.is_null()) {
-                out!("{}", serde_json::to_string_pretty(result).expect("JSON values serialise"));
+            match last.get("result_summary").filter(|r| !r.is_null()) {
+                Some(result) if last["operation_type"] == "backtesting" => backtest_table(result),
+                Some(result) => out!("{}", serde_json::to_string_pretty(result).expect("JSON values serialise")),
+                None => {}
             }
         }
         match status_of(&last) {
@@ -356,10 +358,39 @@ fn figures(progress: &Value) -> String {
         _ => None,
     };
     let counts = count(&context["segments_done"], &context["segments_total"], "segments")
+        .or_else(|| count(&context["bars_processed"], &context["bars_total"], "bars"))
         .or_else(|| count(&progress["steps_completed"], &context["total_epochs"], "epochs"))
         .or_else(|| count(&progress["steps_completed"], &progress["steps_total"], "steps"));
     let eta = progress["eta_seconds"].as_f64().map(|s| format!("ETA {}", eta_text(s)));
     [eta, counts].into_iter().flatten().collect::<Vec<_>>().join(" · ")
+}
+
+/// A finished backtest's figures, one per line (fractions shown as percentages).
+fn backtest_table(result: &Value) {
+    let m = &result["metrics"];
+    let percent = |key: &str| m[key].as_f64().map_or("—".to_owned(), |x| format!("{:.2} %", x * 100.0));
+    let number = |key: &str| m[key].as_f64().map_or("—".to_owned(), |x| format!("{x:.2}"));
+    let rows = [
+        ("Total return", format!("{} ({})", number("total_return"), percent("total_return_pct"))),
+        ("Annualized return", percent("annualized_return")),
+        ("Sharpe ratio", number("sharpe_ratio")),
+        ("Sortino ratio", number("sortino_ratio")),
+        ("Max drawdown", format!("{} ({})", number("max_drawdown"), percent("max_drawdown_pct"))),
+        ("Trades", format!("{} ({} won, {} lost)", m["total_trades"], m["winning_trades"], m["losing_trades"])),
+        ("Win rate", percent("win_rate")),
+        ("Profit factor", number("profit_factor")),
+        ("Avg win / loss", format!("{} / {}", number("avg_win"), number("avg_loss"))),
+    ];
+    out!(
+        "{} {} · {} → {}",
+        result["symbol"].as_str().unwrap_or(""),
+        result["timeframe"].as_str().unwrap_or(""),
+        result["start_time"].as_str().unwrap_or(""),
+        result["end_time"].as_str().unwrap_or("")
+    );
+    for (name, value) in rows {
+        out!("  {name:<18} {value}");
+    }
 }
 
 fn eta_text(seconds: f64) -> String {

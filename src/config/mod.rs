@@ -261,6 +261,9 @@ pub struct SimConfig {
     pub training_status_delay_ms: u64,
     pub training_workers: usize,
     pub gpu_workers: usize,
+    pub backtest_workers: usize,
+    pub backtest_listen: SocketAddr,
+    pub backtest_bars_per_second: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

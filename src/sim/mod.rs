@@ -3,6 +3,7 @@
 //! them on their usual ports; `serve --sim` starts them in-process on free ports. Training
 //! simulators can be workers that register themselves with the service (`worker`).
 
+pub mod backtest;
 pub mod fastapi;
 pub mod ib;
 pub mod market;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{PacingMode, SimConfig, SimTrainingProtocol};
 use crate::hosts::training::Protocol;
+use backtest::{BacktestKnobs, BacktestSim};
 use ib::{IbKnobs, IbSim};
 use training::{TrainingKnobs, TrainingSim};
 use worker::{ServedWorker, WorkerFleet, serve_worker};
@@ -33,6 +35,7 @@ pub struct SimSettings {
     pub data_dir: PathBuf,
     /// Where the training simulator writes the model folders of completed trainings.
     pub models_dir: Option<PathBuf>,
+    pub backtest: BacktestKnobs,
 }
 
 impl SimSettings {
@@ -66,6 +69,7 @@ impl SimSettings {
             },
             data_dir,
             models_dir: Some(models_dir),
+            backtest: BacktestKnobs { bars_per_second: config.backtest_bars_per_second, ..BacktestKnobs::default() },
         }
     }
 }
@@ -80,6 +84,10 @@ pub struct Simulators {
     pub training: Arc<TrainingSim>,
     /// The training simulators serving as registered workers (the first is `training`).
     pub workers: Vec<ServedWorker>,
+    /// The backtest simulators serving as registered workers.
+    pub backtest_workers: Vec<ServedWorker<BacktestSim>>,
+    /// Where the backtest simulators read data and models, and how they behave.
+    backtest: (PathBuf, PathBuf, BacktestKnobs),
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -146,13 +154,70 @@ impl Simulators {
             }
         };
         tracing::info!(ib_addr = ?ib_addr, %training_addr, workers = workers.len(), "host simulators running");
-        Ok(Self { ib_addr, training_addr, ib, training, workers, shutdown, tasks })
+        let models_dir = settings.models_dir.clone().unwrap_or_else(|| settings.data_dir.join("models"));
+        let backtest = (settings.data_dir.clone(), models_dir, settings.backtest.clone());
+        Ok(Self {
+            ib_addr,
+            training_addr,
+            ib,
+            training,
+            workers,
+            backtest_workers: Vec::new(),
+            backtest,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Serves `fleet.count` backtest simulators as registered `backtesting` workers, on
+    /// `listen`'s port and the next ones (port 0: free ports).
+    pub async fn serve_backtest_workers(&mut self, listen: SocketAddr, fleet: &WorkerFleet) -> std::io::Result<()> {
+        let (data_dir, models_dir, knobs) = self.backtest.clone();
+        for n in 0..fleet.count {
+            let port = if listen.port() == 0 { 0 } else { listen.port() + n as u16 };
+            let sim = BacktestSim::new(data_dir.clone(), models_dir.clone(), knobs.clone());
+            let at = SocketAddr::new(listen.ip(), port);
+            let (worker, handles) = serve_worker(sim, at, fleet, n, &self.shutdown).await?;
+            self.tasks.extend(handles);
+            self.backtest_workers.push(worker);
+        }
+        tracing::info!(workers = fleet.count, "backtest simulators running");
+        Ok(())
+    }
+
+    /// What runs where, in one line: `IB simulator on URL, N training workers on URLs, M backtest
+    /// workers on URLs registering with BACKEND` (the parts that run).
+    pub fn banner(&self, backend: Option<&str>) -> String {
+        let ib = match self.ib_addr {
+            Some(_) => format!("IB simulator on {}", self.ib_url()),
+            None => "no IB simulator (--ib-listen starts one)".to_owned(),
+        };
+        let training = match self.workers.len() {
+            0 => format!("training simulator on {}", self.training_url()),
+            n => format!("{n} training workers on {}", self.worker_urls().join(" ")),
+        };
+        let backtest = match self.backtest_workers.len() {
+            0 => String::new(),
+            n => format!(", {n} backtest workers on {}", self.backtest_worker_urls().join(" ")),
+        };
+        let registering = backend.map(|url| format!(" registering with {url}")).unwrap_or_default();
+        format!("{ib}, {training}{backtest}{registering}")
+    }
+
+    /// The simulated backtest workers' URLs.
+    pub fn backtest_worker_urls(&self) -> Vec<String> {
+        self.backtest_workers.iter().map(|w| format!("http://{}", w.addr)).collect()
     }
 
     /// Waits until every simulated worker has registered once (or `within` passed).
     pub async fn workers_registered(&self, within: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         for worker in &self.workers {
+            if !worker.agent.registered_by(deadline).await {
+                return false;
+            }
+        }
+        for worker in &self.backtest_workers {
             if !worker.agent.registered_by(deadline).await {
                 return false;
             }

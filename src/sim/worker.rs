@@ -1,5 +1,5 @@
-//! Simulated training workers (workers.md §6): training simulators of the operations generation
-//! that register themselves with the service as ktrdr's workers do — five tries with doubling
+//! Simulated workers (workers.md §6): training simulators of the operations generation and
+//! backtest simulators that register themselves with the service as ktrdr's workers do — five tries with doubling
 //! pauses at start, a monitor that registers again when the service stopped checking on the
 //! worker and no longer knows it, and `POST /backend-shutdown`, after which the worker tries every
 //! 2 s to register with the service once it is back. Operations the service names in
@@ -22,7 +22,48 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::hosts::backend::{BackendClient, RegisterError};
+use crate::sim::backtest::BacktestSim;
 use crate::sim::training::TrainingSim;
+
+/// What a simulated worker runs: its routes, the operation it is busy with, and the stops the
+/// service asks for when it registers.
+pub trait WorkerSim: Send + Sync + 'static {
+    /// Its `worker_type` (`training`, `backtesting`).
+    const WORKER_TYPE: &'static str;
+    /// Its id when none is given: `{type}-worker-<8 hex>`, as ktrdr's workers name themselves.
+    const ID_PREFIX: &'static str;
+    fn routes(self: &Arc<Self>) -> Router;
+    fn current_operation(&self) -> Option<String>;
+    fn stop_operations(&self, ids: &[String]);
+}
+
+impl WorkerSim for TrainingSim {
+    const WORKER_TYPE: &'static str = "training";
+    const ID_PREFIX: &'static str = "training-worker";
+    fn routes(self: &Arc<Self>) -> Router {
+        self.router()
+    }
+    fn current_operation(&self) -> Option<String> {
+        TrainingSim::current_operation(self)
+    }
+    fn stop_operations(&self, ids: &[String]) {
+        TrainingSim::stop_operations(self, ids)
+    }
+}
+
+impl WorkerSim for BacktestSim {
+    const WORKER_TYPE: &'static str = "backtesting";
+    const ID_PREFIX: &'static str = "backtesting-worker";
+    fn routes(self: &Arc<Self>) -> Router {
+        self.router()
+    }
+    fn current_operation(&self) -> Option<String> {
+        BacktestSim::current_operation(self)
+    }
+    fn stop_operations(&self, ids: &[String]) {
+        BacktestSim::stop_operations(self, ids)
+    }
+}
 
 /// How a simulated worker keeps in touch with the service.
 #[derive(Debug, Clone)]
@@ -58,10 +99,10 @@ pub struct WorkerIdentity {
 }
 
 /// The part of a simulated worker that talks to the service.
-pub struct Agent {
+pub struct Agent<S = TrainingSim> {
     identity: WorkerIdentity,
     backend: BackendClient,
-    sim: Arc<TrainingSim>,
+    sim: Arc<S>,
     settings: AgentSettings,
     last_checked: Mutex<Option<Instant>>,
     shutdown_notice: Notify,
@@ -73,13 +114,8 @@ pub struct Agent {
 const STARTUP_TRIES: u32 = 5;
 const STARTUP_PAUSES: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30));
 
-impl Agent {
-    pub fn new(
-        identity: WorkerIdentity,
-        backend_url: &str,
-        sim: Arc<TrainingSim>,
-        settings: AgentSettings,
-    ) -> Arc<Self> {
+impl<S: WorkerSim> Agent<S> {
+    pub fn new(identity: WorkerIdentity, backend_url: &str, sim: Arc<S>, settings: AgentSettings) -> Arc<Self> {
         Arc::new(Agent {
             identity,
             backend: BackendClient::new(backend_url, settings.worker_token.clone()),
@@ -108,7 +144,7 @@ impl Agent {
                     axum::Json(json!({ "acknowledged": true }))
                 }),
             )
-            .merge(self.sim.router())
+            .merge(self.sim.routes())
             .layer(axum::middleware::from_fn(move |request: Request, next: Next| {
                 let checked = checked.clone();
                 async move {
@@ -128,13 +164,14 @@ impl Agent {
 
     /// Registers once; the service's `stop_operations` are stopped here.
     async fn register(&self) -> Result<(), RegisterError> {
-        let capabilities = if self.identity.gpu {
-            json!({ "gpu": true, "gpu_type": "CUDA", "gpu_count": 1 })
-        } else {
-            json!({ "gpu": false })
+        let capabilities = match (S::WORKER_TYPE, self.identity.gpu) {
+            ("training", true) => json!({ "gpu": true, "gpu_type": "CUDA", "gpu_count": 1 }),
+            ("training", false) => json!({ "gpu": false }),
+            // ktrdr's backtest workers probe nothing.
+            _ => json!({}),
         };
         let body = json!({
-            "worker_id": self.identity.worker_id, "worker_type": "training",
+            "worker_id": self.identity.worker_id, "worker_type": S::WORKER_TYPE,
             "endpoint_url": self.identity.endpoint_url, "capabilities": capabilities,
             "current_operation_id": self.sim.current_operation(), "completed_operations": [],
         });
@@ -205,6 +242,15 @@ impl Agent {
     }
 }
 
+/// The host name a worker listening on `listen` is reached at: its address, or this machine's
+/// name when it listens on all of them.
+pub fn advertised_host(listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.ip().to_string();
+    }
+    crate::config::host_name().unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// Simulated workers to serve.
 #[derive(Debug, Clone)]
 pub struct WorkerFleet {
@@ -221,29 +267,29 @@ pub struct WorkerFleet {
     pub id_prefix: Option<String>,
 }
 
-/// A served training simulator that registers itself as a worker.
-pub struct ServedWorker {
+/// A served simulator that registers itself as a worker.
+pub struct ServedWorker<S = TrainingSim> {
     pub addr: SocketAddr,
-    pub sim: Arc<TrainingSim>,
-    pub agent: Arc<Agent>,
+    pub sim: Arc<S>,
+    pub agent: Arc<Agent<S>>,
 }
 
 /// Binds `listen` (port 0: a free port), serves the worker and starts its agent; both end with
 /// `stop`.
-pub async fn serve_worker(
-    sim: Arc<TrainingSim>,
+pub async fn serve_worker<S: WorkerSim>(
+    sim: Arc<S>,
     listen: SocketAddr,
     fleet: &WorkerFleet,
     n: usize,
     stop: &CancellationToken,
-) -> std::io::Result<(ServedWorker, Vec<JoinHandle<()>>)> {
+) -> std::io::Result<(ServedWorker<S>, Vec<JoinHandle<()>>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let host = if fleet.advertised_host.is_empty() { addr.ip().to_string() } else { fleet.advertised_host.clone() };
     let gpu = n < fleet.gpu_workers;
     let worker_id = match &fleet.id_prefix {
         Some(prefix) => format!("{prefix}-{}", n + 1),
-        None => format!("training-worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        None => format!("{}-{}", S::ID_PREFIX, &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };
     let identity = WorkerIdentity { worker_id, endpoint_url: format!("http://{host}:{}", addr.port()), gpu };
     let agent = Agent::new(identity, &fleet.backend_url, sim.clone(), fleet.agent.clone());

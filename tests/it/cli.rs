@@ -1,6 +1,6 @@
 //! The command-line client against a running service (`serve --sim`, as a process): a load
 //! followed to the end, Ctrl-C cancelling on the server (a watch only stops watching), JSON
-//! output, an unreachable server.
+//! output, an unreachable server, a backtest and its table.
 
 use crate::common;
 
@@ -172,4 +172,27 @@ async fn a_cancel_that_cancelled_exits_0_and_client_options_go_before_the_subcom
     let output = cli(&service.base, &["--listen", "127.0.0.1:1", "ops", "list"]).output().await.unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen is an option of `serve`"), "{output:?}");
+}
+
+#[tokio::test]
+async fn a_backtest_from_the_command_line_ends_with_a_table_of_its_results() {
+    let db = TestDb::sqlite();
+    let data = tempfile::tempdir().unwrap();
+    crate::backtests::eurusd_wave(data.path(), 1_000);
+    crate::backtests::trained_model(&data.path().join("models"));
+    let data_dir = data.path().display().to_string();
+    let models_dir = data.path().join("models").display().to_string();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url, "--sim", "--data-dir", &data_dir];
+    let service = ServiceProcess::start(&args, &[("KTRDR_OPS__TRAINING__MODELS_DIR", &models_dir)]).await;
+    let output = cli(&service.base, &["backtest", "example_mlp", "--start", "2024-01-01", "--end", "2024-02-10"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("completed"), "{stderr}");
+    assert!(stdout.starts_with("EURUSD 1h · 2024-01-01T00:00:00 → 2024-02-10T23:59:59"), "{stdout}");
+    for row in ["Total return", "Sharpe ratio", "Max drawdown", "Trades", "Win rate"] {
+        assert!(stdout.contains(row), "{row}: {stdout}");
+    }
 }

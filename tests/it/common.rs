@@ -78,6 +78,7 @@ pub fn test_config(db: &TestDb, data_dir: &std::path::Path) -> Config {
     config.node.id = "test-node".into();
     // Most tests drive the configured training host; the worker tests ask for simulated workers.
     config.sim.training_workers = 0;
+    config.sim.backtest_workers = 0;
     config
 }
 

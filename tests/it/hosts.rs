@@ -33,8 +33,14 @@ struct Rig {
 
 async fn rig(protocol: Protocol, ib: IbKnobs, training: TrainingKnobs, pacing: bool) -> Rig {
     let data = tempfile::tempdir().unwrap();
-    let settings =
-        SimSettings { ib, training_protocol: protocol, training, data_dir: data.path().to_owned(), models_dir: None };
+    let settings = SimSettings {
+        ib,
+        training_protocol: protocol,
+        training,
+        data_dir: data.path().to_owned(),
+        models_dir: None,
+        backtest: Default::default(),
+    };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let sims = Simulators::start(settings, loopback, loopback, None).await.unwrap();
     let mut config = Config::defaults();

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod backtests;
 mod catalog;
 mod cli;
 mod cluster;

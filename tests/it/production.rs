@@ -35,6 +35,7 @@ const SERVED: &[&str] = &[
     "GET /api/v1/data/{symbol}/{timeframe}",
     "GET /api/v1/data/info",
     "POST /api/v1/trainings/start",
+    "POST /api/v1/backtests/start",
     "GET /api/v1/trainings/{id}/performance",
     "GET /api/v1/strategies",
     "GET /api/v1/strategies/",

@@ -1,0 +1,162 @@
+//! Where a backtest runs: a free registered `backtesting` worker, claimed in the database —
+//! waiting, cancellably and `pending`, while none is free or none is registered; passing over one
+//! that answers busy or cannot be reached. A start that a cancel cuts off still runs to its
+//! answer, and the stop waits for it ([`StartGate`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::backtest::BACKTEST_WORKER;
+use crate::backtest::job::BacktestSettings;
+use crate::fleet::pool::{Claim, WorkerPool, WorkerRef};
+use crate::fleet::stop::{Release, StartGate, remote_stop};
+use crate::hosts::HostErrorKind;
+use crate::hosts::training::{Protocol, Session, StartError, TrainingClient};
+use crate::ops::{JobError, OperationHandle, ProgressReporter};
+
+/// Where a backtest's run is.
+pub(super) struct Placement {
+    pub client: Arc<TrainingClient>,
+    pub worker: WorkerRef,
+    pub session: Session,
+}
+
+/// How a backtest is launched on the worker it gets.
+pub(super) enum Launch<'a> {
+    /// `POST /backtests/start` with ktrdr's body (its `task_id` is the id the run goes by).
+    Start(&'a Value),
+    /// `POST /backtests/resume`: the run `id` goes on from its checkpoint (in the folder the
+    /// workers share).
+    Resume { id: &'a str },
+}
+
+impl Launch<'_> {
+    fn remote_id(&self) -> String {
+        match self {
+            Launch::Start(body) => body["task_id"].as_str().unwrap_or_default().to_owned(),
+            Launch::Resume { id } => (*id).to_owned(),
+        }
+    }
+}
+
+/// Pauses while no backtest worker is free.
+const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
+
+/// Places the backtest on a free worker other than those in `avoid`, waiting while none is.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn place(
+    pool: &Arc<WorkerPool>,
+    launch: Launch<'_>,
+    avoid: &HashSet<String>,
+    settings: &BacktestSettings,
+    ctx: &OperationHandle,
+    progress: &ProgressReporter,
+    token: &CancellationToken,
+) -> Result<Placement, JobError> {
+    let mut tried = avoid.clone();
+    let mut pauses = WAITING_FOR_WORKER.pauses();
+    loop {
+        let claim = match pool.claim(BACKTEST_WORKER, ctx.operation_id(), &tried).await {
+            Ok(claim) => claim,
+            Err(e) if e.is_transient() => {
+                progress.detail(format!("waiting for the database to read the registered workers ({e})"));
+                if !pauses.sleep(token).await {
+                    return Err(JobError::Cancelled);
+                }
+                continue;
+            }
+            Err(e) => return Err(JobError::failed_by(format!("could not read the registered workers: {e}"), e)),
+        };
+        let worker = match claim {
+            Claim::Got(worker) => worker,
+            waiting => {
+                pool.count("waited");
+                tried.clear();
+                progress.detail(match waiting {
+                    Claim::NoneFree { busy, unavailable: 0 } => {
+                        format!("waiting for a free backtest worker ({busy} busy)")
+                    }
+                    Claim::NoneFree { busy, unavailable } => {
+                        format!("waiting for a free backtest worker ({busy} busy, {unavailable} unavailable)")
+                    }
+                    _ => "waiting for a backtest worker to register (none is)".to_owned(),
+                });
+                if !pauses.sleep(token).await {
+                    return Err(JobError::Cancelled);
+                }
+                continue;
+            }
+        };
+        let release = Release::new(pool.clone(), &worker.worker_id, ctx.operation_id());
+        let client = match pool.client_for(&worker.endpoint_url) {
+            Ok(client) => client,
+            Err(e) => {
+                release.now().await;
+                return Err(JobError::failed_by(format!("cannot talk to worker {}: {e}", worker.worker_id), e));
+            }
+        };
+        progress.context([("worker_id".to_owned(), json!(worker.worker_id))]);
+        progress.detail(format!("starting on worker {}", worker.worker_id));
+        // The worker knows the run by this id: a cancel during the start can still stop it.
+        let pending = Session { id: launch.remote_id(), protocol: Protocol::Operations };
+        let starts = StartGate::default();
+        let stop = settings.stop.clone();
+        ctx.on_cancel(remote_stop(
+            "backtest worker",
+            client.clone(),
+            pending,
+            stop,
+            Some(release.clone()),
+            starts.clone(),
+        ));
+        let started = match &launch {
+            Launch::Start(body) => {
+                let (host, body) = (client.clone(), (*body).clone());
+                let call =
+                    async move { host.start_operation("/backtests/start", &body, &CancellationToken::new()).await };
+                starts.run(call, token).await.unwrap_or(Err(StartError::Cancelled))
+            }
+            Launch::Resume { id } => {
+                let (host, id) = (client.clone(), (*id).to_owned());
+                let call = async move {
+                    host.resume_operation("/backtests/resume", "backtest", &id, &CancellationToken::new()).await
+                };
+                match starts.run(call, token).await {
+                    None => Err(StartError::Cancelled),
+                    Some(Ok(session)) => Ok(session),
+                    Some(Err(why)) => {
+                        release.now().await;
+                        return Err(JobError::failed(format!(
+                            "worker {} did not resume the backtest: {why}",
+                            worker.worker_id
+                        )));
+                    }
+                }
+            }
+        };
+        match started {
+            Ok(session) => {
+                pool.count("worker");
+                let worker = WorkerRef { worker_id: worker.worker_id, endpoint_url: worker.endpoint_url };
+                return Ok(Placement { client, worker, session });
+            }
+            Err(StartError::Cancelled) => return Err(JobError::Cancelled),
+            Err(StartError::Busy(_)) => {}
+            // Gone — refusing connections, silent, or dying while it answered: the next one.
+            Err(StartError::Failed(e))
+                if matches!(e.kind, HostErrorKind::Connect | HostErrorKind::Timeout | HostErrorKind::Broken) => {}
+            Err(e) => {
+                release.now().await;
+                return Err(JobError::failed(format!("worker {} could not start the backtest: {e}", worker.worker_id)));
+            }
+        }
+        pool.count("passed_over");
+        release.now().await;
+        tried.insert(worker.worker_id);
+    }
+}
