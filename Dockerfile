@@ -38,7 +38,7 @@ RUN touch src/main.rs src/lib.rs \
 # the binary's layer at the end.
 FROM debian:bookworm-slim
 RUN useradd --system --create-home --home-dir /app ktrdr \
-    && mkdir -p /app/var /app/data \
+    && mkdir -p /app/var/models /app/data \
     && chown -R ktrdr /app
 COPY config /app/config
 COPY strategies /app/strategies

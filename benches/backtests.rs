@@ -183,7 +183,13 @@ async fn main() {
     );
 
     // 3. DELETE of a running backtest → the worker's run stopped.
-    bench.http.put(format!("{}/sim/knobs", bench.worker)).json(&json!({ "bars_per_second": 2000 })).send().await.unwrap();
+    bench
+        .http
+        .put(format!("{}/sim/knobs", bench.worker))
+        .json(&json!({ "bars_per_second": 2000 }))
+        .send()
+        .await
+        .unwrap();
     let mut stops = Vec::new();
     for _ in 0..env_number("BENCH_CANCELS", 100) {
         bench.until_worker_free().await;

@@ -54,13 +54,14 @@ pub struct BacktestBody {
     pub model_path: Option<String>,
 }
 
-fn default_capital() -> f64 {
+/// ktrdr's defaults of a backtest (backtesting.md §1.1), for the request and the worker alike.
+pub(crate) fn default_capital() -> f64 {
     100_000.0
 }
-fn default_commission() -> f64 {
+pub(crate) fn default_commission() -> f64 {
     0.001
 }
-fn default_slippage() -> f64 {
+pub(crate) fn default_slippage() -> f64 {
     0.0005
 }
 

@@ -5,15 +5,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::backtest::BACKTEST_WORKER;
 use crate::backtest::job::BacktestSettings;
-use crate::fleet::pool::{Claim, WorkerPool, WorkerRef};
+use crate::fleet::pool::{WorkerPool, WorkerRef};
 use crate::fleet::stop::{Release, StartGate, remote_stop};
 use crate::hosts::HostErrorKind;
 use crate::hosts::training::{Protocol, Session, StartError, TrainingClient};
@@ -44,9 +42,6 @@ impl Launch<'_> {
     }
 }
 
-/// Pauses while no backtest worker is free.
-const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
-
 /// Places the backtest on a free worker other than those in `avoid`, waiting while none is.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn place(
@@ -59,39 +54,11 @@ pub(super) async fn place(
     token: &CancellationToken,
 ) -> Result<Placement, JobError> {
     let mut tried = avoid.clone();
-    let mut pauses = WAITING_FOR_WORKER.pauses();
     loop {
-        let claim = match pool.claim(BACKTEST_WORKER, ctx.operation_id(), &tried).await {
-            Ok(claim) => claim,
-            Err(e) if e.is_transient() => {
-                progress.detail(format!("waiting for the database to read the registered workers ({e})"));
-                if !pauses.sleep(token).await {
-                    return Err(JobError::Cancelled);
-                }
-                continue;
-            }
-            Err(e) => return Err(JobError::failed_by(format!("could not read the registered workers: {e}"), e)),
-        };
-        let worker = match claim {
-            Claim::Got(worker) => worker,
-            waiting => {
-                pool.count("waited");
-                tried.clear();
-                progress.detail(match waiting {
-                    Claim::NoneFree { busy, unavailable: 0 } => {
-                        format!("waiting for a free backtest worker ({busy} busy)")
-                    }
-                    Claim::NoneFree { busy, unavailable } => {
-                        format!("waiting for a free backtest worker ({busy} busy, {unavailable} unavailable)")
-                    }
-                    _ => "waiting for a backtest worker to register (none is)".to_owned(),
-                });
-                if !pauses.sleep(token).await {
-                    return Err(JobError::Cancelled);
-                }
-                continue;
-            }
-        };
+        let claimed =
+            pool.claim_waiting(BACKTEST_WORKER, "backtest", Some("none is"), &mut tried, ctx, progress).await?;
+        // Backtests have nowhere else to go: they wait while none is registered.
+        let worker = claimed.ok_or_else(|| JobError::failed("no backtest worker is registered"))?;
         let release = Release::new(pool.clone(), &worker.worker_id, ctx.operation_id());
         let client = match pool.client_for(&worker.endpoint_url) {
             Ok(client) => client,

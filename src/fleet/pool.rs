@@ -6,22 +6,28 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::backoff::Backoff;
 use crate::fleet::CompletedReport;
 use crate::hosts::training::{HostSnapshot, HostStatus, ProtocolChoice, TrainingClient};
 use crate::hosts::{ClientBuildError, HostClient, HostSettings};
 use crate::metrics::Metrics;
 use crate::ops::store::StoredWorker;
+use crate::ops::{JobError, OperationHandle, ProgressReporter};
 use crate::ops::{Store, StoreError};
 
 /// How often a training reads the registry's news of its worker (the health checks gave up on
 /// it, it registered elsewhere, it reported at another replica).
 pub const REGISTRY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Pauses while no worker of the type is free.
+const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
 
 /// A registered worker that work runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +160,54 @@ impl WorkerPool {
         }
         let count = |status: &str| workers.iter().filter(|w| w.status == status).count();
         Ok(Claim::NoneFree { busy: count("busy"), unavailable: count("temporarily_unavailable") })
+    }
+
+    /// Claims a free worker of `worker_type` for the operation, skipping `tried` ones and waiting —
+    /// cancellably, its step saying why ("waiting for a free {noun} worker (2 busy)") — while none
+    /// is free. With none registered it waits too, saying `none_registered`, or — `None` — gives
+    /// up at once (`Ok(None)`: the caller has somewhere else to go).
+    pub async fn claim_waiting(
+        &self,
+        worker_type: &str,
+        noun: &str,
+        none_registered: Option<&str>,
+        tried: &mut HashSet<String>,
+        ctx: &OperationHandle,
+        progress: &ProgressReporter,
+    ) -> Result<Option<StoredWorker>, JobError> {
+        let mut pauses = WAITING_FOR_WORKER.pauses();
+        loop {
+            let claim = match self.claim(worker_type, ctx.operation_id(), tried).await {
+                Ok(claim) => claim,
+                // A database restarting or out of reach for a moment: the work waits for it.
+                Err(e) if e.is_transient() => {
+                    progress.detail(format!("waiting for the database to read the registered workers ({e})"));
+                    if !pauses.sleep(ctx.token()).await {
+                        return Err(JobError::Cancelled);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(JobError::failed_by(format!("could not read the registered workers: {e}"), e)),
+            };
+            progress.detail(match claim {
+                Claim::Got(worker) => return Ok(Some(*worker)),
+                Claim::NoneRegistered if none_registered.is_none() => return Ok(None),
+                Claim::NoneFree { busy, unavailable: 0 } => format!("waiting for a free {noun} worker ({busy} busy)"),
+                Claim::NoneFree { busy, unavailable } => {
+                    format!("waiting for a free {noun} worker ({busy} busy, {unavailable} unavailable)")
+                }
+                Claim::NoneRegistered => {
+                    format!("waiting for a {noun} worker to register ({})", none_registered.unwrap_or_default())
+                }
+            });
+            self.count("waited");
+            // Every worker may be tried again once free, a lost one too once its health checks
+            // find it back.
+            tried.clear();
+            if !pauses.sleep(ctx.token()).await {
+                return Err(JobError::Cancelled);
+            }
+        }
     }
 
     /// Counts one dispatch decision: `worker` (started on a registered worker), `host` (none

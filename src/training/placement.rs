@@ -5,14 +5,12 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::fleet::pool::WorkerPool;
 use crate::fleet::pool::WorkerRef;
-use crate::fleet::pool::{Claim, WorkerPool};
 use crate::fleet::stop::Release;
 use crate::fleet::stop::{StartGate, remote_stop};
 use crate::hosts::HostErrorKind;
@@ -49,9 +47,6 @@ impl Launch<'_> {
 /// The worker type trainings go to.
 pub const TRAINING_WORKER: &str = "training";
 
-/// Pauses while every registered training worker is busy.
-const WAITING_FOR_WORKER: Backoff = Backoff::exponential(Duration::from_millis(250), Duration::from_secs(2));
-
 /// Places the training on a free registered worker other than those in `avoid` — waiting,
 /// cancellably, while none is free — or, with none registered, on the configured host.
 #[allow(clippy::too_many_arguments)]
@@ -66,46 +61,15 @@ pub(super) async fn place(
     token: &CancellationToken,
 ) -> Result<Placement, JobError> {
     let mut tried = avoid.clone();
-    let mut pauses = WAITING_FOR_WORKER.pauses();
+    // With a training host configured, trainings go there while no worker is registered.
+    let none_registered = (!settings.host_configured).then_some("none is, and hosts.training.url is empty");
     loop {
-        let claim = match pool.claim(TRAINING_WORKER, ctx.operation_id(), &tried).await {
-            Ok(claim) => claim,
-            // A database restarting or out of reach for a moment: the training waits for it.
-            Err(e) if e.is_transient() => {
-                progress.detail(format!("waiting for the database to read the registered workers ({e})"));
-                if !pauses.sleep(token).await {
-                    return Err(JobError::Cancelled);
-                }
-                continue;
-            }
-            Err(e) => return Err(JobError::failed_by(format!("could not read the registered workers: {e}"), e)),
-        };
-        let worker = match claim {
-            Claim::NoneRegistered if settings.host_configured => {
-                let session = start_on_host(host, launch.request(), settings, ctx, progress, token).await?;
-                forget_epochs_after(ctx, None);
-                return Ok(Placement { client: host.clone(), worker: None, session });
-            }
-            Claim::NoneFree { .. } | Claim::NoneRegistered => {
-                pool.count("waited");
-                // Every worker may be tried again once free, the lost one too once its health
-                // checks find it back.
-                tried.clear();
-                progress.detail(match claim {
-                    Claim::NoneFree { busy, unavailable: 0 } => {
-                        format!("waiting for a free training worker ({busy} busy)")
-                    }
-                    Claim::NoneFree { busy, unavailable } => {
-                        format!("waiting for a free training worker ({busy} busy, {unavailable} unavailable)")
-                    }
-                    _ => "waiting for a training worker to register (none is, and hosts.training.url is empty)".into(),
-                });
-                if !pauses.sleep(token).await {
-                    return Err(JobError::Cancelled);
-                }
-                continue;
-            }
-            Claim::Got(worker) => worker,
+        let claimed =
+            pool.claim_waiting(TRAINING_WORKER, "training", none_registered, &mut tried, ctx, progress).await?;
+        let Some(worker) = claimed else {
+            let session = start_on_host(host, launch.request(), settings, ctx, progress, token).await?;
+            forget_epochs_after(ctx, None);
+            return Ok(Placement { client: host.clone(), worker: None, session });
         };
         let release = Release::new(pool.clone(), &worker.worker_id, ctx.operation_id());
         let client = match pool.client_for(&worker.endpoint_url) {

@@ -1,7 +1,7 @@
 """The dashboard in headless Chromium against a running service (`serve --sim` with some IB latency).
 
-1,000 operations are listed (time to first paint of the list), a data load is started from the
-form, its progress bar moves, it is cancelled with its button and shown `cancelled`, then resumed
+1,000 operations are listed (time to first paint of the list), the backtest form's refusal is
+shown, a data load is started from the form, its progress bar moves, it is cancelled with its button and shown `cancelled`, then resumed
 from its details as a new, linked operation. A screenshot goes to $SCREENSHOT. Playwright drives Debian's /usr/bin/chromium (no browser download).
 
 Usage: BASE_URL=http://127.0.0.1:8000 SCREENSHOT=out.png python dashboard.py
@@ -122,6 +122,17 @@ def main():
             check("CUDA" in page.locator('tr[data-worker="browser-test-worker"]').text_content(),
                   "the worker's GPU is shown")
             print("workers view: the registered worker is listed")
+
+            # The backtest form sends numbers and shows the service's refusal, which names the model.
+            form = page.locator("#backtest-form")
+            form.locator("input[name=start_date]").fill("2024-01-01")
+            form.locator("input[name=end_date]").fill("2024-03-31")
+            form.locator("input[name=model_path]").fill("models/example_mlp/1h_v99")
+            page.get_by_role("button", name="Start backtest").click()
+            page.wait_for_function(
+                "() => /Could not start the backtest: .*example_mlp.1h_v99/.test(document.getElementById('notice').textContent)",
+                timeout=15000)
+            print("backtest form: the refusal names the missing model")
 
             # Start a load from the form.
             form = page.locator("#load-form")

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The compose suite: the deployment users run (docker-compose.yml: two replicas on PostgreSQL,
-the host simulators, two training workers), started for real and broken on purpose.
+the host simulators, two training workers, a backtest worker), started for real and broken on
+purpose.
 
   up --build       both replicas healthy, and how long after their containers started
   cross-replica    a data load started on replica 1 is seen completed on replica 2
   training         a training through the compose workers completes
+  backtest         a backtest of that model on the backtest worker completes, its metrics whole
   cancel anywhere  a DELETE on replica 2 stops replica 1's work
   kill             replica 1 killed mid-load: replica 2 takes the load over and completes it
   partition        replica 1 cut off the network past its lease while it owns a running load:
@@ -152,7 +154,7 @@ def up():
     for service, base in (("ktrdr-ops", R1), ("ktrdr-ops-2", R2)):
         wait(f"{service} healthy", lambda: healthy(base), 60)
         times.append(time.time() - started_at(container(service)))
-    wait("both workers registered", lambda: len(call("GET", f"{R1}/api/v1/workers")[1] or []) >= 2, 30)
+    wait("all three workers registered", lambda: len(call("GET", f"{R1}/api/v1/workers")[1] or []) >= 3, 30)
     return f"up --build {built:.0f} s; healthy {times[0]:.1f} s / {times[1]:.1f} s after their containers started"
 
 
@@ -170,6 +172,20 @@ def training():
     r = record(R1, op_id)
     assert final == "completed", r
     return f"on worker {r['progress']['context'].get('worker_id')}"
+
+
+def backtest():
+    body = {"strategy_name": "example_mlp", "start_date": "2024-01-01", "end_date": "2024-03-31"}
+    status, answer = call("POST", f"{R1}/api/v1/backtests/start", body)
+    assert status == 200 and answer["mode"] == "distributed", (status, answer)
+    op_id = answer["operation_id"]
+    final = wait("the backtest ended", lambda: ended(R2, op_id), 120)
+    r = record(R2, op_id)
+    assert final == "completed", r
+    metrics = r["result_summary"]["metrics"]
+    assert len(metrics) == 22 and metrics["winning_trades"] + metrics["losing_trades"] <= metrics["total_trades"], r
+    return (f"on worker {r['progress']['context'].get('worker_id')}: {metrics['total_trades']} trades, "
+            f"{r['result_summary']['equity_curve_length']} bars")
 
 
 def cancel_anywhere():
@@ -254,6 +270,7 @@ def main():
         step("docker compose up --build", up)
         step("a load on replica 1, completed on replica 2", cross_replica)
         step("a training through the compose workers", training)
+        step("a backtest of that model on the backtest worker", backtest)
         step("a DELETE on replica 2 stops replica 1's work", cancel_anywhere)
         step("replica 1 killed mid-load: replica 2 takes over", kill)
         step("network partition of replica 1", partition)

@@ -266,3 +266,46 @@ async fn requests_that_cannot_run_are_refused_at_the_edge_and_retries_start_one(
     assert_eq!((first.0, again.0), (200, 200));
     assert_eq!(first.1["operation_id"], again.1["operation_id"]);
 }
+
+/// A backtest worker as a process of its own (so that it can be killed), registering with `base`:
+/// the process and the worker's URL.
+async fn backtest_worker_process(app: &TestApp) -> (tokio::process::Child, String) {
+    let data_dir = app.data_dir.path().to_str().unwrap();
+    let args = ["--backtest-workers", "1", "--backtest-listen", "127.0.0.1:0", "--backend-url", &app.base];
+    let (child, urls) = crate::common::sim_process_urls(data_dir, &args, &[]).await;
+    (child, urls[2].clone())
+}
+
+#[tokio::test]
+async fn a_killed_workers_backtest_moves_to_another_and_resumes_from_its_checkpoint() {
+    let app = app(0, 0).await;
+    let mut workers = vec![backtest_worker_process(&app).await, backtest_worker_process(&app).await];
+    for (_, url) in &workers {
+        // Slow enough to be killed mid-run, with a checkpoint every 300 bars.
+        let knobs = json!({ "bars_per_second": 1_000, "checkpoint_every": 300 });
+        app.http.put(format!("{url}/sim/knobs")).json(&knobs).send().await.unwrap().error_for_status().unwrap();
+    }
+    let urls: Vec<&str> = workers.iter().map(|(_, url)| url.as_str()).collect();
+    let ids = crate::workers::registered(&app.base, &urls).await;
+    let id = start(&app, backtest(json!({}))).await;
+    let checkpointed = until_record(&app.base, &id, "a checkpoint", Duration::from_secs(20), |r| {
+        r["progress"]["context"]["bars_processed"].as_u64().unwrap_or(0) >= 700 || ended(r)
+    })
+    .await;
+    let first = checkpointed["progress"]["context"]["worker_id"].as_str().unwrap().to_owned();
+    let victim = ids.iter().position(|w| *w == first).expect("it runs on one of the two");
+    workers[victim].0.kill().await.unwrap();
+    let done = until_record(&app.base, &id, "the end", Duration::from_secs(30), ended).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_ne!(done["progress"]["context"]["worker_id"].as_str(), Some(first.as_str()), "it moved");
+    let warnings = done["warnings"].to_string();
+    assert!(warnings.contains(&format!("worker {first} stopped answering")), "{warnings}");
+    assert!(warnings.contains("resuming from its checkpoint at 2024-"), "{warnings}");
+
+    // The same backtest, never interrupted, on the worker left: the same figures.
+    let left = &workers[1 - victim].1;
+    app.http.put(format!("{left}/sim/knobs")).json(&json!({ "bars_per_second": 0 })).send().await.unwrap();
+    let straight = start(&app, backtest(json!({}))).await;
+    let whole = until_record(&app.base, &straight, "the straight run", Duration::from_secs(30), ended).await;
+    assert_eq!(whole["result_summary"]["metrics"], done["result_summary"]["metrics"]);
+}

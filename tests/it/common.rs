@@ -359,6 +359,17 @@ pub async fn sim_process(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, String, String) {
+    let (child, urls) = sim_process_urls(data_dir, args, env).await;
+    (child, urls[0].clone(), urls[1].clone())
+}
+
+/// [`sim_process`], with every URL of the line it prints: the IB and training simulators', then
+/// its workers' (training, then backtest), then the service they register with.
+pub async fn sim_process_urls(
+    data_dir: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, Vec<String>) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ktrdr-ops"))
         .args(["sim", "--ib-listen", "127.0.0.1:0", "--training-listen", "127.0.0.1:0", "--data-dir", data_dir])
         .args(args)
@@ -389,7 +400,7 @@ pub async fn sim_process(
         .filter(|w| w.starts_with("http://"))
         .map(|w| w.trim_end_matches(',').trim_end_matches('"').to_owned())
         .collect();
-    (child, urls[0].clone(), urls[1].clone())
+    (child, urls)
 }
 
 /// The service binary as a child process (for tests that kill it).

@@ -58,26 +58,16 @@ pub struct BacktestOrder {
     pub timeframe: String,
     pub start_date: String,
     pub end_date: String,
-    #[serde(default = "default_capital")]
+    #[serde(default = "crate::backtest::default_capital")]
     pub initial_capital: f64,
-    #[serde(default = "default_commission")]
+    #[serde(default = "crate::backtest::default_commission")]
     pub commission: f64,
-    #[serde(default = "default_slippage")]
+    #[serde(default = "crate::backtest::default_slippage")]
     pub slippage: f64,
     #[serde(default)]
     pub model_path: Option<String>,
     #[serde(default)]
     pub timeframes: Vec<String>,
-}
-
-fn default_capital() -> f64 {
-    100_000.0
-}
-fn default_commission() -> f64 {
-    0.001
-}
-fn default_slippage() -> f64 {
-    0.0005
 }
 
 /// One run as the operations API shows it.
