@@ -114,6 +114,7 @@ fn date_time(field: &str, text: &str, end: bool) -> Result<(String, i64), Invali
         Invalid::new(field, format!("{field} `{text}` is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)"))
     })?;
     let date_only = !text.contains(['T', ' ', ':']);
+    // A date's last second always exists (chrono's last date ends at 23:59:59 too).
     let ts = if end && date_only { ts + chrono::Duration::seconds(86_399) } else { ts };
     Ok((ts.format("%Y-%m-%dT%H:%M:%S").to_string(), ts.timestamp()))
 }
@@ -267,6 +268,7 @@ mod tests {
         assert_eq!(date_time("e", "2024-01-01", true).unwrap().0, "2024-01-01T23:59:59");
         assert_eq!(date_time("e", "2024-01-01T12:30:00Z", true).unwrap().0, "2024-01-01T12:30:00");
         assert_eq!(date_time("e", "2024-13-01", true).unwrap_err().field, "e");
+        assert_eq!(date_time("e", "+262142-12-31", true).unwrap().0, "+262142-12-31T23:59:59");
         assert!(fraction("c", -0.001).is_err() && fraction("c", f64::NAN).is_err() && fraction("c", 0.0).is_ok());
     }
 
