@@ -48,6 +48,7 @@ impl From<Refusal> for ApiError {
         (status = 400, description = "Unreadable JSON, or a model or strategy path outside its folder", body = ErrorEnvelope),
         (status = 404, description = "No such strategy (STRATEGY_NOT_FOUND) or trained model (MODEL_NOT_FOUND)", body = ErrorEnvelope),
         (status = 413, description = "Body too large", body = ErrorEnvelope),
+        (status = 415, description = "Body not JSON", body = ErrorEnvelope),
         (status = 422, description = "Invalid request, or a v3 strategy that does not validate (STRATEGY_INVALID)", body = ErrorEnvelope),
         (status = 429, description = "operations.max_active operations run or wait already; see Retry-After", body = ErrorEnvelope),
         (status = 503, description = "Shutting down, or the database is unavailable", body = ErrorEnvelope),

@@ -1,6 +1,9 @@
 //! The training host service (hosts.md §2), both protocol generations behind one interface:
 //! start, poll (into one [`HostSnapshot`] shape), stop, result. `auto` probes the host once
 //! (`GET /api/v1/operations` answering 200 means the operations generation) and remembers.
+//! ktrdr's other workers (backtest workers) serve the same operations API: their work is started
+//! and resumed by path ([`TrainingClient::start_operation`], [`TrainingClient::resume_operation`])
+//! and followed and stopped through this client too.
 
 use parking_lot::Mutex;
 use std::time::Duration;

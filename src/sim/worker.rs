@@ -1,9 +1,9 @@
 //! Simulated workers (workers.md §6): training simulators of the operations generation and
-//! backtest simulators that register themselves with the service as ktrdr's workers do — five tries with doubling
-//! pauses at start, a monitor that registers again when the service stopped checking on the
-//! worker and no longer knows it, and `POST /backend-shutdown`, after which the worker tries every
-//! 2 s to register with the service once it is back. Operations the service names in
-//! `stop_operations` are stopped.
+//! backtest simulators that register themselves with the service as ktrdr's workers do — five
+//! tries with doubling pauses at start, a monitor that registers again when the service stopped
+//! checking on the worker and no longer knows it, and `POST /backend-shutdown`, after which the
+//! worker tries every 2 s to register with the service once it is back. Operations the service
+//! names in `stop_operations` are stopped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
