@@ -35,6 +35,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -132,6 +133,10 @@ pub fn router(state: AppState) -> Router {
         router = router.layer(cors);
     }
     router
+        // gzip for clients that ask (browsers, Prometheus): the dashboard page, lists, records,
+        // /metrics. Event streams are left alone — the encoder would hold events back until
+        // its buffer fills.
+        .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
         }))

@@ -66,8 +66,14 @@ def main():
 
     status, page_body = request("GET", "/")
     check(status == 200, f"GET / answered {status}")
-    print(f"dashboard page weight: {len(page_body) / 1024:.1f} KB (everything: HTML, CSS and JS in one document)")
+    gzipped = urllib.request.Request(BASE + "/", headers={"accept-encoding": "gzip"})
+    with urllib.request.urlopen(gzipped, timeout=30) as response:
+        check(response.headers.get("content-encoding") == "gzip", "the page is sent gzipped to a browser")
+        sent = len(response.read())
+    print(f"dashboard page weight: {len(page_body) / 1024:.1f} KB, {sent / 1024:.1f} KB gzipped as browsers get it "
+          f"(everything: HTML, CSS and JS in one document)")
     check(len(page_body) <= 100 * 1024, "the page weighs at most 100 KB")
+    check(sent <= 40 * 1024, "the page weighs at most 40 KB compressed")
 
     page_errors = []
     with sync_playwright() as playwright:

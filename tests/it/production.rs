@@ -311,3 +311,35 @@ async fn retention_deletes_only_old_finished_operations_and_keys() {
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ktrdr_ops_operations_deleted_total 2"), "{metrics}");
 }
+
+#[tokio::test]
+async fn pages_and_json_are_gzipped_for_clients_that_ask_and_streams_are_not() {
+    let app = TestApp::spawn().await;
+    app.start_dummy(100, 10_000).await;
+    let gunzip = |bytes: &[u8]| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut text).unwrap();
+        text
+    };
+    for path in ["/", "/api/v1/operations", "/api/v1/openapi.json"] {
+        let plain = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(plain.headers().get("content-encoding"), None, "{path}: only for clients that ask");
+        let plain = plain.text().await.unwrap();
+        let zipped = app.http.get(app.url(path)).header("accept-encoding", "gzip").send().await.unwrap();
+        assert_eq!(zipped.headers()["content-encoding"], "gzip", "{path}");
+        let zipped = zipped.bytes().await.unwrap();
+        assert!(zipped.len() < plain.len(), "{path}: {} of {} bytes", zipped.len(), plain.len());
+        let text = gunzip(&zipped);
+        if path == "/" {
+            assert_eq!(text, plain, "the page");
+            assert!(zipped.len() <= 40 << 10, "the dashboard weighs {} bytes compressed", zipped.len());
+        } else {
+            assert!(serde_json::from_str::<Value>(&text).unwrap().is_object(), "{path}: {text}");
+        }
+    }
+    // An event stream is sent as it happens, never held back by an encoder.
+    let stream =
+        app.http.get(app.url("/api/v1/operations/events")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(stream.headers().get("content-encoding"), None);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+}
