@@ -283,20 +283,42 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
 }
 
-/// Every change of every operation, one stream: `event: operation` with the record, `id:` = a
-/// global sequence number; resumes after `Last-Event-ID` (an `event: reset` says changes were
-/// missed and the client should reload the list). Bursts are coalesced to each operation's
-/// latest version. Feeds the dashboard.
+/// What each event of the list-wide stream carries.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AllEventsQuery {
+    /// `record` (the default): the whole record; `row`: the list row (`GET /operations`'
+    /// `data[]`: id, type, status, percentage, step, ETA, summary, duration) — a few hundred bytes
+    /// whatever the record holds, for lists that read the whole record only when asked.
+    view: Option<String>,
+}
+
+/// Every change of every operation, one stream: `event: operation` with the record (or its list
+/// row, `?view=row`), `id:` = a global sequence number; resumes after `Last-Event-ID` (an
+/// `event: reset` says changes were missed and the client should reload the list). Bursts are
+/// coalesced to each operation's latest version. Feeds the dashboard.
 #[utoipa::path(get, path = "/api/v1/operations/events", tag = "operations", params(
     ("Last-Event-ID" = Option<String>, Header, description = "The last sequence number received"),
+    AllEventsQuery,
 ), responses(
     (status = 200, description = "A stream of `operation` (and `reset`) events", content_type = "text/event-stream", body = OperationEvent),
+    (status = 422, description = "An unknown view", body = ErrorEnvelope),
     (status = 503, description = "Too many streams open (`server.max_streams`); see Retry-After", body = ErrorEnvelope),
 ))]
 async fn all_events(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(query): Query<AllEventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rows = match query.view.as_deref() {
+        None | Some("" | "record") => false,
+        Some("row") => true,
+        Some(other) => {
+            return Err(crate::invalid::Invalid::new("view", format!("view `{other}` is not `record` or `row`"))
+                .allowed(json!(["record", "row"]))
+                .into());
+        }
+    };
     let slot = state.stream_slot()?;
     let feed_now = state.orchestrator.feed().current();
     let last = headers
@@ -308,6 +330,7 @@ async fn all_events(
         .unwrap_or(feed_now);
     struct Follow {
         state: AppState,
+        rows: bool,
         last: u64,
         changes: tokio::sync::watch::Receiver<u64>,
         ready: std::collections::VecDeque<Event>,
@@ -317,6 +340,7 @@ async fn all_events(
         changes: state.orchestrator.feed().subscribe(),
         shutdown: state.orchestrator.shutdown_token(),
         state,
+        rows,
         last,
         ready: Default::default(),
     };
@@ -334,9 +358,14 @@ async fn all_events(
                 f.last = seq;
                 if let Ok(Some(lookup)) = f.state.orchestrator.get(&id).await {
                     let snapshot = lookup.snapshot();
-                    let json = snapshot.record_json();
-                    let data = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
-                    f.ready.push_back(Event::default().event("operation").id(seq.to_string()).data(data));
+                    let event = Event::default().event("operation").id(seq.to_string());
+                    f.ready.push_back(if f.rows {
+                        let row = summary(&snapshot, f.state.orchestrator.summary(&snapshot.record));
+                        event.json_data(row).expect("a list row serialises")
+                    } else {
+                        let json = snapshot.record_json();
+                        event.data(std::str::from_utf8(&json).expect("serde_json writes UTF-8"))
+                    });
                 }
             }
             if !f.ready.is_empty() {

@@ -498,6 +498,31 @@ async fn one_stream_follows_every_operation_and_resumes_after_the_last_event_id(
 }
 
 #[tokio::test]
+async fn the_list_wide_stream_sends_list_rows_when_asked() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/api/v1/operations/events?view=row");
+    let reader = {
+        let (http, url) = (app.http.clone(), url.clone());
+        tokio::spawn(async move { read_sse(&http, &url, None, 10_000, Duration::from_secs(2)).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = app.start_dummy(3, 20).await;
+    app.wait_for_status(&id, "completed", Duration::from_secs(5)).await;
+    let events = reader.await.unwrap();
+    let mine: Vec<&Value> = events.iter().map(|e| &e.data).filter(|d| d["operation_id"] == id.as_str()).collect();
+    assert!(mine.len() >= 2, "{mine:?}");
+    let (_, list) = app.get("/api/v1/operations").await;
+    let row = list["data"].as_array().unwrap().iter().find(|r| r["operation_id"] == id.as_str()).unwrap().clone();
+    let last = mine.last().unwrap();
+    assert_eq!(last["status"], "completed");
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(last), keys(&row), "the list row's fields: {last}");
+    assert!(last.get("metadata").is_none() && last.get("progress").is_none(), "{last}");
+    let (status, body) = app.get("/api/v1/operations/events?view=everything").await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (422, Some("view")), "{body}");
+}
+
+#[tokio::test]
 async fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn().await;
