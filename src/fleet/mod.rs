@@ -3,11 +3,11 @@
 //! survives restarts and every replica sees the same one, health-checked concurrently by one
 //! replica at a time, claimed one operation at a time ([`pool`]), followed and stopped
 //! ([`stop`]). A registration never reopens an operation that is terminal here: the answer
-//! names it in `stop_operations` instead. What a type does on its worker lives in its domain.
+//! names it in `stop_operations` instead. What a type does on its worker lives in its domain; the
+//! HTTP calls to workers live with the other host clients (`hosts::workers`, `hosts::training`).
 
 pub mod follow;
 pub mod pool;
-pub mod probe;
 pub mod registration;
 pub mod stop;
 
@@ -20,10 +20,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::hosts::endpoints::EndpointPolicy;
+use crate::hosts::workers::WorkerProbe;
 use crate::ops::store::{HealthOutcome, StoredWorker};
 use crate::ops::{Store, StoreError};
 use crate::time;
-use probe::WorkerProbe;
 pub use registration::{
     CompletedReport, MAX_CAPABILITIES_BYTES, MAX_WORKER_WORDS, Registration, WORKER_STATUSES, WORKER_TYPES,
     cap_worker_words, check_worker_type,

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::fleet::probe::plain_id;
 use crate::hosts::endpoints::EndpointPolicy;
+use crate::hosts::workers::plain_id;
 use crate::invalid::Invalid;
 
 /// The worker types ktrdr knows.

@@ -15,6 +15,7 @@ pub mod pacing;
 pub mod sse;
 pub mod stall;
 pub mod training;
+pub mod workers;
 
 use parking_lot::Mutex;
 use std::fmt;

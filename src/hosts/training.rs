@@ -96,7 +96,7 @@ impl StartError {
 
 /// The id a start answer names, when it looks like one (it is used in URLs and records).
 fn usable_id(id: Option<String>, answer: &Value, host: &str) -> Result<String, StartError> {
-    id.filter(|id| crate::fleet::probe::plain_id(id)).ok_or_else(|| {
+    id.filter(|id| crate::hosts::workers::plain_id(id)).ok_or_else(|| {
         let what = crate::hosts::describe_answer(answer.to_string().as_bytes());
         StartError::Rejected(format!("the {host} answered without a usable session id ({what})"))
     })

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::probe::plain_id;
+use crate::hosts::workers::plain_id;
 use crate::sim::fastapi::FastJson;
 use crate::time;
 
