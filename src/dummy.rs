@@ -118,6 +118,11 @@ impl Job for DummyJob {
         None
     }
 
+    /// `100 × 2000 ms`.
+    fn subject(request: &DummyRequest) -> Option<String> {
+        Some(format!("{} × {} ms", request.parameters.iterations, request.parameters.interval_ms))
+    }
+
     async fn run(self, ctx: JobContext<Self>) -> JobResult {
         {
             let DummyParams { iterations, interval_ms } = self.params;

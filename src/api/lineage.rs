@@ -169,6 +169,6 @@ async fn retry(
 async fn children(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<OperationList>, ApiError> {
     let children = state.orchestrator.children(&id).await?.ok_or_else(|| ApiError::operation_not_found(&id))?;
     let active_count = children.iter().filter(|c| !c.is_terminal()).count() as u64;
-    let data: Vec<_> = children.iter().map(|c| summary(c, state.orchestrator.summary(&c.record))).collect();
+    let data: Vec<_> = children.iter().map(|c| summary(c, state.orchestrator.labels(&c.record))).collect();
     Ok(Json(OperationList { success: true, total_count: data.len() as u64, data, active_count }))
 }

@@ -17,6 +17,7 @@ mod health;
 mod lineage;
 pub mod openapi;
 mod operations;
+mod overview;
 mod prometheus;
 pub mod schemas;
 pub mod server;
@@ -98,6 +99,7 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(operations::router())
         .merge(lineage::router())
+        .merge(overview::router())
         .merge(timed(checkpoints::router()))
         .merge(timed(workers::router()))
         .merge(timed(data::router()))

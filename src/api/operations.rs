@@ -25,7 +25,7 @@ use crate::api::schemas::{
     CancelAnswer, CancelBody, Cancelled, ErrorEnvelope, MetricsAnswer, OperationEnvelope, OperationEvent,
     OperationList, OperationMetrics, OperationSummary, Results,
 };
-use crate::ops::{ListFilter, Lookup, Snapshot, Status};
+use crate::ops::{ListFilter, Lookup, RowLabels, Snapshot, Status};
 use crate::time;
 
 /// Ids longer than this are not ours; answer 404 without asking the store.
@@ -63,7 +63,17 @@ struct ListQuery {
     limit: Option<String>,
     /// At least 0.
     offset: Option<String>,
+    /// (ext) Every type but this one, e.g. `dummy`.
+    exclude_type: Option<String>,
+    /// (ext) Words the id, symbol, strategy or another request field contains (case-insensitive,
+    /// at most 100 characters).
+    q: Option<String>,
+    /// (ext) `newest` (the default) or `oldest` first.
+    sort: Option<String>,
 }
+
+/// The longest search a list takes.
+const MAX_SEARCH_CHARS: usize = 100;
 
 fn parse_bool(field: &str, text: &str) -> Result<bool, ApiError> {
     match text.to_ascii_lowercase().as_str() {
@@ -100,20 +110,36 @@ async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> 
         })?,
     };
     let active_only = query.active_only.as_deref().map(|t| parse_bool("active_only", t)).transpose()?.unwrap_or(false);
+    let search = query.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
+    if search.as_ref().is_some_and(|q| q.chars().count() > MAX_SEARCH_CHARS) {
+        return Err(ApiError::invalid("q", format!("q must be at most {MAX_SEARCH_CHARS} characters")));
+    }
+    let oldest_first = match query.sort.as_deref() {
+        None | Some("" | "newest") => false,
+        Some("oldest") => true,
+        Some(other) => {
+            return Err(crate::invalid::Invalid::new("sort", format!("sort `{other}` is not `newest` or `oldest`"))
+                .allowed(json!(["newest", "oldest"]))
+                .into());
+        }
+    };
     let filter = ListFilter {
         status,
         operation_type: query.operation_type.filter(|t| !t.is_empty()),
+        exclude_type: query.exclude_type.filter(|t| !t.is_empty()),
+        search,
         active_only,
+        oldest_first,
         limit,
         offset,
     };
     let (operations, total_count, active_count) = state.orchestrator.list(&filter).await?;
-    let data = operations.iter().map(|s| summary(s, state.orchestrator.summary(&s.record))).collect();
+    let data = operations.iter().map(|s| summary(s, state.orchestrator.labels(&s.record))).collect();
     Ok(Json(OperationList { success: true, data, total_count, active_count }).into_response())
 }
 
-/// A list row (api.md §3); `symbol` is the job's own one-line summary.
-pub(super) fn summary(snapshot: &Snapshot, symbol: Option<String>) -> OperationSummary {
+/// A list row (api.md §3), labelled by the operation's job.
+pub(super) fn summary(snapshot: &Snapshot, labels: RowLabels) -> OperationSummary {
     let r = &snapshot.record;
     OperationSummary {
         operation_id: r.operation_id.clone(),
@@ -123,8 +149,24 @@ pub(super) fn summary(snapshot: &Snapshot, symbol: Option<String>) -> OperationS
         progress_percentage: r.progress.percentage,
         current_step: r.progress.current_step.clone(),
         eta_seconds: r.progress.eta_seconds,
-        symbol,
+        symbol: labels.symbol,
         duration_seconds: r.duration_seconds(),
+        subject: labels.subject,
+        items_processed: r.progress.items_processed,
+        started_at: r.started_at.as_ref().map(time::format),
+        completed_at: r.completed_at.as_ref().map(time::format),
+        error: r.error_message.as_deref().map(first_line),
+        parent_operation_id: r.parent_operation_id.clone(),
+    }
+}
+
+/// A message's first line, cut at a character boundary to fit a list row.
+fn first_line(message: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    let line = message.lines().next().unwrap_or_default().trim_end();
+    match line.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
     }
 }
 
@@ -283,13 +325,17 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
 }
 
+/// The least time between two batches of the list-wide stream's rows.
+const ROW_PACE: Duration = Duration::from_millis(250);
+
 /// What each event of the list-wide stream carries.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct AllEventsQuery {
     /// `record` (the default): the whole record; `row`: the list row (`GET /operations`'
-    /// `data[]`: id, type, status, percentage, step, ETA, summary, duration) — a few hundred bytes
-    /// whatever the record holds, for lists that read the whole record only when asked.
+    /// `data[]`: id, type, status, percentage, step, ETA, subject, duration…) — a few hundred
+    /// bytes whatever the record holds, at most one per operation every 250 ms, for lists that
+    /// read the whole record only when asked.
     view: Option<String>,
 }
 
@@ -360,7 +406,7 @@ async fn all_events(
                     let snapshot = lookup.snapshot();
                     let event = Event::default().event("operation").id(seq.to_string());
                     f.ready.push_back(if f.rows {
-                        let row = summary(&snapshot, f.state.orchestrator.summary(&snapshot.record));
+                        let row = summary(&snapshot, f.state.orchestrator.labels(&snapshot.record));
                         event.json_data(row).expect("a list row serialises")
                     } else {
                         let json = snapshot.record_json();
@@ -374,6 +420,14 @@ async fn all_events(
             tokio::select! {
                 changed = f.changes.changed() => changed.ok()?,
                 _ = f.shutdown.cancelled() => return None,
+            }
+            if f.rows {
+                // Rows are for eyes: one batch per pace, each operation once in it at its latest.
+                // A hundred running loads then cost a list a few hundred KB/s, not megabytes.
+                tokio::select! {
+                    _ = tokio::time::sleep(ROW_PACE) => {}
+                    _ = f.shutdown.cancelled() => return None,
+                }
             }
         }
     });

@@ -62,6 +62,19 @@ pub struct OperationSummary {
     /// The operation's symbol (or first symbol), when it has one.
     pub symbol: Option<String>,
     pub duration_seconds: Option<f64>,
+    /// (ext) What it works on, in one line: `AAPL 1h · tail`, `strategy · AAPL 1h`.
+    pub subject: Option<String>,
+    /// (ext) Items done (a load's bars, a training's batches…), for throughput.
+    pub items_processed: u64,
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub completed_at: Option<String>,
+    /// (ext) Why it failed or was cancelled: the first line of `error_message`, at most 200
+    /// characters.
+    pub error: Option<String>,
+    /// (ext) The operation this one resumes or retries.
+    pub parent_operation_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -78,9 +78,13 @@ impl Job for BacktestJob {
     /// `pending` while it waits for a free worker: `running` once one took it.
     const STARTS_ITSELF: bool = true;
 
-    /// `EURUSD 1h · strategy`.
     fn summary(request: &BacktestRequest) -> Option<String> {
-        Some(format!("{} {} · {}", request.symbol, request.timeframe, request.parameters.strategy_name))
+        Some(request.symbol.clone())
+    }
+
+    /// `strategy · EURUSD 1h`.
+    fn subject(request: &BacktestRequest) -> Option<String> {
+        Some(format!("{} · {} {}", request.parameters.strategy_name, request.symbol, request.timeframe))
     }
 
     async fn run(self, ctx: JobContext<Self>) -> JobResult {

@@ -231,6 +231,11 @@ impl Job for DataLoadJob {
         Some(spec.symbol.as_str().to_owned())
     }
 
+    /// `AAPL 1h · tail`.
+    fn subject(spec: &LoadSpec) -> Option<String> {
+        Some(format!("{} {} · {}", spec.symbol.as_str(), spec.timeframe, spec.mode.as_str()))
+    }
+
     async fn run(self, ctx: JobContext<Self>) -> JobResult {
         // Stalled host calls show in the step and stay in the warnings.
         observe_stalls(Arc::new(ctx.progress()), self.load(ctx)).await

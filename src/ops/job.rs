@@ -92,8 +92,14 @@ pub trait Job: Send + Sized + 'static {
     /// is `running` as soon as its job runs.
     const STARTS_ITSELF: bool = false;
 
-    /// One line for list rows: what the operation works on.
+    /// The list row's `symbol`: the symbol (or first symbol) the operation works on.
     fn summary(request: &Self::Request) -> Option<String>;
+
+    /// The list row's `subject`: everything that tells this operation from its neighbours in a
+    /// list (symbol, timeframe, mode, strategy…), in one short line. By default the `summary`.
+    fn subject(request: &Self::Request) -> Option<String> {
+        Self::summary(request)
+    }
 
     fn run(self, ctx: JobContext<Self>) -> impl Future<Output = JobResult> + Send + 'static;
 
@@ -184,6 +190,14 @@ type ErasedResume = dyn Fn(&OperationRecord, Option<&Value>, Option<Checkpoint>)
     + Send
     + Sync;
 
+/// What a list row says an operation works on, from its request ([`Job::summary`],
+/// [`Job::subject`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowLabels {
+    pub symbol: Option<String>,
+    pub subject: Option<String>,
+}
+
 /// A kind of operation, registered by its domain. The core has no list of domains: it knows a
 /// type by its name and reaches the job's types only through the functions kept here.
 #[derive(Clone)]
@@ -192,7 +206,7 @@ pub struct OperationType {
     /// `progress.steps_total` at the start.
     pub steps_total: u32,
     pub renderer: Arc<dyn Renderer>,
-    summary: fn(&Map<String, Value>) -> Option<String>,
+    labels: fn(&Map<String, Value>) -> RowLabels,
     reattach: Option<Arc<ErasedReattach>>,
     retry: Option<Arc<ErasedRetry>>,
     resume: Option<Arc<ErasedResume>>,
@@ -215,7 +229,10 @@ impl OperationType {
             name: J::TYPE,
             steps_total: J::Step::ALL.len() as u32,
             renderer,
-            summary: |metadata| decode_request::<J>(metadata).ok().and_then(|r| J::summary(&r)),
+            labels: |metadata| match decode_request::<J>(metadata) {
+                Ok(request) => RowLabels { symbol: J::summary(&request), subject: J::subject(&request) },
+                Err(_) => RowLabels::default(),
+            },
             reattach: None,
             retry: None,
             resume: None,
@@ -285,9 +302,9 @@ impl OperationType {
         self
     }
 
-    /// The list row's one-line summary of an operation of this type.
-    pub fn summary(&self, record: &OperationRecord) -> Option<String> {
-        (self.summary)(&record.metadata)
+    /// What the list row says an operation of this type works on.
+    pub fn labels(&self, record: &OperationRecord) -> RowLabels {
+        (self.labels)(&record.metadata)
     }
 
     /// The job that picks this stored unfinished operation up again, if the type can.

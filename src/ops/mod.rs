@@ -14,7 +14,7 @@ pub mod store;
 
 pub use job::{
     BoxedJob, Job, JobContext, JobError, JobResult, OperationHandle, OperationType, Reattach, RemoteStopHook,
-    RemoteStopReport, Restart, ResumeRefused, Resumption, Steps,
+    RemoteStopReport, Restart, ResumeRefused, Resumption, RowLabels, Steps,
 };
 pub use orchestrator::{
     CancelError, ContinueError, Lookup, NodeIdInUse, Orchestrator, Resumed, Settings, StartupCheck, SubmitError,
@@ -24,5 +24,6 @@ pub use progress::{DefaultRenderer, ProgressReporter, Renderer, StepView};
 pub use record::{OperationRecord, Status};
 pub use snapshot::Snapshot;
 pub use store::{
-    Backend, Checkpoint, CheckpointKind, CheckpointStats, IdempotencyKey, ListFilter, PoolLimits, Store, StoreError,
+    Backend, Checkpoint, CheckpointKind, CheckpointStats, IdempotencyKey, ListFilter, PoolLimits, StatusCount, Store,
+    StoreError,
 };

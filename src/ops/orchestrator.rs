@@ -329,10 +329,10 @@ impl Orchestrator {
         });
     }
 
-    /// The list row's one-line summary of an operation (by its type; `None` for a type this
+    /// What the list row says an operation works on (by its type; nothing for a type this
     /// service does not run).
-    pub fn summary(&self, record: &crate::ops::record::OperationRecord) -> Option<String> {
-        self.inner.types.get(record.operation_type.as_str())?.summary(record)
+    pub fn labels(&self, record: &crate::ops::record::OperationRecord) -> crate::ops::RowLabels {
+        self.inner.types.get(record.operation_type.as_str()).map(|t| t.labels(record)).unwrap_or_default()
     }
 
     /// Stores a new `pending` operation started with `request`, then runs `job` in the background.

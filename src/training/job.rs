@@ -131,6 +131,11 @@ impl Job for TrainingJob {
         request.symbols.first().cloned()
     }
 
+    /// `strategy · AAPL, MSFT 1h`.
+    fn subject(request: &TrainingRequest) -> Option<String> {
+        Some(format!("{} · {} {}", request.strategy_name, request.symbols.join(", "), request.timeframes.join(", ")))
+    }
+
     async fn run(self, ctx: JobContext<Self>) -> JobResult {
         // Stalled host calls show in the step and stay in the warnings.
         observe_stalls(Arc::new(ctx.progress()), self.train(ctx)).await

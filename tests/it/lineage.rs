@@ -102,6 +102,16 @@ async fn a_cancelled_load_resumes_as_a_new_linked_operation_that_fetches_only_wh
     assert_eq!(children["active_count"], 0);
     assert_eq!(children["data"][0]["operation_id"], new.as_str());
     assert_eq!(children["data"][0]["symbol"], "MSFT");
+    // The list rows tell the two apart and link them: what each works on, how the old one ended.
+    let (_, list) = app.get("/api/v1/operations?q=msft").await;
+    let row = |id: &str| list["data"].as_array().unwrap().iter().find(|r| r["operation_id"] == id).cloned().unwrap();
+    let (new_row, old_row) = (row(&new), row(&old));
+    assert_eq!(new_row["parent_operation_id"], old.as_str(), "{new_row}");
+    assert_eq!(new_row["subject"], "MSFT 1m · backfill", "{new_row}");
+    assert_eq!(
+        (old_row["status"].as_str(), old_row["error"].as_str()),
+        (Some("cancelled"), Some("Operation cancelled by user"))
+    );
     let (status, _) = app.get(&format!("/api/v1/checkpoints/{old}")).await;
     assert_eq!(status, 404, "a completed resume leaves nothing to resume");
     let (status, _) = app.get(&format!("/api/v1/checkpoints/{new}")).await;

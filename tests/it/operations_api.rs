@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{TestApp, assert_envelope, read_sse};
+use common::{TestApp, assert_envelope, json_of, read_sse};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -104,6 +104,78 @@ async fn the_list_filters_pages_and_counts_every_stored_operation() {
         assert_eq!(status, 422, "{bad}: {body}");
         assert_eq!(assert_envelope(&body), "VALIDATION_ERROR");
         assert!(body["error"]["details"]["field"].is_string(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn the_list_searches_hides_a_type_sorts_and_says_what_each_row_is() {
+    let app = TestApp::spawn().await;
+    let first = app.start_dummy(2, 1).await;
+    app.wait_for_status(&first, "completed", Duration::from_secs(5)).await;
+    let second = app.start_dummy(1000, 1000).await;
+    let url = app.url(&format!("/api/v1/operations/{second}"));
+    let (status, _) =
+        json_of(app.http.delete(url).json(&json!({ "reason": "line one\nline two" })).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+
+    let (_, list) = app.get("/api/v1/operations").await;
+    let (cancelled, done) = (&list["data"][0], &list["data"][1]);
+    assert_eq!(done["subject"], "2 × 1 ms", "{done}");
+    assert!(done["started_at"].is_string() && done["completed_at"].is_string(), "{done}");
+    assert_eq!(done["error"], Value::Null);
+    assert_eq!(done["items_processed"], 2, "{done}");
+    assert_eq!(cancelled["error"], "line one", "the first line of the reason: {cancelled}");
+    assert_eq!(cancelled["parent_operation_id"], Value::Null);
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["data"].as_array().unwrap().iter().map(|r| r["operation_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (_, oldest) = app.get("/api/v1/operations?sort=oldest").await;
+    assert_eq!(ids(&oldest), [first.clone(), second.clone()]);
+    let tail = &second[second.len() - 10..];
+    let (_, found) = app.get(&format!("/api/v1/operations?q={}", tail.to_uppercase())).await;
+    assert_eq!((ids(&found), found["total_count"].as_u64()), (vec![second.clone()], Some(1)), "by the id's end");
+    // The request is searched too; LIKE's wildcards are taken as they are.
+    let (_, by_request) = app.get("/api/v1/operations?q=interval_ms").await;
+    assert_eq!(by_request["total_count"], 2, "{by_request}");
+    for nothing in ["%25", "d_mmy", "zzz"] {
+        let (_, none) = app.get(&format!("/api/v1/operations?q={nothing}")).await;
+        assert_eq!(none["total_count"], 0, "q={nothing}: {none}");
+    }
+    let (_, hidden) = app.get("/api/v1/operations?exclude_type=dummy").await;
+    assert_eq!((hidden["total_count"].as_u64(), hidden["active_count"].as_u64()), (Some(0), Some(0)));
+
+    for bad in ["sort=sideways".to_owned(), format!("q={}", "x".repeat(101))] {
+        let (status, body) = app.get(&format!("/api/v1/operations?{bad}")).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(assert_envelope(&body), "VALIDATION_ERROR");
+    }
+}
+
+#[tokio::test]
+async fn the_stats_count_a_windows_operations_by_status_and_type() {
+    let app = TestApp::spawn().await;
+    let done = app.start_dummy(1, 0).await;
+    app.wait_for_status(&done, "completed", Duration::from_secs(5)).await;
+    let running = app.start_dummy(1000, 1000).await;
+    let cancelled = app.start_dummy(1000, 1000).await;
+    app.delete(&format!("/api/v1/operations/{cancelled}")).await;
+    app.wait_for_status(&running, "running", Duration::from_secs(5)).await;
+
+    let (status, body) = app.get("/api/v1/operations/stats").await;
+    assert_eq!(status, 200, "{body}");
+    let stats = &body["data"];
+    assert_eq!(stats["window_seconds"], 86_400);
+    assert_eq!(stats["total"], 3);
+    assert_eq!(
+        stats["by_status"],
+        json!({ "pending": 0, "running": 1, "completed": 1, "failed": 0, "cancelled": 1 }),
+        "{stats}"
+    );
+    assert_eq!(stats["by_type"], json!({ "dummy": { "running": 1, "completed": 1, "cancelled": 1 } }));
+    for bad in ["window=1s", "window=100d", "window=soon"] {
+        let (status, body) = app.get(&format!("/api/v1/operations/stats?{bad}")).await;
+        assert_eq!((status, body["error"]["details"]["field"].as_str()), (422, Some("window")), "{bad}: {body}");
     }
 }
 
@@ -506,7 +578,7 @@ async fn the_list_wide_stream_sends_list_rows_when_asked() {
         tokio::spawn(async move { read_sse(&http, &url, None, 10_000, Duration::from_secs(2)).await.0 })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let id = app.start_dummy(3, 20).await;
+    let id = app.start_dummy(4, 250).await;
     app.wait_for_status(&id, "completed", Duration::from_secs(5)).await;
     let events = reader.await.unwrap();
     let mine: Vec<&Value> = events.iter().map(|e| &e.data).filter(|d| d["operation_id"] == id.as_str()).collect();
@@ -518,6 +590,18 @@ async fn the_list_wide_stream_sends_list_rows_when_asked() {
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(last), keys(&row), "the list row's fields: {last}");
     assert!(last.get("metadata").is_none() && last.get("progress").is_none(), "{last}");
+
+    // However fast an operation changes, its rows come at most once a pace (250 ms).
+    let reader = {
+        let http = app.http.clone();
+        tokio::spawn(async move { read_sse(&http, &url, None, 10_000, Duration::from_millis(1600)).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = app.start_dummy(100, 10).await;
+    app.wait_for_status(&fast, "completed", Duration::from_secs(5)).await;
+    let rows = reader.await.unwrap().into_iter().filter(|e| e.data["operation_id"] == fast.as_str()).count();
+    assert!((2..=7).contains(&rows), "101 changes in about a second came as {rows} rows");
+
     let (status, body) = app.get("/api/v1/operations/events?view=everything").await;
     assert_eq!((status, body["error"]["details"]["field"].as_str()), (422, Some("view")), "{body}");
 }

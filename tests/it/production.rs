@@ -16,6 +16,7 @@ const SERVED: &[&str] = &[
     "DELETE /api/v1/operations/{id}",
     "GET /api/v1/operations/{id}/events",
     "GET /api/v1/operations/events",
+    "GET /api/v1/operations/stats",
     "GET /api/v1/operations/{id}/results",
     "GET /api/v1/operations/{id}/metrics",
     "POST /api/v1/operations/{id}/resume",

@@ -85,6 +85,7 @@ async fn lists_filter_page_and_count_newest_first(db: TestDb) {
         let kind = if i % 2 == 0 { "even" } else { "odd" };
         let mut r = record(&format!("op_{kind}_{i}"), kind);
         r.created_at += chrono::Duration::milliseconds(i);
+        r.metadata.insert("symbol".into(), json!(if i == 4 { "Brk_B" } else { "AAPL" }));
         if i < 3 {
             r.start(ktrdr_ops::time::now()).unwrap();
             r.finish(Outcome::Completed(json!({})), ktrdr_ops::time::now()).unwrap();
@@ -115,6 +116,40 @@ async fn lists_filter_page_and_count_newest_first(db: TestDb) {
     assert_eq!(active.total_count, 4);
     assert_eq!(store.unfinished(None).await.unwrap().len(), 4);
     assert_eq!(store.unfinished(Some("other-node")).await.unwrap().len(), 0);
+
+    // Search (the id or the request, any case, wildcards literal), a type left out, oldest first.
+    let found = |search: &str| {
+        let filter = ListFilter { limit: 100, search: Some(search.into()), ..ListFilter::default() };
+        let store = store.clone();
+        async move {
+            let page = store.list(&filter).await.unwrap();
+            page.operations.iter().map(|s| s.record.operation_id.clone()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("brk_b").await, ["op_even_4"], "by the request's symbol");
+    assert_eq!(found("ODD_5").await, ["op_odd_5"], "by the id");
+    assert_eq!(found("brk%b").await, Vec::<String>::new(), "% is a character, not a wildcard");
+    assert_eq!(found("op_even_").await.len(), 4);
+    let odd = store
+        .list(&ListFilter {
+            limit: 100,
+            exclude_type: Some("even".into()),
+            oldest_first: true,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    let order: Vec<_> = odd.operations.iter().map(|s| s.record.operation_id.as_str()).collect();
+    assert_eq!((order, odd.total_count), (vec!["op_odd_1", "op_odd_3", "op_odd_5"], 3));
+    let counts = store.count_by_status(ktrdr_ops::time::now() - chrono::Duration::hours(1)).await.unwrap();
+    let count = |kind: &str, status: &str| {
+        counts.iter().find(|c| c.operation_type == kind && c.status == status).map(|c| c.count)
+    };
+    assert_eq!(
+        (count("even", "completed"), count("even", "pending"), count("odd", "pending")),
+        (Some(2), Some(2), Some(2))
+    );
+    assert_eq!(count("odd", "completed"), Some(1));
 }
 
 async fn an_idempotency_key_claims_once_until_it_expires(db: TestDb) {
