@@ -1,9 +1,15 @@
-"""How much the list-wide event stream sends while loads run: the whole records (the default) vs
-list rows (`?view=row`, what the dashboard reads), both read at once for the same seconds.
+"""What the dashboard costs while loads run: the bytes the list-wide event stream sends — whole
+records (the default) vs list rows (`?view=row`, what the dashboard reads), both read at once for
+the same seconds — and, with Playwright installed, how busy the dashboard's main thread is in
+headless Chromium over those seconds (Chrome's own task time, from the DevTools protocol).
 
 Against a running service with simulated IB latency, e.g.
   cargo run --release -- serve --sim --sim-latency-ms 50 --listen 127.0.0.1:8000
-  python3 benches/stream_weight.py            # BASE_URL, LOADS=3, SECONDS=20
+  python3 benches/stream_weight.py            # BASE_URL, LOADS=3, SECONDS=20, CHROMIUM=/usr/bin/chromium
+  LOADS=100 python3 benches/stream_weight.py
+Each load is its own series (one writer per series: two loads of one series would queue): the
+simulator's symbols at 1m, 5m, 15m, 30m, 1h and 2h, from 2005 to 2024 so that they run for the
+whole measure; it says how many still ran at its end.
 """
 
 import json
@@ -15,10 +21,17 @@ import urllib.request
 BASE = os.environ.get("BASE_URL", "http://127.0.0.1:8000")
 LOADS = int(os.environ.get("LOADS", "3"))
 SECONDS = float(os.environ.get("SECONDS", "20"))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+SYMBOLS = ["AAPL", "MSFT", "SPY", "QQQ", "TSLA", "NVDA", "GOOGL", "AMZN", "IBM", "EURUSD", "GBPUSD", "USDJPY",
+           "AUDUSD", "USDCHF", "EURGBP"]
+TIMEFRAMES = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
 
 
 def start_load(i):
-    body = {"symbol": ["AAPL", "MSFT", "EURUSD", "IBM", "AMZN"][i % 5], "timeframe": "1m", "mode": "backfill", "start_date": "2023-01-01",
+    symbol, timeframe = SYMBOLS[i % len(SYMBOLS)], TIMEFRAMES[i // len(SYMBOLS)]
+    body = {"symbol": symbol, "timeframe": timeframe, "mode": "backfill", "start_date": "2005-06-01",
             "end_date": "2024-12-31"}
     request = urllib.request.Request(BASE + "/api/v1/data/load", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"}, method="POST")
@@ -26,9 +39,10 @@ def start_load(i):
         return json.load(response)["data"]["operation_id"]
 
 
-def read_stream(path, totals, key):
+def read_stream(path, totals, key, ready):
     request = urllib.request.Request(BASE + path, headers={"accept": "text/event-stream"})
-    with urllib.request.urlopen(request, timeout=SECONDS + 10) as response:
+    with urllib.request.urlopen(request, timeout=SECONDS + 30) as response:
+        ready.wait()
         began = time.monotonic()
         while time.monotonic() - began < SECONDS:
             chunk = response.read1(65536)
@@ -38,25 +52,66 @@ def read_stream(path, totals, key):
             totals[key + "_events"] += chunk.count(b"event: operation")
 
 
+def main_thread_busy(ready, result):
+    """The dashboard open in Chromium over the measured seconds: the share of them its main
+    thread spent on tasks (script, style, layout, paint)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        result["skipped"] = "playwright is not installed"
+        return
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(BASE + "/")
+        page.wait_for_function("() => performance.getEntriesByName('operations-complete').length > 0")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+        ready.wait()
+
+        def task_seconds():
+            return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}["TaskDuration"]
+
+        before, began = task_seconds(), time.monotonic()
+        page.wait_for_timeout(SECONDS * 1000)
+        result["busy"] = (task_seconds() - before) / (time.monotonic() - began)
+        result["rows"] = page.evaluate("() => document.querySelectorAll('#rows tr[data-id]').length")
+        browser.close()
+
+
 def main():
     totals = {"record": 0, "record_events": 0, "row": 0, "row_events": 0}
-    readers = [threading.Thread(target=read_stream, args=("/api/v1/operations/events", totals, "record")),
-               threading.Thread(target=read_stream, args=("/api/v1/operations/events?view=row", totals, "row"))]
+    ready, browser_result = threading.Event(), {}
+    readers = [threading.Thread(target=read_stream, args=("/api/v1/operations/events", totals, "record", ready)),
+               threading.Thread(target=read_stream, args=("/api/v1/operations/events?view=row", totals, "row", ready)),
+               threading.Thread(target=main_thread_busy, args=(ready, browser_result))]
     for reader in readers:
         reader.start()
-    time.sleep(0.5)
+    time.sleep(3)
     ids = [start_load(i) for i in range(LOADS)]
+    time.sleep(1)
+    ready.set()
     for reader in readers:
         reader.join()
+    running = 0
     for id_ in ids:
         with urllib.request.urlopen(BASE + f"/api/v1/operations/{id_}", timeout=10) as response:
             record = json.load(response)["data"]
-        if record["status"] != "running":
-            raise SystemExit(f"{id_} is {record['status']} (not running all along): {record.get('error_message')}")
-        urllib.request.urlopen(urllib.request.Request(BASE + f"/api/v1/operations/{id_}", method="DELETE"), timeout=10)
+        if record["status"] == "running":
+            running += 1
+            urllib.request.urlopen(urllib.request.Request(BASE + f"/api/v1/operations/{id_}", method="DELETE"),
+                                   timeout=10)
+        elif record["status"] != "completed":
+            raise SystemExit(f"{id_} is {record['status']}: {record.get('error_message')}")
+    print(f"{running} of {LOADS} loads still ran at the end")
     for key in ("record", "row"):
         print(f"{key:>6}s: {totals[key] / SECONDS / 1024:.1f} KB/s ({totals[key + '_events']} events in {SECONDS:.0f} s, "
               f"{totals[key] / max(1, totals[key + '_events']):.0f} bytes each) with {LOADS} loads running")
+    if "busy" in browser_result:
+        print(f"dashboard main thread: busy {browser_result['busy'] * 100:.1f} % of the time "
+              f"({browser_result['rows']} rows listed) with {LOADS} loads running")
+    else:
+        print(f"dashboard main thread: not measured ({browser_result.get('skipped', 'the browser failed')})")
 
 
 if __name__ == "__main__":
