@@ -21,6 +21,7 @@ mod overview;
 mod prometheus;
 pub mod schemas;
 pub mod server;
+mod sse;
 mod trainings;
 mod workers;
 

@@ -9,29 +9,28 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiPath as Path, ApiQuery as Query, OptionalJson};
 use crate::api::schemas::{
     CancelAnswer, CancelBody, Cancelled, ErrorEnvelope, MetricsAnswer, OperationEnvelope, OperationEvent,
     OperationList, OperationMetrics, OperationSummary, Results,
 };
+use crate::api::{AppState, sse};
 use crate::ops::{ListFilter, Lookup, RowLabels, Snapshot, Status};
 use crate::time;
 
 /// Ids longer than this are not ours; answer 404 without asking the store.
 const MAX_ID_LEN: usize = 128;
 const MAX_REASON_LEN: usize = 1_000;
-const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -240,14 +239,6 @@ async fn get_one(
         .into_response())
 }
 
-/// `stream`, keeping its place among the open streams until it ends or its client goes.
-fn holding<S: Stream>(slot: tokio::sync::OwnedSemaphorePermit, stream: S) -> impl Stream<Item = S::Item> {
-    stream.map(move |item| {
-        let _held = &slot;
-        item
-    })
-}
-
 /// Just the `If-None-Match` header (copying the whole header map costs on the hot path).
 struct IfNoneMatch(Option<HeaderValue>);
 
@@ -316,13 +307,13 @@ async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let lookup = find(&state, &id).await?;
     let slot = state.stream_slot()?;
     let last_seen =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    let stream = holding(slot, operation_events(lookup, last_seen, state.orchestrator.shutdown_token()));
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
+    let stream = sse::holding(slot, operation_events(lookup, last_seen, state.orchestrator.shutdown_token()));
+    Ok(sse::respond(&headers, stream))
 }
 
 /// The least time between two batches of the list-wide stream's rows.
@@ -355,7 +346,7 @@ async fn all_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<AllEventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let rows = match query.view.as_deref() {
         None | Some("" | "record") => false,
         Some("row") => true,
@@ -431,7 +422,7 @@ async fn all_events(
             }
         }
     });
-    Ok(Sse::new(holding(slot, stream)).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)))
+    Ok(sse::respond(&headers, sse::holding(slot, stream)))
 }
 
 fn operation_event(snapshot: &Snapshot) -> Event {

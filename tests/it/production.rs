@@ -314,7 +314,7 @@ async fn retention_deletes_only_old_finished_operations_and_keys() {
 }
 
 #[tokio::test]
-async fn pages_and_json_are_gzipped_for_clients_that_ask_and_streams_are_not() {
+async fn pages_json_and_event_streams_are_gzipped_for_clients_that_ask() {
     let app = TestApp::spawn().await;
     app.start_dummy(100, 10_000).await;
     let gunzip = |bytes: &[u8]| {
@@ -338,9 +338,29 @@ async fn pages_and_json_are_gzipped_for_clients_that_ask_and_streams_are_not() {
             assert!(serde_json::from_str::<Value>(&text).unwrap().is_object(), "{path}: {text}");
         }
     }
-    // An event stream is sent as it happens, never held back by an encoder.
-    let stream =
-        app.http.get(app.url("/api/v1/operations/events")).header("accept-encoding", "gzip").send().await.unwrap();
-    assert_eq!(stream.headers().get("content-encoding"), None);
+    // An event stream is gzipped event by event: each can be read as soon as it is sent, long
+    // before the stream ends.
+    let mut stream = app
+        .http
+        .get(app.url("/api/v1/operations/events?view=row"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-encoding"], "gzip");
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let id = app.start_dummy(1, 0).await;
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(decoder.get_ref()).contains(&format!("\"operation_id\":\"{id}\"")) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk()).await.expect("an event, readable at once");
+        std::io::Write::write_all(&mut decoder, &chunk.unwrap().expect("the stream stays open")).unwrap();
+        std::io::Write::flush(&mut decoder).unwrap();
+    }
+    // A stream that ends ends its gzip whole (a decoder checks the trailer).
+    app.wait_for_status(&id, "completed", Duration::from_secs(5)).await;
+    let url = app.url(&format!("/api/v1/operations/{id}/events"));
+    let plain = app.http.get(&url).send().await.unwrap().text().await.unwrap();
+    let zipped = app.http.get(&url).header("accept-encoding", "gzip").send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(gunzip(&zipped), plain);
 }
