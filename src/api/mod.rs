@@ -137,8 +137,8 @@ pub fn router(state: AppState) -> Router {
     }
     router
         // gzip for clients that ask (browsers, Prometheus): the dashboard page, lists, records,
-        // /metrics. Event streams are left alone — the encoder would hold events back until
-        // its buffer fills.
+        // /metrics. Event streams it leaves alone (its encoder would hold events back until its
+        // buffer fills): they gzip themselves, event by event (sse.rs).
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
