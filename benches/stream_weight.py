@@ -1,6 +1,6 @@
 """What the dashboard costs while loads run: the bytes the list-wide event stream sends — whole
-records (the default) vs list rows (`?view=row`, what the dashboard reads), both read at once for
-the same seconds — and, with Playwright installed, how busy the dashboard's main thread is in
+records (the default) vs list rows (`?view=row`), and list rows gzipped as a browser gets them
+(what the dashboard reads), all read at once for the same seconds — and, with Playwright installed, how busy the dashboard's main thread is in
 headless Chromium over those seconds (Chrome's own task time, from the DevTools protocol).
 
 Against a running service with simulated IB latency, e.g.
@@ -22,6 +22,9 @@ BASE = os.environ.get("BASE_URL", "http://127.0.0.1:8000")
 LOADS = int(os.environ.get("LOADS", "3"))
 SECONDS = float(os.environ.get("SECONDS", "20"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# RECORDS=0 leaves the whole-record stream unread: on a small machine its reader competes with the
+# browser for the CPU.
+RECORDS = os.environ.get("RECORDS", "1") != "0"
 
 
 SYMBOLS = ["AAPL", "MSFT", "SPY", "QQQ", "TSLA", "NVDA", "GOOGL", "AMZN", "IBM", "EURUSD", "GBPUSD", "USDJPY",
@@ -39,8 +42,11 @@ def start_load(i):
         return json.load(response)["data"]["operation_id"]
 
 
-def read_stream(path, totals, key, ready):
-    request = urllib.request.Request(BASE + path, headers={"accept": "text/event-stream"})
+def read_stream(path, totals, key, ready, gzip=False):
+    headers = {"accept": "text/event-stream"}
+    if gzip:
+        headers["accept-encoding"] = "gzip"
+    request = urllib.request.Request(BASE + path, headers=headers)
     with urllib.request.urlopen(request, timeout=SECONDS + 30) as response:
         ready.wait()
         began = time.monotonic()
@@ -80,11 +86,15 @@ def main_thread_busy(ready, result):
 
 
 def main():
-    totals = {"record": 0, "record_events": 0, "row": 0, "row_events": 0}
+    totals = {"record": 0, "record_events": 0, "row": 0, "row_events": 0, "gzipped row": 0, "gzipped row_events": 0}
     ready, browser_result = threading.Event(), {}
-    readers = [threading.Thread(target=read_stream, args=("/api/v1/operations/events", totals, "record", ready)),
-               threading.Thread(target=read_stream, args=("/api/v1/operations/events?view=row", totals, "row", ready)),
+    readers = [threading.Thread(target=read_stream, args=("/api/v1/operations/events?view=row", totals, "row", ready)),
+               threading.Thread(target=read_stream,
+                                args=("/api/v1/operations/events?view=row", totals, "gzipped row", ready, True)),
                threading.Thread(target=main_thread_busy, args=(ready, browser_result))]
+    if RECORDS:
+        readers.append(threading.Thread(target=read_stream,
+                                        args=("/api/v1/operations/events", totals, "record", ready)))
     for reader in readers:
         reader.start()
     time.sleep(3)
@@ -104,9 +114,11 @@ def main():
         elif record["status"] != "completed":
             raise SystemExit(f"{id_} is {record['status']}: {record.get('error_message')}")
     print(f"{running} of {LOADS} loads still ran at the end")
-    for key in ("record", "row"):
-        print(f"{key:>6}s: {totals[key] / SECONDS / 1024:.1f} KB/s ({totals[key + '_events']} events in {SECONDS:.0f} s, "
+    for key in ("record", "row") if RECORDS else ("row",):
+        print(f"{key:>12}s: {totals[key] / SECONDS / 1024:.1f} KB/s ({totals[key + '_events']} events in {SECONDS:.0f} s, "
               f"{totals[key] / max(1, totals[key + '_events']):.0f} bytes each) with {LOADS} loads running")
+    print(f"gzipped rows: {totals['gzipped row'] / SECONDS / 1024:.1f} KB/s on the wire, what the dashboard receives "
+          f"(the same events, {totals['gzipped row'] / max(1, totals['row_events']):.0f} bytes each)")
     if "busy" in browser_result:
         print(f"dashboard main thread: busy {browser_result['busy'] * 100:.1f} % of the time "
               f"({browser_result['rows']} rows listed) with {LOADS} loads running")
