@@ -1,7 +1,9 @@
 //! The service's metrics, recorded through the `metrics` facade into a Prometheus recorder
 //! (`metrics-exporter-prometheus`) that belongs to one service: not the process-wide recorder,
 //! so that several services in one process (the tests) keep their own figures. Components record
-//! as things happen; `GET /metrics` renders. Every name starts with `ktrdr_ops_`.
+//! as things happen; `GET /metrics` renders. Our names start with `ktrdr_ops_`; beside them, the
+//! names ktrdr's own Grafana dashboards query (its OpenTelemetry metrics as Prometheus names them),
+//! so that those dashboards work over this service unchanged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 /// Latency buckets (seconds) for fast things: HTTP requests, store writes, cancel latency, host calls.
 pub const FAST_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Millisecond buckets of ktrdr's HTTP histogram (finer than OpenTelemetry's defaults at the low
+/// end, where this service answers).
+pub const MILLISECOND_BUCKETS: &[f64] =
+    &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
 /// Duration buckets (seconds) for whole operations.
 pub const SLOW_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
 
@@ -43,6 +49,12 @@ pub const RETRIES: &str = "ktrdr_ops_retries_total";
 pub const WORKERS: &str = "ktrdr_ops_workers";
 pub const DISPATCHES: &str = "ktrdr_ops_dispatches_total";
 pub const WORKER_MOVES: &str = "ktrdr_ops_worker_moves_total";
+
+// ktrdr's names.
+pub const KTRDR_OPERATIONS: &str = "ktrdr_operations_total";
+pub const KTRDR_WORKERS_REGISTERED: &str = "ktrdr_workers_registered_total";
+pub const KTRDR_WORKERS_AVAILABLE: &str = "ktrdr_workers_available";
+pub const HTTP_SERVER_DURATION: &str = "http_server_duration_milliseconds";
 
 enum Kind {
     Counter,
@@ -101,6 +113,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Trainings sent out, by outcome: worker, host (none registered), passed_over (busy or gone), waited (none free).",
     ),
     (WORKER_MOVES, Kind::Counter, "Trainings moved to another worker because theirs stopped answering."),
+    (KTRDR_OPERATIONS, Kind::Counter, "Operations ended, by operation_type and final status (ktrdr's name)."),
+    // ktrdr exports it as a count of registered workers, whatever its suffix says.
+    (KTRDR_WORKERS_REGISTERED, Kind::Gauge, "Workers registered now (ktrdr's name)."),
+    (KTRDR_WORKERS_AVAILABLE, Kind::Gauge, "Workers free to take work, by worker_type (ktrdr's name)."),
+    (
+        HTTP_SERVER_DURATION,
+        Kind::Histogram,
+        "HTTP requests served, in milliseconds, by http_target (the route), http_method and http_status_code \
+         (OpenTelemetry's name, as ktrdr's dashboards query it).",
+    ),
 ];
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -118,6 +140,7 @@ impl Default for Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets(FAST_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OPERATION_DURATION.to_owned()), SLOW_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HTTP_SERVER_DURATION.to_owned()), MILLISECOND_BUCKETS))
             .expect("the bucket lists are not empty")
             .build_recorder();
         for (name, kind, help) in FAMILIES {

@@ -150,13 +150,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Records how long each request took to answer (until its head: a stream's body goes on), by
-/// method, matched route and status.
+/// method, matched route and status: in our histogram (seconds) and in ktrdr's (milliseconds).
 async fn record_duration(State(durations): State<RequestDurations>, request: Request, next: Next) -> Response {
     let began = std::time::Instant::now();
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    durations.histogram(method, route, response.status()).record(began.elapsed().as_secs_f64());
+    let took = began.elapsed().as_secs_f64();
+    let (ours, ktrdrs) = durations.histograms(method, route, response.status());
+    ours.record(took);
+    ktrdrs.record(took * 1000.0);
     response
 }
 
@@ -167,8 +170,11 @@ async fn record_duration(State(durations): State<RequestDurations>, request: Req
 #[derive(Clone)]
 struct RequestDurations {
     metrics: Metrics,
-    cache: Arc<parking_lot::RwLock<HashMap<RouteKey, (MatchedPath, metrics::Histogram)>>>,
+    cache: Arc<parking_lot::RwLock<HashMap<RouteKey, (MatchedPath, RouteHistograms)>>>,
 }
+
+/// A route's histograms: ours, and the one ktrdr's dashboards query.
+type RouteHistograms = (metrics::Histogram, metrics::Histogram);
 
 /// The route's path address, the method and the status.
 type RouteKey = (usize, Method, u16);
@@ -181,23 +187,28 @@ impl RequestDurations {
         RequestDurations { metrics, cache: Default::default() }
     }
 
-    fn histogram(&self, method: Method, route: Option<MatchedPath>, status: StatusCode) -> metrics::Histogram {
+    fn histograms(&self, method: Method, route: Option<MatchedPath>, status: StatusCode) -> RouteHistograms {
         let path = route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let key = (path.as_ptr() as usize, method, status.as_u16());
-        if let Some((cached, histogram)) = self.cache.read().get(&key)
+        if let Some((cached, histograms)) = self.cache.read().get(&key)
             && cached.as_str() == path
         {
-            return histogram.clone();
+            return histograms.clone();
         }
-        let labels = [("method", key.1.as_str()), ("route", path), ("status", status.as_str())];
-        let histogram = self.metrics.histogram(crate::metrics::HTTP_REQUEST_DURATION, &labels);
+        let (method, status) = (key.1.as_str(), status.as_str());
+        let ours = [("method", method), ("route", path), ("status", status)];
+        let ktrdrs = [("http_target", path), ("http_method", method), ("http_status_code", status)];
+        let histograms = (
+            self.metrics.histogram(crate::metrics::HTTP_REQUEST_DURATION, &ours),
+            self.metrics.histogram(crate::metrics::HTTP_SERVER_DURATION, &ktrdrs),
+        );
         if let Some(route) = route {
             let mut cache = self.cache.write();
             if cache.len() < Self::MAX_CACHED {
-                cache.insert(key, (route, histogram.clone()));
+                cache.insert(key, (route, histograms.clone()));
             }
         }
-        histogram
+        histograms
     }
 }
 

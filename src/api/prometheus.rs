@@ -1,8 +1,9 @@
 //! `GET /metrics`: Prometheus text format — operations started and finished by type and status,
 //! durations, cancel latency, active operations, host requests, errors and latency by host and
 //! endpoint, stalled host calls, the IB gateway's state, IB pacing waits, store write latency,
-//! HTTP request latency by route. Recorded through the `metrics` facade (see `crate::metrics`);
-//! the states (active operations, gateway, pacing totals) are read when scraped.
+//! HTTP request latency by route — and the names ktrdr's Grafana dashboards query. Recorded
+//! through the `metrics` facade (see `crate::metrics`); the states (active operations, gateway,
+//! pacing totals, workers) are read when scraped.
 
 use axum::extract::State;
 use axum::http::HeaderValue;
@@ -47,7 +48,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
         for ((kind, status), n) in counts {
             metrics.gauge(crate::metrics::WORKERS, &[("type", kind), ("status", status)]).set(n as f64);
+            if status == "available" {
+                metrics.gauge(crate::metrics::KTRDR_WORKERS_AVAILABLE, &[("worker_type", kind)]).set(n as f64);
+            }
         }
+        metrics.gauge(crate::metrics::KTRDR_WORKERS_REGISTERED, &[]).set(workers.len() as f64);
     }
     let text = metrics.render();
     ([(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()

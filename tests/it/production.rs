@@ -128,12 +128,21 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_appear_and_move_after_operations_and_a_cancel() {
-    let app = TestApp::spawn_with_sim(|_| {}).await;
+    let app = TestApp::spawn_with_sim(|c| {
+        c.sim.training_workers = 1;
+        c.sim.backtest_workers = 1;
+    })
+    .await;
     let scrape = || async { app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap() };
     let before = scrape().await;
     assert!(before.contains("# TYPE ktrdr_ops_operations_started_total counter"));
+    // Ours, and the names ktrdr's Grafana dashboards query.
+    let known = ["ktrdr_ops_", "ktrdr_operations_total", "ktrdr_workers_", "http_server_duration_milliseconds"];
     assert!(
-        before.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).all(|l| l.starts_with("ktrdr_ops_")),
+        before
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .all(|l| known.iter().any(|prefix| l.starts_with(prefix))),
         "{before}"
     );
 
@@ -170,7 +179,26 @@ async fn metrics_appear_and_move_after_operations_and_a_cancel() {
     assert_eq!(metric(&after, "ktrdr_ops_operations_active{type=\"dummy\"}"), 0.0);
     app.get("/api/v1/no-such-thing").await;
     let unmatched = r#"ktrdr_ops_http_request_duration_seconds_count{method="GET",route="unmatched",status="404"}"#;
-    assert_eq!(metric(&scrape().await, unmatched), 1.0);
+    let last = scrape().await;
+    assert_eq!(metric(&last, unmatched), 1.0);
+
+    // ktrdr's names, with ktrdr's labels.
+    assert_eq!(metric(&last, r#"ktrdr_operations_total{operation_type="dummy",status="completed"}"#), 1.0, "{last}");
+    assert_eq!(metric(&last, r#"ktrdr_operations_total{operation_type="dummy",status="cancelled"}"#), 1.0);
+    assert_eq!(metric(&last, r#"ktrdr_operations_total{operation_type="data_load",status="completed"}"#), 1.0);
+    let http = r#"http_server_duration_milliseconds_count{http_target="/api/v1/operations/{id}",http_method="GET",http_status_code="200"}"#;
+    assert_eq!(metric(&last, http), metric(&last, get_op), "one sample in each histogram per request");
+    assert!(last.contains(r#"http_server_duration_milliseconds_bucket{http_target="/api/v1/operations/{id}",http_method="GET",http_status_code="200",le="0.5"}"#));
+    // The simulated training and backtest workers register themselves.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut fleet = last;
+    while metric(&fleet, "ktrdr_workers_registered_total") < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the workers never registered: {fleet}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fleet = scrape().await;
+    }
+    assert_eq!(metric(&fleet, r#"ktrdr_workers_available{worker_type="training"}"#), 1.0, "{fleet}");
+    assert_eq!(metric(&fleet, r#"ktrdr_workers_available{worker_type="backtesting"}"#), 1.0);
 }
 
 #[tokio::test]

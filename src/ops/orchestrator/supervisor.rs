@@ -124,6 +124,7 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     tracing::info!(status = %snapshot.record.status, "operation finished");
     let (kind, status) = (snapshot.record.operation_type.as_str(), snapshot.record.status.as_str());
     inner.metrics.counter(metrics::OPERATIONS_FINISHED, &[("type", kind), ("status", status)]).increment(1);
+    inner.metrics.counter(metrics::KTRDR_OPERATIONS, &[("operation_type", kind), ("status", status)]).increment(1);
     if let Some(seconds) = snapshot.record.duration_seconds() {
         inner.metrics.histogram(metrics::OPERATION_DURATION, &[("type", kind)]).record(seconds);
     }
