@@ -133,6 +133,9 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, 
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The standard process set (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+    /// open and max fds, threads, start time…), read from the OS when scraped.
+    process: Arc<metrics_process::Collector>,
 }
 
 impl Default for Metrics {
@@ -151,8 +154,10 @@ impl Default for Metrics {
                 Kind::Histogram => recorder.describe_histogram(name, None, help),
             }
         }
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
         let handle = recorder.handle();
-        let metrics = Metrics { recorder: Arc::new(recorder), handle };
+        let metrics = Metrics { recorder: Arc::new(recorder), handle, process: Arc::new(process) };
         metrics.gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         metrics
     }
@@ -176,8 +181,10 @@ impl Metrics {
         self.recorder.register_histogram(&key(name, labels), &METADATA)
     }
 
-    /// The Prometheus text exposition of everything recorded so far.
+    /// The Prometheus text exposition of everything recorded so far, with the process's figures
+    /// read now (a few reads of `/proc/self`).
     pub fn render(&self) -> String {
+        metrics::with_local_recorder(&*self.recorder, || self.process.collect());
         self.handle.render()
     }
 
@@ -219,6 +226,10 @@ mod tests {
         assert_eq!(sample(&text, r#"ktrdr_ops_operation_duration_seconds_bucket{type="dummy",le="15"}"#), Some(0.0));
         assert_eq!(sample(&text, r#"ktrdr_ops_cancel_latency_seconds_bucket{type="dummy",le="0.0005"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"ktrdr_ops_cancel_latency_seconds_count{type="dummy"}"#), Some(1.0));
+        // The process's own figures, as Prometheus' clients name them.
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|rss| rss > 1e6), "{text}");
+        assert!(sample(&text, "process_open_fds").is_some_and(|fds| fds >= 3.0), "{text}");
     }
 
     #[test]

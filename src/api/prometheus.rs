@@ -54,6 +54,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
         metrics.gauge(crate::metrics::KTRDR_WORKERS_REGISTERED, &[]).set(workers.len() as f64);
     }
-    let text = metrics.render();
+    // Rendering reads /proc and formats every series: off the async threads.
+    let metrics = metrics.clone();
+    let Ok(text) = tokio::task::spawn_blocking(move || metrics.render()).await else {
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     ([(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
 }

@@ -137,7 +137,8 @@ async fn metrics_appear_and_move_after_operations_and_a_cancel() {
     let before = scrape().await;
     assert!(before.contains("# TYPE ktrdr_ops_operations_started_total counter"));
     // Ours, and the names ktrdr's Grafana dashboards query.
-    let known = ["ktrdr_ops_", "ktrdr_operations_total", "ktrdr_workers_", "http_server_duration_milliseconds"];
+    let known =
+        ["ktrdr_ops_", "ktrdr_operations_total", "ktrdr_workers_", "http_server_duration_milliseconds", "process_"];
     assert!(
         before
             .lines()
@@ -199,6 +200,11 @@ async fn metrics_appear_and_move_after_operations_and_a_cancel() {
     }
     assert_eq!(metric(&fleet, r#"ktrdr_workers_available{worker_type="training"}"#), 1.0, "{fleet}");
     assert_eq!(metric(&fleet, r#"ktrdr_workers_available{worker_type="backtesting"}"#), 1.0);
+    // The process's own, as every Prometheus client names them.
+    // (whole seconds: the crate counts CPU time as a counter, which counts in whole numbers)
+    assert!(fleet.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "), "{fleet}");
+    assert!(metric(&fleet, "process_resident_memory_bytes") > 1e6);
+    assert!(metric(&fleet, "process_start_time_seconds") > 1.7e9);
 }
 
 #[tokio::test]
