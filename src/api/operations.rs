@@ -148,7 +148,7 @@ pub(super) fn summary(snapshot: &Snapshot, labels: RowLabels) -> OperationSummar
         progress_percentage: r.progress.percentage,
         current_step: r.progress.current_step.clone(),
         eta_seconds: r.progress.eta_seconds,
-        symbol: labels.symbol,
+        symbol: labels.summary,
         duration_seconds: r.duration_seconds(),
         subject: labels.subject,
         items_processed: r.progress.items_processed,

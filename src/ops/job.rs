@@ -92,11 +92,11 @@ pub trait Job: Send + Sized + 'static {
     /// is `running` as soon as its job runs.
     const STARTS_ITSELF: bool = false;
 
-    /// The list row's `symbol`: the symbol (or first symbol) the operation works on.
+    /// The list row's short label (api.md's `symbol`): the one thing the operation works on.
     fn summary(request: &Self::Request) -> Option<String>;
 
     /// The list row's `subject`: everything that tells this operation from its neighbours in a
-    /// list (symbol, timeframe, mode, strategy…), in one short line. By default the `summary`.
+    /// list, in one short line. By default the `summary`.
     fn subject(request: &Self::Request) -> Option<String> {
         Self::summary(request)
     }
@@ -194,7 +194,7 @@ type ErasedResume = dyn Fn(&OperationRecord, Option<&Value>, Option<Checkpoint>)
 /// [`Job::subject`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowLabels {
-    pub symbol: Option<String>,
+    pub summary: Option<String>,
     pub subject: Option<String>,
 }
 
@@ -230,7 +230,7 @@ impl OperationType {
             steps_total: J::Step::ALL.len() as u32,
             renderer,
             labels: |metadata| match decode_request::<J>(metadata) {
-                Ok(request) => RowLabels { symbol: J::summary(&request), subject: J::subject(&request) },
+                Ok(request) => RowLabels { summary: J::summary(&request), subject: J::subject(&request) },
                 Err(_) => RowLabels::default(),
             },
             reattach: None,
