@@ -27,7 +27,9 @@ impl Store {
     }
 
     /// Renews `owner`'s lease on every unfinished operation it holds; returns their ids (an id
-    /// missing from the answer was taken over by another replica).
+    /// missing from the answer was taken over by another replica, or handed over by this one:
+    /// a lease given up with [`Replicas::release`] is not renewed by the heartbeats still beating
+    /// while the replica stops).
     pub async fn heartbeat(
         &self,
         owner: &str,
@@ -38,7 +40,8 @@ impl Store {
         let ids = on_db!(&self.inner.readers, pool => {
             sqlx::query(
                 "UPDATE operations SET heartbeat_at = $2, lease_expires_at = $3 \
-                 WHERE owner_node = $1 AND status IN ('pending', 'running') RETURNING operation_id",
+                 WHERE owner_node = $1 AND status IN ('pending', 'running') AND heartbeat_at <> 0 \
+                 RETURNING operation_id",
             )
             .bind(owner)
             .bind(now)

@@ -158,9 +158,11 @@ const INSERT_OPERATION: &str = "INSERT INTO operations (operation_id, operation_
      ON CONFLICT (resumes) DO NOTHING";
 
 /// Newer versions only, from the operation's owner only (fencing: a replica whose operation was
-/// taken over can no longer write it), and a terminal status is never replaced.
+/// taken over can no longer write it), and a terminal status is never replaced. A write renews
+/// the owner's lease — unless the owner handed the operation over (`heartbeat_at = 0`): its last
+/// writes while it stops must not make the others wait a whole lease before they take it.
 const SAVE_OPERATION: &str = "UPDATE operations SET status = $2, updated_at = $3, version = $4, record = $5, \
-     job_state = $6, owner_node = $7, heartbeat_at = $3, \
+     job_state = $6, owner_node = $7, heartbeat_at = CASE WHEN heartbeat_at = 0 THEN 0 ELSE $3 END, \
      cancel_requested_at = COALESCE($8, cancel_requested_at), cancel_reason = COALESCE($9, cancel_reason) \
      WHERE operation_id = $1 AND version < $4 AND (owner_node IS NULL OR owner_node = $7) \
        AND (status NOT IN ('completed', 'failed', 'cancelled') OR status = $2)";
