@@ -353,6 +353,8 @@ impl HostClient {
         let mut attempt = 1;
         let mut pauses = policy.backoff().pauses();
         loop {
+            // Not sent while this replica may have lost the operation to another (see `ops::fence`).
+            crate::ops::fence::pass().await;
             let started = Instant::now();
             let result = match &observer {
                 None => self.send_once(call).await,

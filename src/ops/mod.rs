@@ -4,6 +4,7 @@
 //! and implement [`job::Job`]. Depends on nothing domain-side.
 
 pub mod feed;
+pub mod fence;
 pub mod job;
 mod live;
 pub mod orchestrator;

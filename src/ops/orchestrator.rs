@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::metrics::{self, Metrics};
 use crate::ops::feed::ChangeFeed;
+use crate::ops::fence::{Fence, LeaseClock};
 use crate::ops::job::{BoxedJob, Job, OperationType, Resumption, request_metadata};
 use crate::ops::live::{CancelRequest, LiveOperation};
 use crate::ops::progress::DefaultRenderer;
@@ -182,6 +183,8 @@ struct Inner {
     stops_in_flight: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// Whether another replica may have ended what this one still runs (see [`doubt`]).
     doubt: Arc<doubt::Doubt>,
+    /// What the jobs' remote calls pass: they wait while this replica's leases may have lapsed.
+    fence: Fence,
 }
 
 impl Inner {
@@ -227,6 +230,10 @@ impl Orchestrator {
             .collect();
         let remote_cache = RemoteCache { ttl: settings.remote_cache_ttl, entries: Default::default() };
         let settings_cluster = settings.cluster.is_some();
+        // A renewal is trusted until one more interval would take it to the lease's end: the
+        // calls let through until then reach their hosts before another replica may take over.
+        let trust_renewals_for =
+            settings.cluster.as_ref().map(|c| c.lease_timeout.saturating_sub(c.heartbeat_interval));
         let inner = Arc::new(Inner {
             store,
             types: types.into_iter().map(|t| (t.name, t)).collect(),
@@ -244,6 +251,7 @@ impl Orchestrator {
             finished_elsewhere: tokio::sync::broadcast::channel(1024).0,
             stops_in_flight: Default::default(),
             doubt: Arc::new(doubt::Doubt::new(settings_cluster)),
+            fence: Fence(Arc::new(LeaseClock::new(trust_renewals_for))),
         });
         inner.loops.spawn(flush_progress_periodically(Arc::downgrade(&inner)));
         inner.loops.spawn(inner.metrics.clone().upkeep(METRICS_UPKEEP, inner.root.clone()));

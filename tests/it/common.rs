@@ -472,7 +472,9 @@ impl ServiceProcess {
 
 /// A TCP forwarder to `target` (`host:port`): its address, and the switch that makes it go
 /// silent — every connection, open or new, held open with nothing passed on (an address that no
-/// longer leads anywhere, or a network cut, without the refusal that would say so at once).
+/// longer leads anywhere, or a network cut, without the refusal that would say so at once). When
+/// the switch is turned back, the connections that went silent are closed at both ends, as a
+/// cut's connections die of their keep-alives; new ones pass again.
 pub async fn forwarder(target: &str) -> (String, std::sync::Arc<tokio::sync::watch::Sender<bool>>) {
     use tokio::net::{TcpListener, TcpStream};
     let target = target.to_owned();
@@ -491,8 +493,8 @@ pub async fn forwarder(target: &str) -> (String, std::sync::Arc<tokio::sync::wat
                         _ = silenced.wait_for(|s| *s) => {}
                     }
                 }
-                // Silent: both ends stay open and nothing moves.
-                std::future::pending::<()>().await;
+                // Silent: both ends stay open and nothing moves, until the cut ends.
+                let _ = silenced.wait_for(|s| !*s).await;
                 drop((inbound, upstream));
             });
         }

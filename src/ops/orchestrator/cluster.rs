@@ -195,6 +195,7 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
             _ = inner.root.cancelled() => return,
         }
         let generation = inner.doubt.generation();
+        let began = std::time::Instant::now();
         let now = time::now();
         let node = inner.settings.node_id.as_str();
         match cluster.replicas.replica_alive(node, &cluster.instance, now, now - cluster.lease_timeout).await {
@@ -218,6 +219,8 @@ async fn heartbeats(inner: Arc<Inner>, cluster: ClusterSettings) {
         }
         if settled {
             inner.doubt.clear_since(generation);
+            // Only now: what was taken over is abandoned, so no call of it passes the fence.
+            inner.fence.0.renewed(began);
         }
     }
 }

@@ -70,7 +70,9 @@ pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, al
         // that outlives its grace period, and with panics caught so an outcome is always stored.
         let (abort, registration) = AbortHandle::new_pair();
         let _ = op.abort.set(abort);
-        let work = Abortable::new(AssertUnwindSafe(work).catch_unwind(), registration);
+        // Its remote calls wait whenever this replica may have lost its leases (see `fence`).
+        let work = crate::ops::fence::within(inner.fence.clone(), AssertUnwindSafe(work).catch_unwind());
+        let work = Abortable::new(work, registration);
         let (outcome, forced) = match work.await {
             Ok(Ok(Ok(result))) => (Outcome::Completed(result), false),
             Ok(Ok(Err(JobError::Failed { message, cause }))) => {
