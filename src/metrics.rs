@@ -125,6 +125,12 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
 ];
 
+/// Every family the service declares, with samples yet or not (some appear only after a fault or
+/// with several replicas): what dashboards may query.
+pub fn family_names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().map(|(name, ..)| *name)
+}
+
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// One service's metrics. Cheap to clone; a component built without one (a test, the CLI)

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod data_load;
+mod deploy;
 mod hosts;
 mod lineage;
 mod operations_api;
