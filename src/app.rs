@@ -183,6 +183,7 @@ pub fn orchestrator_settings(config: &Config, store: &Store) -> Settings {
         stop_confirm_wait: config.hosts.stop_confirm_wait.0,
         remote_cache_ttl: config.operations.remote_cache_ttl.0,
         remote_poll_interval: config.operations.remote_poll_interval.0,
+        trace_url: config.telemetry.trace_url.clone(),
         // Only PostgreSQL is shared by several replicas.
         cluster: store.replicas().map(|replicas| ClusterSettings {
             replicas,
@@ -452,4 +453,26 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     }
     tracing::info!("listening on http://{addr}");
     Ok(Server { addr, shutdown, task, orchestrator, hosts, simulators })
+}
+
+/// SIGTERM or ctrl-c.
+pub async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
 }

@@ -10,6 +10,7 @@ use ktrdr_ops::config::{Config, Sources};
 use ktrdr_ops::ops::{PoolLimits, Store};
 use ktrdr_ops::sim::worker::{AgentSettings, WorkerFleet, advertised_host};
 use ktrdr_ops::sim::{SimSettings, Simulators};
+use ktrdr_ops::telemetry::TraceSettings;
 use ktrdr_ops::{app, telemetry};
 use serde_json::json;
 use std::sync::Arc;
@@ -372,7 +373,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            telemetry::init(config.log.format, &config.log.filter);
+            let _logs = telemetry::init(config.log.format, &config.log.filter, None);
             runtime.block_on(migrate(config))
         }
         Some(Command::Serve(args)) => run_serve(&runtime, args),
@@ -458,8 +459,11 @@ fn run_serve(runtime: &tokio::runtime::Runtime, args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(config.log.format, &config.log.filter);
-    runtime.block_on(serve(config, app::Options { with_simulators: args.sim }))
+    let traces = TraceSettings { otlp_endpoint: &config.telemetry.otlp_endpoint, service_name: "ktrdr-ops" };
+    let exporting = telemetry::init(config.log.format, &config.log.filter, Some(traces));
+    let code = runtime.block_on(serve(config, app::Options { with_simulators: args.sim }));
+    exporting.shutdown();
+    code
 }
 
 fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
@@ -475,8 +479,10 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(config.log.format, &config.log.filter);
-    runtime.block_on(async move {
+    // The simulators' spans show under a service name of their own, beside the service's.
+    let traces = TraceSettings { otlp_endpoint: &config.telemetry.otlp_endpoint, service_name: "ktrdr-ops-sim" };
+    let exporting = telemetry::init(config.log.format, &config.log.filter, Some(traces));
+    let code = runtime.block_on(async move {
         let settings =
             SimSettings::from_config(&config.sim, config.data.dir.clone(), config.training.models_dir.clone());
         let workers = |count: usize, gpu_workers: usize, listen| {
@@ -509,7 +515,7 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
             Ok(simulators) => {
                 let backend = (!no_workers).then_some(args.backend_url.as_str());
                 println!("{}", simulators.banner(backend));
-                wait_for_signal().await;
+                app::wait_for_signal().await;
                 simulators.shutdown().await;
                 ExitCode::SUCCESS
             }
@@ -518,7 +524,9 @@ fn run_sim(runtime: &tokio::runtime::Runtime, args: SimArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    exporting.shutdown();
+    code
 }
 
 async fn run_client<F, Fut>(args: ClientArgs, command: F) -> ExitCode
@@ -548,7 +556,7 @@ async fn serve(config: Config, options: app::Options) -> ExitCode {
     };
     let shutdown = server.shutdown_handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        app::wait_for_signal().await;
         shutdown.cancel();
     });
     server.wait().await;
@@ -573,27 +581,5 @@ async fn migrate(config: Config) -> ExitCode {
             eprintln!("ktrdr-ops: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// SIGTERM or ctrl-c.
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("ctrl-c received"),
-        _ = terminate => tracing::info!("SIGTERM received"),
     }
 }

@@ -1,23 +1,255 @@
-//! Logging: `tracing-subscriber` with an env filter (`RUST_LOG` wins over `log.filter`), pretty
-//! for people or JSON for collectors. Requests and operations each get a span.
+//! Logs and traces. Logs: `tracing-subscriber` with an env filter (`RUST_LOG` wins over
+//! `log.filter`), pretty for people or JSON for collectors (JSON lines carry `trace_id` and
+//! `span_id` when traced). Traces: OpenTelemetry over OTLP/HTTP when an endpoint is configured
+//! (`telemetry.otlp_endpoint` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`), exported in batches
+//! from the SDK's own thread, so a slow or dead collector never delays a request.
+//!
+//! Spans meant for traces only — one per request, one per host call — use the target [`SPANS`]:
+//! the log output ignores them, and without an exporter nothing enables them, so they cost the
+//! hot path nothing when tracing is off.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use tracing::{Event, Level, Span, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, layer as fmt_layer};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber once; later calls (tests start many servers) are no-ops.
-pub fn init(format: LogFormat, filter: &str) {
+/// The target of spans that exist for traces only (requests, host calls).
+pub const SPANS: &str = "ktrdr_ops::trace";
+
+/// What traces need to know besides the standard variables.
+pub struct TraceSettings<'a> {
+    /// `telemetry.otlp_endpoint`: the collector's base URL, or empty.
+    pub otlp_endpoint: &'a str,
+    /// `service.name` unless `OTEL_SERVICE_NAME` (or `OTEL_RESOURCE_ATTRIBUTES`) says otherwise.
+    pub service_name: &'static str,
+}
+
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] sends what is still buffered.
+#[must_use = "dropping it stops nothing, but shutdown() sends the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn traces_on(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports the spans still buffered and stops the exporter (blocks: call it outside async
+    /// code, once the work is over).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "could not send the last spans to the trace collector");
+        }
+    }
+}
+
+/// Installs the global subscriber once; later calls (tests start many servers) change nothing.
+pub fn init(format: LogFormat, filter: &str, traces: Option<TraceSettings<'_>>) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .with_ansi(std::io::stdout().is_terminal());
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    // Logs never show the spans kept for traces.
+    let logged = filter.and(filter_fn(|meta| meta.target() != SPANS));
+    let ansi = std::io::stdout().is_terminal();
+    let logs = match format {
+        LogFormat::Pretty => fmt_layer().with_writer(std::io::stdout).with_ansi(ansi).boxed(),
+        LogFormat::Json => fmt_layer()
+            .with_writer(std::io::stdout)
+            .fmt_fields(JsonFields::new())
+            .event_format(WithTraceIds(tracing_subscriber::fmt::format().json().flatten_event(true)))
+            .boxed(),
+    }
+    .with_filter(logged);
+    let provider = traces.and_then(|settings| tracer_provider(&settings));
+    let traced = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("ktrdr-ops"))
+            // Spans only (events would become span events: noise, and cost), ours only.
+            .with_filter(filter_fn(|meta| {
+                meta.is_span() && meta.target().starts_with("ktrdr_ops") && *meta.level() <= Level::INFO
+            }))
+    });
+    let installed = tracing_subscriber::registry().with(logs).with(traced).try_init().is_ok();
+    if provider.is_some() && !installed {
+        // Another subscriber was there first (tests): its spans go nowhere of ours.
+        return Telemetry { provider: None };
+    }
+    if provider.is_some() {
+        tracing::info!("traces are exported over OTLP/HTTP");
+    }
+    Telemetry { provider }
+}
+
+/// The exporter and provider, when an endpoint is configured; `None` (with a warning) when it
+/// cannot be built — the service runs on without traces.
+fn tracer_provider(settings: &TraceSettings<'_>) -> Option<SdkTracerProvider> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    let from_env = set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if settings.otlp_endpoint.is_empty() && !from_env {
+        return None;
+    }
+    use opentelemetry_otlp::WithExportConfig;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if !settings.otlp_endpoint.is_empty() && !from_env {
+        exporter = exporter.with_endpoint(format!("{}/v1/traces", settings.otlp_endpoint.trim_end_matches('/')));
+    }
+    let exporter = match exporter.build() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("ktrdr-ops: traces are off: the OTLP exporter cannot be built: {e}");
+            return None;
+        }
     };
+    // Sent within a second of a span's end (the standard default is 5 s) unless OTEL_BSP_* say.
+    let mut batches = BatchConfigBuilder::default();
+    if !set("OTEL_BSP_SCHEDULE_DELAY") {
+        batches = batches.with_scheduled_delay(Duration::from_millis(500));
+    }
+    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batches.build()).build();
+    let named_by_env = set("OTEL_SERVICE_NAME")
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !named_by_env {
+        resource = resource.with_service_name(settings.service_name);
+    }
+    let resource =
+        resource.with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
+    // The sampler comes from OTEL_TRACES_SAMPLER(_ARG); parent-based always-on without them.
+    Some(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
+}
+
+/// The W3C trace context (`traceparent`, `tracestate`) of a request, if it carries a valid one.
+pub fn remote_parent(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
+    headers.get("traceparent")?;
+    let cx = TraceContextPropagator::new().extract(&Headers(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Makes `span` a child of the caller's trace (a no-op when `span` is not traced).
+pub fn continue_trace(span: &Span, headers: &http::HeaderMap) {
+    if !span.is_disabled()
+        && let Some(parent) = remote_parent(headers)
+    {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Makes `span` a child of the current span's trace, when both are traced (the tracing tree,
+/// which the logs show, stays as it was).
+pub fn continue_current_trace(span: &Span) {
+    let current = Span::current();
+    if span.is_disabled() || current.is_disabled() {
+        return;
+    }
+    let _ = span.set_parent(current.context());
+}
+
+/// Adds `span`'s trace context to outgoing headers, so that the callee continues the trace.
+pub fn propagate(span: &Span, headers: &mut http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
+}
+
+/// The trace `span` belongs to, as 32 hex digits; `None` when it is not traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeadersMut<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The JSON line of an event, with the `trace_id` and `span_id` of the span it happened in
+/// when that span is traced (so logs and traces can be joined).
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let current = Span::current();
+        let ids = (!current.is_disabled()).then(|| current.context()).and_then(|cx| {
+            let span_context = cx.span().span_context().clone();
+            span_context.is_valid().then(|| (span_context.trace_id(), span_context.span_id()))
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // The line is one JSON object (and a newline): the ids go in before its closing brace.
+        match line.trim_end().strip_suffix('}') {
+            Some(open) => {
+                let comma = if open.trim_end().ends_with('{') { "" } else { "," };
+                writeln!(writer, "{open}{comma}\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}")
+            }
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_traceparent_is_continued_and_anything_else_ignored() {
+        let mut headers = http::HeaderMap::new();
+        assert!(remote_parent(&headers).is_none());
+        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        let cx = remote_parent(&headers).expect("a valid traceparent");
+        assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        headers.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
+        assert!(remote_parent(&headers).is_none(), "an all-zero trace id is invalid");
+        headers.insert("traceparent", "garbage".parse().unwrap());
+        assert!(remote_parent(&headers).is_none());
+    }
 }

@@ -44,6 +44,7 @@ pub struct Config {
     pub hosts: HostsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub sim: SimConfig,
     pub workers: WorkersConfig,
 }
@@ -302,6 +303,17 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// OpenTelemetry traces (README "Telemetry"); the standard `OTEL_*` variables apply besides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended); empty: see
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, and without either no traces are exported.
+    pub otlp_endpoint: String,
+    /// A trace's page for people, `{trace_id}` replaced (e.g. Jaeger's UI); empty: no link.
+    pub trace_url: String,
+}
+
 /// A configuration problem, reported as one line naming the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {key}: {message}")]
@@ -422,6 +434,14 @@ impl Config {
             if !valid {
                 return Err(ConfigError::new(key, format!("`{url}` is not an http:// or https:// URL")));
             }
+        }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http {
+            return Err(ConfigError::new(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL"),
+            ));
         }
         if self.hosts.retry_attempts == 0 {
             return Err(ConfigError::new("hosts.retry_attempts", "must be at least 1"));
