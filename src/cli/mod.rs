@@ -282,11 +282,17 @@ impl Client {
         tokio::pin!(ctrl_c);
         let mut last: Value;
         let mut interrupted = false;
+        let mut trace_told = self.json;
         loop {
             tokio::select! {
                 event = events.next() => match event {
                     Some(Ok(event)) if event.event == "operation" => {
                         let Ok(record) = serde_json::from_str::<Value>(&event.data) else { continue };
+                        // Where to see its trace, once (when the service exports traces).
+                        if !trace_told && let Some(trace) = record["trace_url"].as_str().or(record["trace_id"].as_str()) {
+                            bar.suspend(|| eprintln!("trace: {trace}"));
+                            trace_told = true;
+                        }
                         let progress = &record["progress"];
                         bar.set_position((progress["percentage"].as_f64().unwrap_or(0.0) * 10.0) as u64);
                         bar.set_prefix(figures(progress));

@@ -28,6 +28,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 pub use answer::{MAX_ANSWER_BYTES, MAX_HOST_WORDS, cap, cap_words, describe_answer, host_message, read_capped};
 
@@ -413,9 +415,49 @@ impl HostClient {
         &self.inner.metrics
     }
 
+    /// One attempt, in a client span when traced: the host receives the trace context
+    /// (`traceparent`) and continues the trace.
     async fn send_once(&self, call: &Call) -> Result<HostResponse, HostError> {
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPANS,
+            "host call",
+            otel.name = Empty,
+            otel.kind = "client",
+            "server.address" = self.name(),
+            "http.request.method" = %call.method,
+            "url.path" = call.endpoint,
+            "http.response.status_code" = Empty,
+            otel.status_code = Empty,
+            "error.type" = Empty,
+        );
+        if span.is_disabled() {
+            return self.exchange(call, None).await;
+        }
+        span.record("otel.name", format!("{} {} {}", self.name(), call.method, call.endpoint));
+        let mut context = http::HeaderMap::new();
+        crate::telemetry::propagate(&span, &mut context);
+        let result = self.exchange(call, Some(context)).instrument(span.clone()).await;
+        let status = match &result {
+            Ok(answer) => Some(answer.status),
+            Err(HostError { kind: HostErrorKind::Status(status), .. }) => Some(*status),
+            Err(_) => None,
+        };
+        if let Some(status) = status {
+            span.record("http.response.status_code", status);
+        }
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", tracing::field::debug(&e.kind));
+        }
+        result
+    }
+
+    async fn exchange(&self, call: &Call, trace_context: Option<http::HeaderMap>) -> Result<HostResponse, HostError> {
         let url = format!("{}{}", self.inner.settings.base_url.trim_end_matches('/'), call.path);
         let mut request = self.inner.http.request(call.method.clone(), url);
+        if let Some(headers) = trace_context {
+            request = request.headers(headers);
+        }
         if let Some(token) = &self.inner.settings.bearer {
             request = request.bearer_auth(token);
         }

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::{self, Metrics};
@@ -86,6 +87,8 @@ pub struct Settings {
     pub remote_poll_interval: Duration,
     /// Several replicas share the store (PostgreSQL): leases, takeover, cross-replica cancel.
     pub cluster: Option<ClusterSettings>,
+    /// A traced operation's page in a trace viewer, `{trace_id}` replaced; empty: no link.
+    pub trace_url: String,
 }
 
 /// How a new operation relates to an earlier one.
@@ -361,7 +364,9 @@ impl Orchestrator {
     /// gone (a client giving up on a slow database would otherwise leave it `pending` for ever).
     async fn submit_erased(&self, submission: Submission) -> Result<Submitted, SubmitError> {
         let this = self.clone();
-        let submitting = self.inner.tasks.spawn(async move { this.store_and_start(submission).await });
+        // In the caller's span: the operation's trace continues the request's.
+        let submitting =
+            self.inner.tasks.spawn(async move { this.store_and_start(submission).await }.in_current_span());
         match submitting.await {
             Ok(submitted) => submitted,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -392,6 +397,13 @@ impl Orchestrator {
         let mut record =
             crate::ops::record::OperationRecord::new(id.clone(), ty.name.to_owned(), metadata, ty.steps_total);
         record.parent_operation_id = lineage.parent.clone();
+        let span = supervisor::operation_span(&id, ty.name);
+        record.trace_id = crate::telemetry::trace_id(&span);
+        if let Some(trace_id) = &record.trace_id
+            && !inner.settings.trace_url.is_empty()
+        {
+            record.trace_url = Some(inner.settings.trace_url.replace("{trace_id}", trace_id));
+        }
         let op = LiveOperation::new(record, None, ty.renderer.clone(), inner.root.child_token(), inner.feed.clone());
         let keyed = idempotency.clone().map(|key| (key, not_before));
         let resumes = lineage.resumes.then(|| lineage.parent.clone()).flatten();
@@ -408,7 +420,7 @@ impl Orchestrator {
         }
         inner.registry.write().insert(id, op.clone());
         inner.metrics.counter(metrics::OPERATIONS_STARTED, &[("type", ty.name)]).increment(1);
-        spawn(inner.clone(), op.clone(), job, false);
+        supervisor::spawn_in(inner.clone(), op.clone(), job, false, span);
         Ok(Submitted::Started(op.snapshot()))
     }
 

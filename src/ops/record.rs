@@ -131,6 +131,13 @@ pub struct OperationRecord {
     /// The operation this one continues (a resume) or repeats (a retry); `null` for new work.
     #[serde(default)]
     pub parent_operation_id: Option<String>,
+    /// (ext) The trace of this operation's spans (32 hex digits), while traces are exported:
+    /// the request's that started it when it carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// (ext) That trace's page in a trace viewer (`telemetry.trace_url`), when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_url: Option<String>,
     pub version: u64,
 }
 
@@ -168,6 +175,8 @@ impl OperationRecord {
             metrics: None,
             cancellation: None,
             parent_operation_id: None,
+            trace_id: None,
+            trace_url: None,
             version: 1,
         }
     }

@@ -434,8 +434,9 @@ impl ServiceProcess {
                 let mut lines = BufReader::new(reader).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(at) = line.find("listening on http://") {
-                        let addr = line[at + "listening on ".len()..].split_whitespace().next().unwrap().to_owned();
-                        let _ = tx.send(addr.trim_end_matches('"').to_owned());
+                        // Plain or JSON logs: the address ends at a space or a quote.
+                        let rest = &line[at + "listening on ".len()..];
+                        let _ = tx.send(rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap().to_owned());
                     }
                     output.lock().unwrap().push(line);
                 }

@@ -17,6 +17,7 @@ mod operations_api;
 mod process;
 mod production;
 mod store;
+mod telemetry;
 mod training;
 mod trust;
 mod worker_ends;

@@ -22,8 +22,37 @@ use crate::ops::snapshot::Snapshot;
 /// to `running`, runs the job, and stores the outcome whatever happened to the job — returned,
 /// failed, cancelled, aborted or panicked.
 pub(super) fn spawn(inner: Arc<Inner>, op: Arc<LiveOperation>, job: BoxedJob, already_running: bool) {
-    // A root span: an operation outlives the request that started it.
-    let span = tracing::info_span!(parent: None, "operation", operation_id = %op.id);
+    let span = operation_span(&op.id, &op.snapshot().record.operation_type);
+    spawn_in(inner, op, job, already_running, span)
+}
+
+/// The span of an operation's whole life: a root for the logs (an operation outlives the
+/// request that started it), and for traces a child of the current span — the request's —
+/// so that its remote calls show in the caller's trace.
+pub(super) fn operation_span(id: &str, kind: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "operation",
+        operation_id = %id,
+        otel.name = tracing::field::Empty,
+        "operation.type" = %kind,
+        operation.status = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("otel.name", format!("operation {kind}"));
+        crate::telemetry::continue_current_trace(&span);
+    }
+    span
+}
+
+/// [`spawn`] within a span made beforehand (its trace id is already in the record).
+pub(super) fn spawn_in(
+    inner: Arc<Inner>,
+    op: Arc<LiveOperation>,
+    job: BoxedJob,
+    already_running: bool,
+    span: tracing::Span,
+) {
     let tasks = inner.tasks.clone();
     let supervisor = async move {
         // Taken on now: remote work that already runs (a resumed session) is stoppable from
@@ -123,6 +152,7 @@ async fn finish(inner: &Arc<Inner>, op: &Arc<LiveOperation>, outcome: Outcome, f
     store_final_state(inner, op, &snapshot).await;
     inner.registry.write().remove(&op.id);
     op.mark_settled();
+    tracing::Span::current().record("operation.status", snapshot.record.status.as_str());
     tracing::info!(status = %snapshot.record.status, "operation finished");
     let (kind, status) = (snapshot.record.operation_type.as_str(), snapshot.record.status.as_str());
     inner.metrics.counter(metrics::OPERATIONS_FINISHED, &[("type", kind), ("status", status)]).increment(1);

@@ -71,6 +71,7 @@ async fn orchestrator_waiting(dir: &tempfile::TempDir, acquire_timeout: Duration
         remote_cache_ttl: Duration::ZERO,
         remote_poll_interval: Duration::from_millis(50),
         cluster: None,
+        trace_url: String::new(),
     };
     Orchestrator::new(store, settings, vec![OperationType::of::<Misbehaving>(Arc::new(DefaultRenderer))], metrics)
 }
