@@ -16,9 +16,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -54,15 +57,44 @@ async fn fetch_health(http: &reqwest::Client, base: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Starts the release binary on a free port.
-async fn service(db: &str, token: Option<&str>) -> (tokio::process::Child, String) {
+/// Starts the release binary on a free port; `env` adds to its environment.
+async fn service(db: &str, token: Option<&str>, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
     let mut command = common::binary();
     command.args(["serve", "--listen", "127.0.0.1:0", "--database-url", db]).env("RUST_LOG", "info");
     if let Some(token) = token {
         command.env("KTRDR_OPS_API_TOKEN", token);
     }
+    command.envs(env.iter().copied());
     let service = Service::start(command, None).await;
     (service.child, service.base)
+}
+
+/// An OTLP/HTTP collector that takes every export and counts the spans it received.
+async fn collector() -> (String, Arc<AtomicU64>) {
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let counted = counted.clone();
+            async move {
+                let export: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let spans = export["resourceSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten())
+                    .map(|s| s["spans"].as_array().map_or(0, Vec::len) as u64)
+                    .sum::<u64>();
+                counted.fetch_add(spans, Ordering::Relaxed);
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
 }
 
 #[tokio::main]
@@ -72,7 +104,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
 
-    let (mut child, base) = service(&db, None).await;
+    let (mut child, base) = service(&db, None, &[]).await;
     let pid = child.id().unwrap();
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -85,11 +117,25 @@ async fn main() {
     let bare = bare_axum().await;
     // The same service with a bearer token required (metrics are always on).
     let guarded_db = format!("sqlite://{}", dir.path().join("guarded.db").display());
-    let (mut guarded, guarded_base) = service(&guarded_db, Some("bench-token")).await;
+    let (mut guarded, guarded_base) = service(&guarded_db, Some("bench-token"), &[]).await;
     let guarded_id = start_dummy(&http, &guarded_base, Some("bench-token"), 1_000_000, 100).await;
+    // The same service exporting traces (OTLP/HTTP JSON) with 1 % of new traces sampled.
+    let (collector_url, spans_received) = collector().await;
+    let traced_db = format!("sqlite://{}", dir.path().join("traced.db").display());
+    let traced_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+    ];
+    let (mut traced, traced_base) = service(&traced_db, None, &traced_env).await;
+    let traced_id = start_dummy(&http, &traced_base, None, 1_000_000, 100).await;
     let bare_rps = wrk(&bare, wrk_seconds, None);
     let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds, None);
     let guarded_rps = wrk(&format!("{guarded_base}/api/v1/operations/{guarded_id}"), wrk_seconds, Some("bench-token"));
+    let traced_rps = wrk(&format!("{traced_base}/api/v1/operations/{traced_id}"), wrk_seconds, None);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = spans_received.load(Ordering::Relaxed);
     println!("GET /api/v1/operations/{{id}} (running op, 64 connections): {get_rps:.0} req/s");
     println!(
         "  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)",
@@ -99,7 +145,14 @@ async fn main() {
         "  with a bearer token checked on every request (and metrics on): {guarded_rps:.0} req/s ({:.0}% of without)",
         guarded_rps / get_rps * 100.0
     );
+    println!(
+        "  exporting traces, 1 % sampled (metrics on): {traced_rps:.0} req/s ({:.0}% of bare axum, {:.0}% of without); \
+         {spans} spans received",
+        traced_rps / bare_rps * 100.0,
+        traced_rps / get_rps * 100.0
+    );
     guarded.kill().await.unwrap();
+    traced.kill().await.unwrap();
 
     // 2. Starts per second, each stored before the answer.
     let began = Instant::now();
