@@ -174,12 +174,17 @@ pub fn propagate(span: &Span, headers: &mut http::HeaderMap) {
 
 /// The trace `span` belongs to, as 32 hex digits; `None` when it is not traced.
 pub fn trace_id(span: &Span) -> Option<String> {
+    ids(span).map(|(trace_id, _)| trace_id.to_string())
+}
+
+/// `span`'s trace and span ids, when it is traced.
+fn ids(span: &Span) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
     if span.is_disabled() {
         return None;
     }
     let cx = span.context();
     let span_context = cx.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    span_context.is_valid().then(|| (span_context.trace_id(), span_context.span_id()))
 }
 
 struct Headers<'a>(&'a http::HeaderMap);
@@ -215,12 +220,7 @@ where
     F: FormatEvent<S, N>,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-        let current = Span::current();
-        let ids = (!current.is_disabled()).then(|| current.context()).and_then(|cx| {
-            let span_context = cx.span().span_context().clone();
-            span_context.is_valid().then(|| (span_context.trace_id(), span_context.span_id()))
-        });
-        let Some((trace_id, span_id)) = ids else {
+        let Some((trace_id, span_id)) = ids(&Span::current()) else {
             return self.0.format_event(ctx, writer, event);
         };
         let mut line = String::new();

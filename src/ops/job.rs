@@ -88,11 +88,12 @@ pub trait Job: Send + Sized + 'static {
 
     /// Whether the job itself says when its operation starts running
     /// ([`OperationHandle::running`]): work that first waits its turn elsewhere (a free remote
-    /// worker) reads `pending` until then, like work waiting for a slot. By default an operation
+    /// machine) reads `pending` until then, like work waiting for a slot. By default an operation
     /// is `running` as soon as its job runs.
     const STARTS_ITSELF: bool = false;
 
-    /// The list row's short label (api.md's `symbol`): the one thing the operation works on.
+    /// The list row's short label (the row field ktrdr's clients read it from): the one thing
+    /// the operation works on.
     fn summary(request: &Self::Request) -> Option<String>;
 
     /// The list row's `subject`: everything that tells this operation from its neighbours in a
