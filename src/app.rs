@@ -12,7 +12,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::server::ConnectionLimits;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Services};
 use crate::backtest::BacktestService;
 use crate::backtest::job::BacktestSettings;
 use crate::catalog::Catalog;
@@ -394,7 +394,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
     );
     orchestrator.sweep_periodically(config.operations.retention.0, config.operations.retention_sweep_interval.0);
 
-    let router = api::router(AppState {
+    let router = api::router(AppState::new(Services {
         orchestrator: orchestrator.clone(),
         hosts: hosts.clone(),
         data,
@@ -406,7 +406,7 @@ pub async fn start(mut config: Config, options: Options) -> Result<Server, Start
         fleet: fleet.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         openapi: Default::default(),
-    });
+    }));
 
     let shutdown = CancellationToken::new();
     let deadline = config.shutdown_deadline();

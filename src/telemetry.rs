@@ -9,6 +9,7 @@
 //! hot path nothing when tracing is off.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -65,36 +66,63 @@ pub fn init(format: LogFormat, filter: &str, traces: Option<TraceSettings<'_>>) 
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs never show the spans kept for traces.
-    let logged = filter.and(filter_fn(|meta| meta.target() != SPANS));
-    let ansi = std::io::stdout().is_terminal();
-    let logs = match format {
-        LogFormat::Pretty => fmt_layer().with_writer(std::io::stdout).with_ansi(ansi).boxed(),
+    let provider = traces.and_then(|settings| tracer_provider(&settings));
+    let installed = match &provider {
+        // Without a tracer, one global filter: the spans kept for traces are off at their
+        // callsites, never built. (A lone per-layer-filtered layer was tried and dropped events:
+        // on PostgreSQL, at the default level, `listening on` never appeared.)
+        None => {
+            let filter = filter.add_directive(format!("{SPANS}=off").parse().expect("a valid directive"));
+            tracing_subscriber::registry().with(filter).with(log_layer(format)).try_init().is_ok()
+        }
+        // With one, each layer filters for itself: logs never show the spans kept for traces,
+        // and traces take spans only, ours only (events would become span events: noise, and
+        // cost).
+        Some(provider) => {
+            let logged = filter.and(filter_fn(|meta| meta.target() != SPANS));
+            let traced = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("ktrdr-ops"))
+                // What each span costs on the hot path, kept to what a trace shows: no source
+                // location, thread or target attributes, no busy/idle clock read at every
+                // poll, and no OpenTelemetry context made current at every poll (ours is passed
+                // explicitly: `continue_current_trace`, `propagate`).
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_filter(filter_fn(|meta| {
+                    meta.is_span() && meta.target().starts_with("ktrdr_ops") && *meta.level() <= Level::INFO
+                }));
+            tracing_subscriber::registry().with(log_layer(format).with_filter(logged)).with(traced).try_init().is_ok()
+        }
+    };
+    if provider.is_some() && !installed {
+        // Another subscriber was there first (tests): its spans go nowhere of ours.
+        return Telemetry { provider: None };
+    }
+    if provider.is_some() {
+        EXPORTING.store(true, Ordering::Relaxed);
+        tracing::info!("traces are exported over OTLP/HTTP");
+    }
+    Telemetry { provider }
+}
+
+/// The log lines, as text or JSON, on stdout.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Pretty => {
+            fmt_layer().with_writer(std::io::stdout).with_ansi(std::io::stdout().is_terminal()).boxed()
+        }
         LogFormat::Json => fmt_layer()
             .with_writer(std::io::stdout)
             .fmt_fields(JsonFields::new())
             .event_format(WithTraceIds(tracing_subscriber::fmt::format().json().flatten_event(true)))
             .boxed(),
     }
-    .with_filter(logged);
-    let provider = traces.and_then(|settings| tracer_provider(&settings));
-    let traced = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("ktrdr-ops"))
-            // Spans only (events would become span events: noise, and cost), ours only.
-            .with_filter(filter_fn(|meta| {
-                meta.is_span() && meta.target().starts_with("ktrdr_ops") && *meta.level() <= Level::INFO
-            }))
-    });
-    let installed = tracing_subscriber::registry().with(logs).with(traced).try_init().is_ok();
-    if provider.is_some() && !installed {
-        // Another subscriber was there first (tests): its spans go nowhere of ours.
-        return Telemetry { provider: None };
-    }
-    if provider.is_some() {
-        tracing::info!("traces are exported over OTLP/HTTP");
-    }
-    Telemetry { provider }
 }
 
 /// The exporter and provider, when an endpoint is configured; `None` (with a warning) when it
@@ -170,6 +198,25 @@ pub fn propagate(span: &Span, headers: &mut http::HeaderMap) {
         return;
     }
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
+}
+
+/// Set once this process's spans go to a collector.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces: what only a trace needs can be skipped, cheaply, when not.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// `span`'s OpenTelemetry context when the sampler keeps it (asked now: the span starts), so that
+/// what only a recorded span needs is built for those alone; `None` when it is not traced or
+/// not sampled.
+pub fn sampled(span: &Span) -> Option<opentelemetry::Context> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    cx.span().span_context().is_sampled().then_some(cx)
 }
 
 /// The trace `span` belongs to, as 32 hex digits; `None` when it is not traced.

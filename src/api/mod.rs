@@ -15,6 +15,7 @@ pub mod error;
 mod extract;
 mod health;
 mod lineage;
+mod observe;
 pub mod openapi;
 mod operations;
 mod overview;
@@ -26,12 +27,12 @@ mod sse;
 mod trainings;
 mod workers;
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, OriginalUri, Request, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -47,14 +48,32 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::data::DataService;
 use crate::hosts::Hosts;
-use crate::metrics::Metrics;
 use crate::ops::{IdempotencyKey, Orchestrator};
 use crate::training::TrainingService;
 use error::ApiError;
 
-/// What every handler can reach: cheap-clone handles only.
+/// What every handler can reach. axum clones the state for every request (more than once:
+/// the router, each layer with state, each `State` extractor), so it is one `Arc`: a clone is
+/// one reference count, not one per handle inside (which cost ~15 % of a `GET /operations/{id}`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The service's parts, shared by every request.
+pub struct Services {
     pub orchestrator: Orchestrator,
     pub hosts: Hosts,
     pub data: DataService,
@@ -72,7 +91,7 @@ pub struct AppState {
     pub openapi: openapi::Document,
 }
 
-impl AppState {
+impl Services {
     /// A place for one more event stream or long-poll, held while it lasts; 503 with
     /// `Retry-After` when `server.max_streams` are open.
     pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -115,99 +134,41 @@ pub fn routes(request_timeout: Duration) -> (Router<AppState>, utoipa::openapi::
         .split_for_parts()
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface, as the one service the listener calls. Only `observe` wraps each
+/// route (it needs the matched route); the other layers wrap the router once, as one stack of
+/// plain types: a per-route layer is cloned and boxed again at every request, which made the
+/// layers cost a third of a `GET /operations/{id}`.
+pub fn router(
+    state: AppState,
+) -> impl tower::Service<Request, Response = Response, Error = Infallible, Future = impl Send + 'static>
++ Clone
++ Send
++ 'static {
     let (routes, document) = routes(state.config.server.request_timeout.0);
     let json = serde_json::to_vec(&document).expect("the OpenAPI document serialises");
     let _ = state.openapi.set(bytes::Bytes::from(json));
     let config = state.config.clone();
-    let durations = RequestDurations::new(state.orchestrator.metrics().clone());
-    let mut router = routes
+    let routed = routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        // On every route (where the matched route is known) and the fallbacks.
-        .layer(middleware::from_fn_with_state(durations, record_duration))
-        .layer(DefaultBodyLimit::max(config.server.body_limit_bytes))
-        .layer(axum::Extension(extract::BodyLimit(config.server.body_limit_bytes)));
-    if let Some(credentials) = auth::Credentials::from_config(&config) {
-        router = router.layer(auth::Authenticate::new(credentials));
-    }
-    if let Some(cors) = cors(&config.server.cors_origins) {
-        router = router.layer(cors);
-    }
-    router
+        // On every route and the fallbacks.
+        .layer(observe::ObserveLayer::new(state.orchestrator.metrics().clone()))
+        .with_state(state);
+    let stack = tower::ServiceBuilder::new()
+        .layer(request_span::layer())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
+        }))
         // gzip for clients that ask (browsers, Prometheus): the dashboard page, lists, records,
         // /metrics. Event streams it leaves alone (its encoder would hold events back until its
         // buffer fills): they gzip themselves, event by event (sse.rs).
         .layer(CompressionLayer::new())
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
-        }))
-        .layer(request_span::layer())
-        .with_state(state)
-}
-
-/// Records how long each request took to answer (until its head: a stream's body goes on), by
-/// method, matched route and status: in our histogram (seconds) and in ktrdr's (milliseconds).
-async fn record_duration(State(durations): State<RequestDurations>, request: Request, next: Next) -> Response {
-    let began = std::time::Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let took = began.elapsed().as_secs_f64();
-    let (ours, ktrdrs) = durations.histograms(method, route, response.status());
-    ours.record(took);
-    ktrdrs.record(took * 1000.0);
-    response
-}
-
-/// The request-duration histograms, by method, route and status. Registering a series with the
-/// recorder allocates its labels and hashes them; this cache finds one by the route's identity
-/// (axum shares one `MatchedPath` per route; the path is compared too, in case it does not) in a
-/// few nanoseconds, so the hot GET path pays almost nothing for being measured.
-#[derive(Clone)]
-struct RequestDurations {
-    metrics: Metrics,
-    cache: Arc<parking_lot::RwLock<HashMap<RouteKey, (MatchedPath, RouteHistograms)>>>,
-}
-
-/// A route's histograms: ours, and the one ktrdr's dashboards query.
-type RouteHistograms = (metrics::Histogram, metrics::Histogram);
-
-/// The route's path address, the method and the status.
-type RouteKey = (usize, Method, u16);
-
-impl RequestDurations {
-    /// Routes × methods × statuses seen: far below this; past it, nothing more is cached.
-    const MAX_CACHED: usize = 4096;
-
-    fn new(metrics: Metrics) -> Self {
-        RequestDurations { metrics, cache: Default::default() }
-    }
-
-    fn histograms(&self, method: Method, route: Option<MatchedPath>, status: StatusCode) -> RouteHistograms {
-        let path = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        let key = (path.as_ptr() as usize, method, status.as_u16());
-        if let Some((cached, histograms)) = self.cache.read().get(&key)
-            && cached.as_str() == path
-        {
-            return histograms.clone();
-        }
-        let (method, status) = (key.1.as_str(), status.as_str());
-        let ours = [("method", method), ("route", path), ("status", status)];
-        let ktrdrs = [("http_target", path), ("http_method", method), ("http_status_code", status)];
-        let histograms = (
-            self.metrics.histogram(crate::metrics::HTTP_REQUEST_DURATION, &ours),
-            self.metrics.histogram(crate::metrics::HTTP_SERVER_DURATION, &ktrdrs),
-        );
-        if let Some(route) = route {
-            let mut cache = self.cache.write();
-            if cache.len() < Self::MAX_CACHED {
-                cache.insert(key, (route, histograms.clone()));
-            }
-        }
-        histograms
-    }
+        .option_layer(cors(&config.server.cors_origins))
+        .option_layer(auth::Credentials::from_config(&config).map(auth::Authenticate::new))
+        .layer(axum::Extension(extract::BodyLimit(config.server.body_limit_bytes)))
+        .layer(DefaultBodyLimit::max(config.server.body_limit_bytes))
+        .service(routed);
+    tower::ServiceBuilder::new().map_response(IntoResponse::into_response).service(stack)
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {

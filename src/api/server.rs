@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
+use tower::ServiceExt;
+use tower::util::Oneshot;
 
 /// How the listener bounds its clients (config `[server]`).
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +54,11 @@ impl ConnectionLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then waits for the open requests.
-pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, shutdown: CancellationToken) {
+pub async fn serve<S>(listener: TcpListener, router: S, limits: ConnectionLimits, shutdown: CancellationToken)
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -92,18 +98,21 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
 
 /// The router, with each request told where it came from.
 #[derive(Clone)]
-struct PeerService {
-    router: Router,
+struct PeerService<S> {
+    router: S,
     peer: SocketAddr,
 }
 
-impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
-    type Response = axum::response::Response;
+impl<S> hyper::service::Service<hyper::Request<Incoming>> for PeerService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
     type Error = Infallible;
-    type Future = axum::routing::future::RouteFuture<Infallible>;
+    type Future = Oneshot<S, Request>;
 
     fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        self.router.clone().call(request.map(axum::body::Body::new))
+        self.router.clone().oneshot(request.map(axum::body::Body::new))
     }
 }

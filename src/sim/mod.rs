@@ -121,7 +121,7 @@ impl Simulators {
         let serve = |listener: TcpListener, router: axum::Router, stop: CancellationToken| {
             tokio::spawn(async move {
                 // Traced like the service's own routes: a trace sent here runs on under the simulators' name.
-                let router = router.layer(crate::api::request_span::layer());
+                let router = crate::api::request_span::traced(router);
                 let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
             })
         };

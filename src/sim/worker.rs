@@ -293,7 +293,7 @@ pub async fn serve_worker<S: WorkerSim>(
     };
     let identity = WorkerIdentity { worker_id, endpoint_url: format!("http://{host}:{}", addr.port()), gpu };
     let agent = Agent::new(identity, &fleet.backend_url, sim.clone(), fleet.agent.clone());
-    let router = agent.router().layer(crate::api::request_span::layer());
+    let router = crate::api::request_span::traced(agent.router());
     let server = tokio::spawn({
         let stop = stop.clone();
         async move {

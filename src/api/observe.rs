@@ -1,0 +1,182 @@
+//! What is known of a request only once it is routed: its route template. One small layer on
+//! every route (and the fallbacks) records the request's duration by method, route and status
+//! — in our histogram (seconds) and in ktrdr's (milliseconds) — and names the request's span after
+//! the route when its trace is sampled. It is the only per-route layer on the hot path (axum
+//! clones and boxes each per-route layer at every request; the rest wrap the router once).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use tower::{Layer, Service};
+
+use crate::metrics::Metrics;
+
+/// The layer; `durations` absent where nothing is measured (the simulators).
+#[derive(Clone)]
+pub struct ObserveLayer {
+    durations: Option<RequestDurations>,
+}
+
+impl ObserveLayer {
+    /// Measures into `metrics` and names spans.
+    pub fn new(metrics: Metrics) -> Self {
+        ObserveLayer { durations: Some(RequestDurations::new(metrics)) }
+    }
+
+    /// Names spans only.
+    pub fn naming_only() -> Self {
+        ObserveLayer { durations: None }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    /// Called once per route and method: each gets its own slot for its usual answer.
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner, durations: self.durations.clone(), usual: Arc::default() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    durations: Option<RequestDurations>,
+    /// This route's first (method, status) and its histograms: nearly every later request to the
+    /// route ends the same way and finds them here, without a lock or a hash.
+    usual: Arc<OnceLock<(Method, StatusCode, RouteHistograms)>>,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>();
+        super::request_span::name_current(request.method(), route.map_or("unmatched", MatchedPath::as_str));
+        let measure = self.durations.clone().map(|durations| Measure {
+            durations,
+            usual: self.usual.clone(),
+            method: request.method().clone(),
+            route: route.cloned(),
+            began: Instant::now(),
+        });
+        Observed { inner: Box::pin(self.inner.call(request)), measure }
+    }
+}
+
+/// What is needed to record a request's duration once it is answered.
+struct Measure {
+    durations: RequestDurations,
+    usual: Arc<OnceLock<(Method, StatusCode, RouteHistograms)>>,
+    method: Method,
+    route: Option<MatchedPath>,
+    began: Instant,
+}
+
+impl Measure {
+    fn record(self, status: StatusCode) {
+        let took = self.began.elapsed().as_secs_f64();
+        let (ours, ktrdrs) = match self.usual.get() {
+            Some((method, usual, histograms)) if *usual == status && *method == self.method => histograms.clone(),
+            _ => {
+                let histograms = self.durations.histograms(&self.method, self.route.as_ref(), status);
+                // The fallbacks see every path: only a matched route's answer becomes its usual.
+                if self.route.is_some() {
+                    let _ = self.usual.set((self.method, status, histograms.clone()));
+                }
+                histograms
+            }
+        };
+        ours.record(took);
+        ktrdrs.record(took * 1000.0);
+    }
+}
+
+/// The routed request's answer, measured when it comes. The inner future is boxed (axum's
+/// route futures are boxed anyway) so that no pin projection is needed.
+pub struct Observed<F> {
+    inner: Pin<Box<F>>,
+    measure: Option<Measure>,
+}
+
+impl<F, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = std::task::ready!(self.inner.as_mut().poll(cx));
+        if let (Ok(response), Some(measure)) = (&answer, self.measure.take()) {
+            measure.record(response.status());
+        }
+        Poll::Ready(answer)
+    }
+}
+
+/// A route's histograms: ours, and the one ktrdr's dashboards query.
+type RouteHistograms = (metrics::Histogram, metrics::Histogram);
+
+/// The request-duration histograms by method, route and status, for answers other than a
+/// route's usual one. Registering a series allocates its labels and hashes them; this cache
+/// finds it by the route's identity (axum shares one `MatchedPath` per route; the path is
+/// compared too, in case it does not).
+#[derive(Clone)]
+struct RequestDurations(Arc<DurationCache>);
+
+struct DurationCache {
+    metrics: Metrics,
+    routes: parking_lot::RwLock<HashMap<RouteKey, (MatchedPath, RouteHistograms)>>,
+}
+
+/// The route's path address, the method and the status.
+type RouteKey = (usize, Method, u16);
+
+impl RequestDurations {
+    /// Routes × methods × statuses seen: far below this; past it, nothing more is cached.
+    const MAX_CACHED: usize = 4096;
+
+    fn new(metrics: Metrics) -> Self {
+        RequestDurations(Arc::new(DurationCache { metrics, routes: Default::default() }))
+    }
+
+    fn histograms(&self, method: &Method, route: Option<&MatchedPath>, status: StatusCode) -> RouteHistograms {
+        let path = route.map_or("unmatched", MatchedPath::as_str);
+        let key = (path.as_ptr() as usize, method.clone(), status.as_u16());
+        if let Some((cached, histograms)) = self.0.routes.read().get(&key)
+            && cached.as_str() == path
+        {
+            return histograms.clone();
+        }
+        let (method, status) = (method.as_str(), status.as_str());
+        let ours = [("method", method), ("route", path), ("status", status)];
+        let ktrdrs = [("http_target", path), ("http_method", method), ("http_status_code", status)];
+        let histograms = (
+            self.0.metrics.histogram(crate::metrics::HTTP_REQUEST_DURATION, &ours),
+            self.0.metrics.histogram(crate::metrics::HTTP_SERVER_DURATION, &ktrdrs),
+        );
+        if let Some(route) = route {
+            let mut cache = self.0.routes.write();
+            if cache.len() < Self::MAX_CACHED {
+                cache.insert(key, (route.clone(), histograms.clone()));
+            }
+        }
+        histograms
+    }
+}
