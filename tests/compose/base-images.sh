@@ -6,6 +6,8 @@
 #   rust:1.95-bookworm    the same with a C toolchain, plus this machine's Rust toolchain
 #   postgres:15           Debian's PostgreSQL 15 with an entrypoint that honours POSTGRES_USER,
 #                         POSTGRES_PASSWORD, POSTGRES_DB and PGDATA as the official image does
+#   prom/prometheus:v2.42.0     Debian's Prometheus 2.42 at the official image's paths
+#   python:3.11-slim-bookworm   Debian's Python 3.11 (the compose stack's OTLP receiver runs on it)
 # Idempotent: images that exist are left alone, and the debootstrapped trees are cached under
 # $BASE_IMAGES_CACHE (default /var/cache/ktrdr-ops/base-images). Needs root for debootstrap.
 set -euo pipefail
@@ -101,8 +103,32 @@ postgres_image() {
         --change 'CMD ["postgres"]'
 }
 
+prometheus_image() {
+    local dir
+    dir=$(rootfs prometheus "prometheus")
+    # The official image's layout: the binary at /bin/prometheus (bookworm's /bin is /usr/bin),
+    # its configuration under /etc/prometheus, the database in /prometheus.
+    mkdir -p "$dir/prometheus"
+    import_tree "$dir" prom/prometheus:v2.42.0 \
+        --change 'WORKDIR /prometheus' \
+        --change 'VOLUME /prometheus' \
+        --change 'EXPOSE 9090' \
+        --change 'ENTRYPOINT ["/bin/prometheus"]' \
+        --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+}
+
+python_image() {
+    local dir
+    dir=$(rootfs python "python3.11")
+    ln -sf python3.11 "$dir/usr/bin/python3"
+    import_tree "$dir" python:3.11-slim-bookworm \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'CMD ["python3"]'
+}
+
 mkdir -p "$cache"
-for image in debian:bookworm-slim "rust:$rust_version-bookworm" postgres:15; do
+for image in debian:bookworm-slim "rust:$rust_version-bookworm" postgres:15 prom/prometheus:v2.42.0 \
+    python:3.11-slim-bookworm; do
     if have "$image"; then
         continue
     fi
@@ -114,5 +140,7 @@ for image in debian:bookworm-slim "rust:$rust_version-bookworm" postgres:15; do
         debian:*) debian_slim ;;
         rust:*) rust_image ;;
         postgres:*) postgres_image ;;
+        prom/prometheus:*) prometheus_image ;;
+        python:*) python_image ;;
     esac
 done

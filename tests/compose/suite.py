@@ -8,6 +8,10 @@ purpose.
   training         a training through the compose workers completes
   backtest         a backtest of that model on the backtest worker completes, its metrics whole
   cancel anywhere  a DELETE on replica 2 stops replica 1's work
+  observability    (profile `observability`, on throughout) Prometheus scrapes both replicas and
+                   has ktrdr's and our series; a load started with a `traceparent` is one trace at
+                   the OTLP receiver, from the replica's request through its host calls into the
+                   simulator's spans
   kill             replica 1 killed mid-load: replica 2 takes the load over and completes it
   partition        replica 1 cut off the network past its lease while it owns a running load:
                    replica 2 takes over; reconnected, replica 1 writes nothing over it, and no
@@ -21,10 +25,12 @@ Prints one line per step with its figures; exits 1 on the first failure.
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 
@@ -42,7 +48,11 @@ def compose_command():
     return ["docker-compose"]
 
 
-COMPOSE = compose_command() + ["-p", PROJECT] + FILES
+COMPOSE = compose_command() + ["-p", PROJECT, "--profile", "observability"] + FILES
+PROMETHEUS, RECEIVER = "http://127.0.0.1:9090", "http://127.0.0.1:4318"
+# The replicas, simulators and workers export their traces to the profile's receiver.
+os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://otlp-receiver:4318"
+os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/json"
 
 
 def compose(*args, capture=False):
@@ -60,9 +70,10 @@ def container(service):
     return compose("ps", "-q", service, capture=True).strip()
 
 
-def call(method, url, body=None, timeout=5):
+def call(method, url, body=None, timeout=5, headers=None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -98,9 +109,10 @@ def ended(base, op_id):
     return s if s in ("completed", "failed", "cancelled") else None
 
 
-def start_load(base, symbol, timeframe, start, end, mode="backfill"):
+def start_load(base, symbol, timeframe, start, end, mode="backfill", headers=None):
     status, body = call("POST", f"{base}/api/v1/data/load",
-                        {"symbol": symbol, "timeframe": timeframe, "mode": mode, "start_date": start, "end_date": end})
+                        {"symbol": symbol, "timeframe": timeframe, "mode": mode, "start_date": start, "end_date": end},
+                        headers=headers)
     assert status == 200, (status, body)
     return body["data"]["operation_id"]
 
@@ -263,6 +275,71 @@ def postgres_restart():
     return f"the load ended {final}" + (f" ({r.get('error_message')})" if final == "failed" else "")
 
 
+# The names ktrdr's Grafana dashboards query, and some of our own.
+EXPECTED_SERIES = [
+    "ktrdr_operations_total", "ktrdr_workers_registered_total", "ktrdr_workers_available",
+    "http_server_duration_milliseconds_bucket", "process_cpu_seconds_total", "process_resident_memory_bytes",
+    "ktrdr_ops_operations_started_total", "ktrdr_ops_host_request_duration_seconds_bucket", "ktrdr_ops_workers",
+]
+
+
+def prometheus(query):
+    status, body = call("GET", f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+    return body["data"]["result"] if status == 200 and body.get("status") == "success" else []
+
+
+def scraped():
+    """Prometheus has both replicas up and every expected series from both."""
+    up = {r["metric"]["instance"] for r in prometheus('up{job="ktrdr-ops"} == 1')}
+    if len(up) < 2:
+        return None
+    names = "|".join(EXPECTED_SERIES)
+    found = {}
+    for r in prometheus(f'count by (__name__, instance) ({{job="ktrdr-ops", __name__=~"{names}"}})'):
+        found.setdefault(r["metric"]["__name__"], set()).add(r["metric"]["instance"])
+    missing = [name for name in EXPECTED_SERIES if found.get(name) != up]
+    return None if missing else up
+
+
+def trace_spans(trace_id):
+    status, body = call("GET", f"{RECEIVER}/api/traces/{trace_id}")
+    return body["spans"] if status == 200 else []
+
+
+def whole(trace_id, spans):
+    """The replica's server span (continuing our caller span), its operation span, its client spans
+    to the IB host, and the simulator's server spans under them; every parent in the trace."""
+    ids = {s["span_id"] for s in spans}
+    server = [s for s in spans if s["service"] == "ktrdr-ops" and s["name"] == "POST /api/v1/data/load"]
+    operation = [s for s in spans if s["service"] == "ktrdr-ops" and s["name"].startswith("operation")]
+    clients = [s for s in spans if s["service"] == "ktrdr-ops" and s["kind"] in (3, "SPAN_KIND_CLIENT")]
+    simulated = [s for s in spans if s["service"] == "ktrdr-ops-sim" and s["parent_span_id"] in {c["span_id"] for c in clients}]
+    orphans = [s for s in spans if s["parent_span_id"] and s["parent_span_id"] not in ids | {CALLER_SPAN}]
+    if server and operation and clients and simulated and not orphans:
+        return server, operation, clients, simulated
+    return None
+
+
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def observability():
+    up = wait("Prometheus scraping both replicas, with every expected series", scraped, 60, every=1)
+    trace_id = "%032x" % random.getrandbits(128)
+    traceparent = f"00-{trace_id}-{CALLER_SPAN}-01"
+    op_id = start_load(R2, "GBPUSD", "1h", "2024-01-01", "2024-02-29", mode="tail", headers={"traceparent": traceparent})
+    wait("the load completed", lambda: status_of(R2, op_id) == "completed", 60)
+    ended_at = time.monotonic()
+    r = record(R2, op_id)
+    assert r.get("trace_id") == trace_id, f"the record's trace id is {r.get('trace_id')}, not the caller's {trace_id}"
+    server, operation, clients, simulated = wait(
+        "the whole trace at the OTLP receiver", lambda: whole(trace_id, trace_spans(trace_id)), 30, every=0.2)
+    complete = time.monotonic() - ended_at
+    assert server[0]["parent_span_id"] == CALLER_SPAN, server
+    return (f"{len(up)} replicas scraped, {len(EXPECTED_SERIES)} series from each; trace {trace_id[:8]}…: "
+            f"{len(clients)} host calls, {len(simulated)} simulator spans, whole {complete:.1f} s after the load ended")
+
+
 def main():
     subprocess.run(["bash", os.path.join(ROOT, "tests/compose/base-images.sh")], check=True)
     failed = False
@@ -272,6 +349,8 @@ def main():
         step("a training through the compose workers", training)
         step("a backtest of that model on the backtest worker", backtest)
         step("a DELETE on replica 2 stops replica 1's work", cancel_anywhere)
+        # After the steps above each replica has run operations (ktrdr_operations_total exists).
+        step("Prometheus scrapes both replicas; a load's whole trace at the OTLP receiver", observability)
         step("replica 1 killed mid-load: replica 2 takes over", kill)
         step("network partition of replica 1", partition)
         step("PostgreSQL restarted mid-load", postgres_restart)
