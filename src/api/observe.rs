@@ -41,17 +41,24 @@ impl<S> Layer<S> for ObserveLayer {
 
     /// Called once per route and method: each gets its own slot for its usual answer.
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner, durations: self.durations.clone(), usual: Arc::default() }
+        let durations =
+            self.durations.clone().map(|durations| Arc::new(RouteDurations { durations, usual: OnceLock::new() }));
+        Observe { inner, durations }
     }
 }
 
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    durations: Option<RequestDurations>,
+    durations: Option<Arc<RouteDurations>>,
+}
+
+/// One route's measuring: one reference to clone per request.
+struct RouteDurations {
+    durations: RequestDurations,
     /// This route's first (method, status) and its histograms: nearly every later request to the
     /// route ends the same way and finds them here, without a lock or a hash.
-    usual: Arc<OnceLock<(Method, StatusCode, RouteHistograms)>>,
+    usual: OnceLock<(Method, StatusCode, RouteHistograms)>,
 }
 
 impl<S> Service<Request> for Observe<S>
@@ -69,9 +76,8 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>();
         super::request_span::name_current(request.method(), route.map_or("unmatched", MatchedPath::as_str));
-        let measure = self.durations.clone().map(|durations| Measure {
-            durations,
-            usual: self.usual.clone(),
+        let measure = self.durations.clone().map(|route_durations| Measure {
+            route_durations,
             method: request.method().clone(),
             route: route.cloned(),
             began: Instant::now(),
@@ -82,8 +88,7 @@ where
 
 /// What is needed to record a request's duration once it is answered.
 struct Measure {
-    durations: RequestDurations,
-    usual: Arc<OnceLock<(Method, StatusCode, RouteHistograms)>>,
+    route_durations: Arc<RouteDurations>,
     method: Method,
     route: Option<MatchedPath>,
     began: Instant,
@@ -92,13 +97,13 @@ struct Measure {
 impl Measure {
     fn record(self, status: StatusCode) {
         let took = self.began.elapsed().as_secs_f64();
-        let (ours, ktrdrs) = match self.usual.get() {
+        let (ours, ktrdrs) = match self.route_durations.usual.get() {
             Some((method, usual, histograms)) if *usual == status && *method == self.method => histograms.clone(),
             _ => {
-                let histograms = self.durations.histograms(&self.method, self.route.as_ref(), status);
+                let histograms = self.route_durations.durations.histograms(&self.method, self.route.as_ref(), status);
                 // The fallbacks see every path: only a matched route's answer becomes its usual.
                 if self.route.is_some() {
-                    let _ = self.usual.set((self.method, status, histograms.clone()));
+                    let _ = self.route_durations.usual.set((self.method, status, histograms.clone()));
                 }
                 histograms
             }

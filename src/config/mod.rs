@@ -422,9 +422,15 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(ConfigError::new("database.max_connections", "must be at least 1"));
         }
-        for (key, url) in [("hosts.ib.url", &self.hosts.ib.url), ("hosts.training.url", &self.hosts.training.url)] {
-            // No configured training host: trainings go to registered workers only.
-            if key == "hosts.training.url" && url.is_empty() {
+        let urls = [
+            ("hosts.ib.url", &self.hosts.ib.url, false),
+            // Empty: trainings go to registered workers only.
+            ("hosts.training.url", &self.hosts.training.url, true),
+            // Empty: see OTEL_EXPORTER_OTLP_ENDPOINT; without either, no traces.
+            ("telemetry.otlp_endpoint", &self.telemetry.otlp_endpoint, true),
+        ];
+        for (key, url, optional) in urls {
+            if optional && url.is_empty() {
                 continue;
             }
             let valid = url
@@ -434,14 +440,6 @@ impl Config {
             if !valid {
                 return Err(ConfigError::new(key, format!("`{url}` is not an http:// or https:// URL")));
             }
-        }
-        let endpoint = &self.telemetry.otlp_endpoint;
-        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
-        if !endpoint.is_empty() && !http {
-            return Err(ConfigError::new(
-                "telemetry.otlp_endpoint",
-                format!("`{endpoint}` is not an http:// or https:// URL"),
-            ));
         }
         if self.hosts.retry_attempts == 0 {
             return Err(ConfigError::new("hosts.retry_attempts", "must be at least 1"));
