@@ -6,17 +6,26 @@
 //!
 //! Spans meant for traces only — one per request, one per host call — use the target [`SPANS`]:
 //! the log output ignores them, and without an exporter nothing enables them, so they cost the
-//! hot path nothing when tracing is off.
+//! hot path nothing when tracing is off. With an exporter, a request's trace is sampled at its
+//! head ([`head`]), before any span exists: a request whose trace is not kept gets no span at
+//! all, only a context that passes the decision on to what it starts and calls.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry::{Context as OtelContext, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
-use tracing::{Event, Level, Span, Subscriber};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult,
+    SdkTracerProvider, ShouldSample,
+};
+use tracing::{Event, Instrument as _, Level, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
@@ -66,7 +75,7 @@ pub fn init(format: LogFormat, filter: &str, traces: Option<TraceSettings<'_>>) 
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let provider = traces.and_then(|settings| tracer_provider(&settings));
+    let (provider, sampler) = traces.and_then(|settings| tracer_provider(&settings)).unzip();
     let installed = match &provider {
         // Without a tracer, one global filter: the spans kept for traces are off at their
         // callsites, never built. (A lone per-layer-filtered layer was tried and dropped events:
@@ -101,8 +110,8 @@ pub fn init(format: LogFormat, filter: &str, traces: Option<TraceSettings<'_>>) 
         // Another subscriber was there first (tests): its spans go nowhere of ours.
         return Telemetry { provider: None };
     }
-    if provider.is_some() {
-        EXPORTING.store(true, Ordering::Relaxed);
+    if let Some(sampler) = sampler {
+        let _ = HEAD.set(HeadSampler { sampler, ids: RandomIdGenerator::default() });
         tracing::info!("traces are exported over OTLP/HTTP");
     }
     Telemetry { provider }
@@ -125,9 +134,10 @@ where
     }
 }
 
-/// The exporter and provider, when an endpoint is configured; `None` (with a warning) when it
-/// cannot be built — the service runs on without traces.
-fn tracer_provider(settings: &TraceSettings<'_>) -> Option<SdkTracerProvider> {
+/// The exporter and provider, when an endpoint is configured, with the configured sampler for
+/// the requests' head decisions; `None` (with a warning) when it cannot be built — the service
+/// runs on without traces.
+fn tracer_provider(settings: &TraceSettings<'_>) -> Option<(SdkTracerProvider, Box<dyn ShouldSample>)> {
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
     if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         return None;
@@ -162,8 +172,84 @@ fn tracer_provider(settings: &TraceSettings<'_>) -> Option<SdkTracerProvider> {
     }
     let resource =
         resource.with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
-    // The sampler comes from OTEL_TRACES_SAMPLER(_ARG); parent-based always-on without them.
-    Some(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
+    // The sampler comes from OTEL_TRACES_SAMPLER(_ARG) (the SDK's default configuration reads
+    // them); parent-based always-on without them.
+    let configured = opentelemetry_sdk::trace::Config::default().sampler;
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .with_sampler(Sampling(configured.clone()))
+        .build();
+    Some((provider, configured))
+}
+
+/// The requests' head sampling, set once this process's spans go to a collector.
+static HEAD: OnceLock<HeadSampler> = OnceLock::new();
+
+struct HeadSampler {
+    sampler: Box<dyn ShouldSample>,
+    ids: RandomIdGenerator,
+}
+
+/// What the head of a request's trace decided, before any span exists.
+pub enum Head {
+    /// No traces are exported.
+    Off,
+    /// Kept: the request's span takes this parent — the caller's context, or none — marked so
+    /// that the sampler keeps the span without deciding again.
+    Kept(OtelContext),
+    /// Not kept: the request gets no span. This context (the caller's trace, or a new one, not
+    /// sampled) is current while it runs, so that what it starts is not kept either and the
+    /// hosts it calls are told so.
+    Dropped(OtelContext),
+}
+
+/// Decides whether the trace of a request with these headers is kept: the configured sampler
+/// is asked once, with the caller's `traceparent` if there is one.
+pub fn head(headers: &http::HeaderMap) -> Head {
+    let Some(head) = HEAD.get() else {
+        return Head::Off;
+    };
+    let parent = remote_parent(headers);
+    let caller = parent.as_ref().map(|cx| cx.span().span_context().clone());
+    let trace_id = caller.as_ref().map_or_else(|| head.ids.new_trace_id(), SpanContext::trace_id);
+    let decision = head.sampler.should_sample(parent.as_ref(), trace_id, "request", &SpanKind::Server, &[], &[]);
+    if decision.decision == SamplingDecision::RecordAndSample {
+        return Head::Kept(parent.unwrap_or_default().with_value(HeadKept));
+    }
+    let (span_id, trace_state) = caller
+        .map_or_else(|| (head.ids.new_span_id(), TraceState::default()), |c| (c.span_id(), c.trace_state().clone()));
+    let unsampled = SpanContext::new(trace_id, span_id, TraceFlags::default(), true, trace_state);
+    Head::Dropped(OtelContext::new().with_remote_span_context(unsampled))
+}
+
+/// Marks the parent context of a request span whose trace the head decided to keep.
+struct HeadKept;
+
+/// The provider's sampler: a request span whose head was kept is kept (asking again would
+/// decide again, at random, for a new root); everything else asks the configured sampler.
+#[derive(Debug, Clone)]
+struct Sampling(Box<dyn ShouldSample>);
+
+impl ShouldSample for Sampling {
+    fn should_sample(
+        &self,
+        parent: Option<&OtelContext>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        match parent {
+            Some(cx) if cx.get::<HeadKept>().is_some() => SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state: cx.span().span_context().trace_state().clone(),
+            },
+            _ => self.0.should_sample(parent, trace_id, name, kind, attributes, links),
+        }
+    }
 }
 
 /// The W3C trace context (`traceparent`, `tracestate`) of a request, if it carries a valid one.
@@ -183,13 +269,23 @@ pub fn continue_trace(span: &Span, headers: &http::HeaderMap) {
 }
 
 /// Makes `span` a child of the current span's trace, when both are traced (the tracing tree,
-/// which the logs show, stays as it was).
+/// which the logs show, stays as it was) — or of the current context, in a request whose trace
+/// is not kept (it has no span).
 pub fn continue_current_trace(span: &Span) {
-    let current = Span::current();
-    if span.is_disabled() || current.is_disabled() {
+    if span.is_disabled() {
         return;
     }
-    let _ = span.set_parent(current.context());
+    let current = Span::current();
+    let parent = if current.is_disabled() { OtelContext::current() } else { current.context() };
+    if parent.has_active_span() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// `future` in the current span and trace context, for work handed to a task of its own: the
+/// caller's trace — kept or not, with or without a span — goes on in it.
+pub fn in_current_trace<F: std::future::Future>(future: F) -> WithContext<tracing::instrument::Instrumented<F>> {
+    future.in_current_span().with_current_context()
 }
 
 /// Adds `span`'s trace context to outgoing headers, so that the callee continues the trace.
@@ -200,12 +296,9 @@ pub fn propagate(span: &Span, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
 }
 
-/// Set once this process's spans go to a collector.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-
 /// Whether this process exports traces: what only a trace needs can be skipped, cheaply, when not.
 pub fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
+    HEAD.get().is_some()
 }
 
 /// `span`'s OpenTelemetry context when the sampler keeps it (asked now: the span starts), so that
@@ -225,12 +318,16 @@ pub fn trace_id(span: &Span) -> Option<String> {
 }
 
 /// `span`'s trace and span ids, when it is traced.
-fn ids(span: &Span) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
+fn ids(span: &Span) -> Option<(TraceId, opentelemetry::trace::SpanId)> {
     if span.is_disabled() {
         return None;
     }
-    let cx = span.context();
-    let span_context = cx.span().span_context().clone();
+    context_ids(&span.context())
+}
+
+fn context_ids(cx: &OtelContext) -> Option<(TraceId, opentelemetry::trace::SpanId)> {
+    let span = cx.span();
+    let span_context = span.span_context();
     span_context.is_valid().then(|| (span_context.trace_id(), span_context.span_id()))
 }
 
@@ -257,7 +354,8 @@ impl Injector for HeadersMut<'_> {
 }
 
 /// The JSON line of an event, with the `trace_id` and `span_id` of the span it happened in
-/// when that span is traced (so logs and traces can be joined).
+/// when that span is traced, or of the request's context when its trace is not kept (so logs
+/// and traces can be joined).
 struct WithTraceIds<F>(F);
 
 impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
@@ -267,7 +365,9 @@ where
     F: FormatEvent<S, N>,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-        let Some((trace_id, span_id)) = ids(&Span::current()) else {
+        // In a request whose trace is not kept, no span: its context is current instead.
+        let current = ids(&Span::current()).or_else(|| context_ids(&OtelContext::current()));
+        let Some((trace_id, span_id)) = current else {
             return self.0.format_event(ctx, writer, event);
         };
         let mut line = String::new();

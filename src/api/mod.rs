@@ -8,17 +8,20 @@ pub mod auth;
 mod backtests;
 mod catalog;
 mod checkpoints;
+mod compression;
 mod dashboard;
 mod data;
 mod dummy;
 pub mod error;
 mod extract;
 mod health;
+mod hot_path;
 mod lineage;
 mod observe;
 pub mod openapi;
 mod operations;
 mod overview;
+mod panics;
 mod prometheus;
 pub mod request_span;
 pub mod schemas;
@@ -38,8 +41,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -148,27 +149,26 @@ pub fn router(
     let json = serde_json::to_vec(&document).expect("the OpenAPI document serialises");
     let _ = state.openapi.set(bytes::Bytes::from(json));
     let config = state.config.clone();
+    let hot_path = hot_path::HotPath::new(&state);
     let routed = routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // On every route and the fallbacks.
         .layer(observe::ObserveLayer::new(state.orchestrator.metrics().clone()))
         .with_state(state);
-    let stack = tower::ServiceBuilder::new()
-        .layer(request_span::layer())
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal error").into_response()
-        }))
+    tower::ServiceBuilder::new()
+        .layer(request_span::RequestSpans)
+        .layer(panics::CatchPanics)
         // gzip for clients that ask (browsers, Prometheus): the dashboard page, lists, records,
         // /metrics. Event streams it leaves alone (its encoder would hold events back until its
         // buffer fills): they gzip themselves, event by event (sse.rs).
-        .layer(CompressionLayer::new())
+        .layer(compression::CompressWhenAsked)
         .option_layer(cors(&config.server.cors_origins))
         .option_layer(auth::Credentials::from_config(&config).map(auth::Authenticate::new))
+        .layer(hot_path)
         .layer(axum::Extension(extract::BodyLimit(config.server.body_limit_bytes)))
         .layer(DefaultBodyLimit::max(config.server.body_limit_bytes))
-        .service(routed);
-    tower::ServiceBuilder::new().map_response(IntoResponse::into_response).service(stack)
+        .service(routed)
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {

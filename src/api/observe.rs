@@ -39,10 +39,14 @@ impl ObserveLayer {
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
-    /// Called once per route and method: each gets its own slot for its usual answer.
+    /// Called once per route and method, when the router is built: each gets its own slot for
+    /// its usual answer, for as long as the process lives (a reference that needs no counting,
+    /// at every request, by every thread; a few dozen small allocations per router).
     fn layer(&self, inner: S) -> Observe<S> {
-        let durations =
-            self.durations.clone().map(|durations| Arc::new(RouteDurations { durations, usual: OnceLock::new() }));
+        let durations = self
+            .durations
+            .clone()
+            .map(|durations| &*Box::leak(Box::new(RouteDurations { durations, usual: OnceLock::new() })));
         Observe { inner, durations }
     }
 }
@@ -50,10 +54,10 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    durations: Option<Arc<RouteDurations>>,
+    durations: Option<&'static RouteDurations>,
 }
 
-/// One route's measuring: one reference to clone per request.
+/// One route's measuring.
 struct RouteDurations {
     durations: RequestDurations,
     /// This route's first (method, status) and its histograms: nearly every later request to the
@@ -64,6 +68,7 @@ struct RouteDurations {
 impl<S> Service<Request> for Observe<S>
 where
     S: Service<Request, Response = Response>,
+    S::Future: Unpin,
 {
     type Response = Response;
     type Error = S::Error;
@@ -76,58 +81,106 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>();
         super::request_span::name_current(request.method(), route.map_or("unmatched", MatchedPath::as_str));
-        let measure = self.durations.clone().map(|route_durations| Measure {
+        let measure = self.durations.map(|route_durations| Measure {
             route_durations,
             method: request.method().clone(),
-            route: route.cloned(),
+            route: route.cloned().map(Template::Matched),
             began: Instant::now(),
         });
-        Observed { inner: Box::pin(self.inner.call(request)), measure }
+        Observed { inner: self.inner.call(request), measure }
+    }
+}
+
+/// A route answered outside the router (`hot_path.rs`), measured and named as if routed.
+pub struct KnownRoute {
+    durations: &'static RouteDurations,
+    method: Method,
+    template: &'static str,
+}
+
+impl KnownRoute {
+    pub fn new(metrics: Metrics, method: Method, template: &'static str) -> Self {
+        let durations =
+            Box::leak(Box::new(RouteDurations { durations: RequestDurations::new(metrics), usual: OnceLock::new() }));
+        KnownRoute { durations, method, template }
+    }
+
+    /// Names the request's span after the route and measures `answer`.
+    pub fn observe(&self, answer: impl FnOnce() -> Response) -> Response {
+        super::request_span::name_current(&self.method, self.template);
+        let measure = Measure {
+            route_durations: self.durations,
+            method: self.method.clone(),
+            route: Some(Template::Known(self.template)),
+            began: Instant::now(),
+        };
+        let response = answer();
+        measure.record(response.status());
+        response
+    }
+}
+
+/// A route's template: as the router matched it, or known beforehand.
+enum Template {
+    Matched(MatchedPath),
+    Known(&'static str),
+}
+
+impl Template {
+    fn as_str(&self) -> &str {
+        match self {
+            Template::Matched(matched) => matched.as_str(),
+            Template::Known(template) => template,
+        }
     }
 }
 
 /// What is needed to record a request's duration once it is answered.
 struct Measure {
-    route_durations: Arc<RouteDurations>,
+    route_durations: &'static RouteDurations,
     method: Method,
-    route: Option<MatchedPath>,
+    /// `None` for the fallbacks (no route matched).
+    route: Option<Template>,
     began: Instant,
 }
 
 impl Measure {
     fn record(self, status: StatusCode) {
         let took = self.began.elapsed().as_secs_f64();
-        let (ours, ktrdrs) = match self.route_durations.usual.get() {
-            Some((method, usual, histograms)) if *usual == status && *method == self.method => histograms.clone(),
-            _ => {
-                let histograms = self.route_durations.durations.histograms(&self.method, self.route.as_ref(), status);
-                // The fallbacks see every path: only a matched route's answer becomes its usual.
-                if self.route.is_some() {
-                    let _ = self.route_durations.usual.set((self.method, status, histograms.clone()));
-                }
-                histograms
-            }
-        };
+        if let Some((method, usual, (ours, ktrdrs))) = self.route_durations.usual.get()
+            && *usual == status
+            && *method == self.method
+        {
+            ours.record(took);
+            ktrdrs.record(took * 1000.0);
+            return;
+        }
+        let route = self.route.as_ref().map(Template::as_str);
+        let (ours, ktrdrs) = self.route_durations.durations.histograms(&self.method, route, status);
         ours.record(took);
         ktrdrs.record(took * 1000.0);
+        // The fallbacks see every path: only a matched route's answer becomes its usual.
+        if self.route.is_some() {
+            let _ = self.route_durations.usual.set((self.method, status, (ours, ktrdrs)));
+        }
     }
 }
 
-/// The routed request's answer, measured when it comes. The inner future is boxed (axum's
-/// route futures are boxed anyway) so that no pin projection is needed.
+/// The routed request's answer, measured when it comes. axum's route futures are `Unpin` (their
+/// handlers' futures are boxed inside), so no pin projection and no box is needed here.
 pub struct Observed<F> {
-    inner: Pin<Box<F>>,
+    inner: F,
     measure: Option<Measure>,
 }
 
 impl<F, E> Future for Observed<F>
 where
-    F: Future<Output = Result<Response, E>>,
+    F: Future<Output = Result<Response, E>> + Unpin,
 {
     type Output = Result<Response, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let answer = std::task::ready!(self.inner.as_mut().poll(cx));
+        let answer = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
         if let (Ok(response), Some(measure)) = (&answer, self.measure.take()) {
             measure.record(response.status());
         }
@@ -147,7 +200,7 @@ struct RequestDurations(Arc<DurationCache>);
 
 struct DurationCache {
     metrics: Metrics,
-    routes: parking_lot::RwLock<HashMap<RouteKey, (MatchedPath, RouteHistograms)>>,
+    routes: parking_lot::RwLock<HashMap<RouteKey, (String, RouteHistograms)>>,
 }
 
 /// The route's path address, the method and the status.
@@ -161,8 +214,8 @@ impl RequestDurations {
         RequestDurations(Arc::new(DurationCache { metrics, routes: Default::default() }))
     }
 
-    fn histograms(&self, method: &Method, route: Option<&MatchedPath>, status: StatusCode) -> RouteHistograms {
-        let path = route.map_or("unmatched", MatchedPath::as_str);
+    fn histograms(&self, method: &Method, route: Option<&str>, status: StatusCode) -> RouteHistograms {
+        let path = route.unwrap_or("unmatched");
         let key = (path.as_ptr() as usize, method.clone(), status.as_u16());
         if let Some((cached, histograms)) = self.0.routes.read().get(&key)
             && cached.as_str() == path
@@ -179,7 +232,7 @@ impl RequestDurations {
         if let Some(route) = route {
             let mut cache = self.0.routes.write();
             if cache.len() < Self::MAX_CACHED {
-                cache.insert(key, (route.clone(), histograms.clone()));
+                cache.insert(key, (route.to_owned(), histograms.clone()));
             }
         }
         histograms

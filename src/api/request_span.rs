@@ -1,47 +1,106 @@
 //! The span of each request, for traces: a server span that continues the caller's trace
 //! (`traceparent`), is named after its route template (`GET /api/v1/operations/{id}`) once
 //! routed (`observe.rs`), and records the answer's status. The simulators' routers take it too,
-//! so a trace runs on into them. With traces off the span is disabled before anything is built;
-//! with traces on, its name and attributes are built only once the sampler has kept it.
+//! so a trace runs on into them. The trace is sampled at the head, before any span exists:
+//! with traces off, or for a request whose trace is not kept (99 % of them at 1 % sampling),
+//! no span is made at all.
 
-use std::time::Duration;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use axum::http::{Method, Request, Response};
+use axum::extract::Request;
+use axum::http::Method;
+use axum::response::Response;
+use futures_util::future::Either;
 use opentelemetry::KeyValue;
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::trace::TraceContextExt;
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{OnResponse, TraceLayer};
-use tracing::Span;
+use tower::{Layer, Service};
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::telemetry::{self, SPANS};
+use crate::telemetry::{self, Head, SPANS};
 
-/// The tower layer that gives each request its span.
-pub type RequestSpans =
-    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, fn(&Request<axum::body::Body>) -> Span, (), RecordStatus>;
+/// The tower layer that gives each request its span, when its trace is kept.
+#[derive(Clone, Copy, Default)]
+pub struct RequestSpans;
 
-pub fn layer() -> RequestSpans {
-    TraceLayer::new_for_http()
-        .make_span_with(request_span as fn(&Request<axum::body::Body>) -> Span)
-        .on_request(())
-        .on_response(RecordStatus)
+impl<S> Layer<S> for RequestSpans {
+    type Service = Spanned<S>;
+
+    fn layer(&self, inner: S) -> Spanned<S> {
+        Spanned { inner }
+    }
 }
 
-fn request_span(request: &Request<axum::body::Body>) -> Span {
-    let span = tracing::info_span!(
-        target: SPANS,
-        "request",
-        otel.kind = "server",
-        http.response.status_code = Empty,
-        otel.status_code = Empty,
-    );
-    telemetry::continue_trace(&span, request.headers());
-    span
+#[derive(Clone)]
+pub struct Spanned<S> {
+    inner: S,
+}
+
+/// Untraced, not kept (run in its unsampled context), or kept (in its span).
+type SpannedFuture<F> =
+    Either<Either<F, WithContext<F>>, Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>>;
+
+impl<S> Service<Request> for Spanned<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = SpannedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match telemetry::head(request.headers()) {
+            Head::Off => Either::Left(Either::Left(self.inner.call(request))),
+            Head::Dropped(context) => {
+                let answer = {
+                    let _current = context.clone().attach();
+                    self.inner.call(request)
+                };
+                Either::Left(Either::Right(answer.with_context(context)))
+            }
+            Head::Kept(parent) => {
+                let span = tracing::info_span!(
+                    target: SPANS,
+                    "request",
+                    otel.kind = "server",
+                    http.response.status_code = Empty,
+                    otel.status_code = Empty,
+                );
+                let _ = span.set_parent(parent);
+                let answer = span.in_scope(|| self.inner.call(request));
+                Either::Right(Box::pin(async move {
+                    let answer = answer.instrument(span.clone()).await;
+                    if let Ok(response) = &answer {
+                        record_status(&span, response);
+                    }
+                    answer
+                }))
+            }
+        }
+    }
+}
+
+/// Records the answer's status on the span (whatever the body).
+fn record_status(span: &Span, response: &Response) {
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// Names the current request's span after its route (`GET /api/v1/operations/{id}`), with the
-/// method and route as attributes, when its trace is sampled. The sampler decides here, so a
-/// request whose trace is not kept (99 % of them at 1 % sampling) costs its span and no more.
+/// method and route as attributes, when its trace is kept.
 pub fn name_current(method: &Method, route: &str) {
     if !telemetry::exporting() {
         return;
@@ -56,22 +115,5 @@ pub fn name_current(method: &Method, route: &str) {
 
 /// `router` traced as the service's own routes are: a request span, named by route.
 pub fn traced(router: axum::Router) -> axum::Router {
-    router.layer(super::observe::ObserveLayer::naming_only()).layer(layer())
-}
-
-/// Records the answer's status on the span (whatever the body).
-#[derive(Clone, Copy)]
-pub struct RecordStatus;
-
-impl<B> OnResponse<B> for RecordStatus {
-    fn on_response(self, response: &Response<B>, _latency: Duration, span: &Span) {
-        if span.is_disabled() {
-            return;
-        }
-        let status = response.status();
-        span.record("http.response.status_code", status.as_u16());
-        if status.is_server_error() {
-            span.record("otel.status_code", "ERROR");
-        }
-    }
+    router.layer(super::observe::ObserveLayer::naming_only()).layer(RequestSpans)
 }

@@ -14,7 +14,6 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::metrics::{self, Metrics};
@@ -364,9 +363,12 @@ impl Orchestrator {
     /// gone (a client giving up on a slow database would otherwise leave it `pending` for ever).
     async fn submit_erased(&self, submission: Submission) -> Result<Submitted, SubmitError> {
         let this = self.clone();
-        // In the caller's span: the operation's trace continues the request's.
-        let submitting =
-            self.inner.tasks.spawn(async move { this.store_and_start(submission).await }.in_current_span());
+        // In the caller's span and trace context: the operation's trace continues the request's
+        // (or, where the request's trace is not kept, is not kept either).
+        let submitting = self
+            .inner
+            .tasks
+            .spawn(crate::telemetry::in_current_trace(async move { this.store_and_start(submission).await }));
         match submitting.await {
             Ok(submitted) => submitted,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -242,3 +242,104 @@ async fn a_dead_collector_costs_a_log_line_not_latency_and_no_collector_no_trace
         http.get(service.url(&format!("/api/v1/operations/{id}"))).send().await.unwrap().json().await.unwrap();
     assert!(record["data"].get("trace_id").is_none(), "{record}");
 }
+
+#[tokio::test]
+async fn a_trace_dropped_at_the_head_is_exported_nowhere_yet_joins_its_logs_and_a_sampled_caller_is_followed() {
+    let collector = Collector::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().display().to_string();
+    // The simulator keeps every trace it starts itself: a call reaching it without our
+    // (unsampled) trace context would show there as a trace of its own.
+    let mut sim_env = collector.env();
+    sim_env.push(("OTEL_TRACES_SAMPLER", "parentbased_always_on"));
+    let (_sim, ib_url, training_url) = sim_process(&data, &[], &sim_env).await;
+    let mut env = collector.env();
+    env.extend([("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0")]);
+    let db = format!("sqlite://{data}/ops.db");
+    let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", &db, "--data-dir", &data, "--ib-pacing", "off"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--ib-url", &ib_url, "--training-url", &training_url, "--log-format", "json"]);
+    let service = ServiceProcess::start(&args, &env).await;
+    let http = reqwest::Client::new();
+
+    // No new trace is kept: the request has no span, and neither its operation, nor the host
+    // calls, nor the simulator (told by `traceparent` that the trace is not sampled) export one.
+    let (dropped, _) = load(&http, &service, None).await;
+    for _ in 0..20 {
+        let answer = http.get(service.url(&format!("/api/v1/operations/{dropped}"))).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let record: Value =
+        http.get(service.url(&format!("/api/v1/operations/{dropped}"))).send().await.unwrap().json().await.unwrap();
+    let trace_id = record["data"]["trace_id"].as_str().expect("the record names its trace, kept or not").to_owned();
+    assert_eq!(trace_id.len(), 32);
+    // The operation's log lines still carry that trace id (logs of one request join up).
+    let lines = service.output.lock().unwrap().clone();
+    let finished = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "operation finished" && l["span"]["operation_id"] == dropped.as_str())
+        .expect("the operation's end is logged");
+    assert_eq!(finished["trace_id"], trace_id.as_str(), "{finished}");
+
+    // A caller's sampled trace is followed all the same, into the simulator.
+    let (_, _) = load(&http, &service, Some(&format!("00-{TRACE}-{CALLER_SPAN}-01"))).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let trace = collector.trace(TRACE);
+        let server = trace.iter().any(|s| s.kind == 2 && s.parent == CALLER_SPAN && s.service == "ktrdr-ops");
+        let operation = trace.iter().any(|s| s.name == "operation data_load");
+        let simulator = trace.iter().any(|s| s.service == "ktrdr-ops-sim");
+        if server && operation && simulator {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sampled caller's trace is not whole: {trace:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // By now every process has sent what it ended before that trace: nothing but it arrived.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let others: Vec<Received> =
+        collector.spans.lock().unwrap().iter().filter(|s| s.trace_id != TRACE).cloned().collect();
+    assert!(others.is_empty(), "spans of traces dropped at the head were exported: {others:#?}");
+}
+
+#[tokio::test]
+async fn what_a_request_starts_shares_the_requests_sampling_decision() {
+    let collector = Collector::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut env = collector.env();
+    env.extend([("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")]);
+    let (_sim, service, _) = stack(&data.path().display().to_string(), &env).await;
+    let http = reqwest::Client::new();
+    const STARTS: usize = 40;
+    for _ in 0..STARTS {
+        let answer = http
+            .post(service.url("/api/v1/dummy/start"))
+            .json(&json!({ "iterations": 1, "interval_ms": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    // Half the requests are kept, at random; each kept one with its operation, each dropped one
+    // without (an operation deciding for itself would be kept as a root half the time).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (servers, operations) = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spans = collector.spans.lock().unwrap().clone();
+        let servers: Vec<Received> =
+            spans.iter().filter(|s| s.kind == 2 && s.name == "POST /api/v1/dummy/start").cloned().collect();
+        let operations: Vec<Received> = spans.iter().filter(|s| s.name == "operation dummy").cloned().collect();
+        if (!servers.is_empty() && operations.len() >= servers.len()) || Instant::now() > deadline {
+            break (servers, operations);
+        }
+    };
+    assert!(!servers.is_empty() && servers.len() < STARTS, "{} of {STARTS} kept at 50 %", servers.len());
+    for operation in &operations {
+        assert!(
+            servers.iter().any(|s| s.span_id == operation.parent && s.trace_id == operation.trace_id),
+            "an operation exported without the request that started it: {operation:?}"
+        );
+    }
+    assert_eq!(operations.len(), servers.len(), "each kept request's operation is kept");
+}

@@ -27,7 +27,8 @@ pub enum Lookup {
 /// A running operation, for readers that want to follow its changes.
 pub struct LiveView {
     pub(super) op: Arc<LiveOperation>,
-    pub(super) changes: watch::Receiver<u64>,
+    /// Subscribed when first waited on: a plain read (most of them) needs none.
+    pub(super) changes: Option<watch::Receiver<u64>>,
 }
 
 impl LiveView {
@@ -69,8 +70,14 @@ impl Lookup {
             }
             match self {
                 Lookup::Live(view) => {
+                    let Some(changes) = &mut view.changes else {
+                        // Subscribed now, then the version looked at again: a change in between
+                        // is not missed.
+                        view.changes = Some(view.op.subscribe());
+                        continue;
+                    };
                     // The sender lives as long as the operation; an error means it has nothing more.
-                    if view.changes.changed().await.is_err() {
+                    if changes.changed().await.is_err() {
                         let last = view.snapshot();
                         return (last.version() > after).then_some(last);
                     }
@@ -87,8 +94,7 @@ impl Lookup {
                     }
                     // Taken over by this replica: followed from memory from now on.
                     if let Some(op) = view.inner.live(id) {
-                        let changes = op.subscribe();
-                        *self = Lookup::Live(LiveView { op, changes });
+                        *self = Lookup::Live(LiveView { op, changes: None });
                         continue;
                     }
                     // Usually in the read cache, put there by the reader that noticed the change.
@@ -154,16 +160,29 @@ impl RemoteCache {
 }
 
 impl Orchestrator {
+    /// The snapshot of an operation this replica runs, when memory is the whole truth about it;
+    /// `None` when it does not run here or the store may say otherwise ([`Orchestrator::get`]
+    /// then knows). Never waits: for the hot path of reads.
+    pub fn running_snapshot(&self, operation_id: &str) -> Option<Arc<Snapshot>> {
+        let op = self.live(operation_id)?;
+        (!self.store_may_differ(&op)).then(|| op.snapshot())
+    }
+
+    /// Whether the store's copy of an operation running here may be truer than memory's.
+    fn store_may_differ(&self, op: &LiveOperation) -> bool {
+        // Ended by another replica (a cancel it recorded, having waited for this one in vain),
+        // or maybe, this replica having been out of reach a moment ago: the stored end is
+        // final, whatever this copy still shows while it stops.
+        // In a cluster an end is shown once stored (a live copy that ended is being written):
+        // until then another replica may take the operation on and end it otherwise.
+        let unstored_end = self.inner.settings.cluster.is_some() && op.snapshot().is_terminal();
+        op.is_overruled() || unstored_end || self.inner.doubt.now()
+    }
+
     /// Finds an operation: from memory while it runs here, else from the store.
     pub async fn get(&self, operation_id: &str) -> Result<Option<Lookup>, StoreError> {
         if let Some(op) = self.live(operation_id) {
-            // Ended by another replica (a cancel it recorded, having waited for this one in vain),
-            // or maybe, this replica having been out of reach a moment ago: the stored end is
-            // final, whatever this copy still shows while it stops.
-            // In a cluster an end is shown once stored (a live copy that ended is being written):
-            // until then another replica may take the operation on and end it otherwise.
-            let unstored_end = self.inner.settings.cluster.is_some() && op.snapshot().is_terminal();
-            if (op.is_overruled() || unstored_end || self.inner.doubt.now())
+            if self.store_may_differ(&op)
                 && let Some(stored) = self.inner.store.get(operation_id).await?
                 && (stored.is_terminal() || op.snapshot().is_terminal())
             {
@@ -179,8 +198,7 @@ impl Orchestrator {
                     })
                 }));
             }
-            let changes = op.subscribe();
-            return Ok(Some(Lookup::Live(LiveView { op, changes })));
+            return Ok(Some(Lookup::Live(LiveView { op, changes: None })));
         }
         let snapshot = match self.inner.remote_cache.get(operation_id) {
             Some(snapshot) => snapshot,
