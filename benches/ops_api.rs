@@ -10,7 +10,8 @@
 //! 5. the registry empty afterwards, and RSS again.
 //!
 //! Run: `cargo bench --bench ops_api` (needs `wrk`: `apt-get install wrk`).
-//! Options via env: BENCH_OPS (default 10000), BENCH_WRK_SECONDS (default 10).
+//! Options via env: BENCH_OPS (default 10000), BENCH_WRK_SECONDS (default 4) and
+//! BENCH_WRK_ROUNDS (default 5): the GET figures are medians of interleaved rounds.
 
 mod common;
 
@@ -97,7 +98,8 @@ async fn collector() -> (String, Arc<AtomicU64>) {
 #[tokio::main]
 async fn main() {
     let ops = env_number("BENCH_OPS", 10_000) as usize;
-    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 10);
+    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 4);
+    let wrk_rounds = env_number("BENCH_WRK_ROUNDS", 5).max(1);
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
 
@@ -135,14 +137,31 @@ async fn main() {
     ];
     let (mut traced, traced_base) = service(&traced_db, None, &traced_env).await;
     let traced_id = start_dummy(&http, &traced_base, None, 1_000_000, 100).await;
-    let bare_rps = wrk(&bare, wrk_seconds, None);
-    let same_body_rps = wrk(&same_body_bare, wrk_seconds, None);
-    let get_rps = wrk(&format!("{base}/api/v1/operations/{watched}"), wrk_seconds, None);
-    let guarded_rps = wrk(&format!("{guarded_base}/api/v1/operations/{guarded_id}"), wrk_seconds, Some("bench-token"));
-    let traced_rps = wrk(&format!("{traced_base}/api/v1/operations/{traced_id}"), wrk_seconds, None);
+    // Interleaved rounds, each figure the median of its rounds: on a shared machine the speed
+    // of one stretch of seconds differs from the next by ±20 %, which back-to-back runs of one
+    // target at a time would read as differences between the targets.
+    let targets = [
+        (bare.clone(), None),
+        (same_body_bare.clone(), None),
+        (format!("{base}/api/v1/operations/{watched}"), None),
+        (format!("{guarded_base}/api/v1/operations/{guarded_id}"), Some("bench-token")),
+        (format!("{traced_base}/api/v1/operations/{traced_id}"), None),
+    ];
+    let mut rounds: [Vec<f64>; 5] = Default::default();
+    for _ in 0..wrk_rounds {
+        for (target, (url, token)) in targets.iter().enumerate() {
+            rounds[target].push(wrk(url, wrk_seconds, *token));
+        }
+    }
+    let [bare_rps, same_body_rps, get_rps, guarded_rps, traced_rps] = rounds.map(|mut r| {
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spans = spans_received.load(Ordering::Relaxed);
-    println!("GET /api/v1/operations/{{id}} (running op, 64 connections): {get_rps:.0} req/s");
+    println!(
+        "GET /api/v1/operations/{{id}} (running op, 64 connections, median of {wrk_rounds} rounds): {get_rps:.0} req/s"
+    );
     println!(
         "  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)",
         get_rps / bare_rps * 100.0
