@@ -124,6 +124,16 @@ async fn load(http: &reqwest::Client, service: &ServiceProcess, traceparent: Opt
     }
 }
 
+/// The service's JSON log line that says operation `id` finished.
+fn finished_line(service: &ServiceProcess, id: &str) -> Value {
+    let lines = service.output.lock().unwrap().clone();
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "operation finished" && l["span"]["operation_id"] == id)
+        .expect("the operation's end is logged")
+}
+
 #[tokio::test]
 async fn a_load_with_a_traceparent_is_one_trace_from_the_request_to_the_simulators_spans() {
     let collector = Collector::start().await;
@@ -183,12 +193,7 @@ async fn a_load_with_a_traceparent_is_one_trace_from_the_request_to_the_simulato
         );
     }
     // The JSON log lines of the operation carry the trace and span ids.
-    let lines = service.output.lock().unwrap().clone();
-    let finished = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["message"] == "operation finished" && l["span"]["operation_id"] == id.as_str())
-        .expect("the operation's end is logged");
+    let finished = finished_line(&service, &id);
     assert_eq!(finished["trace_id"], TRACE, "{finished}");
     assert_eq!(finished["span_id"], operation.span_id.as_str(), "{finished}");
 }
@@ -274,12 +279,7 @@ async fn a_trace_dropped_at_the_head_is_exported_nowhere_yet_joins_its_logs_and_
     let trace_id = record["data"]["trace_id"].as_str().expect("the record names its trace, kept or not").to_owned();
     assert_eq!(trace_id.len(), 32);
     // The operation's log lines still carry that trace id (logs of one request join up).
-    let lines = service.output.lock().unwrap().clone();
-    let finished = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["message"] == "operation finished" && l["span"]["operation_id"] == dropped.as_str())
-        .expect("the operation's end is logged");
+    let finished = finished_line(&service, &dropped);
     assert_eq!(finished["trace_id"], trace_id.as_str(), "{finished}");
 
     // A caller's sampled trace is followed all the same, into the simulator.
