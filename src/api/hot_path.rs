@@ -16,7 +16,7 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use super::AppState;
-use super::observe::KnownRoute;
+use super::observe::{KnownRoute, ObserveLayer};
 use super::operations::{MAX_ID_LEN, record_answer};
 use crate::ops::Orchestrator;
 
@@ -26,14 +26,13 @@ const PREFIX: &str = "/api/v1/operations/";
 #[derive(Clone)]
 pub struct HotPath {
     orchestrator: Orchestrator,
-    route: &'static KnownRoute,
+    route: KnownRoute,
 }
 
 impl HotPath {
-    pub fn new(state: &AppState) -> Self {
-        let route = KnownRoute::new(state.orchestrator.metrics().clone(), Method::GET, ROUTE);
-        // One per router: a reference that needs no counting at every request.
-        HotPath { orchestrator: state.orchestrator.clone(), route: Box::leak(Box::new(route)) }
+    /// Answers from `state`, measured by `observe` as the router's routes are.
+    pub fn new(state: &AppState, observe: &ObserveLayer) -> Self {
+        HotPath { orchestrator: state.orchestrator.clone(), route: observe.known_route(Method::GET, ROUTE) }
     }
 }
 

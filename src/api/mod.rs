@@ -149,12 +149,13 @@ pub fn router(
     let json = serde_json::to_vec(&document).expect("the OpenAPI document serialises");
     let _ = state.openapi.set(bytes::Bytes::from(json));
     let config = state.config.clone();
-    let hot_path = hot_path::HotPath::new(&state);
+    let observe = observe::ObserveLayer::new(state.orchestrator.metrics().clone());
+    let hot_path = hot_path::HotPath::new(&state, &observe);
     let routed = routes
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // On every route and the fallbacks.
-        .layer(observe::ObserveLayer::new(state.orchestrator.metrics().clone()))
+        .layer(observe)
         .with_state(state);
     tower::ServiceBuilder::new()
         .layer(request_span::RequestSpans)

@@ -36,18 +36,29 @@ impl ObserveLayer {
     }
 }
 
+impl ObserveLayer {
+    /// `method` on `template`, answered outside the router: measured into the same histograms
+    /// as the routed requests, with a slot of its own for its usual answer.
+    pub fn known_route(&self, method: Method, template: &'static str) -> KnownRoute {
+        KnownRoute { durations: self.route_durations(), method, template }
+    }
+
+    /// A new route's measuring, for as long as the process lives (a reference that needs no
+    /// counting, at every request, by every thread; a few dozen small allocations per router).
+    fn route_durations(&self) -> Option<&'static RouteDurations> {
+        self.durations
+            .clone()
+            .map(|durations| &*Box::leak(Box::new(RouteDurations { durations, usual: OnceLock::new() })))
+    }
+}
+
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     /// Called once per route and method, when the router is built: each gets its own slot for
-    /// its usual answer, for as long as the process lives (a reference that needs no counting,
-    /// at every request, by every thread; a few dozen small allocations per router).
+    /// its usual answer.
     fn layer(&self, inner: S) -> Observe<S> {
-        let durations = self
-            .durations
-            .clone()
-            .map(|durations| &*Box::leak(Box::new(RouteDurations { durations, usual: OnceLock::new() })));
-        Observe { inner, durations }
+        Observe { inner, durations: self.route_durations() }
     }
 }
 
@@ -92,30 +103,27 @@ where
 }
 
 /// A route answered outside the router (`hot_path.rs`), measured and named as if routed.
+#[derive(Clone)]
 pub struct KnownRoute {
-    durations: &'static RouteDurations,
+    durations: Option<&'static RouteDurations>,
     method: Method,
     template: &'static str,
 }
 
 impl KnownRoute {
-    pub fn new(metrics: Metrics, method: Method, template: &'static str) -> Self {
-        let durations =
-            Box::leak(Box::new(RouteDurations { durations: RequestDurations::new(metrics), usual: OnceLock::new() }));
-        KnownRoute { durations, method, template }
-    }
-
     /// Names the request's span after the route and measures `answer`.
     pub fn observe(&self, answer: impl FnOnce() -> Response) -> Response {
         super::request_span::name_current(&self.method, self.template);
-        let measure = Measure {
-            route_durations: self.durations,
+        let measure = self.durations.map(|route_durations| Measure {
+            route_durations,
             method: self.method.clone(),
             route: Some(Template::Known(self.template)),
             began: Instant::now(),
-        };
+        });
         let response = answer();
-        measure.record(response.status());
+        if let Some(measure) = measure {
+            measure.record(response.status());
+        }
         response
     }
 }
