@@ -78,21 +78,24 @@ fn random_token() -> String {
 
 /// Proves `folder` can be written — a probe file written, synced to disk and deleted — so that
 /// a folder the service cannot use fails the start, not the first load. A missing folder is
-/// created for the probe and removed again (the service creates it when it first writes there).
+/// made when the service first writes there, so its nearest existing parent is probed instead:
+/// nothing is created here, and so nothing has to be removed again (which would pull the
+/// folder from under another replica, or another service in this process, starting with it).
 fn check_writable(what: &'static str, folder: &std::path::Path) -> Result<(), StartError> {
     use std::io::Write;
     let unwritable = |source| StartError::Unwritable { what, folder: folder.to_owned(), source };
-    let existed = folder.is_dir();
-    std::fs::create_dir_all(folder).map_err(unwritable)?;
-    let probe = folder.join(format!(".ktrdr-ops-probe-{}", std::process::id()));
+    let existing = folder.ancestors().find(|path| path.exists()).unwrap_or(std::path::Path::new("."));
+    if !existing.is_dir() {
+        let not_a_folder = format!("{} is not a folder", existing.display());
+        return Err(unwritable(std::io::Error::new(std::io::ErrorKind::NotADirectory, not_a_folder)));
+    }
+    // A name of its own, whoever else probes the folder now.
+    let probe = existing.join(format!(".ktrdr-ops-probe-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
     let written = std::fs::File::create(&probe).and_then(|mut file| {
         file.write_all(b"probe")?;
         file.sync_all()
     });
     let removed = std::fs::remove_file(&probe);
-    if !existed {
-        let _ = std::fs::remove_dir(folder);
-    }
     written.and(removed).map_err(unwritable)
 }
 
@@ -474,5 +477,39 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("ctrl-c received"),
         _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replicas (or services in one process) that share a folder start at the same moment: each
+    /// finds it writable, and none of them leaves anything behind.
+    #[test]
+    fn services_starting_together_all_find_a_missing_folder_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        for attempt in 0..50 {
+            let folder = dir.path().join(format!("{attempt}/models"));
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|scope| {
+                let starts: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            check_writable("models", &folder)
+                        })
+                    })
+                    .collect();
+                for start in starts {
+                    start.join().unwrap().unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+                }
+            });
+            assert!(!folder.exists(), "the folder is made when first written to, not by the check");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no probe is left behind");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(check_writable("data", &file.join("data")).is_err(), "a file where a folder must go");
     }
 }
