@@ -252,9 +252,13 @@ impl ShouldSample for Sampling {
     }
 }
 
+/// The header that carries a caller's trace (W3C trace context), as a name made once: a name
+/// given as text is parsed again at every lookup, and every request is looked at.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The W3C trace context (`traceparent`, `tracestate`) of a request, if it carries a valid one.
 pub fn remote_parent(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
-    headers.get("traceparent")?;
+    headers.get(&TRACEPARENT)?;
     let cx = TraceContextPropagator::new().extract(&Headers(headers));
     cx.span().span_context().is_valid().then_some(cx)
 }
@@ -294,11 +298,6 @@ pub fn propagate(span: &Span, headers: &mut http::HeaderMap) {
         return;
     }
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
-}
-
-/// Whether this process exports traces: what only a trace needs can be skipped, cheaply, when not.
-pub fn exporting() -> bool {
-    HEAD.get().is_some()
 }
 
 /// `span`'s OpenTelemetry context when the sampler keeps it (asked now: the span starts), so that

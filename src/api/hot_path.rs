@@ -67,7 +67,7 @@ where
         match snapshot {
             Some(snapshot) => {
                 let if_none_match = request.headers().get(IF_NONE_MATCH);
-                Either::Left(ready(Ok(self.hot.route.observe(|| record_answer(&snapshot, if_none_match)))))
+                Either::Left(ready(Ok(self.hot.route.observe(&request, || record_answer(&snapshot, if_none_match)))))
             }
             None => Either::Right(self.inner.call(request)),
         }
@@ -81,11 +81,22 @@ fn plain_get_id(request: &Request) -> Option<&str> {
         return None;
     }
     let id = request.uri().path().strip_prefix(PREFIX)?;
-    let plain = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let plain = !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| PLAIN[usize::from(b)]);
     plain.then_some(id)
 }
+
+/// The bytes of a plain id, as a table: one load per byte (every client following an
+/// operation sends its id several times a second).
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        plain[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    plain
+};
 
 #[cfg(test)]
 mod tests {

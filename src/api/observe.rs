@@ -91,7 +91,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>();
-        super::request_span::name_current(request.method(), route.map_or("unmatched", MatchedPath::as_str));
+        super::request_span::name_span(&request, route.map_or("unmatched", MatchedPath::as_str));
         let measure = self.durations.map(|route_durations| Measure {
             route_durations,
             method: request.method().clone(),
@@ -111,9 +111,9 @@ pub struct KnownRoute {
 }
 
 impl KnownRoute {
-    /// Names the request's span after the route and measures `answer`.
-    pub fn observe(&self, answer: impl FnOnce() -> Response) -> Response {
-        super::request_span::name_current(&self.method, self.template);
+    /// Names `request`'s span after the route and measures `answer` (to `request`).
+    pub fn observe(&self, request: &Request, answer: impl FnOnce() -> Response) -> Response {
+        super::request_span::name_span(request, self.template);
         let measure = self.durations.map(|route_durations| Measure {
             route_durations,
             method: self.method.clone(),

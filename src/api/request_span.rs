@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::Method;
 use axum::response::Response;
 use futures_util::future::Either;
 use opentelemetry::KeyValue;
@@ -58,7 +57,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         match telemetry::head(request.headers()) {
             Head::Off => Either::Left(Either::Left(self.inner.call(request))),
             Head::Dropped(context) => {
@@ -77,6 +76,7 @@ where
                     otel.status_code = Empty,
                 );
                 let _ = span.set_parent(parent);
+                request.extensions_mut().insert(KeptSpan(span.clone()));
                 let answer = span.in_scope(|| self.inner.call(request));
                 Either::Right(Box::pin(async move {
                     let answer = answer.instrument(span.clone()).await;
@@ -99,13 +99,20 @@ fn record_status(span: &Span, response: &Response) {
     }
 }
 
-/// Names the current request's span after its route (`GET /api/v1/operations/{id}`), with the
-/// method and route as attributes, when its trace is kept.
-pub fn name_current(method: &Method, route: &str) {
-    if !telemetry::exporting() {
+/// The span of a request whose trace is kept, carried by the request, so that the layers
+/// below find it without asking the subscriber for the current span (which every request would
+/// pay for, kept or not).
+#[derive(Clone)]
+struct KeptSpan(Span);
+
+/// Names `request`'s span after its route (`GET /api/v1/operations/{id}`), with the method and
+/// route as attributes, when its trace is kept.
+pub fn name_span(request: &Request, route: &str) {
+    let Some(KeptSpan(span)) = request.extensions().get::<KeptSpan>() else {
         return;
-    }
-    if let Some(sampled) = telemetry::sampled(&Span::current()) {
+    };
+    if let Some(sampled) = telemetry::sampled(span) {
+        let method = request.method();
         let otel = sampled.span();
         otel.update_name(format!("{method} {route}"));
         otel.set_attribute(KeyValue::new("http.request.method", method.as_str().to_owned()));
