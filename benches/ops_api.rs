@@ -3,15 +3,16 @@
 //! machine, with the load generator on the same machine:
 //!
 //! 1. `GET /api/v1/operations/{id}` of a running op, 64 connections (wrk), next to a bare axum
-//!    handler reading a map (same wrk, same run) for scale;
+//!    handler reading a map (a process of its own, same wrk, same run) for scale, with each
+//!    server process's CPU time per request;
 //! 2. starting 10,000 long-running dummy ops (each stored before the answer), 32 in flight;
 //! 3. RSS with those 10,000 running;
 //! 4. `DELETE` of each, one at a time, until it answers `cancelled` (p50/p99);
 //! 5. the registry empty afterwards, and RSS again.
 //!
 //! Run: `cargo bench --bench ops_api` (needs `wrk`: `apt-get install wrk`).
-//! Options via env: BENCH_OPS (default 10000), BENCH_WRK_SECONDS (default 4) and
-//! BENCH_WRK_ROUNDS (default 5): the GET figures are medians of interleaved rounds.
+//! Options via env: BENCH_OPS (default 10000), BENCH_WRK_SECONDS (default 3) and
+//! BENCH_WRK_ROUNDS (default 9): the GET figures are medians of interleaved rounds.
 
 mod common;
 
@@ -26,28 +27,36 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use common::{Service, env_number, percentile, rss_mb, send_json, start_dummy, wrk};
+use common::{Service, cpu_seconds, env_number, percentile, rss_mb, send_json, start_dummy, wrk};
 
-/// The scale reference: a bare axum handler answering a fixed document out of a map, on its own
-/// runtime threads in this process.
-async fn bare_axum(body: String) -> String {
-    let mut map = std::collections::HashMap::new();
-    map.insert("x".to_owned(), body);
-    let state = std::sync::Arc::new(map);
-    let app =
-        Router::new()
-            .route(
-                "/ops/{id}",
-                get(
-                    |State(m): State<std::sync::Arc<std::collections::HashMap<String, String>>>,
-                     Path(id): Path<String>| async move { m.get(&id).cloned().unwrap_or_default() },
-                ),
-            )
-            .with_state(state);
+/// Set in the environment of the bench's own child that serves the scale reference.
+const BARE_AXUM_BODY: &str = "BENCH_BARE_AXUM_BODY";
+
+/// The scale reference: a bare axum handler answering a fixed document out of a map, run as a
+/// process of its own with a runtime as the service's (this bench started again, with
+/// `BARE_AXUM_BODY` set), so that both sides are measured alike: separate processes, CPU per
+/// request read from each one's `/proc` entry.
+async fn bare_axum(body: &str) -> (tokio::process::Child, String) {
+    let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+    command.env(BARE_AXUM_BODY, body);
+    let service = Service::start(command, None).await;
+    (service.child, format!("{}/ops/x", service.base))
+}
+
+/// The child's side of `bare_axum`.
+async fn serve_bare_axum(body: String) {
+    let state = Arc::new(std::collections::HashMap::from([("x".to_owned(), body)]));
+    let app = Router::new()
+        .route(
+            "/ops/{id}",
+            get(|State(m): State<Arc<std::collections::HashMap<String, String>>>, Path(id): Path<String>| async move {
+                m.get(&id).cloned().unwrap_or_default()
+            }),
+        )
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/ops/x")
+    println!("listening on http://{}", listener.local_addr().unwrap());
+    axum::serve(listener, app).await.unwrap();
 }
 
 async fn fetch_health(http: &reqwest::Client, base: &str) -> Value {
@@ -95,11 +104,48 @@ async fn collector() -> (String, Arc<AtomicU64>) {
     (format!("http://{addr}"), received)
 }
 
+/// One server under wrk, and its process (for its CPU time).
+struct Target<'a> {
+    url: String,
+    pid: u32,
+    token: Option<&'a str>,
+}
+
+/// One wrk round on one target: requests per second, and the server's CPU time per request (µs).
+#[derive(Clone, Copy)]
+struct Round {
+    rps: f64,
+    cpu_us: f64,
+}
+
+fn measure(target: &Target<'_>, seconds: u64) -> Round {
+    let cpu_before = cpu_seconds(target.pid);
+    let rps = wrk(&target.url, seconds, target.token);
+    let cpu = cpu_seconds(target.pid) - cpu_before;
+    Round { rps, cpu_us: cpu / (rps * seconds as f64) * 1e6 }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A target's figures over interleaved rounds, each the median of its rounds: its throughput,
+/// its throughput over the reference's in the same round, and its CPU time per request.
+fn figures(rounds: &[Vec<Round>], target: usize, reference: usize) -> (f64, f64, f64) {
+    let of = |pick: fn(&Round) -> f64| median(rounds.iter().map(|round| pick(&round[target])).collect());
+    let ratio = median(rounds.iter().map(|round| round[target].rps / round[reference].rps).collect());
+    (of(|r| r.rps), ratio, of(|r| r.cpu_us))
+}
+
 #[tokio::main]
 async fn main() {
+    if let Ok(body) = std::env::var(BARE_AXUM_BODY) {
+        return serve_bare_axum(body).await;
+    }
     let ops = env_number("BENCH_OPS", 10_000) as usize;
-    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 4);
-    let wrk_rounds = env_number("BENCH_WRK_ROUNDS", 5).max(1);
+    let wrk_seconds = env_number("BENCH_WRK_SECONDS", 3);
+    let wrk_rounds = env_number("BENCH_WRK_ROUNDS", 9).max(1);
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
 
@@ -119,9 +165,9 @@ async fn main() {
         &json!({ "success": true, "data": { "operation_id": "x", "progress": { "percentage": 50.0 }}}),
     )
     .unwrap();
-    let bare = bare_axum(small).await;
+    let (mut bare, bare_url) = bare_axum(&small).await;
     let record = http.get(format!("{base}/api/v1/operations/{watched}")).send().await.unwrap().text().await.unwrap();
-    let same_body_bare = bare_axum(record.clone()).await;
+    let (mut same_body_bare, same_body_url) = bare_axum(&record).await;
     // The same service with a bearer token required (metrics are always on).
     let guarded_db = format!("sqlite://{}", dir.path().join("guarded.db").display());
     let (mut guarded, guarded_base) = service(&guarded_db, Some("bench-token"), &[]).await;
@@ -137,53 +183,61 @@ async fn main() {
     ];
     let (mut traced, traced_base) = service(&traced_db, None, &traced_env).await;
     let traced_id = start_dummy(&http, &traced_base, None, 1_000_000, 100).await;
-    // Interleaved rounds, each figure the median of its rounds: on a shared machine the speed
-    // of one stretch of seconds differs from the next by ±20 %, which back-to-back runs of one
-    // target at a time would read as differences between the targets.
+    // Interleaved rounds, each figure the median of its rounds, and each ratio the median of
+    // the ratios within a round: on a shared machine the speed of one stretch of seconds
+    // differs from the next by ±20 %, which back-to-back runs of one target at a time would
+    // read as differences between the targets.
+    let op = |base: &str, id: &str| format!("{base}/api/v1/operations/{id}");
     let targets = [
-        (bare.clone(), None),
-        (same_body_bare.clone(), None),
-        (format!("{base}/api/v1/operations/{watched}"), None),
-        (format!("{guarded_base}/api/v1/operations/{guarded_id}"), Some("bench-token")),
-        (format!("{traced_base}/api/v1/operations/{traced_id}"), None),
+        Target { url: bare_url, pid: bare.id().unwrap(), token: None },
+        Target { url: same_body_url, pid: same_body_bare.id().unwrap(), token: None },
+        Target { url: op(&base, &watched), pid, token: None },
+        Target { url: op(&guarded_base, &guarded_id), pid: guarded.id().unwrap(), token: Some("bench-token") },
+        Target { url: op(&traced_base, &traced_id), pid: traced.id().unwrap(), token: None },
     ];
-    let mut rounds: [Vec<f64>; 5] = Default::default();
-    for _ in 0..wrk_rounds {
-        for (target, (url, token)) in targets.iter().enumerate() {
-            rounds[target].push(wrk(url, wrk_seconds, *token));
-        }
-    }
-    let [bare_rps, same_body_rps, get_rps, guarded_rps, traced_rps] = rounds.map(|mut r| {
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
-    });
+    let rounds: Vec<Vec<Round>> =
+        (0..wrk_rounds).map(|_| targets.iter().map(|target| measure(target, wrk_seconds)).collect()).collect();
+    let (bare_rps, _, bare_cpu) = figures(&rounds, 0, 0);
+    let (same_body_rps, _, same_body_cpu) = figures(&rounds, 1, 1);
+    let (get_rps, get_of_bare, get_cpu) = figures(&rounds, 2, 0);
+    let (_, get_of_same_body, _) = figures(&rounds, 2, 1);
+    let (guarded_rps, guarded_of_get, guarded_cpu) = figures(&rounds, 3, 2);
+    let (traced_rps, traced_of_bare, traced_cpu) = figures(&rounds, 4, 0);
+    let (_, traced_of_same_body, _) = figures(&rounds, 4, 1);
+    let (_, traced_of_get, _) = figures(&rounds, 4, 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spans = spans_received.load(Ordering::Relaxed);
+    let pct = |ratio: f64| ratio * 100.0;
     println!(
-        "GET /api/v1/operations/{{id}} (running op, 64 connections, median of {wrk_rounds} rounds): {get_rps:.0} req/s"
+        "GET /api/v1/operations/{{id}} (running op, 64 connections, medians of {wrk_rounds} interleaved rounds of \
+         {wrk_seconds} s; CPU = the server process's CPU time per request)"
+    );
+    println!("  bare axum handler reading a map:          {bare_rps:>7.0} req/s, CPU {bare_cpu:.2} µs");
+    println!(
+        "  bare axum answering the same {} bytes:    {same_body_rps:>7.0} req/s, CPU {same_body_cpu:.2} µs",
+        record.len()
     );
     println!(
-        "  bare axum handler reading a map, same wrk, same run:  {bare_rps:.0} req/s ({:.0}% of it)",
-        get_rps / bare_rps * 100.0
+        "  the service, not tracing (metrics on):    {get_rps:>7.0} req/s, CPU {get_cpu:.2} µs: {:.0}% of bare axum, \
+         {:.0}% of bare axum with the same bytes",
+        pct(get_of_bare),
+        pct(get_of_same_body)
     );
     println!(
-        "  with a bearer token checked on every request (and metrics on): {guarded_rps:.0} req/s ({:.0}% of without)",
-        guarded_rps / get_rps * 100.0
+        "  with a bearer token on every request:     {guarded_rps:>7.0} req/s, CPU {guarded_cpu:.2} µs: {:.0}% of \
+         without",
+        pct(guarded_of_get)
     );
     println!(
-        "  bare axum answering the same {} bytes as the service: {same_body_rps:.0} req/s ({:.0}% of it)",
-        record.len(),
-        get_rps / same_body_rps * 100.0
+        "  exporting traces, 1 % sampled:            {traced_rps:>7.0} req/s, CPU {traced_cpu:.2} µs: {:.0}% of bare \
+         axum, {:.0}% of bare axum with the same bytes, {:.0}% of not tracing; {spans} spans received",
+        pct(traced_of_bare),
+        pct(traced_of_same_body),
+        pct(traced_of_get)
     );
-    println!(
-        "  exporting traces, 1 % sampled (metrics on): {traced_rps:.0} req/s ({:.0}% of bare axum, {:.0}% of bare \
-         axum with the same bytes, {:.0}% of without); {spans} spans received",
-        traced_rps / bare_rps * 100.0,
-        traced_rps / same_body_rps * 100.0,
-        traced_rps / get_rps * 100.0
-    );
-    guarded.kill().await.unwrap();
-    traced.kill().await.unwrap();
+    for process in [&mut guarded, &mut traced, &mut bare, &mut same_body_bare] {
+        process.kill().await.unwrap();
+    }
 
     // 2. Starts per second, each stored before the answer.
     let began = Instant::now();
