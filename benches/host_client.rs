@@ -7,6 +7,8 @@
 //! Each variant runs three times, interleaved; the median is reported.
 //! Run: `cargo bench --bench host_client` (BENCH_CALLS=10000 by default).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,8 @@ use ktrdr_ops::sim::ib::IbKnobs;
 use ktrdr_ops::sim::training::TrainingKnobs;
 use ktrdr_ops::sim::{SimSettings, Simulators};
 use tokio_util::sync::CancellationToken;
+
+use common::median;
 
 async fn time_calls<F, Fut>(calls: usize, mut call: F) -> f64
 where
@@ -27,11 +31,6 @@ where
         call().await;
     }
     calls as f64 / began.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[tokio::main]

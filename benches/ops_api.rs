@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use common::{Service, cpu_seconds, env_number, percentile, rss_mb, send_json, start_dummy, wrk};
+use common::{Service, cpu_seconds, env_number, median, percentile, rss_mb, send_json, start_dummy, wrk};
 
 /// Set in the environment of the bench's own child that serves the scale reference.
 const BARE_AXUM_BODY: &str = "BENCH_BARE_AXUM_BODY";
@@ -125,17 +125,14 @@ fn measure(target: &Target<'_>, seconds: u64) -> Round {
     Round { rps, cpu_us: cpu / (rps * seconds as f64) * 1e6 }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// A target's median over the rounds of `pick`.
+fn median_of(rounds: &[Vec<Round>], target: usize, pick: fn(&Round) -> f64) -> f64 {
+    median(rounds.iter().map(|round| pick(&round[target])).collect())
 }
 
-/// A target's figures over interleaved rounds, each the median of its rounds: its throughput,
-/// its throughput over the reference's in the same round, and its CPU time per request.
-fn figures(rounds: &[Vec<Round>], target: usize, reference: usize) -> (f64, f64, f64) {
-    let of = |pick: fn(&Round) -> f64| median(rounds.iter().map(|round| pick(&round[target])).collect());
-    let ratio = median(rounds.iter().map(|round| round[target].rps / round[reference].rps).collect());
-    (of(|r| r.rps), ratio, of(|r| r.cpu_us))
+/// The median of a target's throughput over a reference's in the same round.
+fn ratio(rounds: &[Vec<Round>], target: usize, reference: usize) -> f64 {
+    median(rounds.iter().map(|round| round[target].rps / round[reference].rps).collect())
 }
 
 #[tokio::main]
@@ -197,14 +194,14 @@ async fn main() {
     ];
     let rounds: Vec<Vec<Round>> =
         (0..wrk_rounds).map(|_| targets.iter().map(|target| measure(target, wrk_seconds)).collect()).collect();
-    let (bare_rps, _, bare_cpu) = figures(&rounds, 0, 0);
-    let (same_body_rps, _, same_body_cpu) = figures(&rounds, 1, 1);
-    let (get_rps, get_of_bare, get_cpu) = figures(&rounds, 2, 0);
-    let (_, get_of_same_body, _) = figures(&rounds, 2, 1);
-    let (guarded_rps, guarded_of_get, guarded_cpu) = figures(&rounds, 3, 2);
-    let (traced_rps, traced_of_bare, traced_cpu) = figures(&rounds, 4, 0);
-    let (_, traced_of_same_body, _) = figures(&rounds, 4, 1);
-    let (_, traced_of_get, _) = figures(&rounds, 4, 2);
+    let [bare_rps, same_body_rps, get_rps, guarded_rps, traced_rps] =
+        [0, 1, 2, 3, 4].map(|t| median_of(&rounds, t, |r| r.rps));
+    let [bare_cpu, same_body_cpu, get_cpu, guarded_cpu, traced_cpu] =
+        [0, 1, 2, 3, 4].map(|t| median_of(&rounds, t, |r| r.cpu_us));
+    let (get_of_bare, get_of_same_body) = (ratio(&rounds, 2, 0), ratio(&rounds, 2, 1));
+    let guarded_of_get = ratio(&rounds, 3, 2);
+    let (traced_of_bare, traced_of_same_body, traced_of_get) =
+        (ratio(&rounds, 4, 0), ratio(&rounds, 4, 1), ratio(&rounds, 4, 2));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let spans = spans_received.load(Ordering::Relaxed);
     let pct = |ratio: f64| ratio * 100.0;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{Service, env_number, ms, percentile, rss_mb, start_dummy, wrk};
+use common::{Service, env_number, median, ms, percentile, rss_mb, start_dummy, wrk};
 
 const CLIENT: &str = "bench-client-token-0123456789";
 const WORKER: &str = "bench-worker-token-0123456789";
@@ -66,11 +66,7 @@ async fn throughput(seconds: u64, rounds: u64) {
         offs.push(wrk(&format!("{}/api/v1/operations/{off_id}", off.base), seconds, None));
         ons.push(wrk(&format!("{}/api/v1/operations/{on_id}", on.base), seconds, Some(CLIENT)));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (off_rps, on_rps) = (median(&mut offs), median(&mut ons));
+    let (off_rps, on_rps) = (median(offs.clone()), median(ons.clone()));
     println!("1. GET /api/v1/operations/{{id}} (running op, 64 connections, {rounds} rounds of {seconds} s, median):");
     println!("   tokens and limits off: {off_rps:.0} req/s   (rounds: {offs:.0?})");
     println!("   both tokens, trusted/allowed networks, every limit on: {on_rps:.0} req/s   (rounds: {ons:.0?})");

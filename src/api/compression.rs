@@ -82,8 +82,7 @@ fn vary(answer: Answer) -> Answer {
             content_type = Some(value);
         }
     }
-    let size = response.body().size_hint().exact().or_else(|| content_length(response.headers()));
-    if compressible(size, content_type) {
+    if compressible(body_size(&response), content_type) {
         response.headers_mut().append(VARY, HeaderValue::from_static("accept-encoding"));
     }
     Ok(response)
@@ -97,9 +96,7 @@ pub struct Compressible;
 
 impl Predicate for Compressible {
     fn should_compress<B: HttpBody>(&self, response: &HttpResponse<B>) -> bool {
-        let headers = response.headers();
-        let size = response.body().size_hint().exact().or_else(|| content_length(headers));
-        compressible(size, headers.get(CONTENT_TYPE))
+        compressible(body_size(response), response.headers().get(CONTENT_TYPE))
     }
 }
 
@@ -115,8 +112,10 @@ fn compressible(size: Option<u64>, content_type: Option<&HeaderValue>) -> bool {
         || content_type.starts_with("text/event-stream"))
 }
 
-fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+/// The answer's size: its body's, when known, else its `Content-Length`.
+fn body_size<B: HttpBody>(response: &HttpResponse<B>) -> Option<u64> {
+    let content_length = || response.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok();
+    response.body().size_hint().exact().or_else(content_length)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub struct HotPath {
 impl HotPath {
     /// Answers from `state`, measured by `observe` as the router's routes are.
     pub fn new(state: &AppState, observe: &ObserveLayer) -> Self {
-        HotPath { orchestrator: state.orchestrator.clone(), route: observe.known_route(Method::GET, ROUTE) }
+        HotPath { orchestrator: state.orchestrator.clone(), route: observe.known_route(ROUTE) }
     }
 }
 

@@ -34,13 +34,11 @@ impl ObserveLayer {
     pub fn naming_only() -> Self {
         ObserveLayer { durations: None }
     }
-}
 
-impl ObserveLayer {
-    /// `method` on `template`, answered outside the router: measured into the same histograms
-    /// as the routed requests, with a slot of its own for its usual answer.
-    pub fn known_route(&self, method: Method, template: &'static str) -> KnownRoute {
-        KnownRoute { durations: self.route_durations(), method, template }
+    /// `template`, answered outside the router: measured into the same histograms as the routed
+    /// requests, with a slot of its own for its usual answer.
+    pub fn known_route(&self, template: &'static str) -> KnownRoute {
+        KnownRoute { durations: self.route_durations(), template }
     }
 
     /// A new route's measuring, for as long as the process lives (a reference that needs no
@@ -90,14 +88,8 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = request.extensions().get::<MatchedPath>();
-        super::request_span::name_span(&request, route.map_or("unmatched", MatchedPath::as_str));
-        let measure = self.durations.map(|route_durations| Measure {
-            route_durations,
-            method: request.method().clone(),
-            route: route.cloned().map(Template::Matched),
-            began: Instant::now(),
-        });
+        let route = request.extensions().get::<MatchedPath>().cloned().map(Template::Matched);
+        let measure = Measure::begin(self.durations, &request, route);
         Observed { inner: self.inner.call(request), measure }
     }
 }
@@ -106,20 +98,13 @@ where
 #[derive(Clone)]
 pub struct KnownRoute {
     durations: Option<&'static RouteDurations>,
-    method: Method,
     template: &'static str,
 }
 
 impl KnownRoute {
     /// Names `request`'s span after the route and measures `answer` (to `request`).
     pub fn observe(&self, request: &Request, answer: impl FnOnce() -> Response) -> Response {
-        super::request_span::name_span(request, self.template);
-        let measure = self.durations.map(|route_durations| Measure {
-            route_durations,
-            method: self.method.clone(),
-            route: Some(Template::Known(self.template)),
-            began: Instant::now(),
-        });
+        let measure = Measure::begin(self.durations, request, Some(Template::Known(self.template)));
         let response = answer();
         if let Some(measure) = measure {
             measure.record(response.status());
@@ -153,6 +138,17 @@ struct Measure {
 }
 
 impl Measure {
+    /// Names `request`'s span after its route and starts measuring it, where it is measured.
+    fn begin(durations: Option<&'static RouteDurations>, request: &Request, route: Option<Template>) -> Option<Self> {
+        super::request_span::name_span(request, route.as_ref().map_or("unmatched", Template::as_str));
+        durations.map(|route_durations| Measure {
+            route_durations,
+            method: request.method().clone(),
+            route,
+            began: Instant::now(),
+        })
+    }
+
     fn record(self, status: StatusCode) {
         let took = self.began.elapsed().as_secs_f64();
         if let Some((method, usual, (ours, ktrdrs))) = self.route_durations.usual.get()
